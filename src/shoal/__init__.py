@@ -1,0 +1,35 @@
+"""shoal: parallel computing for Python, on a laptop or on Kubernetes.
+
+>>> from shoal import Client, LocalCluster
+>>> with LocalCluster(n_workers=2) as cluster, Client(cluster) as client:
+...     client.submit(sum, [1, 2, 3]).result()
+6
+"""
+
+from .client import (
+    ALL_COMPLETED,
+    FIRST_COMPLETED,
+    FIRST_EXCEPTION,
+    Client,
+    Future,
+    TaskError,
+    as_completed,
+    default_client,
+    wait,
+)
+from .cluster import LocalCluster
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "ALL_COMPLETED",
+    "FIRST_COMPLETED",
+    "FIRST_EXCEPTION",
+    "Client",
+    "Future",
+    "LocalCluster",
+    "TaskError",
+    "as_completed",
+    "default_client",
+    "wait",
+]

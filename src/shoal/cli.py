@@ -1,0 +1,220 @@
+"""The ``shoal`` command: scheduler, worker, local cluster, demo, operator."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import os
+import signal
+import sys
+import time
+from typing import Any
+
+from .cluster._process import announce
+
+logger = logging.getLogger("shoal")
+
+
+def _resources(items: list[str]) -> dict[str, float]:
+    out = {}
+    for item in items:
+        for part in item.replace(",", " ").split():
+            name, sep, amount = part.partition("=")
+            if not sep:
+                raise argparse.ArgumentTypeError(f"resource {part!r} is not NAME=AMOUNT")
+            out[name] = float(amount)
+    return out
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="shoal", description=__doc__)
+    parser.add_argument("--log-level", default=os.environ.get("SHOAL_LOG_LEVEL", "INFO"))
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    s = sub.add_parser("scheduler", help="run a scheduler")
+    s.add_argument("--host", default="0.0.0.0")
+    s.add_argument("--port", type=int, default=8786)
+    s.add_argument("--http-port", type=int, default=8787,
+                   help="HTTP port for health, API, metrics and dashboard (-1: off)")
+    s.add_argument("--worker-ttl", type=float, default=10.0,
+                   help="remove a worker silent for this many seconds")
+    s.add_argument("--allowed-failures", type=int, default=None)
+    s.add_argument("--announce", action="store_true", help=argparse.SUPPRESS)
+
+    w = sub.add_parser("worker", help="run a worker (under a nanny by default)")
+    w.add_argument("address", nargs="?", default=os.environ.get("SHOAL_SCHEDULER_ADDRESS"))
+    w.add_argument("--name", default=None)
+    w.add_argument("--host", default=None)
+    w.add_argument("--port", type=int, default=0)
+    w.add_argument("--nthreads", type=int, default=os.cpu_count() or 1)
+    w.add_argument("--memory-limit", default="auto")
+    w.add_argument("--resources", action="append", default=[], help="e.g. GPU=2")
+    w.add_argument("--http-port", type=int, default=None)
+    w.add_argument("--death-timeout", type=float, default=60.0)
+    w.add_argument("--no-nanny", dest="nanny", action="store_false")
+    w.add_argument("--announce", action="store_true", help=argparse.SUPPRESS)
+
+    local = sub.add_parser("local", help="run a local cluster until interrupted")
+    local.add_argument("--workers", type=int, default=None)
+    local.add_argument("--threads", type=int, default=None)
+
+    demo = sub.add_parser("demo", help="run the demo computation and print its report")
+    demo.add_argument("--scheduler", default=None, help="run on this cluster instead")
+    demo.add_argument("--units", type=int, default=None)
+    demo.add_argument("--workers", type=int, default=2)
+
+    op = sub.add_parser("operator", help="run the Kubernetes operator", add_help=False)
+    op.add_argument("rest", nargs=argparse.REMAINDER)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0] == "operator":  # everything after belongs to the operator
+        from .operator.cli import main as operator_main
+
+        return operator_main(argv[1:])
+    args = _parser().parse_args(argv)
+    logging.basicConfig(level=args.log_level.upper(), stream=sys.stderr,
+                        format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    command = {"scheduler": _scheduler, "worker": _worker, "local": _local, "demo": _demo}
+    return command[args.command](args)
+
+
+def _run_until_signal(start: Any, stop: Any) -> None:
+    """Run ``start()`` on a fresh loop, then wait for SIGTERM/SIGINT or ``finished``."""
+
+    async def run() -> None:
+        server = await start()
+        done = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, done.set)
+        finished = getattr(server, "finished", None)
+        waiters = [asyncio.ensure_future(done.wait())]
+        if finished is not None:
+            waiters.append(asyncio.ensure_future(finished()))
+        await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
+        await stop(server)
+
+    asyncio.run(run())
+
+
+def _scheduler(args: argparse.Namespace) -> int:
+    from .scheduler import Scheduler
+
+    async def start() -> Scheduler:
+        http = None if args.http_port < 0 else args.http_port
+        scheduler = await Scheduler(args.host, args.port, http_port=http,
+                                    worker_ttl=args.worker_ttl,
+                                    allowed_failures=args.allowed_failures).start()
+        logger.info("scheduler at %s, HTTP at %s", scheduler.address, scheduler.http_address)
+        if args.announce:
+            announce(address=scheduler.address, http_address=scheduler.http_address,
+                     pid=os.getpid())
+        return scheduler
+
+    async def stop(scheduler: Scheduler) -> None:
+        await scheduler.close()
+
+    _run_until_signal(start, stop)
+    return 0
+
+
+def _worker(args: argparse.Namespace) -> int:
+    if not args.address:
+        print("shoal worker: give the scheduler address (or set SHOAL_SCHEDULER_ADDRESS)",
+              file=sys.stderr)
+        return 2
+    if args.nanny:
+        from .worker._nanny import run_nanny
+
+        return run_nanny(_worker_argv(args), args.memory_limit)
+    from .worker import Worker
+
+    async def start() -> Worker:
+        worker = await Worker(
+            args.address, nthreads=args.nthreads, name=args.name,
+            host=args.host or _default_host(args.address), port=args.port,
+            memory_limit=args.memory_limit, resources=_resources(args.resources),
+            death_timeout=args.death_timeout, http_port=args.http_port,
+        ).start()
+        if args.announce:
+            announce(address=worker.address, name=worker.name, pid=os.getpid())
+        return worker
+
+    async def stop(worker: Worker) -> None:
+        await worker.close()
+
+    _run_until_signal(start, stop)
+    return 0
+
+
+def _worker_argv(args: argparse.Namespace) -> list[str]:
+    """The command line of the worker process a nanny supervises."""
+    argv = ["worker", args.address, "--no-nanny", "--nthreads", str(args.nthreads),
+            "--memory-limit", str(args.memory_limit), "--port", str(args.port),
+            "--death-timeout", str(args.death_timeout)]
+    for flag, value in (("--name", args.name), ("--host", args.host),
+                        ("--http-port", args.http_port)):
+        if value is not None:
+            argv += [flag, str(value)]
+    for item in args.resources:
+        argv += ["--resources", item]
+    if args.announce:
+        argv.append("--announce")
+    return argv
+
+
+def _default_host(scheduler_address: str) -> str:
+    """Listen on loopback when the scheduler is local, on all interfaces otherwise."""
+    local = ("127.0.0.1", "localhost", "[::1]")
+    return "127.0.0.1" if any(f"//{h}:" in scheduler_address for h in local) else "0.0.0.0"
+
+
+def _local(args: argparse.Namespace) -> int:
+    from .cluster import LocalCluster
+
+    cluster = LocalCluster(n_workers=args.workers, threads_per_worker=args.threads)
+    print(f"shoal local cluster: scheduler at {cluster.scheduler_address}", flush=True)
+    if cluster.dashboard_link:
+        print(f"dashboard: {cluster.dashboard_link}", flush=True)
+    stop = {"now": False}
+
+    def on_signal(*_: Any) -> None:
+        stop["now"] = True
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    try:
+        while not stop["now"]:
+            signal.pause()
+    finally:
+        cluster.close()
+    return 0
+
+
+def _demo(args: argparse.Namespace) -> int:
+    from ._demo import format_report, run_demo
+    from .client import Client
+    from .cluster import LocalCluster
+
+    kwargs = {} if args.units is None else {"units": args.units}
+    cluster = None
+    if args.scheduler is None:
+        cluster = LocalCluster(n_workers=args.workers, threads_per_worker=1)
+    try:
+        with Client(args.scheduler or cluster) as client:
+            start = time.perf_counter()
+            summary = run_demo(client, **kwargs)
+            elapsed = time.perf_counter() - start
+        print(format_report(summary, elapsed))
+    finally:
+        if cluster is not None:
+            cluster.close()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,553 @@
+"""The Client: submit work to a shoal cluster and get results back.
+
+The API follows dask.distributed's so Dask users feel at home.  A blocking
+client runs its connection on a background loop (see :mod:`._loop`); an
+``asynchronous=True`` client runs on the caller's loop and its methods
+return awaitables.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import logging
+import threading
+import uuid
+from collections.abc import Callable, Iterable
+from typing import Any
+
+from ..comm import BatchedSend, CommClosedError, ConnectionPool, connect
+from ..comm._core import Comm
+from ..protocol import Serialized, SerializationError, deserialize, serialize
+from ..protocol._task import KEEP, KeyRef, replace
+from ._future import FINAL, Future, FutureState
+from ._loop import LoopRunner
+from ._tokenize import FunctionCache, task_key
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_TIMEOUT = 30.0
+_current: list[Client] = []
+
+
+class Client:
+    """Connect to a scheduler (or start a LocalCluster) and run work on it.
+
+    ``Client()`` starts a LocalCluster sized to this machine and closes it on
+    close; ``Client("tcp://host:8786")`` connects to a running scheduler;
+    ``Client(cluster)`` connects to anything with a ``scheduler_address``.
+    """
+
+    def __init__(
+        self,
+        address: Any = None,
+        asynchronous: bool = False,
+        timeout: float = DEFAULT_TIMEOUT,
+        name: str | None = None,
+        direct_to_workers: bool = True,
+        **cluster_kwargs: Any,
+    ) -> None:
+        self.id = f"{name or 'Client'}-{uuid.uuid4().hex}"
+        self.asynchronous = asynchronous
+        self.timeout = timeout
+        self.direct_to_workers = direct_to_workers
+        self.cluster: Any = None
+        self._own_cluster = False
+        self._address_arg = address
+        self._cluster_kwargs = cluster_kwargs
+        self.scheduler_address = ""
+        self.status = "newly-created"
+        self._states: dict[str, FutureState] = {}
+        self._refcount: dict[str, int] = {}
+        self._lock = threading.Lock()
+        self._functions = FunctionCache()
+        self._stream: BatchedSend | None = None
+        self._comm: Comm | None = None
+        self.pool = ConnectionPool()
+        self._runner: LoopRunner | None = None
+        self.loop: asyncio.AbstractEventLoop | None = None
+        self._loop_thread: int | None = None
+        self._reader: asyncio.Task | None = None
+        self._counter = itertools.count()
+        if asynchronous:
+            self._started: Any = None
+        else:
+            self._runner = LoopRunner(f"shoal-client-{self.id[-8:]}")
+            self.loop = self._runner.loop
+            self._loop_thread = self._runner.thread.ident
+            try:
+                self.sync(self._start, timeout=None)
+            except BaseException:
+                self._runner.stop()
+                raise
+
+    # ------------------------------------------------------------ lifecycle
+
+    def __await__(self) -> Any:
+        async def start() -> Client:
+            if self.status != "running":
+                self.loop = asyncio.get_running_loop()
+                self._loop_thread = threading.get_ident()
+                await self._start()
+            return self
+
+        return start().__await__()
+
+    async def _start(self) -> None:
+        address = self._address_arg
+        if address is None:
+            from ..cluster import LocalCluster
+
+            self.cluster = await LocalCluster(asynchronous=True, **self._cluster_kwargs)
+            self._own_cluster = True
+            address = self.cluster.scheduler_address
+        elif not isinstance(address, str):
+            self.cluster = address
+            address = address.scheduler_address
+        self.scheduler_address = address
+        comm = await connect(address, timeout=self.timeout)
+        await comm.write({"op": "register-client", "client": self.id})
+        answer = await comm.read()
+        if not isinstance(answer, dict) or answer.get("status") != "ok":
+            comm.abort()
+            raise ConnectionError(f"the scheduler at {address} refused this client: {answer}")
+        self._comm = comm
+        self._stream = BatchedSend(comm)
+        self._reader = asyncio.get_running_loop().create_task(self._read_scheduler(comm))
+        self.status = "running"
+        _current.append(self)
+
+    def close(self, timeout: float = 10.0) -> Any:
+        if self.asynchronous:
+            return self._close()
+        if self.status == "closed":
+            return None
+        try:
+            self.sync(self._close, timeout=timeout)
+        finally:
+            if self._own_cluster and self.cluster is not None:
+                self.cluster.close()
+            if self._runner is not None:
+                self._runner.stop()
+        return None
+
+    async def _close(self) -> None:
+        if self.status == "closed":
+            return
+        self.status = "closed"
+        if self in _current:
+            _current.remove(self)
+        if self._stream is not None:
+            try:
+                self._stream.send({"op": "close-client"})
+            except CommClosedError:
+                pass
+            await self._stream.close(2.0)
+        if self._reader is not None:
+            self._reader.cancel()
+        self.pool.close()
+        for state in self._states.values():
+            if state.status not in FINAL:
+                state.cancel()
+        if self.asynchronous and self._own_cluster and self.cluster is not None:
+            await self.cluster._close()
+
+    def __enter__(self) -> Client:
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+    async def __aenter__(self) -> Client:
+        return await self
+
+    async def __aexit__(self, *exc: Any) -> None:
+        await self._close()
+
+    def __del__(self) -> None:
+        if self.status == "running" and not self.asynchronous:
+            try:
+                self.close(timeout=2)
+            except Exception:  # interpreter shutdown
+                pass
+
+    # ------------------------------------------------------------ loop plumbing
+
+    def sync(self, func: Callable[[], Any], timeout: float | None = None) -> Any:
+        """Run a coroutine function on the client's loop and wait for it."""
+        if self.asynchronous:
+            return func()
+        assert self._runner is not None
+        return self._runner.run(func, timeout)
+
+    def _on_loop(self) -> bool:
+        return threading.get_ident() == self._loop_thread
+
+    def _call_on_loop(self, callback: Callable[..., Any], *args: Any) -> None:
+        if self._on_loop():
+            callback(*args)
+        elif self.loop is not None and not self.loop.is_closed():
+            self.loop.call_soon_threadsafe(callback, *args)
+
+    def _send(self, msg: dict[str, Any]) -> None:
+        if self._stream is None or self.status != "running":
+            return
+        try:
+            self._stream.send(msg)
+        except CommClosedError:
+            pass
+
+    # ------------------------------------------------------------ futures bookkeeping
+
+    def _register_future(self, key: str, state: FutureState | None) -> FutureState:
+        with self._lock:
+            existing = self._states.get(key)
+            if existing is not None:
+                self._refcount[key] += 1
+                return existing
+            state = state or FutureState(key)
+            self._states[key] = state
+            self._refcount[key] = 1
+            return state
+
+    def _release_future(self, key: str) -> None:
+        with self._lock:
+            count = self._refcount.get(key, 0) - 1
+            if count > 0:
+                self._refcount[key] = count
+                return
+            self._refcount.pop(key, None)
+            self._states.pop(key, None)
+        if self.status == "running":
+            self._call_on_loop(self._send, {"op": "client-releases-keys", "keys": [key]})
+
+    async def _read_scheduler(self, comm: Comm) -> None:
+        try:
+            while True:
+                batch = await comm.read()
+                for msg in batch if isinstance(batch, list) else [batch]:
+                    self._handle_report(msg)
+        except CommClosedError:
+            pass
+        except asyncio.CancelledError:
+            return
+        if self.status == "running":
+            logger.error("client %s lost its scheduler at %s", self.id, self.scheduler_address)
+            self.status = "disconnected"
+            for state in list(self._states.values()):
+                if state.status not in FINAL:
+                    state.fail(None, "", f"lost the connection to the scheduler at "
+                               f"{self.scheduler_address} before {state.key!r} finished")
+
+    def _handle_report(self, msg: dict[str, Any]) -> None:
+        op = msg.get("op")
+        if op == "error":
+            logger.error("scheduler: %s", msg.get("message"))
+            return
+        keys = msg["keys"] if op == "cancelled-keys" else [msg.get("key")]
+        for key in keys:
+            state = self._states.get(key)
+            if state is None:
+                continue
+            if op == "key-in-memory":
+                state.finish(msg["workers"], msg["nbytes"])
+            elif op == "task-erred":
+                state.fail(msg.get("exception"), msg.get("traceback") or "",
+                           msg.get("exception_text") or "")
+            elif op == "cancelled-keys":
+                state.cancel()
+            elif op == "lost-key":
+                state.lose()
+
+    # ------------------------------------------------------------ submitting
+
+    def submit(self, func: Callable[..., Any], *args: Any, key: str | None = None,
+               pure: bool = True, workers: Iterable[str] | str | None = None,
+               allow_other_workers: bool = False, retries: int = 0, priority: int = 0,
+               resources: dict[str, float] | None = None, **kwargs: Any) -> Future:
+        """Run ``func(*args, **kwargs)`` on the cluster; futures in args become inputs."""
+        if not callable(func):
+            raise TypeError(f"submit needs a callable, got {type(func).__name__}")
+        token, ser_func = self._functions.get(func)
+        task, deps_futures = self._task(token, args, kwargs, key, pure)
+        _restrict(task, workers, allow_other_workers, retries, priority, resources)
+        future = Future(task["key"], self)
+        self._send_graph([task], {token: ser_func}, [task["key"]], deps_futures)
+        return future
+
+    def map(self, func: Callable[..., Any], *iterables: Iterable[Any], key: str | list | None = None,
+            pure: bool = True, workers: Iterable[str] | str | None = None,
+            allow_other_workers: bool = False, retries: int = 0, priority: int = 0,
+            resources: dict[str, float] | None = None, batch_size: int | None = None,
+            **kwargs: Any) -> list[Future]:
+        """``submit`` for each element of the iterables, shipping ``func`` once."""
+        if not callable(func):
+            raise TypeError(f"map needs a callable, got {type(func).__name__}")
+        token, ser_func = self._functions.get(func)
+        columns = [list(it) for it in iterables]
+        keys = key if isinstance(key, list) else None
+        tasks, futures, deps = [], [], []
+        for i, call_args in enumerate(zip(*columns)):
+            task_key_ = keys[i] if keys else (f"{key}-{i}" if isinstance(key, str) else None)
+            task, task_deps = self._task(token, call_args, kwargs, task_key_, pure)
+            _restrict(task, workers, allow_other_workers, retries, priority, resources)
+            tasks.append(task)
+            deps.extend(task_deps)
+            futures.append(Future(task["key"], self))
+        self._send_graph(tasks, {token: ser_func}, [t["key"] for t in tasks], deps)
+        return futures
+
+    def _task(self, token: str, args: tuple, kwargs: dict, key: str | None,
+              pure: bool) -> tuple[dict[str, Any], list[Future]]:
+        found: list[Future] = []
+
+        def swap(leaf: Any) -> Any:
+            if type(leaf) is Future:
+                if leaf.client is not self:
+                    raise ValueError(f"{leaf!r} belongs to another client")
+                found.append(leaf)
+                return KeyRef(leaf.key)
+            return KEEP
+
+        args = replace(args, swap) if args else ()
+        kwargs = replace(kwargs, swap) if kwargs else {}
+        try:
+            ser_args = serialize((args, kwargs))
+        except SerializationError as exc:
+            raise SerializationError(f"cannot send the arguments of {token}: {exc}") from exc
+        task: dict[str, Any] = {"key": key or task_key(token, ser_args, pure), "func": token,
+                                "args": ser_args}
+        if found:
+            task["deps"] = list(dict.fromkeys(f.key for f in found))
+        return task, found
+
+    def _send_graph(self, tasks: list[dict], functions: dict[str, Serialized],
+                    wanted: list[str], keep_alive: list[Future]) -> None:
+        if self.status != "running":
+            raise RuntimeError(f"the client is {self.status}")
+        msg = {"op": "update-graph", "tasks": tasks, "functions": functions, "wanted": wanted}
+        # keep_alive holds input futures until the message is on its way
+        self._call_on_loop(self._send, msg)
+        del keep_alive
+
+    # ------------------------------------------------------------ results
+
+    async def _result(self, future: Future, timeout: float | None) -> Any:
+        values = await asyncio.wait_for(self._gather_states([future._state]), timeout)
+        return values[future.key]
+
+    async def _wait_final(self, states: Iterable[FutureState]) -> None:
+        for state in states:
+            if state.status not in FINAL:
+                await state.event.wait()
+
+    async def _gather_states(self, states: list[FutureState], errors: str = "raise") -> dict:
+        values: dict[str, Any] = {}
+        todo = {s.key: s for s in states}
+        for _attempt in range(5):
+            await self._wait_final(todo.values())
+            fetch: dict[str, FutureState] = {}
+            for key, state in todo.items():
+                if state.status == "finished":
+                    fetch[key] = state
+                elif errors == "raise":
+                    raise state.make_exception()
+            got, failed = await self._fetch(fetch)
+            values.update(got)
+            todo = {k: todo[k] for k in failed}
+            if not todo:
+                return values
+            await asyncio.sleep(0.05 * (_attempt + 1))  # back off while data is recomputed
+        raise RuntimeError(f"could not fetch {sorted(todo)[:5]} from any worker")
+
+    async def _fetch(self, states: dict[str, FutureState]) -> tuple[dict, list[str]]:
+        by_worker: dict[str, list[str]] = {}
+        for key, state in states.items():
+            by_worker.setdefault(state.workers[0] if state.workers else "", []).append(key)
+        answers = await asyncio.gather(*(self._get_data(w, keys) for w, keys in by_worker.items()))
+        values: dict[str, Any] = {}
+        failed: list[str] = []
+        for data, errors, missing in answers:
+            if errors:
+                key, message = next(iter(errors.items()))
+                raise SerializationError(message)
+            for key, ser in data.items():
+                values[key] = deserialize(ser)
+            failed.extend(missing)
+        return values, failed
+
+    async def _get_data(self, worker: str, keys: list[str]) -> tuple[dict, dict, list]:
+        if worker and self.direct_to_workers:
+            try:
+                answer = await self.pool.request(worker, "get_data", keys=keys)
+            except (CommClosedError, OSError):
+                answer = None
+            if answer is not None:
+                data = answer["data"]
+                missing = [k for k in keys if k not in data and k not in answer["errors"]]
+                return data, answer["errors"], missing
+        answer = await self.pool.request(self.scheduler_address, "gather", keys=keys)
+        return answer["data"], answer["errors"], answer["missing"]
+
+    def gather(self, futures: Any, errors: str = "raise", direct: bool | None = None) -> Any:
+        """The values of ``futures`` (a future, or lists/tuples/dicts of them)."""
+        found: list[Future] = []
+
+        def collect(leaf: Any) -> Any:
+            if type(leaf) is Future:
+                found.append(leaf)
+            return KEEP
+
+        replace(futures if type(futures) is not Future else [futures], collect)
+
+        async def run() -> Any:
+            states = list({f.key: f._state for f in found}.values())
+            values = await self._gather_states(states, errors)
+            skip = object()
+
+            def swap(leaf: Any) -> Any:
+                if type(leaf) is Future:
+                    return values.get(leaf.key, skip)
+                return KEEP
+
+            out = replace(futures, swap) if type(futures) is not Future else values[futures.key]
+            if errors == "skip" and isinstance(out, list):
+                out = [v for v in out if v is not skip]
+            return out
+
+        return self.sync(run)
+
+    # ------------------------------------------------------------ data placement
+
+    def scatter(self, data: Any, workers: Iterable[str] | str | None = None,
+                broadcast: bool = False, hash: bool = True) -> Any:
+        """Move local data onto workers; returns futures shaped like ``data``."""
+        if isinstance(data, dict):
+            items = list(data.items())
+        elif isinstance(data, (list, tuple, set, frozenset)):
+            items = [(None, v) for v in data]
+        else:
+            items = [(None, data)]
+        keyed: list[tuple[str, Serialized]] = []
+        for name, value in items:
+            ser = serialize(value)
+            key = name if name is not None else task_key(
+                f"{type(value).__name__}-0", ser, pure=hash)
+            keyed.append((key, ser))
+        futures = [Future(k, self) for k, _ in keyed]
+        targets = [workers] if isinstance(workers, str) else workers
+
+        async def run() -> Any:
+            await self._scatter(keyed, list(targets) if targets else None, broadcast)
+            await self._wait_final(f._state for f in futures)
+            if isinstance(data, dict):
+                return dict(zip(data, futures))
+            if isinstance(data, (list, tuple)):
+                return type(data)(futures)
+            return futures if isinstance(data, (set, frozenset)) else futures[0]
+
+        return self.sync(run)
+
+    async def _scatter(self, keyed: list[tuple[str, Serialized]], workers: list[str] | None,
+                       broadcast: bool) -> None:
+        info = await self.pool.request(self.scheduler_address, "scheduler_info")
+        names = {w["name"]: a for a, w in info["workers"].items()}
+        pool = [names.get(w, w) for w in workers] if workers else sorted(info["workers"])
+        if not pool:
+            raise RuntimeError("no workers to scatter to")
+        plan: dict[str, dict[str, Serialized]] = {}
+        start = next(self._counter)
+        for i, (key, ser) in enumerate(keyed):
+            chosen = pool if broadcast else [pool[(start + i) % len(pool)]]
+            for address in chosen:
+                plan.setdefault(address, {})[key] = ser
+        who_has: dict[str, list[str]] = {}
+        nbytes: dict[str, int] = {}
+        for address, data in plan.items():
+            answer = await self.pool.request(address, "update_data", data=data)
+            for key, size in answer["nbytes"].items():
+                who_has.setdefault(key, []).append(address)
+                nbytes[key] = size
+        self._send({"op": "update-data", "who_has": who_has, "nbytes": nbytes})
+
+    def cancel(self, futures: Iterable[Future] | Future) -> None:
+        """Stop computing these (and everything that depends on them)."""
+        keys = [f.key for f in ([futures] if isinstance(futures, Future) else futures)]
+
+        def send() -> None:
+            for key in keys:
+                state = self._states.get(key)
+                if state is not None and state.status not in FINAL:
+                    state.cancel()
+            self._send({"op": "cancel-keys", "keys": keys})
+
+        self._call_on_loop(send)
+
+    # ------------------------------------------------------------ cluster-wide calls
+
+    def run(self, function: Callable[..., Any], *args: Any,
+            workers: list[str] | None = None) -> Any:
+        """Call ``function(*args)`` on every worker: ``{address: result}``."""
+        ser = serialize(function)
+        ser_args = serialize(args)
+
+        async def run() -> dict[str, Any]:
+            answers = await self.pool.request(self.scheduler_address, "broadcast", op="run",
+                                              workers=workers, function=ser, args=ser_args)
+            out = {}
+            for address, answer in answers.items():
+                if answer.get("status") != "ok":
+                    raise RuntimeError(f"run failed on {address}: {answer.get('message')}")
+                out[address] = deserialize(answer["result"])
+            return out
+
+        return self.sync(run)
+
+    def scheduler_info(self) -> Any:
+        return self.sync(lambda: self.pool.request(self.scheduler_address, "scheduler_info"))
+
+    def who_has(self, futures: Iterable[Future] | None = None) -> Any:
+        keys = [f.key for f in futures] if futures is not None else list(self._states)
+        return self.sync(lambda: self.pool.request(self.scheduler_address, "who_has", keys=keys))
+
+    def retire_workers(self, workers: list[str] | None = None, n: int | None = None,
+                       close_workers: bool = True) -> Any:
+        """Move data off some workers and close them; returns what was retired."""
+
+        async def run() -> Any:
+            answer = await self.pool.request(self.scheduler_address, "retire_workers",
+                                             workers=workers, n=n, close=close_workers)
+            return answer["retired"]
+
+        return self.sync(run)
+
+    @property
+    def dashboard_link(self) -> str | None:
+        info = self.scheduler_info() if not self.asynchronous else None
+        http = info.get("http_address") if info else None
+        return f"{http}/" if http else None
+
+    def __repr__(self) -> str:
+        return f"<Client: {self.scheduler_address or 'not connected'} {self.status}>"
+
+
+def _restrict(task: dict[str, Any], workers: Iterable[str] | str | None, allow_other: bool,
+              retries: int, priority: int, resources: dict[str, float] | None) -> None:
+    if workers is not None:
+        task["workers"] = [workers] if isinstance(workers, str) else list(workers)
+        if allow_other:
+            task["allow_other_workers"] = True
+    if retries:
+        task["retries"] = retries
+    if priority:
+        task["priority"] = priority
+    if resources:
+        task["resources"] = resources
+
+
+def default_client() -> Client:
+    """The most recently started client that is still running."""
+    for client in reversed(_current):
+        if client.status == "running":
+            return client
+    raise ValueError("no shoal Client is running; create one with shoal.Client(...)")

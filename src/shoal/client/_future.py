@@ -1,0 +1,163 @@
+"""Futures: handles on results that live on workers.
+
+A :class:`Future` is cheap; many may point at one key.  The client counts
+them per key, and when the last one is garbage-collected it tells the
+scheduler it no longer wants the result, so the worker can free the memory.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+from ..protocol import Serialized, deserialize
+
+if TYPE_CHECKING:
+    from ._client import Client
+
+FINAL = ("finished", "error", "cancelled")
+
+
+class TaskError(RuntimeError):
+    """A task failed with an exception that could not be sent back as itself."""
+
+
+class FutureState:
+    """What the client knows about one key; shared by its Futures."""
+
+    __slots__ = ("key", "status", "event", "exception", "traceback", "exception_text",
+                 "workers", "nbytes", "callbacks")
+
+    def __init__(self, key: str) -> None:
+        self.key = key
+        self.status = "pending"
+        self.event = asyncio.Event()
+        self.exception: Serialized | None = None
+        self.traceback = ""
+        self.exception_text = ""
+        self.workers: list[str] = []
+        self.nbytes = 0
+        self.callbacks: list[Callable[[], None]] = []
+
+    def finish(self, workers: list[str], nbytes: int) -> None:
+        self.status = "finished"
+        self.workers = workers
+        self.nbytes = nbytes
+        self._done()
+
+    def fail(self, exception: Serialized | None, traceback: str, text: str) -> None:
+        self.status = "error"
+        self.exception, self.traceback, self.exception_text = exception, traceback, text
+        self._done()
+
+    def cancel(self) -> None:
+        self.status = "cancelled"
+        self._done()
+
+    def lose(self) -> None:
+        """The result was lost with its worker and is being recomputed."""
+        self.status = "pending"
+        self.workers = []
+        self.event.clear()
+
+    def _done(self) -> None:
+        self.event.set()
+        callbacks, self.callbacks = self.callbacks, []
+        for callback in callbacks:
+            callback()
+
+    def make_exception(self) -> BaseException:
+        if self.status == "cancelled":
+            return concurrent.futures.CancelledError(f"{self.key!r} was cancelled")
+        exc: BaseException
+        try:
+            exc = deserialize(self.exception) if self.exception is not None else None
+        except Exception:  # the exception's class is unknown here
+            exc = None
+        if not isinstance(exc, BaseException):
+            exc = TaskError(self.exception_text or f"task {self.key!r} failed")
+        if self.traceback:
+            note = f"remote traceback of task {self.key!r}:\n{self.traceback}"
+            if note not in getattr(exc, "__notes__", []):
+                exc.add_note(note)
+        return exc
+
+
+class Future:
+    """A result being computed, or held, by the cluster."""
+
+    __slots__ = ("key", "client", "_state", "__weakref__")
+
+    def __init__(self, key: str, client: Client, state: FutureState | None = None) -> None:
+        self.key = key
+        self.client = client
+        self._state = client._register_future(key, state)
+
+    @property
+    def status(self) -> str:
+        return self._state.status
+
+    def done(self) -> bool:
+        return self._state.status in FINAL
+
+    def result(self, timeout: float | None = None) -> Any:
+        """The value; raises the task's exception if it failed."""
+        if self.client.asynchronous:
+            return self.client._result(self, timeout)
+        return self.client.sync(lambda: self.client._result(self, timeout), timeout=None)
+
+    def exception(self, timeout: float | None = None) -> BaseException | None:
+        self._wait_sync(timeout)
+        return self._state.make_exception() if self._state.status != "finished" else None
+
+    def traceback(self, timeout: float | None = None) -> str | None:
+        """The remote traceback, as text, if the task failed."""
+        self._wait_sync(timeout)
+        return self._state.traceback or None if self._state.status == "error" else None
+
+    def _wait_sync(self, timeout: float | None) -> None:
+        if not self.done():
+            state = self._state
+
+            async def wait() -> None:
+                await asyncio.wait_for(state.event.wait(), timeout)
+
+            self.client.sync(wait)
+
+    def cancel(self) -> None:
+        self.client.cancel([self])
+
+    def add_done_callback(self, fn: Callable[[Future], Any]) -> None:
+        """Call ``fn(future)`` once the future is done (on the client's loop thread)."""
+        state = self._state
+
+        def call() -> None:
+            fn(self)
+
+        def attach() -> None:
+            if state.status in FINAL:
+                call()
+            else:
+                state.callbacks.append(call)
+
+        self.client._call_on_loop(attach)
+
+    def __await__(self) -> Any:
+        return self.client._result(self, None).__await__()
+
+    def __del__(self) -> None:
+        try:
+            self.client._release_future(self.key)
+        except Exception:  # interpreter shutdown: nothing left to tell
+            pass
+
+    def __repr__(self) -> str:
+        return f"<Future: {self.status}, key: {self.key}>"
+
+    def __reduce__(self) -> Any:
+        raise TypeError(
+            "a shoal Future cannot be pickled; pass it to submit/map as an argument "
+            "(it arrives as its value) instead of capturing it in a closure"
+        )

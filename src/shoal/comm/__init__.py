@@ -1,0 +1,23 @@
+"""Transports behind one ``Comm`` interface, batched streams and RPC.
+
+Importing this package registers the ``tcp://`` and ``inproc://`` transports.
+"""
+
+from . import _inproc, _tcp  # noqa: F401  (register transports)
+from ._batched import BatchedSend
+from ._core import Comm, CommClosedError, Listener, connect, listen, parse_address
+from ._rpc import ConnectionPool, RemoteError, RPCServer, raise_for_error
+
+__all__ = [
+    "BatchedSend",
+    "Comm",
+    "CommClosedError",
+    "ConnectionPool",
+    "Listener",
+    "RPCServer",
+    "RemoteError",
+    "connect",
+    "listen",
+    "parse_address",
+    "raise_for_error",
+]

@@ -1,0 +1,150 @@
+"""The one interface every transport implements, and the address registry.
+
+A :class:`Comm` moves whole messages (see :mod:`shoal.protocol`) between two
+peers.  Transports register themselves under a URI scheme (``tcp://``,
+``inproc://``); :func:`connect` and :func:`listen` pick one by address.
+Whatever goes wrong underneath (a reset socket, a closed stream) surfaces as
+one :class:`CommClosedError`, raised where the foreign error enters.
+"""
+
+from __future__ import annotations
+
+import abc
+import asyncio
+import sys
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from ..protocol import PROTOCOL_VERSION, VersionMismatchError
+
+__all__ = [
+    "Comm",
+    "CommClosedError",
+    "Listener",
+    "connect",
+    "listen",
+    "register_transport",
+    "parse_address",
+]
+
+DEFAULT_CONNECT_TIMEOUT = 10.0
+
+
+class CommClosedError(ConnectionError):
+    """The connection is closed, or broke while in use."""
+
+
+class Comm(abc.ABC):
+    """A message-oriented, bidirectional connection."""
+
+    local_address: str
+    peer_address: str
+
+    @abc.abstractmethod
+    async def read(self) -> Any:
+        """The next message; raises CommClosedError when the peer is gone."""
+
+    @abc.abstractmethod
+    async def write(self, msg: Any) -> None:
+        """Send one message (a batch is one message holding a list)."""
+
+    @abc.abstractmethod
+    async def close(self) -> None:
+        """Flush and close politely."""
+
+    @abc.abstractmethod
+    def abort(self) -> None:
+        """Close at once, dropping anything unsent."""
+
+    @abc.abstractmethod
+    def closed(self) -> bool: ...
+
+    def __repr__(self) -> str:
+        state = "closed" if self.closed() else "open"
+        return f"<{type(self).__name__} {self.local_address} -> {self.peer_address} {state}>"
+
+
+class Listener(abc.ABC):
+    """Accepts connections and hands each (after the handshake) to a handler."""
+
+    address: str
+
+    @abc.abstractmethod
+    async def start(self) -> None: ...
+
+    @abc.abstractmethod
+    def stop(self) -> None: ...
+
+
+CommHandler = Callable[[Comm], Awaitable[None]]
+Connector = Callable[[str, float], Awaitable[Comm]]
+ListenerFactory = Callable[[str, CommHandler], Listener]
+_transports: dict[str, tuple[Connector, ListenerFactory]] = {}
+
+
+def register_transport(scheme: str, connector: Connector, listener: ListenerFactory) -> None:
+    _transports[scheme] = (connector, listener)
+
+
+def parse_address(address: str) -> tuple[str, str]:
+    """``"tcp://host:port"`` -> ``("tcp", "host:port")``; no scheme means tcp."""
+    if "://" not in address:
+        return "tcp", address
+    scheme, _, rest = address.partition("://")
+    return scheme, rest
+
+
+def _transport(address: str) -> tuple[Connector, ListenerFactory]:
+    scheme, _ = parse_address(address)
+    try:
+        return _transports[scheme]
+    except KeyError:
+        known = ", ".join(sorted(_transports))
+        raise ValueError(f"unknown transport {scheme!r} in {address!r} (known: {known})") from None
+
+
+def handshake_message() -> dict[str, Any]:
+    return {
+        "op": "handshake",
+        "protocol": PROTOCOL_VERSION,
+        "python": ".".join(map(str, sys.version_info[:3])),
+    }
+
+
+async def exchange_handshake(comm: Comm, timeout: float) -> dict[str, Any]:
+    """Both sides send theirs and check the other's; mismatches are refused."""
+    await comm.write(handshake_message())
+    try:
+        theirs = await asyncio.wait_for(comm.read(), timeout)
+    except asyncio.TimeoutError:
+        comm.abort()
+        raise CommClosedError(f"no handshake from {comm.peer_address} in {timeout}s") from None
+    if not isinstance(theirs, dict) or theirs.get("op") != "handshake":
+        comm.abort()
+        raise VersionMismatchError(
+            f"{comm.peer_address} is not a shoal peer (first message: {str(theirs)[:80]!r})"
+        )
+    if theirs.get("protocol") != PROTOCOL_VERSION:
+        comm.abort()
+        raise VersionMismatchError(
+            f"{comm.peer_address} speaks shoal protocol {theirs.get('protocol')!r}, "
+            f"this process speaks {PROTOCOL_VERSION}; upgrade one side so they match"
+        )
+    return theirs
+
+
+async def connect(address: str, timeout: float = DEFAULT_CONNECT_TIMEOUT) -> Comm:
+    """Open a connection to ``address`` and complete the handshake."""
+    connector, _ = _transport(address)
+    try:
+        comm = await asyncio.wait_for(connector(address, timeout), timeout)
+    except asyncio.TimeoutError:
+        raise CommClosedError(f"timed out after {timeout}s connecting to {address}") from None
+    await exchange_handshake(comm, timeout)
+    return comm
+
+
+def listen(address: str, handler: CommHandler) -> Listener:
+    """A listener on ``address`` (port 0 picks a free one); call ``start()``."""
+    _, factory = _transport(address)
+    return factory(address, handler)

@@ -1,0 +1,42 @@
+"""The wire format: frames, msgpack messages, serialization, handshake.
+
+Errors::
+
+    ProtocolError (ValueError)
+    ├── FramingError       bytes that are not a well-formed message
+    ├── MessageError       frames that do not decode into a message
+    └── VersionMismatchError  a peer speaking another protocol version
+    SerializationError (TypeError)   a value that cannot be (un)pickled
+"""
+
+from ._framing import MAX_MESSAGE_BYTES, FramingError, pack_frames_prelude, unpack_frame_lengths
+from ._messages import MessageError, ToPickle, dumps, loads
+from ._serialize import SerializationError, Serialized, deserialize, pickle_fast, serialize
+
+#: Bumped whenever a message changes incompatibly.
+PROTOCOL_VERSION = 1
+
+ProtocolError = ValueError
+
+
+class VersionMismatchError(ConnectionError):
+    """The peer speaks a different protocol version."""
+
+
+__all__ = [
+    "MAX_MESSAGE_BYTES",
+    "PROTOCOL_VERSION",
+    "FramingError",
+    "MessageError",
+    "SerializationError",
+    "Serialized",
+    "ToPickle",
+    "VersionMismatchError",
+    "deserialize",
+    "dumps",
+    "loads",
+    "pack_frames_prelude",
+    "pickle_fast",
+    "serialize",
+    "unpack_frame_lengths",
+]

@@ -1,0 +1,115 @@
+"""The scheduler's HTTP server: health, the JSON API, metrics, dashboard.
+
+The Kubernetes operator and external tools use only this API (documented in
+docs/http-api.md).  Bad requests get a 4xx status with ``{"error": ...}``.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import TYPE_CHECKING, Any
+
+from tornado.httpserver import HTTPServer
+from tornado.netutil import bind_sockets
+from tornado.web import Application, HTTPError, RequestHandler
+
+from ._adaptive import adaptive_target
+
+if TYPE_CHECKING:
+    from ._server import Scheduler
+
+
+class _Base(RequestHandler):
+    def initialize(self, scheduler: Scheduler) -> None:
+        self.scheduler = scheduler
+
+    def write_json(self, payload: Any, status: int = 200) -> None:
+        self.set_status(status)
+        self.set_header("Content-Type", "application/json")
+        self.finish(json.dumps(payload))
+
+    def write_error(self, status_code: int, **kwargs: Any) -> None:
+        exc = kwargs.get("exc_info", (None, None))[1]
+        message = getattr(exc, "log_message", None) or self._reason
+        self.write_json({"error": message}, status_code)
+
+    def json_body(self) -> dict[str, Any]:
+        if not self.request.body:
+            return {}
+        try:
+            body = json.loads(self.request.body)
+        except ValueError as exc:
+            raise HTTPError(400, f"the body is not JSON: {exc}") from exc
+        if not isinstance(body, dict):
+            raise HTTPError(400, "the body must be a JSON object")
+        return body
+
+
+class Health(_Base):
+    def get(self) -> None:
+        if self.scheduler.status != "running":
+            raise HTTPError(503, f"scheduler is {self.scheduler.status}")
+        self.set_header("Content-Type", "text/plain")
+        self.finish("ok")
+
+
+class Workers(_Base):
+    def get(self) -> None:
+        workers = []
+        for ws in self.scheduler.state.workers.values():
+            info = ws.info()
+            info["ready"] = ws.status == "running"
+            info.pop("metrics", None)
+            workers.append(info)
+        self.write_json({"workers": workers})
+
+
+class AdaptiveTarget(_Base):
+    def get(self) -> None:
+        self.write_json({"workers": adaptive_target(self.scheduler.state)})
+
+
+class Idle(_Base):
+    def get(self) -> None:
+        since = self.scheduler.state.idle_since
+        self.write_json({"idle": since is not None, "idle_since": since})
+
+
+class RetireWorkers(_Base):
+    async def post(self) -> None:
+        body = self.json_body()
+        workers, n = body.get("workers"), body.get("n")
+        if workers is None and n is None:
+            raise HTTPError(400, 'give "n" (a count) or "workers" (addresses or names)')
+        if n is not None and (not isinstance(n, int) or isinstance(n, bool) or n < 0):
+            raise HTTPError(400, f'"n" must be a non-negative integer, got {n!r}')
+        if workers is not None and (
+            not isinstance(workers, list) or not all(isinstance(w, str) for w in workers)
+        ):
+            raise HTTPError(400, '"workers" must be a list of addresses or names')
+        try:
+            retired = await self.scheduler.retirement.retire(workers=workers, n=n)
+        except ValueError as exc:
+            raise HTTPError(409, str(exc)) from exc
+        self.write_json({"retired": retired})
+
+
+def routes(scheduler: Scheduler) -> list[tuple[str, type, dict[str, Any]]]:
+    args = {"scheduler": scheduler}
+    return [
+        (r"/health", Health, args),
+        (r"/api/v1/workers", Workers, args),
+        (r"/api/v1/adaptive_target", AdaptiveTarget, args),
+        (r"/api/v1/idle", Idle, args),
+        (r"/api/v1/retire_workers", RetireWorkers, args),
+    ]
+
+
+async def start_http(scheduler: Scheduler, host: str, port: int) -> tuple[HTTPServer, str]:
+    app = Application(routes(scheduler))  # type: ignore[arg-type]
+    server = HTTPServer(app)
+    sockets = bind_sockets(port, address=host)
+    server.add_sockets(sockets)
+    bound = sockets[0].getsockname()[1]
+    shown = "127.0.0.1" if host in ("0.0.0.0", "") else host
+    return server, f"http://{shown}:{bound}"

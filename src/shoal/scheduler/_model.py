@@ -1,0 +1,126 @@
+"""What the scheduler knows about one task and one worker.
+
+Plain slotted classes: millions of them may exist, and the hot paths touch
+their attributes directly.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+_HEX_TAIL = re.compile(r"[-_]?[0-9a-f]{8,}$")
+
+
+def key_prefix(key: str) -> str:
+    """``"inc-9f86d08..."`` -> ``"inc"``: groups tasks of one function."""
+    return _HEX_TAIL.sub("", key.split("-")[0] if "-" in key else key) or key
+
+
+class TaskState:
+    __slots__ = (
+        "key", "prefix", "func", "run_args", "priority", "state",
+        "dependencies", "dependents", "waiting_on", "waiters", "who_has", "who_wants",
+        "nbytes", "processing_on", "retries", "suspicious", "worker_restrictions",
+        "loose_restrictions", "resource_restrictions", "exception", "traceback",
+        "exception_text", "erred_on_behalf_of", "ever_finished", "__weakref__",
+    )
+
+    def __init__(
+        self, key: str, prefix: str, func: str | None, run_args: Any, priority: tuple
+    ) -> None:
+        self.key = key
+        self.prefix = prefix
+        self.func = func
+        self.run_args = run_args
+        self.priority = priority
+        self.state = "released"
+        self.dependencies: set[TaskState] = set()
+        self.dependents: set[TaskState] = set()
+        self.waiting_on: set[TaskState] = set()
+        self.waiters: set[TaskState] = set()
+        self.who_has: set[WorkerState] = set()
+        self.who_wants: set[str] = set()
+        self.nbytes = 0
+        self.processing_on: WorkerState | None = None
+        self.retries = 0
+        self.suspicious = 0
+        self.worker_restrictions: set[str] | None = None
+        self.loose_restrictions = False
+        self.resource_restrictions: dict[str, float] | None = None
+        self.exception: Any = None
+        self.traceback: str | None = None
+        self.exception_text: str | None = None
+        self.erred_on_behalf_of: str | None = None
+        self.ever_finished = False
+
+    def __repr__(self) -> str:
+        return f"<TaskState {self.key!r} {self.state}>"
+
+    def validate(self) -> None:
+        key, state = self.key, self.state
+        assert bool(self.who_has) == (state == "memory"), f"{key}: who_has vs {state}"
+        assert (self.processing_on is not None) == (state == "processing"), f"{key}: processing_on"
+        if state == "waiting":
+            missing = {d for d in self.dependencies if d.state != "memory"}
+            assert self.waiting_on == missing and missing, f"{key}: waiting_on is wrong"
+        else:
+            assert not self.waiting_on, f"{key}: waiting_on set while {state}"
+        if state in ("processing", "queued", "no-worker"):
+            assert all(d.state == "memory" for d in self.dependencies), f"{key}: inputs missing"
+        if state == "erred":
+            assert self.exception_text is not None, f"{key}: erred without an exception"
+        assert self.waiters <= self.dependents, f"{key}: waiters not among dependents"
+        for w in self.waiters:
+            assert w.state not in ("memory", "erred", "forgotten"), f"{key}: stale waiter {w}"
+
+
+class WorkerState:
+    __slots__ = (
+        "address", "name", "nthreads", "memory_limit", "resources", "processing",
+        "has_what", "nbytes", "occupancy", "status", "last_seen", "http_address",
+        "functions_sent", "avg_duration", "metrics", "__weakref__",
+    )
+
+    def __init__(
+        self, address: str, name: str, nthreads: int, memory_limit: int,
+        resources: dict[str, float] | None = None,
+    ) -> None:
+        self.address = address
+        self.name = name
+        self.nthreads = nthreads
+        self.memory_limit = memory_limit
+        self.resources = dict(resources or {})
+        self.processing: dict[TaskState, float] = {}  # task -> estimated seconds
+        self.has_what: set[TaskState] = set()
+        self.nbytes = 0
+        self.occupancy = 0.0
+        self.status = "running"
+        self.last_seen = 0.0
+        self.http_address: str | None = None
+        self.functions_sent: set[str] = set()
+        self.avg_duration: float | None = None
+        self.metrics: dict[str, Any] = {}
+
+    def __repr__(self) -> str:
+        return f"<WorkerState {self.address} {len(self.processing)} processing>"
+
+    def validate(self) -> None:
+        for ts in self.processing:
+            assert ts.processing_on is self and ts.state == "processing"
+        assert self.nbytes == sum(ts.nbytes for ts in self.has_what), f"{self.address}: nbytes"
+
+    def info(self) -> dict[str, Any]:
+        return {
+            "address": self.address,
+            "name": self.name,
+            "nthreads": self.nthreads,
+            "memory_limit": self.memory_limit,
+            "memory": self.nbytes,
+            "executing": len(self.processing),
+            "in_memory": len(self.has_what),
+            "resources": self.resources,
+            "status": self.status,
+            "last_seen": self.last_seen,
+            "metrics": self.metrics,
+        }

@@ -1,0 +1,211 @@
+"""Where a ready task runs, and how much work each worker is given ahead.
+
+* A task with inputs goes to the worker where it is expected to *start*
+  soonest: the time to fetch the inputs it lacks there plus the work already
+  queued there.  Small inputs make that mostly the queue; large inputs pull
+  the task to its data.
+* A task without inputs (a root) is only handed to a worker with a free
+  slot; the rest wait in the scheduler's queue, in priority order, so a graph
+  with a million roots does not flood the workers' memory before the
+  reducing tasks get to run.  A slot count covers a few milliseconds of work
+  ahead per thread, so tiny tasks keep the threads busy across round trips.
+"""
+
+from __future__ import annotations
+
+import heapq
+import itertools
+import math
+from typing import TYPE_CHECKING
+
+from ._events import ToWorker
+from ._model import TaskState, WorkerState
+
+if TYPE_CHECKING:
+    from ._state import SchedulerState
+
+#: Estimated seconds for a task of a prefix never seen finishing.
+UNKNOWN_TASK_DURATION = 0.5
+#: Assumed worker-to-worker bandwidth (bytes/s) and per-fetch latency (s).
+BANDWIDTH = 500e6
+FETCH_LATENCY = 0.001
+#: Root tasks per thread a worker is given at least.
+SATURATION = 1.5
+#: ...and enough more to cover this much time when tasks are tiny.
+PIPELINE_SECONDS = 0.004
+MAX_SLOTS_PER_THREAD = 64
+#: Other workers considered besides those holding a task's inputs.
+EXTRA_CANDIDATES = 2
+
+
+class Placement:
+    def __init__(self, state: SchedulerState) -> None:
+        self.state = state
+        self.queued: set[TaskState] = set()
+        self._heap: list[tuple[tuple, int, TaskState]] = []
+        self._counter = itertools.count()
+        self._cursor = 0
+        self.durations: dict[str, float] = {}
+
+    # ------------------------------------------------------------ durations
+
+    def estimate(self, ts: TaskState) -> float:
+        return self.durations.get(ts.prefix, UNKNOWN_TASK_DURATION)
+
+    def record_duration(self, ts: TaskState, ws: WorkerState, seconds: float) -> None:
+        old = self.durations.get(ts.prefix)
+        self.durations[ts.prefix] = seconds if old is None else 0.8 * old + 0.2 * seconds
+        avg = ws.avg_duration
+        ws.avg_duration = seconds if avg is None else 0.9 * avg + 0.1 * seconds
+
+    def slots(self, ws: WorkerState) -> int:
+        base = math.ceil(ws.nthreads * SATURATION)
+        avg = ws.avg_duration
+        if avg is None:
+            return base
+        ahead = math.ceil(PIPELINE_SECONDS / max(avg, 1e-6)) * ws.nthreads
+        return max(base, min(ahead, MAX_SLOTS_PER_THREAD * ws.nthreads))
+
+    # ------------------------------------------------------------ validity
+
+    def valid(self, ts: TaskState, ws: WorkerState) -> bool:
+        if ws.status != "running":
+            return False
+        if ts.worker_restrictions is not None and not ts.loose_restrictions:
+            if ws.address not in ts.worker_restrictions and ws.name not in ts.worker_restrictions:
+                return False
+        if ts.resource_restrictions:
+            for name, amount in ts.resource_restrictions.items():
+                if ws.resources.get(name, 0) < amount:
+                    return False
+        return True
+
+    def _preferred(self, ts: TaskState) -> list[WorkerState]:
+        workers = self.state.workers
+        if ts.worker_restrictions is None:
+            return []
+        return [
+            ws for ws in workers.values()
+            if (ws.address in ts.worker_restrictions or ws.name in ts.worker_restrictions)
+            and self.valid(ts, ws)
+        ]
+
+    # ------------------------------------------------------------ deciding
+
+    def schedule(self, ts: TaskState) -> None:
+        """Place a ready task: on a worker, in the queue, or as no-worker."""
+        ws = self.decide(ts)
+        if ws is not None:
+            self.assign(ts, ws)
+        elif self._queueable(ts) and self.state.workers:
+            self._enqueue(ts)
+        else:
+            ts.state = "no-worker"
+
+    def _queueable(self, ts: TaskState) -> bool:
+        return not ts.dependencies and ts.worker_restrictions is None and not (
+            ts.resource_restrictions
+        )
+
+    def decide(self, ts: TaskState) -> WorkerState | None:
+        preferred = self._preferred(ts)
+        if preferred:
+            return min(preferred, key=self._start_time(ts))
+        if ts.worker_restrictions is not None and not ts.loose_restrictions:
+            return None
+        if self._queueable(ts):
+            return self._idlest_with_room()
+        candidates = {ws for dep in ts.dependencies for ws in dep.who_has if self.valid(ts, ws)}
+        candidates.update(self._rotating(EXTRA_CANDIDATES, ts))
+        if not candidates:
+            candidates = {ws for ws in self.state.workers.values() if self.valid(ts, ws)}
+        if not candidates:
+            return None
+        return min(candidates, key=self._start_time(ts))
+
+    def _start_time(self, ts: TaskState):  # noqa: ANN202 - returns a sort key
+        deps = ts.dependencies
+
+        def start(ws: WorkerState) -> tuple[float, str]:
+            missing_bytes = 0
+            missing = 0
+            for dep in deps:
+                if ws not in dep.who_has:
+                    missing_bytes += dep.nbytes
+                    missing += 1
+            fetch = missing_bytes / BANDWIDTH + (FETCH_LATENCY if missing else 0.0)
+            return fetch + ws.occupancy / ws.nthreads, ws.address
+
+        return start
+
+    def _rotating(self, n: int, ts: TaskState) -> list[WorkerState]:
+        workers = list(self.state.workers.values())
+        if not workers:
+            return []
+        picked = []
+        for _ in range(min(n, len(workers))):
+            self._cursor = (self._cursor + 1) % len(workers)
+            ws = workers[self._cursor]
+            if self.valid(ts, ws):
+                picked.append(ws)
+        return picked
+
+    def _idlest_with_room(self) -> WorkerState | None:
+        best: WorkerState | None = None
+        best_load = math.inf
+        for ws in self.state.workers.values():
+            if ws.status != "running":
+                continue
+            load = len(ws.processing)
+            if load >= self.slots(ws):
+                continue
+            relative = load / ws.nthreads
+            if relative < best_load:
+                best, best_load = ws, relative
+        return best
+
+    # ------------------------------------------------------------ acting
+
+    def assign(self, ts: TaskState, ws: WorkerState) -> None:
+        duration = self.estimate(ts)
+        ts.state = "processing"
+        ts.processing_on = ws
+        ws.processing[ts] = duration
+        ws.occupancy += duration
+        msg: dict = {"op": "compute-task", "key": ts.key, "func": ts.func,
+                     "args": ts.run_args, "priority": list(ts.priority)}
+        if ts.func not in ws.functions_sent:
+            msg["function"] = self.state.functions[ts.func]
+            ws.functions_sent.add(ts.func)  # type: ignore[arg-type]
+        if ts.dependencies:
+            msg["who_has"] = {d.key: [w.address for w in d.who_has] for d in ts.dependencies}
+            msg["nbytes"] = {d.key: d.nbytes for d in ts.dependencies}
+        if ts.resource_restrictions:
+            msg["resources"] = ts.resource_restrictions
+        self.state.out.append(ToWorker(ws.address, msg))
+
+    def unassign(self, ts: TaskState, ws: WorkerState) -> None:
+        duration = ws.processing.pop(ts, 0.0)
+        ws.occupancy = max(0.0, ws.occupancy - duration)
+
+    def _enqueue(self, ts: TaskState) -> None:
+        ts.state = "queued"
+        self.queued.add(ts)
+        heapq.heappush(self._heap, (ts.priority, next(self._counter), ts))
+
+    def dequeue(self, ts: TaskState) -> None:
+        self.queued.discard(ts)  # its heap entry is skipped when popped
+
+    def fill(self, ws: WorkerState, stimulus: str) -> None:
+        """Hand queued roots to ``ws`` while it has free slots."""
+        if ws.status != "running" or not self.queued:
+            return
+        heap = self._heap
+        slots = self.slots(ws)
+        while heap and len(ws.processing) < slots:
+            _, _, ts = heapq.heappop(heap)
+            if ts not in self.queued:
+                continue
+            self.queued.discard(ts)
+            self.assign(ts, ws)
+            self.state._log(ts, "queued", "processing", stimulus)

@@ -1,0 +1,361 @@
+"""The scheduler process's I/O shell around :class:`SchedulerState`.
+
+Workers and clients each keep one batched stream to the scheduler.  Every
+message that arrives becomes an event for the state machine; the messages it
+returns are routed to the right stream.  Request/response operations
+(``who_has``, ``scheduler_info``, ``retire_workers``, ...) are answered on
+ordinary connections.  A worker that stops heart-beating for ``worker_ttl``
+seconds is removed as if its connection had dropped.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import logging
+import os
+import time
+from typing import Any
+
+from ..comm import BatchedSend, CommClosedError, ConnectionPool, RPCServer
+from ..comm._core import Comm
+from ..protocol import Serialized, ToPickle
+from ._events import (
+    AddClient,
+    AddKeys,
+    AddWorker,
+    CancelKeys,
+    ClientReleasesKeys,
+    ClientWantsKeys,
+    Event,
+    MissingData,
+    RemoveClient,
+    RemoveWorker,
+    TaskErred,
+    TaskFinished,
+    TaskSpec,
+    ToClient,
+    ToWorker,
+    UpdateData,
+    UpdateGraph,
+)
+from ._adaptive import adaptive_target
+from ._retire import Retirement
+from ._state import SchedulerState
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_WORKER_TTL = 10.0
+
+
+class Scheduler:
+    """A scheduler: ``await Scheduler().start()``; ``address`` once started."""
+
+    def __init__(
+        self,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        *,
+        http_port: int | None = None,
+        worker_ttl: float = DEFAULT_WORKER_TTL,
+        allowed_failures: int | None = None,
+        listen_address: str | None = None,
+    ) -> None:
+        self.listen_address = listen_address or f"tcp://{host}:{port}"
+        self.host = host
+        self.http_port = http_port
+        self.worker_ttl = worker_ttl
+        kwargs = {} if allowed_failures is None else {"allowed_failures": allowed_failures}
+        self.state = SchedulerState(**kwargs)
+        self.rpc = RPCServer(
+            {
+                "who_has": self.who_has,
+                "scheduler_info": self.scheduler_info,
+                "broadcast": self.broadcast,
+                "gather": self.gather,
+                "retire_workers": self.retire_workers,
+                "adaptive_target": self.adaptive_target,
+                "ping": lambda: "pong",
+            },
+            {"register-worker": self.add_worker, "register-client": self.add_client},
+        )
+        self.pool = ConnectionPool()
+        self.worker_streams: dict[str, BatchedSend] = {}
+        self.client_streams: dict[str, BatchedSend] = {}
+        self.worker_info: dict[str, dict[str, Any]] = {}
+        self.retirement = Retirement(self)
+        self.address = ""
+        self.http_address: str | None = None
+        self.started = time.time()
+        self.status = "init"
+        self._ids = itertools.count()
+        self._tasks: set[asyncio.Task] = set()
+        self._http: Any = None
+        self.task_stream: list[dict[str, Any]] = []
+
+    async def start(self) -> Scheduler:
+        self.address = await self.rpc.listen(self.listen_address)
+        if self.http_port is not None:
+            from ._http import start_http
+
+            self._http, self.http_address = await start_http(self, self.host, self.http_port)
+        self.status = "running"
+        self._spawn(self._check_heartbeats())
+        logger.info("scheduler at %s", self.address)
+        return self
+
+    def _spawn(self, coro: Any) -> asyncio.Task:
+        task = asyncio.get_running_loop().create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        return task
+
+    def stimulus(self, what: str) -> str:
+        return f"{what}-{next(self._ids)}"
+
+    async def close(self) -> None:
+        if self.status == "closed":
+            return
+        self.status = "closed"
+        for address in list(self.worker_streams):
+            self.worker_streams[address].send({"op": "close"})
+        await asyncio.gather(*(s.close(1.0) for s in self.worker_streams.values()),
+                             return_exceptions=True)
+        for stream in self.client_streams.values():
+            stream.abort()
+        self.rpc.stop()
+        self.pool.close()
+        if self._http is not None:
+            self._http.stop()
+        for task in list(self._tasks):
+            if task is not asyncio.current_task():
+                task.cancel()
+
+    # ------------------------------------------------------------ routing
+
+    def handle(self, *events: Event) -> None:
+        for inst in self.state.handle(*events):
+            if type(inst) is ToWorker:
+                stream = self.worker_streams.get(inst.worker)
+            elif type(inst) is ToClient:
+                stream = self.client_streams.get(inst.client)
+            else:
+                continue
+            if stream is not None:
+                try:
+                    stream.send(inst.msg)
+                except CommClosedError:
+                    pass
+
+    # ------------------------------------------------------------ workers
+
+    async def add_worker(self, comm: Comm, address: str, name: str, nthreads: int,
+                         memory_limit: int, resources: dict | None = None,
+                         http_address: str | None = None, **extra: Any) -> None:
+        if address in self.state.workers or any(
+            ws.name == name for ws in self.state.workers.values()
+        ):
+            await comm.write({"status": "error",
+                              "message": f"a worker named {name!r} at {address} is registered"})
+            comm.abort()
+            return
+        await comm.write({"status": "ok"})
+        self.worker_streams[address] = BatchedSend(comm)
+        self.worker_info[address] = {"http_address": http_address, **extra}
+        self.handle(AddWorker(self.stimulus("add-worker"), address, name, nthreads,
+                              memory_limit, resources or {}, http_address))
+        logger.info("worker %s (%s) joined with %d threads", name, address, nthreads)
+        reason = "connection lost"
+        try:
+            await self._read_worker(comm, address)
+        except CommClosedError:
+            pass
+        except Exception as exc:  # a bug or malformed stream: drop this worker only
+            logger.exception("stream from worker %s failed", address)
+            reason = f"stream failed: {exc!r}"
+        self.remove_worker(address, reason)
+
+    async def _read_worker(self, comm: Comm, address: str) -> None:
+        state = self.state
+        while True:
+            batch = await comm.read()
+            ws = state.workers.get(address)
+            if ws is None:
+                return
+            ws.last_seen = time.time()
+            events: list[Event] = []
+            for msg in batch if isinstance(batch, list) else [batch]:
+                ev = self._worker_event(address, msg)
+                if ev is not None:
+                    events.append(ev)
+            if events:
+                self.handle(*events)
+                self.retirement.poke()
+
+    def _worker_event(self, address: str, msg: dict[str, Any]) -> Event | None:
+        op = msg.get("op")
+        if op == "task-finished":
+            self._record_task(address, msg)
+            return TaskFinished("task-finished", address, msg["key"], msg["nbytes"],
+                                msg.get("start", 0.0), msg.get("stop", 0.0))
+        if op == "task-erred":
+            return TaskErred("task-erred", address, msg["key"], msg.get("exception"),
+                             msg.get("traceback", ""), msg.get("exception_text", ""))
+        if op == "missing-data":
+            return MissingData("missing-data", address, msg["key"], msg["errant_worker"])
+        if op == "add-keys":
+            return AddKeys("add-keys", address, msg["keys"])
+        if op == "heartbeat":
+            ws = self.state.workers.get(address)
+            if ws is not None:
+                ws.metrics = msg.get("metrics", {})
+            return None
+        logger.warning("unknown message from worker %s: %r", address, op)
+        return None
+
+    def _record_task(self, address: str, msg: dict[str, Any]) -> None:
+        if msg.get("stop"):
+            self.task_stream.append({"key": msg["key"], "worker": address,
+                                     "start": msg["start"], "stop": msg["stop"]})
+            if len(self.task_stream) > 10_000:
+                del self.task_stream[:5_000]
+
+    def remove_worker(self, address: str, reason: str) -> None:
+        stream = self.worker_streams.pop(address, None)
+        if stream is not None:
+            stream.abort()
+        self.worker_info.pop(address, None)
+        self.pool.remove(address)
+        if address in self.state.workers:
+            logger.warning("removing worker %s: %s", address, reason)
+            self.handle(RemoveWorker(self.stimulus("remove-worker"), address, reason))
+
+    async def _check_heartbeats(self) -> None:
+        while self.status == "running":
+            await asyncio.sleep(min(1.0, self.worker_ttl / 4))  # a period, not a sync
+            now = time.time()
+            for ws in list(self.state.workers.values()):
+                if now - ws.last_seen > self.worker_ttl:
+                    self.remove_worker(ws.address, f"no heartbeat for {self.worker_ttl}s")
+
+    # ------------------------------------------------------------ clients
+
+    async def add_client(self, comm: Comm, client: str, **_: Any) -> None:
+        if client in self.client_streams:
+            await comm.write({"status": "error", "message": f"client id {client!r} is in use"})
+            comm.abort()
+            return
+        await comm.write({"status": "ok", "address": self.address})
+        self.client_streams[client] = BatchedSend(comm)
+        self.handle(AddClient(self.stimulus("add-client"), client))
+        try:
+            await self._read_client(comm, client)
+        except CommClosedError:
+            pass
+        except Exception:  # a malformed stream: drop this client only
+            logger.exception("stream from client %s failed", client)
+        stream = self.client_streams.pop(client, None)
+        if stream is not None:
+            stream.abort()
+        self.handle(RemoveClient(self.stimulus("remove-client"), client))
+
+    async def _read_client(self, comm: Comm, client: str) -> None:
+        while True:
+            batch = await comm.read()
+            for msg in batch if isinstance(batch, list) else [batch]:
+                op = msg.get("op")
+                if op == "close-client":
+                    return
+                ev = self._client_event(client, op, msg)
+                if ev is None:
+                    self._reply_bad(client, op)
+                else:
+                    self.handle(ev)
+
+    def _client_event(self, client: str, op: Any, msg: dict[str, Any]) -> Event | None:
+        stim = self.stimulus(str(op))
+        if op == "update-graph":
+            tasks = [_task_spec(t) for t in msg["tasks"]]
+            return UpdateGraph(stim, client, tasks, msg.get("functions", {}), msg["wanted"])
+        if op == "client-releases-keys":
+            return ClientReleasesKeys(stim, client, msg["keys"])
+        if op == "client-wants-keys":
+            return ClientWantsKeys(stim, client, msg["keys"])
+        if op == "cancel-keys":
+            return CancelKeys(stim, client, msg["keys"])
+        if op == "update-data":
+            return UpdateData(stim, client, msg["who_has"], msg["nbytes"])
+        return None
+
+    def _reply_bad(self, client: str, op: Any) -> None:
+        stream = self.client_streams.get(client)
+        if stream is not None:
+            stream.send({"op": "error", "message": f"unknown operation {op!r}"})
+
+    # ------------------------------------------------------------ requests
+
+    def who_has(self, keys: list[str]) -> dict[str, list[str]]:
+        return self.state.who_has(keys)
+
+    def scheduler_info(self) -> dict[str, Any]:
+        workers = {}
+        for address, ws in self.state.workers.items():
+            info = ws.info()
+            info.update(self.worker_info.get(address, {}))
+            workers[address] = info
+        return {
+            "address": self.address, "http_address": self.http_address, "pid": os.getpid(),
+            "started": self.started, "workers": workers,
+            "tasks": len(self.state.tasks), "clients": len(self.client_streams),
+        }
+
+    async def broadcast(self, op: str, workers: list[str] | None = None,
+                        **kwargs: Any) -> dict[str, Any]:
+        targets = workers if workers is not None else list(self.state.workers)
+
+        async def one(address: str) -> Any:
+            try:
+                return await self.pool.request(address, op, **kwargs)
+            except Exception as exc:  # one worker's failure is its entry in the answer
+                return {"status": "error", "message": f"{type(exc).__name__}: {exc}"}
+
+        answers = await asyncio.gather(*(one(a) for a in targets))
+        return dict(zip(targets, answers))
+
+    async def gather(self, keys: list[str]) -> dict[str, Any]:
+        """Collect values for a client that cannot reach the workers itself."""
+        by_worker: dict[str, list[str]] = {}
+        for key, holders in self.state.who_has(keys).items():
+            if holders:
+                by_worker.setdefault(holders[0], []).append(key)
+        data: dict[str, Serialized] = {}
+        errors: dict[str, str] = {}
+        for address, wkeys in by_worker.items():
+            try:
+                answer = await self.pool.request(address, "get_data", keys=wkeys)
+            except (CommClosedError, OSError) as exc:
+                errors.update({k: f"worker {address} is unreachable: {exc}" for k in wkeys})
+                continue
+            data.update(answer["data"])
+            errors.update(answer.get("errors", {}))
+        missing = [k for k in keys if k not in data and k not in errors]
+        return {"status": "ok", "data": data, "errors": errors, "missing": missing}
+
+    async def retire_workers(self, workers: list[str] | None = None, n: int | None = None,
+                             close: bool = True) -> dict[str, Any]:
+        retired = await self.retirement.retire(workers=workers, n=n, close=close)
+        return {"status": "ok", "retired": retired}
+
+    def adaptive_target(self) -> dict[str, Any]:
+        return {"status": "ok", "workers": adaptive_target(self.state)}
+
+    def run_on_scheduler(self, function: Any) -> Any:
+        return ToPickle(function(self))
+
+
+def _task_spec(t: dict[str, Any]) -> TaskSpec:
+    return TaskSpec(
+        t["key"], t.get("func"), t.get("args"), t.get("deps") or [], t.get("priority", 0),
+        t.get("workers"), t.get("allow_other_workers", False), t.get("resources"),
+        t.get("retries", 0),
+    )

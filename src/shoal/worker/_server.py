@@ -1,0 +1,406 @@
+"""The worker process's I/O shell around :class:`WorkerState`.
+
+It keeps one batched stream to the scheduler, serves its results to peers
+and clients (``get_data``), fetches inputs from peers, and runs tasks on its
+executor.  All decisions are the state machine's; this module only carries
+them out.
+
+When the scheduler goes away the worker drops everything it holds (the
+scheduler has already rescheduled it) and tries to reconnect until
+``death_timeout`` passes, then exits: under a nanny or Kubernetes it is
+simply started again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import socket
+import time
+from typing import Any
+
+from ..comm import BatchedSend, CommClosedError, ConnectionPool, RPCServer, connect
+from ..comm._core import Comm
+from ..protocol import SerializationError, Serialized, ToPickle, deserialize, serialize
+from ._execute import Executor, Outcome, run_task
+from ._memory import memory_limit_for, process_memory
+from ._sizeof import sizeof
+from ._state import (
+    AcquireReplicas,
+    ComputeTask,
+    Execute,
+    ExecuteFailure,
+    ExecuteSuccess,
+    Forget,
+    FreeKeys,
+    Gather,
+    GatherDone,
+    Send,
+    SetPaused,
+    WorkerState,
+)
+from ._store import DataStore
+
+logger = logging.getLogger(__name__)
+
+HEARTBEAT_INTERVAL = 0.5
+DEFAULT_DEATH_TIMEOUT = 60.0
+MEMORY_TARGET = 0.6  # managed memory above this fraction of the limit spills to disk
+
+
+class Worker:
+    """A worker: ``await Worker(scheduler_address).start()``."""
+
+    def __init__(
+        self,
+        scheduler_address: str,
+        *,
+        nthreads: int = 1,
+        name: str | None = None,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        memory_limit: str | int | float | None = "auto",
+        resources: dict[str, float] | None = None,
+        death_timeout: float = DEFAULT_DEATH_TIMEOUT,
+        spill_directory: str | None = None,
+        listen_address: str | None = None,
+        http_port: int | None = None,
+    ) -> None:
+        self.http_port = http_port
+        self.scheduler_address = scheduler_address
+        self.nthreads = nthreads
+        self.name = name
+        self.listen_address = listen_address or f"tcp://{host}:{port}"
+        self.memory_limit = memory_limit_for(memory_limit, 1)
+        self.resources = dict(resources or {})
+        self.death_timeout = death_timeout
+        self.spill_directory = spill_directory
+        self.address = ""
+        self.rpc = RPCServer(
+            {
+                "get_data": self.get_data,
+                "update_data": self.update_data,
+                "run": self.run_function,
+                "ping": lambda: "pong",
+                "info": self.info,
+            },
+            {},
+        )
+        self.pool = ConnectionPool()
+        self.functions: dict[str, Any] = {}
+        self.data: DataStore
+        self.state: WorkerState
+        self.stream: BatchedSend | None = None
+        self.status = "init"
+        self.bytes_served = 0
+        self.bytes_fetched = 0
+        self._tasks: set[asyncio.Task] = set()
+        self._stopped = asyncio.Event()
+
+    # ------------------------------------------------------------ lifecycle
+
+    async def start(self) -> Worker:
+        self.address = await self.rpc.listen(self.listen_address)
+        if self.name is None:
+            self.name = self.address
+        self.data = DataStore(int(self.memory_limit * MEMORY_TARGET), self.spill_directory)
+        self.state = WorkerState(self.address, self.nthreads, self.resources)
+        self.executor = Executor(self.nthreads, self._executed, name=str(self.name))
+        await self._connect_scheduler()
+        self.status = "running"
+        self._spawn(self._heartbeat())
+        return self
+
+    async def _connect_scheduler(self) -> None:
+        deadline = time.monotonic() + self.death_timeout
+        delay = 0.05
+        while True:
+            try:
+                comm = await connect(self.scheduler_address, timeout=5)
+                await comm.write(self._registration())
+                answer = await comm.read()
+                break
+            except (CommClosedError, OSError) as exc:
+                if time.monotonic() > deadline:
+                    raise TimeoutError(
+                        f"worker {self.name} could not reach the scheduler at "
+                        f"{self.scheduler_address} within {self.death_timeout}s: {exc}"
+                    ) from exc
+                await asyncio.sleep(delay)  # back off between connection attempts
+                delay = min(delay * 2, 1.0)
+        if not isinstance(answer, dict) or answer.get("status") != "ok":
+            comm.abort()
+            raise RuntimeError(f"the scheduler refused worker {self.name}: {answer}")
+        self.stream = BatchedSend(comm)
+        self._spawn(self._read_scheduler(comm))
+
+    def _registration(self) -> dict[str, Any]:
+        return {
+            "op": "register-worker",
+            "address": self.address,
+            "name": self.name,
+            "nthreads": self.nthreads,
+            "memory_limit": self.memory_limit,
+            "resources": self.resources,
+            "pid": os.getpid(),
+            "host": socket.gethostname(),
+            "keys": {},
+        }
+
+    async def _read_scheduler(self, comm: Comm) -> None:
+        handlers = {
+            "compute-task": self._compute_task,
+            "free-keys": self._free_keys,
+            "acquire-replicas": self._acquire_replicas,
+            "close": self._close_request,
+        }
+        try:
+            while True:
+                batch = await comm.read()
+                for msg in batch if isinstance(batch, list) else [batch]:
+                    op = msg.pop("op", None)
+                    handler = handlers.get(op)
+                    if handler is None:
+                        logger.warning("unknown message from the scheduler: %r", op)
+                        continue
+                    handler(**msg)
+        except CommClosedError:
+            pass
+        if self.status == "running":
+            logger.warning("worker %s lost its scheduler; reconnecting", self.name)
+            self._reset()
+            try:
+                await self._connect_scheduler()
+            except (TimeoutError, RuntimeError) as exc:
+                logger.error("%s; shutting down", exc)
+                self._spawn(self.close())
+
+    def _reset(self) -> None:
+        for key in list(self.data):
+            del self.data[key]
+        self.state = WorkerState(self.address, self.nthreads, self.resources)
+        self.functions.clear()
+
+    def _spawn(self, coro: Any) -> None:
+        task = asyncio.get_running_loop().create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def close(self, timeout: float = 5.0) -> None:
+        if self.status in ("closing", "closed"):
+            return
+        self.status = "closing"
+        self.rpc.stop()
+        if self.stream is not None:
+            await self.stream.close(timeout)
+        self.executor.shutdown()
+        self.pool.close()
+        for task in list(self._tasks):
+            if task is not asyncio.current_task():
+                task.cancel()
+        self.data.close()
+        self.status = "closed"
+        self._stopped.set()
+
+    async def finished(self) -> None:
+        await self._stopped.wait()
+
+    def _close_request(self, **_: Any) -> None:
+        self._spawn(self.close())
+
+    # ------------------------------------------------------------ messages in
+
+    def _compute_task(
+        self,
+        key: str,
+        func: str,
+        args: Serialized | None,
+        priority: list,
+        function: Serialized | None = None,
+        who_has: dict | None = None,
+        nbytes: dict | None = None,
+        resources: dict | None = None,
+    ) -> None:
+        if function is not None and func not in self.functions:
+            try:
+                self.functions[func] = deserialize(function)
+            except SerializationError as exc:
+                self._send(
+                    {
+                        "op": "task-erred",
+                        "key": key,
+                        "exception": serialize(exc),
+                        "traceback": "",
+                        "exception_text": str(exc),
+                    }
+                )
+                return
+        self._handle(
+            ComputeTask(key, func, args, tuple(priority), who_has or {}, nbytes or {}, resources)
+        )
+
+    def _free_keys(self, keys: list[str]) -> None:
+        self._handle(FreeKeys(keys))
+
+    def _acquire_replicas(self, who_has: dict, nbytes: dict) -> None:
+        self._handle(AcquireReplicas(who_has, nbytes))
+
+    # ------------------------------------------------------------ instructions
+
+    def _handle(self, *events: Any) -> None:
+        for inst in self.state.handle(*events):
+            kind = type(inst)
+            if kind is Send:
+                self._send(inst.msg)
+            elif kind is Execute:
+                self._execute(inst.key)
+            elif kind is Gather:
+                self._spawn(self._gather(inst))
+            elif kind is Forget:
+                self.data.pop(inst.key, None)
+
+    def _send(self, msg: dict[str, Any]) -> None:
+        if self.stream is not None:
+            try:
+                self.stream.send(msg)
+            except CommClosedError:
+                pass
+
+    def _execute(self, key: str) -> None:
+        ts = self.state.tasks[key]
+        func = self.functions.get(ts.func)  # type: ignore[arg-type]
+        inputs = {dep.key: self.data[dep.key] for dep in ts.dependencies}
+        args = ts.args
+        if func is None:
+            self._handle(
+                ExecuteFailure(
+                    key,
+                    serialize(RuntimeError("function missing")),
+                    "",
+                    "the worker never received this task's function",
+                )
+            )
+            return
+        self.executor.submit(lambda: run_task(key, func, args, inputs, sizeof))
+
+    def _executed(self, outcomes: list[Outcome]) -> None:
+        events: list[Any] = []
+        for o in outcomes:
+            if o.ok:
+                self.data.set_with_size(o.key, o.value, o.nbytes)
+                events.append(ExecuteSuccess(o.key, o.nbytes, o.start, o.stop))
+            else:
+                events.append(ExecuteFailure(o.key, o.exception, o.traceback, o.exception_text))
+        self._handle(*events)
+
+    async def _gather(self, inst: Gather) -> None:
+        received: dict[str, int] = {}
+        missing: list[str] = []
+        gone = False
+        try:
+            answer = await self.pool.request(inst.worker, "get_data", keys=inst.keys)
+        except (CommClosedError, OSError) as exc:
+            logger.info("fetching %d keys from %s failed: %s", len(inst.keys), inst.worker, exc)
+            missing, gone = list(inst.keys), True
+        else:
+            for key in inst.keys:
+                ser = answer["data"].get(key)
+                ts = self.state.tasks.get(key)
+                if ser is None:
+                    missing.append(key)
+                elif ts is not None and ts.state == "flight":
+                    value = deserialize(ser)
+                    nbytes = sizeof(value)
+                    self.data.set_with_size(key, value, nbytes)
+                    self.bytes_fetched += ser.nbytes
+                    received[key] = nbytes
+        self._handle(GatherDone(inst.worker, received, missing, gone))
+
+    # ------------------------------------------------------------ served ops
+
+    def get_data(self, keys: list[str]) -> dict[str, Any]:
+        data: dict[str, Any] = {}
+        errors: dict[str, str] = {}
+        for key in keys:
+            if key not in self.data:
+                continue
+            try:
+                ser = serialize(self.data[key])
+            except SerializationError as exc:
+                errors[key] = f"the result of {key!r} cannot be sent: {exc}"
+                continue
+            self.bytes_served += ser.nbytes
+            data[key] = ser
+        return {"status": "ok", "data": data, "errors": errors}
+
+    def update_data(self, data: dict[str, Serialized]) -> dict[str, Any]:
+        nbytes = {}
+        for key, ser in data.items():
+            value = deserialize(ser)
+            nbytes[key] = sizeof(value)
+            self.data.set_with_size(key, value, nbytes[key])
+            self.state.adopt(key, nbytes[key])
+        return {"status": "ok", "nbytes": nbytes}
+
+    async def run_function(self, function: Serialized, args: Any = None) -> dict[str, Any]:
+        func = deserialize(function)
+        call_args = deserialize(args) if args is not None else ()
+        result = func(*call_args)
+        if asyncio.iscoroutine(result):
+            result = await result
+        return {"status": "ok", "result": ToPickle(result)}
+
+    def info(self) -> dict[str, Any]:
+        return {
+            "address": self.address,
+            "name": self.name,
+            "nthreads": self.nthreads,
+            "memory_limit": self.memory_limit,
+            "pid": os.getpid(),
+            "memory_managed": self.data.memory_bytes,
+            "memory_spilled": self.data.spilled_bytes,
+            "tasks": {
+                s: sum(1 for t in self.state.tasks.values() if t.state == s)
+                for s in ("waiting", "ready", "executing", "memory", "fetch", "flight")
+            },
+        }
+
+    # ------------------------------------------------------------ heartbeat
+
+    async def _heartbeat(self) -> None:
+        while self.status == "running":
+            await asyncio.sleep(HEARTBEAT_INTERVAL)  # a period, not a synchronisation
+            rss = process_memory()
+            self._send(
+                {
+                    "op": "heartbeat",
+                    "metrics": {
+                        "memory_process": rss,
+                        "memory_managed": self.data.memory_bytes,
+                        "memory_spilled": self.data.spilled_bytes,
+                        "executing": len(self.state.executing),
+                        "bytes_served": self.bytes_served,
+                        "bytes_fetched": self.bytes_fetched,
+                        "paused": self.state.paused,
+                    },
+                }
+            )
+            self._check_memory(rss)
+
+    def _check_memory(self, rss: int) -> None:
+        limit = self.memory_limit
+        if not limit:
+            return
+        while rss > 0.7 * limit and self.data.evict() > 0:
+            rss = process_memory()
+        paused = rss > 0.8 * limit
+        if paused != self.state.paused:
+            logger.warning(
+                "worker %s %s (process memory %d of %d)",
+                self.name,
+                "pauses" if paused else "resumes",
+                rss,
+                limit,
+            )
+            self._handle(SetPaused(paused))

@@ -1,0 +1,457 @@
+"""The worker's task logic as a pure, synchronous state machine.
+
+The worker server feeds it events (a task assigned by the scheduler, an
+execution that finished, a fetch from a peer that came back) and carries out
+the instructions it returns (run this task, fetch these keys from that peer,
+send this message to the scheduler).  Values themselves live in the data
+store; the state machine only tracks which keys are held and how big they
+are.
+
+Task states on a worker::
+
+    compute tasks:  waiting ─▶ ready ─▶ executing ─▶ memory / error
+    inputs:         fetch ─▶ flight ─▶ memory
+"""
+
+from __future__ import annotations
+
+import heapq
+import itertools
+from dataclasses import dataclass, field
+from typing import Any
+
+LEGAL_TRANSITIONS: dict[str, frozenset[str]] = {
+    "waiting": frozenset({"ready", "released"}),
+    "ready": frozenset({"executing", "released"}),
+    "executing": frozenset({"memory", "error", "released", "cancelled"}),
+    "cancelled": frozenset({"released"}),
+    "fetch": frozenset({"flight", "released"}),
+    "flight": frozenset({"memory", "fetch", "released"}),
+    "memory": frozenset({"released"}),
+    "error": frozenset({"released"}),
+}
+
+#: Most peers fetched from at once, and most bytes asked of one peer at once.
+MAX_CONCURRENT_FETCHES = 8
+TARGET_FETCH_BYTES = 64 * 1024 * 1024
+
+
+# ------------------------------------------------------------------ events
+
+
+@dataclass(slots=True)
+class ComputeTask:
+    key: str
+    func: str | None
+    args: Any
+    priority: tuple
+    who_has: dict[str, list[str]] = field(default_factory=dict)
+    nbytes: dict[str, int] = field(default_factory=dict)
+    resources: dict[str, float] | None = None
+
+
+@dataclass(slots=True)
+class FreeKeys:
+    keys: list[str]
+
+
+@dataclass(slots=True)
+class ExecuteSuccess:
+    key: str
+    nbytes: int
+    start: float
+    stop: float
+
+
+@dataclass(slots=True)
+class ExecuteFailure:
+    key: str
+    exception: Any
+    traceback: str
+    exception_text: str
+
+
+@dataclass(slots=True)
+class GatherDone:
+    worker: str
+    received: dict[str, int]  # key -> nbytes now held
+    missing: list[str]  # keys the peer did not have
+    peer_gone: bool = False
+
+
+@dataclass(slots=True)
+class AcquireReplicas:
+    """Fetch copies of these keys (used when other workers retire)."""
+
+    who_has: dict[str, list[str]]
+    nbytes: dict[str, int]
+
+
+@dataclass(slots=True)
+class SetPaused:
+    paused: bool
+
+
+# ------------------------------------------------------------ instructions
+
+
+@dataclass(slots=True)
+class Execute:
+    key: str
+
+
+@dataclass(slots=True)
+class Gather:
+    worker: str
+    keys: list[str]
+    total_nbytes: int
+
+
+@dataclass(slots=True)
+class Send:
+    msg: dict[str, Any]
+
+
+@dataclass(slots=True)
+class Forget:
+    """Drop a value from the data store."""
+
+    key: str
+
+
+class WTask:
+    __slots__ = (
+        "key",
+        "state",
+        "func",
+        "args",
+        "priority",
+        "dependencies",
+        "dependents",
+        "who_has",
+        "nbytes",
+        "resources",
+        "replica",
+    )
+
+    def __init__(self, key: str) -> None:
+        self.key = key
+        self.state = "released"
+        self.func: str | None = None
+        self.args: Any = None
+        self.priority: tuple = ()
+        self.dependencies: set[WTask] = set()
+        self.dependents: set[WTask] = set()
+        self.who_has: set[str] = set()
+        self.nbytes = 0
+        self.resources: dict[str, float] | None = None
+        self.replica = False  # held for others (a fetched input), not computed here
+
+    def __repr__(self) -> str:
+        return f"<WTask {self.key!r} {self.state}>"
+
+
+class WorkerState:
+    def __init__(self, address: str, nthreads: int, resources: dict[str, float] | None = None):
+        self.address = address
+        self.nthreads = nthreads
+        self.total_resources = dict(resources or {})
+        self.available_resources = dict(resources or {})
+        self.tasks: dict[str, WTask] = {}
+        self.ready: list[tuple[tuple, int, WTask]] = []
+        self.executing: set[WTask] = set()
+        self.in_flight_workers: dict[str, set[WTask]] = {}
+        self.busy_workers: set[str] = set()
+        self.fetching: set[WTask] = set()  # tasks in state "fetch"
+        self.paused = False
+        self._counter = itertools.count()
+        self.out: list[Any] = []
+        self.counts = {"executed": 0, "failed": 0, "fetched": 0}
+
+    # ------------------------------------------------------------ API
+
+    def handle(self, *events: Any) -> list[Any]:
+        for ev in events:
+            getattr(self, "_" + type(ev).__name__)(ev)
+        self._ensure_computing()
+        self._ensure_communicating()
+        out, self.out = self.out, []
+        return out
+
+    def adopt(self, key: str, nbytes: int) -> None:
+        """A value placed here directly (scattered), not computed."""
+        ts = self.tasks.get(key)
+        if ts is None:
+            ts = self.tasks[key] = WTask(key)
+        self.fetching.discard(ts)
+        ts.state = "memory"
+        ts.nbytes = nbytes
+
+    @property
+    def memory_keys(self) -> list[str]:
+        return [k for k, t in self.tasks.items() if t.state == "memory"]
+
+    # ------------------------------------------------------------ events
+
+    def _ComputeTask(self, ev: ComputeTask) -> None:
+        ts = self.tasks.get(ev.key)
+        if ts is None:
+            ts = self.tasks[ev.key] = WTask(ev.key)
+        elif ts.state in ("memory", "executing", "waiting", "ready"):
+            if ts.state == "memory":
+                self.out.append(
+                    Send(
+                        {
+                            "op": "task-finished",
+                            "key": ts.key,
+                            "nbytes": ts.nbytes,
+                            "start": 0.0,
+                            "stop": 0.0,
+                        }
+                    )
+                )
+            return
+        elif ts.state in ("fetch", "flight"):
+            self.fetching.discard(ts)
+            ts.state = "released"
+        if ts.state == "cancelled":  # resubmitted while the old run is still going
+            ts.state = "executing"
+            ts.func, ts.args, ts.priority = ev.func, ev.args, tuple(ev.priority)
+            return
+        ts.func, ts.args, ts.priority = ev.func, ev.args, tuple(ev.priority)
+        ts.resources = ev.resources
+        ts.replica = False
+        for dep_key, workers in ev.who_has.items():
+            dep = self.tasks.get(dep_key)
+            if dep is None:
+                dep = self.tasks[dep_key] = WTask(dep_key)
+                dep.replica = True
+            if dep.state == "released":
+                dep.priority = ts.priority
+                self._to_fetch(dep)
+            dep.who_has.update(w for w in workers if w != self.address)
+            dep.nbytes = ev.nbytes.get(dep_key, dep.nbytes)
+            ts.dependencies.add(dep)
+            dep.dependents.add(ts)
+        self._maybe_ready(ts)
+
+    def _to_fetch(self, ts: WTask) -> None:
+        ts.state = "fetch"
+        self.fetching.add(ts)
+
+    def _maybe_ready(self, ts: WTask) -> None:
+        if all(dep.state == "memory" for dep in ts.dependencies):
+            ts.state = "ready"
+            heapq.heappush(self.ready, (ts.priority, next(self._counter), ts))
+        else:
+            ts.state = "waiting"
+
+    def _FreeKeys(self, ev: FreeKeys) -> None:
+        for key in ev.keys:
+            ts = self.tasks.get(key)
+            if ts is None:
+                continue
+            if ts.state == "executing":
+                ts.state = "cancelled"
+                continue
+            if ts.state == "cancelled":
+                continue
+            if ts.dependents and any(
+                d.state in ("waiting", "ready", "executing") for d in ts.dependents
+            ):
+                ts.replica = True  # still an input of work here; keep it
+                continue
+            self._release(ts)
+
+    def _release(self, ts: WTask) -> None:
+        if ts.state == "memory":
+            self.out.append(Forget(ts.key))
+        self.fetching.discard(ts)
+        ts.state = "released"  # an answer to a fetch in flight will be dropped
+        self.tasks.pop(ts.key, None)
+        for dep in ts.dependencies:
+            dep.dependents.discard(ts)
+            if not dep.dependents and dep.replica and dep.state in ("fetch", "flight"):
+                self._release(dep)
+        ts.dependencies.clear()
+        for dts in list(ts.dependents):
+            if dts.state in ("waiting", "ready"):
+                # an input vanished under a waiting task: the scheduler will
+                # reassign it; drop it here
+                dts.dependencies.discard(ts)
+                self._release(dts)
+
+    def _ExecuteSuccess(self, ev: ExecuteSuccess) -> None:
+        ts = self.tasks.get(ev.key)
+        if ts is None:
+            return
+        self._finish_execution(ts)
+        self.counts["executed"] += 1
+        if ts.state == "cancelled":
+            self.out.append(Forget(ts.key))
+            self._release(ts)
+            return
+        ts.state = "memory"
+        ts.nbytes = ev.nbytes
+        self.out.append(
+            Send(
+                {
+                    "op": "task-finished",
+                    "key": ts.key,
+                    "nbytes": ev.nbytes,
+                    "start": ev.start,
+                    "stop": ev.stop,
+                }
+            )
+        )
+        self._done_with_inputs(ts)
+
+    def _ExecuteFailure(self, ev: ExecuteFailure) -> None:
+        ts = self.tasks.get(ev.key)
+        if ts is None:
+            return
+        self._finish_execution(ts)
+        self.counts["failed"] += 1
+        if ts.state == "cancelled":
+            self._release(ts)
+            return
+        ts.state = "error"
+        self.out.append(
+            Send(
+                {
+                    "op": "task-erred",
+                    "key": ts.key,
+                    "exception": ev.exception,
+                    "traceback": ev.traceback,
+                    "exception_text": ev.exception_text,
+                }
+            )
+        )
+        self._done_with_inputs(ts)
+        self._release(ts)
+
+    def _finish_execution(self, ts: WTask) -> None:
+        self.executing.discard(ts)
+        if ts.resources:
+            for name, amount in ts.resources.items():
+                self.available_resources[name] = self.available_resources.get(name, 0) + amount
+
+    def _done_with_inputs(self, ts: WTask) -> None:
+        for dep in ts.dependencies:
+            dep.dependents.discard(ts)
+        ts.dependencies.clear()
+
+    def _GatherDone(self, ev: GatherDone) -> None:
+        keys = self.in_flight_workers.pop(ev.worker, set())
+        self.busy_workers.discard(ev.worker)
+        received = []
+        for ts in keys:
+            if ts.state != "flight" or self.tasks.get(ts.key) is not ts:
+                continue  # released meanwhile; the server did not store it
+            if ts.key in ev.received:
+                ts.state = "memory"
+                ts.nbytes = ev.received[ts.key]
+                self.counts["fetched"] += 1
+                received.append(ts.key)
+                for dts in ts.dependents:
+                    if dts.state == "waiting":
+                        self._maybe_ready(dts)
+                continue
+            ts.who_has.discard(ev.worker)
+            self._to_fetch(ts)
+            if ev.peer_gone:
+                self._forget_peer(ev.worker)
+            if not ts.who_has:
+                self.out.append(
+                    Send({"op": "missing-data", "key": ts.key, "errant_worker": ev.worker})
+                )
+        if received:
+            self.out.append(
+                Send({"op": "add-keys", "keys": {k: self.tasks[k].nbytes for k in received}})
+            )
+
+    def _forget_peer(self, worker: str) -> None:
+        for ts in self.tasks.values():
+            ts.who_has.discard(worker)
+
+    def _AcquireReplicas(self, ev: AcquireReplicas) -> None:
+        for key, workers in ev.who_has.items():
+            ts = self.tasks.get(key)
+            if ts is None:
+                ts = self.tasks[key] = WTask(key)
+                ts.replica = True
+                ts.priority = (-1,)
+            if ts.state in ("released", "fetch"):
+                self._to_fetch(ts)
+                ts.who_has.update(w for w in workers if w != self.address)
+                ts.nbytes = ev.nbytes.get(key, ts.nbytes)
+
+    def _SetPaused(self, ev: SetPaused) -> None:
+        self.paused = ev.paused
+
+    # ------------------------------------------------------------ driving
+
+    def _ensure_computing(self) -> None:
+        ready = self.ready
+        while ready and len(self.executing) < self.nthreads and not self.paused:
+            _, _, ts = ready[0]
+            if ts.state != "ready" or self.tasks.get(ts.key) is not ts:
+                heapq.heappop(ready)
+                continue
+            if ts.resources and not self._acquire_resources(ts.resources):
+                break
+            heapq.heappop(ready)
+            ts.state = "executing"
+            self.executing.add(ts)
+            self.out.append(Execute(ts.key))
+
+    def _acquire_resources(self, need: dict[str, float]) -> bool:
+        avail = self.available_resources
+        if any(avail.get(name, 0) < amount for name, amount in need.items()):
+            return False
+        for name, amount in need.items():
+            avail[name] -= amount
+        return True
+
+    def _ensure_communicating(self) -> None:
+        if not self.fetching:
+            return
+        to_fetch = [ts for ts in self.fetching if ts.who_has]
+        if not to_fetch:
+            return
+        to_fetch.sort(key=lambda t: t.priority)
+        plan: dict[str, list[WTask]] = {}
+        sizes: dict[str, int] = {}
+        for ts in to_fetch:
+            choices = [w for w in sorted(ts.who_has) if w not in self.busy_workers]
+            if not choices:
+                continue
+            worker = min(choices, key=lambda w: (w not in plan, sizes.get(w, 0)))
+            if worker not in plan and len(self.busy_workers) + len(plan) >= MAX_CONCURRENT_FETCHES:
+                continue
+            if sizes.get(worker, 0) >= TARGET_FETCH_BYTES:
+                continue
+            plan.setdefault(worker, []).append(ts)
+            sizes[worker] = sizes.get(worker, 0) + ts.nbytes
+        for worker, tasks in plan.items():
+            for ts in tasks:
+                ts.state = "flight"
+                self.fetching.discard(ts)
+            self.in_flight_workers[worker] = set(tasks)
+            self.busy_workers.add(worker)
+            self.out.append(Gather(worker, [ts.key for ts in tasks], sizes[worker]))
+
+    def validate(self) -> None:
+        for key, ts in self.tasks.items():
+            assert ts.key == key
+            assert ts.state in LEGAL_TRANSITIONS or ts.state == "released", ts
+            for dep in ts.dependencies:
+                assert ts in dep.dependents, f"{key}: not among {dep.key}'s dependents"
+            if ts.state == "ready":
+                assert all(d.state == "memory" for d in ts.dependencies)
+            if ts.state == "flight":
+                assert any(ts in s for s in self.in_flight_workers.values())
+            assert (ts.state == "fetch") == (ts in self.fetching), f"{key}: fetch set"
+        assert len(self.executing) <= self.nthreads
+        for ts in self.executing:
+            assert ts.state in ("executing", "cancelled")
