@@ -17,6 +17,7 @@ from .client import (
     default_client,
     wait,
 )
+from .client._progress import progress
 from .cluster import LocalCluster
 
 __version__ = "0.1.0"
@@ -31,5 +32,6 @@ __all__ = [
     "TaskError",
     "as_completed",
     "default_client",
+    "progress",
     "wait",
 ]

@@ -130,8 +130,11 @@ def _worker(args: argparse.Namespace) -> int:
     if args.nanny:
         from .worker._nanny import run_nanny
 
-        return run_nanny(_worker_argv(args), args.memory_limit)
+        return run_nanny(_worker_argv(args), args)
     from .worker import Worker
+    from .worker._nanny import watch_parent_from_env
+
+    watch_parent_from_env()
 
     async def start() -> Worker:
         worker = await Worker(

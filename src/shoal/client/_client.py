@@ -492,7 +492,7 @@ class Client:
         ser_args = serialize(args)
 
         async def run() -> dict[str, Any]:
-            answers = await self.pool.request(self.scheduler_address, "broadcast", op="run",
+            answers = await self.pool.request(self.scheduler_address, "broadcast", worker_op="run",
                                               workers=workers, function=ser, args=ser_args)
             out = {}
             for address, answer in answers.items():
@@ -523,9 +523,14 @@ class Client:
 
     @property
     def dashboard_link(self) -> str | None:
-        info = self.scheduler_info() if not self.asynchronous else None
-        http = info.get("http_address") if info else None
-        return f"{http}/" if http else None
+        from ._repr import dashboard_link
+
+        return dashboard_link(self)
+
+    def _repr_html_(self) -> str:
+        from ._repr import client_html
+
+        return client_html(self)
 
     def __repr__(self) -> str:
         return f"<Client: {self.scheduler_address or 'not connected'} {self.status}>"

@@ -20,6 +20,11 @@ if TYPE_CHECKING:
 FINAL = ("finished", "error", "cancelled")
 
 
+class CancelledError(concurrent.futures.CancelledError):
+    """The future was cancelled (a subclass, so asyncio does not take it for
+    the cancellation of the task that awaits it)."""
+
+
 class TaskError(RuntimeError):
     """A task failed with an exception that could not be sent back as itself."""
 
@@ -70,7 +75,7 @@ class FutureState:
 
     def make_exception(self) -> BaseException:
         if self.status == "cancelled":
-            return concurrent.futures.CancelledError(f"{self.key!r} was cancelled")
+            return CancelledError(f"{self.key!r} was cancelled")
         exc: BaseException
         try:
             exc = deserialize(self.exception) if self.exception is not None else None

@@ -61,6 +61,10 @@ class LocalCluster:
     ) -> None:
         self.n_workers, self.threads_per_worker = _default_sizes(n_workers, threads_per_worker)
         self.processes = processes
+        if memory_limit in ("auto", None):
+            from ..worker._memory import memory_limit_for
+
+            memory_limit = memory_limit_for("auto", self.n_workers)
         self.memory_limit = memory_limit
         self.nanny = nanny
         self.dashboard_port = dashboard_address
@@ -157,6 +161,8 @@ class LocalCluster:
             args += ["--resources", f"{resource}={amount}"]
         if not self.nanny:
             args.append("--no-nanny")
+        if self.dashboard_port is not None:  # each worker serves /health and /metrics
+            args += ["--http-port", "0"]
         return args
 
     # ------------------------------------------------------------ scaling
@@ -289,6 +295,11 @@ class LocalCluster:
                 self._stop_everything()
             except Exception:  # interpreter shutdown
                 pass
+
+    def _repr_html_(self) -> str:
+        from ..client._repr import cluster_html
+
+        return cluster_html(self)
 
     def __repr__(self) -> str:
         return (f"LocalCluster({self.scheduler_address!r}, workers={len(self.workers)}, "

@@ -79,11 +79,15 @@ class TCPComm(Comm):
         stream = self.stream
         if stream.closed():
             raise CommClosedError(f"connection to {self.peer_address} closed")
+        prelude = pack_frames_prelude(frames)
         try:
-            future = stream.write(pack_frames_prelude(frames))
-            for frame in frames:
-                if len(frame):
-                    future = stream.write(frame)
+            if len(frames) == 1 or sum(len(f) for f in frames) < _READ_INTO_MIN:
+                future = stream.write(b"".join([prelude, *frames]))
+            else:
+                future = stream.write(prelude)
+                for frame in frames:
+                    if len(frame):
+                        future = stream.write(frame)
             await future
         except StreamClosedError as exc:
             raise CommClosedError(f"connection to {self.peer_address} closed") from exc

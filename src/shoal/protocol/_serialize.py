@@ -58,10 +58,18 @@ def _describe(obj: Any) -> str:
     return text if len(text) <= 80 else text[:77] + "..."
 
 
+def _by_reference_to_main(stream: bytes) -> bool:
+    """Plain pickle stores functions and classes of ``__main__`` by name only,
+    which another process cannot resolve; cloudpickle stores them by value."""
+    return b"__main__" in stream
+
+
 def pickle_fast(obj: Any) -> bytes:
     """Pickle in-band, with the standard pickler when it can, else cloudpickle."""
     try:
-        return pickle.dumps(obj, protocol=5)
+        stream = pickle.dumps(obj, protocol=5)
+        if not _by_reference_to_main(stream):
+            return stream
     except Exception:
         pass
     try:
@@ -82,6 +90,8 @@ def serialize(obj: Any) -> Serialized:
 
     try:
         stream = pickle.dumps(obj, protocol=5, buffer_callback=keep_large)
+        if _by_reference_to_main(stream):
+            raise pickle.PicklingError("refers to __main__")
     except Exception:
         buffers.clear()
         try:

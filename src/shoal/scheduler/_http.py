@@ -1,27 +1,35 @@
 """The scheduler's HTTP server: health, the JSON API, metrics, dashboard.
 
 The Kubernetes operator and external tools use only this API (documented in
-docs/http-api.md).  Bad requests get a 4xx status with ``{"error": ...}``.
+docs/http-api.md).  Bad requests get a 4xx status with ``{"error": ...}``,
+unknown paths included.  ``/metrics`` is Prometheus exposition built at
+scrape time (:mod:`._metrics`); ``/`` is the live dashboard, a static page
+that polls ``/api/v1/dashboard`` (:mod:`._dashboard`).
 """
 
 from __future__ import annotations
 
 import json
+import math
 from typing import TYPE_CHECKING, Any
 
+from prometheus_client import CONTENT_TYPE_LATEST
 from tornado.httpserver import HTTPServer
 from tornado.netutil import bind_sockets
-from tornado.web import Application, HTTPError, RequestHandler
+from tornado.web import Application, HTTPError, RequestHandler, StaticFileHandler
 
+from . import _dashboard
 from ._adaptive import adaptive_target
+from ._metrics import SchedulerMonitor
 
 if TYPE_CHECKING:
     from ._server import Scheduler
 
 
 class _Base(RequestHandler):
-    def initialize(self, scheduler: Scheduler) -> None:
+    def initialize(self, scheduler: Scheduler, monitor: SchedulerMonitor) -> None:
         self.scheduler = scheduler
+        self.monitor = monitor
 
     def write_json(self, payload: Any, status: int = 200) -> None:
         self.set_status(status)
@@ -94,19 +102,76 @@ class RetireWorkers(_Base):
         self.write_json({"retired": retired})
 
 
-def routes(scheduler: Scheduler) -> list[tuple[str, type, dict[str, Any]]]:
-    args = {"scheduler": scheduler}
+class Metrics(_Base):
+    def get(self) -> None:
+        self.set_header("Content-Type", CONTENT_TYPE_LATEST)
+        self.finish(self.monitor.exposition())
+
+
+class DashboardPage(_Base):
+    def get(self) -> None:
+        self.set_header("Content-Type", "text/html; charset=utf-8")
+        self.set_header("Cache-Control", "no-cache")
+        self.finish(_dashboard.page())
+
+
+class DashboardData(_Base):
+    def get(self) -> None:
+        raw = self.get_query_argument("since", "0")
+        try:
+            since = float(raw)
+        except ValueError:
+            raise HTTPError(400, f'"since" must be a number of unix seconds, got {raw!r}') from None
+        if not math.isfinite(since):
+            raise HTTPError(400, f'"since" must be a finite number, got {raw!r}')
+        self.set_header("Cache-Control", "no-cache")
+        self.write_json(_dashboard.snapshot(self.scheduler, self.monitor, since))
+
+
+class Redirect(_Base):
+    def get(self) -> None:
+        self.redirect("/")
+
+
+class Static(StaticFileHandler):
+    """The dashboard's script and style sheet; errors as JSON like everywhere else."""
+
+    def write_error(self, status_code: int, **kwargs: Any) -> None:
+        self.set_header("Content-Type", "application/json")
+        self.finish(json.dumps({"error": f"no such file: {self.request.path}"
+                                if status_code == 404 else self._reason}))
+
+
+class NotFound(_Base):
+    def prepare(self) -> None:
+        raise HTTPError(404, f"no such path: {self.request.path}")
+
+
+def routes(scheduler: Scheduler,
+           monitor: SchedulerMonitor) -> list[tuple[str, type, dict[str, Any]]]:
+    args = {"scheduler": scheduler, "monitor": monitor}
     return [
+        (r"/", DashboardPage, args),
+        (r"/status", Redirect, args),
         (r"/health", Health, args),
+        (r"/metrics", Metrics, args),
         (r"/api/v1/workers", Workers, args),
         (r"/api/v1/adaptive_target", AdaptiveTarget, args),
         (r"/api/v1/idle", Idle, args),
         (r"/api/v1/retire_workers", RetireWorkers, args),
+        (r"/api/v1/dashboard", DashboardData, args),
+        (r"/static/(.*)", Static, {"path": _dashboard.STATIC_DIRECTORY}),
     ]
 
 
 async def start_http(scheduler: Scheduler, host: str, port: int) -> tuple[HTTPServer, str]:
-    app = Application(routes(scheduler))  # type: ignore[arg-type]
+    monitor = SchedulerMonitor(scheduler)
+    monitor.start()
+    app = Application(
+        routes(scheduler, monitor),  # type: ignore[arg-type]
+        default_handler_class=NotFound,
+        default_handler_args={"scheduler": scheduler, "monitor": monitor},
+    )
     server = HTTPServer(app)
     sockets = bind_sockets(port, address=host)
     server.add_sockets(sockets)

@@ -309,13 +309,13 @@ class Scheduler:
             "tasks": len(self.state.tasks), "clients": len(self.client_streams),
         }
 
-    async def broadcast(self, op: str, workers: list[str] | None = None,
+    async def broadcast(self, worker_op: str, workers: list[str] | None = None,
                         **kwargs: Any) -> dict[str, Any]:
         targets = workers if workers is not None else list(self.state.workers)
 
         async def one(address: str) -> Any:
             try:
-                return await self.pool.request(address, op, **kwargs)
+                return await self.pool.request(address, worker_op, **kwargs)
             except Exception as exc:  # one worker's failure is its entry in the answer
                 return {"status": "error", "message": f"{type(exc).__name__}: {exc}"}
 

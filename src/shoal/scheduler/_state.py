@@ -55,6 +55,13 @@ LEGAL_TRANSITIONS: dict[str, frozenset[str]] = {
     "erred": frozenset({"released", "forgotten"}),
 }
 
+#: Recommendations that events overtook: a task recommended for "waiting"
+#: that has meanwhile erred or been scheduled is left where it is.
+_STALE: dict[str, frozenset[str]] = {
+    "waiting": frozenset({"erred", "memory", "processing", "queued", "no-worker"}),
+    "processing": frozenset({"erred", "memory", "processing", "queued"}),
+}
+
 #: How many times a task may be running on a worker that dies before it is
 #: blamed for the deaths and failed.
 DEFAULT_ALLOWED_FAILURES = 3
@@ -228,11 +235,12 @@ class SchedulerState:
                 ts = TaskState(key, key_prefix(key), None, None, (0, next(self._generation), 0))
                 self.tasks[key] = ts
             if ts.state != "memory":
+                ts.who_wants.add(ev.client)
                 self._force_memory(ts, workers, ev.nbytes.get(key, 0), recs)
             else:
                 for ws in workers:
                     self._add_replica(ts, ws)
-            self._want(ts, ev.client, recs)
+                self._want(ts, ev.client, recs)
         self._transitions(recs, ev.stimulus_id)
 
     def _force_memory(
@@ -445,7 +453,7 @@ class SchedulerState:
         while recs:
             key, finish = recs.popitem()
             ts = self.tasks.get(key)
-            if ts is None or ts.state == finish:
+            if ts is None or ts.state == finish or ts.state in _STALE.get(finish, ()):
                 continue
             self._transition(ts, finish, recs, stimulus)
 

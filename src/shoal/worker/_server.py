@@ -68,6 +68,8 @@ class Worker:
         http_port: int | None = None,
     ) -> None:
         self.http_port = http_port
+        self.http_address: str | None = None
+        self._http: Any = None
         self.scheduler_address = scheduler_address
         self.nthreads = nthreads
         self.name = name
@@ -104,9 +106,14 @@ class Worker:
         self.address = await self.rpc.listen(self.listen_address)
         if self.name is None:
             self.name = self.address
-        self.data = DataStore(int(self.memory_limit * MEMORY_TARGET), self.spill_directory)
+        target = int(self.memory_limit * MEMORY_TARGET) if self.memory_limit else None
+        self.data = DataStore(target, self.spill_directory)
         self.state = WorkerState(self.address, self.nthreads, self.resources)
         self.executor = Executor(self.nthreads, self._executed, name=str(self.name))
+        if self.http_port is not None:  # health and metrics (worker/_http.py)
+            from ._http import start_http
+
+            self._http, self.http_address = await start_http(self, self.http_port)
         await self._connect_scheduler()
         self.status = "running"
         self._spawn(self._heartbeat())
@@ -146,6 +153,7 @@ class Worker:
             "pid": os.getpid(),
             "host": socket.gethostname(),
             "keys": {},
+            "http_address": self.http_address,
         }
 
     async def _read_scheduler(self, comm: Comm) -> None:
@@ -192,6 +200,8 @@ class Worker:
             return
         self.status = "closing"
         self.rpc.stop()
+        if self._http is not None:
+            self._http.stop()
         if self.stream is not None:
             await self.stream.close(timeout)
         self.executor.shutdown()
@@ -258,7 +268,7 @@ class Worker:
             elif kind is Gather:
                 self._spawn(self._gather(inst))
             elif kind is Forget:
-                self.data.pop(inst.key, None)
+                self.data.discard(inst.key)
 
     def _send(self, msg: dict[str, Any]) -> None:
         if self.stream is not None:
@@ -326,7 +336,7 @@ class Worker:
             if key not in self.data:
                 continue
             try:
-                ser = serialize(self.data[key])
+                ser = self.data.get_serialized(key)
             except SerializationError as exc:
                 errors[key] = f"the result of {key!r} cannot be sent: {exc}"
                 continue

@@ -1,0 +1,259 @@
+"""The kopf handlers of ShoalCluster, one per concern.
+
+- ``cluster_created``: validate, create the scheduler Service + Deployment and
+  the first workers (idempotent: children have fixed names or are counted);
+- ``cluster_spec_changed``: validate, update the scheduler, roll workers;
+- ``cluster_observed`` (every event, including the initial listing after an
+  operator restart): keep one :class:`ClusterLoop` per cluster, which
+  replaces dead workers, follows ``kubectl scale``, autoscales, enforces
+  ``idleTimeout`` and writes status, every ``reconcile_interval`` or as soon
+  as something is nudged;
+- ``worker_pod_changed``: nudge the loop of the pod's cluster.
+
+None of these handlers needs a finalizer (no on.delete, no kopf daemons or
+timers): Kubernetes' garbage collector deletes the children through their
+ownerReferences, so deleting a ShoalCluster never waits for the operator.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Mapping
+from typing import Any
+
+import kopf
+
+from shoal.cluster.kube import api_path
+from shoal.operator import builders, kubeops, metrics, reconcile, scheduler_api
+from shoal.operator.autoscale import Autoscaler, split_target
+from shoal.operator.crds import API_VERSION, CLUSTER_PLURAL, GROUP, VERSION
+from shoal.operator.spec import ClusterSpec, InvalidSpec, parse_cluster_spec
+from shoal.operator.status import now_iso, parse_iso, phase_of, set_condition, write_status
+
+logger = logging.getLogger("shoal.operator")
+ACTIVITY_STEP = 60.0  # status.lastActivity is refreshed at most this often
+autoscaler = Autoscaler()
+
+
+class ClusterLoop:
+    """The periodic reconcile of one ShoalCluster (a plain asyncio task)."""
+
+    def __init__(self, key: tuple[str, str]) -> None:
+        self.namespace, self.name = key
+        self.body: dict[str, Any] = {}
+        self.lock = asyncio.Lock()
+        self.wakeup = asyncio.Event()
+        self.task: asyncio.Task[None] | None = None
+
+    @property
+    def phase(self) -> str:
+        return str((self.body.get("status") or {}).get("phase") or "Pending")
+
+    def start(self) -> None:
+        if self.task is None or self.task.done():
+            self.task = asyncio.get_running_loop().create_task(self._run())
+
+    def nudge(self) -> None:
+        self.wakeup.set()
+
+    async def stop(self) -> None:
+        if self.task is not None:
+            self.task.cancel()
+            await asyncio.gather(self.task, return_exceptions=True)
+
+    async def _run(self) -> None:
+        while True:
+            self.wakeup.clear()
+            delay: float | None = metrics.config.reconcile_interval
+            try:
+                async with self.lock:
+                    await tick(self.body)
+            except kopf.PermanentError as exc:
+                # A bad spec stays bad until it is edited: wait for the nudge.
+                logger.warning(f"{self.namespace}/{self.name}: {exc}")
+                delay = None
+            except kopf.TemporaryError as exc:
+                metrics.ERRORS.labels("loop", type(exc).__name__).inc()
+                logger.warning(f"{self.namespace}/{self.name}: {exc}")
+                delay = min(metrics.config.reconcile_interval, metrics.config.error_delay)
+            try:
+                await asyncio.wait_for(self.wakeup.wait(), timeout=delay)
+            except TimeoutError:
+                pass
+
+
+def plain(value: Any) -> Any:
+    """A kopf body (nested mapping views) as plain dicts and lists."""
+    if isinstance(value, Mapping):
+        return {k: plain(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [plain(v) for v in value]
+    return value
+
+
+loops: dict[tuple[str, str], ClusterLoop] = {}
+metrics.watch_phases(lambda: [loop.phase for loop in list(loops.values())])
+
+
+def loop_for(namespace: str, name: str) -> ClusterLoop:
+    key = (namespace, name)
+    if key not in loops:
+        loops[key] = ClusterLoop(key)
+    return loops[key]
+
+
+async def validate(body: Mapping[str, Any], handler: str) -> ClusterSpec:
+    """The parsed spec, or SpecValid=False + a warning event + PermanentError."""
+    meta = body["metadata"]
+    status = body.get("status") or {}
+    try:
+        spec = parse_cluster_spec(meta["name"], meta["namespace"], body.get("spec"))
+    except InvalidSpec as exc:
+        metrics.ERRORS.labels(handler, "InvalidSpec").inc()
+        if status.get("phase") != "Failed" or status.get("message") != str(exc):
+            conditions = set_condition(status.get("conditions"), "SpecValid", False,
+                                       "InvalidSpec", str(exc))
+            await write_status(API_VERSION, CLUSTER_PLURAL, meta["namespace"], meta["name"],
+                               {"phase": "Failed", "message": str(exc),
+                                "conditions": conditions})
+            kopf.warn(plain(body), reason="InvalidSpec", message=str(exc))
+        raise kopf.PermanentError(f"invalid spec: {exc}") from exc
+    return spec
+
+
+def initial_desired(spec: ClusterSpec, status: Mapping[str, Any]) -> dict[str, int]:
+    """Desired workers per group: the spec, or for autoscaled groups the last decision."""
+    known = status.get("workerGroups") or {}
+    result = {}
+    for group in spec.groups:
+        previous = (known.get(group.name) or {}).get("desired")
+        base = previous if group.autoscaled and isinstance(previous, int) else group.replicas
+        result[group.name] = group.clamp(base)
+    return result
+
+
+async def autoscaled_desired(spec: ClusterSpec, uid: str, desired: dict[str, int],
+                             ready: bool) -> dict[str, int]:
+    if not ready or not any(g.autoscaled for g in spec.groups):
+        return desired
+    target = await scheduler_api.adaptive_target(spec.name, spec.namespace)
+    fixed = {g.name: desired[g.name] for g in spec.groups if not g.autoscaled}
+    autoscaler.window = metrics.config.scale_down_window
+    wanted = autoscaler.desired(uid, time.time(), split_target(target, spec.groups, fixed))
+    return {**desired, **wanted}
+
+
+async def check_idle(spec: ClusterSpec, ready: bool, status: dict[str, Any]) -> bool:
+    """Record idleness in ``status``; True when the cluster was deleted for idling."""
+    if spec.idle_timeout <= 0 or not ready:
+        return False
+    idle, since = await scheduler_api.idle(spec.name, spec.namespace)
+    if not idle or since is None:
+        last = status.get("lastActivity")
+        if status.get("idleSince") or not last or time.time() - parse_iso(last) > ACTIVITY_STEP:
+            status["lastActivity"] = now_iso()
+        status["idleSince"] = None
+        return False
+    status["idleSince"] = now_iso(since)
+    if time.time() - since < spec.idle_timeout:
+        return False
+    logger.info(f"{spec.namespace}/{spec.name}: idle for {spec.idle_timeout}s, deleting it")
+    await kubeops.delete(api_path(API_VERSION, CLUSTER_PLURAL, spec.namespace, spec.name))
+    return True
+
+
+async def tick(body: Mapping[str, Any]) -> None:
+    """One full reconcile of a cluster; the body of ClusterLoop and the handlers."""
+    if not body or body.get("metadata", {}).get("deletionTimestamp"):
+        return
+    metrics.RECONCILES.labels("reconcile").inc()
+    old = dict(body.get("status") or {})
+    spec = await validate(body, "reconcile")
+    await reconcile.ensure_scheduler(spec, body)
+    ready = await reconcile.scheduler_ready(spec)
+    desired = await autoscaled_desired(spec, body["metadata"].get("uid", ""),
+                                       initial_desired(spec, old), ready)
+    groups = await reconcile.reconcile_workers(spec, body, desired, logger)
+    status = summarise(spec, old, groups, ready)
+    if await check_idle(spec, ready, status):
+        return
+    if any(status.get(k) != old.get(k) for k in status):
+        await write_status(API_VERSION, CLUSTER_PLURAL, spec.namespace, spec.name, status)
+
+
+def summarise(spec: ClusterSpec, old: Mapping[str, Any], groups: dict[str, dict[str, int]],
+              ready: bool) -> dict[str, Any]:
+    conditions = set_condition(old.get("conditions"), "SpecValid", True, "Valid")
+    conditions = set_condition(conditions, "SchedulerReady", ready,
+                               "DeploymentReady" if ready else "DeploymentNotReady")
+    all_ready = all(g["ready"] >= g["desired"] for g in groups.values())
+    conditions = set_condition(conditions, "WorkersReady", all_ready,
+                               "AllReady" if all_ready else "Waiting",
+                               ", ".join(f"{n}: {g['ready']}/{g['desired']}"
+                                         for n, g in groups.items()))
+    first = spec.groups[0].name
+    return {
+        "phase": phase_of(conditions),
+        "message": "" if ready else "waiting for the scheduler",
+        "conditions": conditions,
+        "schedulerAddress": builders.scheduler_address(spec.name, spec.namespace),
+        "dashboardAddress": builders.dashboard_address(spec.name, spec.namespace),
+        "workerGroups": groups,
+        "replicas": groups[first]["desired"],
+        "selector": builders.worker_selector(spec.name, first),
+        "desiredWorkers": sum(g["desired"] for g in groups.values()),
+        "readyWorkers": sum(g["ready"] for g in groups.values()),
+        "lastActivity": old.get("lastActivity") or now_iso(),
+        "idleSince": old.get("idleSince"),
+    }
+
+
+@kopf.on.create(GROUP, VERSION, CLUSTER_PLURAL)
+async def cluster_created(body: kopf.Body, name: str, namespace: str, **_: Any) -> None:
+    metrics.RECONCILES.labels("create").inc()
+    loop = loop_for(namespace, name)
+    loop.body = plain(body)
+    async with loop.lock:
+        await tick(loop.body)
+    loop.start()
+
+
+@kopf.on.update(GROUP, VERSION, CLUSTER_PLURAL, field="spec")
+async def cluster_spec_changed(body: kopf.Body, name: str, namespace: str, **_: Any) -> None:
+    metrics.RECONCILES.labels("update").inc()
+    loop = loop_for(namespace, name)
+    loop.body = plain(body)
+    async with loop.lock:
+        await tick(loop.body)
+
+
+@kopf.on.event(GROUP, VERSION, CLUSTER_PLURAL)
+async def cluster_observed(event: Mapping[str, Any], name: str, namespace: str,
+                           **_: Any) -> None:
+    if event.get("type") == "DELETED":
+        loop = loops.pop((namespace, name), None)
+        if loop is not None:
+            autoscaler.forget(loop.body.get("metadata", {}).get("uid", ""))
+            await loop.stop()
+        return
+    loop = loop_for(namespace, name)
+    first = not loop.body
+    loop.body = plain(event["object"])
+    loop.start()
+    if first:
+        loop.nudge()
+
+
+@kopf.on.event("", "v1", "pods", labels={builders.LABEL_COMPONENT: "worker"})
+async def worker_pod_changed(labels: Mapping[str, str], namespace: str, **_: Any) -> None:
+    loop = loops.get((namespace, labels.get(builders.LABEL_CLUSTER, "")))
+    if loop is not None:
+        loop.nudge()
+
+
+@kopf.on.cleanup()
+async def stop_loops(**_: Any) -> None:
+    for key in list(loops):
+        await loops.pop(key).stop()

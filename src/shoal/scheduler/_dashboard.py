@@ -1,0 +1,133 @@
+"""What the live dashboard shows, as one JSON document per poll.
+
+The dashboard page (``static/dashboard.html``, served at ``/``) is plain
+JavaScript with no assets from the internet: it asks ``/api/v1/dashboard``
+about twice a second and redraws.  This module builds that answer from the
+scheduler's live state: the workers (memory, threads, how busy), the task
+stream since the page's last poll (what ran where and when), progress per
+task prefix, and tasks by state.
+
+How busy a worker is comes from its heartbeat's ``cpu`` figure when it
+sends one, else from the task stream: the share of its threads' time spent
+running tasks over the last :data:`BUSY_WINDOW` seconds.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from typing import TYPE_CHECKING, Any
+
+from ._metrics import SchedulerMonitor, tasks_by_state, worker_state
+from ._model import WorkerState, key_prefix
+
+if TYPE_CHECKING:
+    from ._server import Scheduler
+
+STATIC_DIRECTORY = os.path.join(os.path.dirname(__file__), "static")
+#: Seconds of task stream looked at to tell how busy a worker's threads are.
+BUSY_WINDOW = 2.0
+#: Most task-stream entries sent in one answer (the newest are kept).
+MAX_STREAM_ENTRIES = 2_000
+#: Task prefixes listed at most (the ones with the most tasks first).
+MAX_PREFIXES = 50
+PROGRESS_STATES = ("memory", "erred", "processing", "queued", "no-worker", "waiting",
+                   "released")
+
+
+def snapshot(scheduler: Scheduler, monitor: SchedulerMonitor, since: float) -> dict[str, Any]:
+    """Everything one redraw of the dashboard needs."""
+    now = time.time()
+    monitor.refresh()
+    stream = recent_stream(scheduler.task_stream, since)
+    busy = busy_fractions(scheduler, now)
+    state = scheduler.state
+    return {
+        "now": now,
+        "scheduler": {
+            "address": scheduler.address,
+            "status": scheduler.status,
+            "started": scheduler.started,
+            "clients": len(scheduler.client_streams),
+            "event_loop_lag": monitor.lag,
+        },
+        "workers": [worker_entry(ws, busy.get(ws.address, 0.0))
+                    for ws in sorted(state.workers.values(), key=lambda w: w.name)],
+        "tasks": tasks_by_state(scheduler),
+        "counts": dict(state.counts),
+        "progress": progress(scheduler, monitor),
+        "task_stream": stream,
+    }
+
+
+def worker_entry(ws: WorkerState, busy: float) -> dict[str, Any]:
+    metrics = ws.metrics
+    cpu = metrics.get("cpu")
+    return {
+        "address": ws.address,
+        "name": ws.name,
+        "status": worker_state(ws),
+        "nthreads": ws.nthreads,
+        "memory_limit": ws.memory_limit,
+        "memory": ws.nbytes,
+        "memory_process": int(metrics.get("memory_process", 0) or 0),
+        "memory_spilled": int(metrics.get("memory_spilled", 0) or 0),
+        "executing": int(metrics.get("executing", 0) or 0),
+        "processing": len(ws.processing),
+        "in_memory": len(ws.has_what),
+        "cpu": float(cpu) if cpu is not None else None,
+        "busy": busy,
+        "http_address": ws.http_address,
+        "last_seen": ws.last_seen,
+    }
+
+
+def recent_stream(task_stream: list[dict[str, Any]], since: float) -> list[dict[str, Any]]:
+    """Entries that finished after ``since``, newest :data:`MAX_STREAM_ENTRIES`."""
+    out: list[dict[str, Any]] = []
+    for entry in reversed(task_stream):
+        if entry["stop"] <= since or len(out) >= MAX_STREAM_ENTRIES:
+            break
+        out.append({"key": entry["key"], "prefix": key_prefix(entry["key"]),
+                    "worker": entry["worker"], "start": entry["start"], "stop": entry["stop"]})
+    out.reverse()
+    return out
+
+
+def busy_fractions(scheduler: Scheduler, now: float) -> dict[str, float]:
+    """Share of each worker's thread time spent in tasks over the last window."""
+    start = now - BUSY_WINDOW
+    seconds: dict[str, float] = {}
+    for entry in reversed(scheduler.task_stream):
+        if entry["stop"] < start - 60.0:  # the stream is ordered by arrival, roughly by stop
+            break
+        overlap = min(entry["stop"], now) - max(entry["start"], start)
+        if overlap > 0:
+            seconds[entry["worker"]] = seconds.get(entry["worker"], 0.0) + overlap
+    out = {}
+    for address, ws in scheduler.state.workers.items():
+        out[address] = min(1.0, seconds.get(address, 0.0) / (BUSY_WINDOW * max(ws.nthreads, 1)))
+    return out
+
+
+def progress(scheduler: Scheduler, monitor: SchedulerMonitor) -> list[dict[str, Any]]:
+    """Per task prefix: how many tasks are in each state, and how many ever finished."""
+    by_prefix: dict[str, dict[str, int]] = {}
+    for ts in scheduler.state.tasks.values():
+        counts = by_prefix.get(ts.prefix)
+        if counts is None:
+            counts = by_prefix[ts.prefix] = dict.fromkeys(PROGRESS_STATES, 0)
+        counts[ts.state] = counts.get(ts.state, 0) + 1
+    rows = []
+    for prefix, counts in by_prefix.items():
+        rows.append({"prefix": prefix, "total": sum(counts.values()), "states": counts,
+                     "finished": monitor.finished_by_prefix.get(prefix, 0),
+                     "duration": scheduler.state.placement.durations.get(prefix)})
+    rows.sort(key=lambda r: (-r["total"], r["prefix"]))
+    return rows[:MAX_PREFIXES]
+
+
+def page() -> bytes:
+    """The dashboard's HTML (read on each request: it is small, and edits show at once)."""
+    with open(os.path.join(STATIC_DIRECTORY, "dashboard.html"), "rb") as f:
+        return f.read()

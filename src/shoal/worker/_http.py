@@ -1,0 +1,87 @@
+"""The worker's small HTTP server: ``/health`` and ``/metrics``.
+
+Started when the worker is given ``--http-port`` (0 picks a free port), so
+Kubernetes can probe each worker pod and Prometheus can scrape it.  The
+address is sent to the scheduler when the worker registers, and the
+scheduler's dashboard and ``scheduler_info`` show it.  Unknown paths and
+methods get a 4xx with ``{"error": ...}``, as on the scheduler.
+"""
+
+from __future__ import annotations
+
+import json
+import socket
+from typing import TYPE_CHECKING, Any
+
+from prometheus_client import CONTENT_TYPE_LATEST
+from tornado.httpserver import HTTPServer
+from tornado.netutil import bind_sockets
+from tornado.web import Application, HTTPError, RequestHandler
+
+from ._metrics import WorkerMetrics
+
+if TYPE_CHECKING:
+    from ._server import Worker
+
+ALL_INTERFACES = ("0.0.0.0", "", "::", "[::]")
+
+
+class _Base(RequestHandler):
+    def initialize(self, worker: Worker, metrics: WorkerMetrics) -> None:
+        self.worker = worker
+        self.metrics = metrics
+
+    def write_error(self, status_code: int, **kwargs: Any) -> None:
+        exc = kwargs.get("exc_info", (None, None))[1]
+        message = getattr(exc, "log_message", None) or self._reason
+        self.set_header("Content-Type", "application/json")
+        self.finish(json.dumps({"error": message}))
+
+
+class Health(_Base):
+    def get(self) -> None:
+        if self.worker.status not in ("init", "running"):
+            raise HTTPError(503, f"worker is {self.worker.status}")
+        self.set_header("Content-Type", "text/plain")
+        self.finish("ok")
+
+
+class Metrics(_Base):
+    def get(self) -> None:
+        self.set_header("Content-Type", CONTENT_TYPE_LATEST)
+        self.finish(self.metrics.exposition())
+
+
+class NotFound(_Base):
+    def prepare(self) -> None:
+        raise HTTPError(404, f"no such path: {self.request.path} (try /health or /metrics)")
+
+
+def _host_of(address: str) -> str:
+    """``tcp://10.0.0.5:4000`` -> ``10.0.0.5``; ``tcp://[::1]:4000`` -> ``::1``."""
+    hostport = address.split("://", 1)[-1]
+    return hostport.rsplit(":", 1)[0].strip("[]")
+
+
+def _shown_host(host: str) -> str:
+    if host not in ALL_INTERFACES:
+        return f"[{host}]" if ":" in host else host
+    try:
+        return socket.gethostbyname(socket.gethostname())
+    except OSError:
+        return "127.0.0.1"
+
+
+async def start_http(worker: Worker, port: int) -> tuple[HTTPServer, str]:
+    """Serve the worker's HTTP endpoints on the interface its comm listens on."""
+    args = {"worker": worker, "metrics": WorkerMetrics(worker)}
+    app = Application(
+        [(r"/health", Health, args), (r"/metrics", Metrics, args)],
+        default_handler_class=NotFound, default_handler_args=args,
+    )
+    host = _host_of(worker.address or worker.listen_address)
+    server = HTTPServer(app)
+    sockets = bind_sockets(port, address=None if host in ALL_INTERFACES else host)
+    server.add_sockets(sockets)
+    bound = sockets[0].getsockname()[1]
+    return server, f"http://{_shown_host(host)}:{bound}"

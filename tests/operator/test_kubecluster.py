@@ -1,0 +1,78 @@
+"""KubeCluster from a notebook's point of view, against the emulator and the
+real operator: create, wait, scale, adapt, close, attach, and clear errors."""
+
+from __future__ import annotations
+
+import pytest
+from conftest import NAMESPACE, Harness, wait_for
+
+from shoal.cluster.kube import KubeApi, KubeCluster, KubeClusterError
+
+
+def kube(h: Harness, **kwargs: object) -> KubeCluster:
+    kwargs.setdefault("namespace", NAMESPACE)
+    kwargs.setdefault("image", "shoal:test")
+    return KubeCluster(api=KubeApi.for_host(h.url), timeout=20, **kwargs)  # type: ignore[arg-type]
+
+
+def test_create_scale_adapt_close(operator: Harness) -> None:
+    double = operator.scheduler("nb")
+    with kube(operator, name="nb", n_workers=2, memory="2Gi",
+              resources={"requests": {"cpu": "1"}}) as cluster:
+        assert cluster.scheduler_address == f"tcp://nb-scheduler.{NAMESPACE}.svc.cluster.local:8786"
+        assert cluster.dashboard_address.endswith(":8787")
+        pods = wait_for(lambda: len(operator.pods("nb")) == 2 and operator.pods("nb"))
+        container = pods[0]["spec"]["containers"][0]
+        assert container["resources"]["requests"] == {"cpu": "1", "memory": "2Gi"}
+        cluster.scale(3)
+        wait_for(lambda: len(operator.pods("nb")) == 3, message="3 workers")
+        cluster.adapt(minimum=1, maximum=4)
+        group = operator.get("shoalclusters", "nb")["spec"]["workerGroups"][0]
+        assert (group["minReplicas"], group["maxReplicas"]) == (1, 4)
+        double.target = 4
+        wait_for(lambda: len(operator.pods("nb")) == 4, message="autoscaled to 4")
+        cluster.scale(2)  # back to a fixed size: autoscaling off
+        assert "minReplicas" not in operator.get("shoalclusters", "nb")["spec"]["workerGroups"][0]
+    assert operator.get("shoalclusters", "nb") is None
+
+
+def test_from_name_attaches_and_leaves_it_running(operator: Harness, make_cluster) -> None:
+    operator.scheduler("shared")
+    operator.apply(make_cluster("shared"))
+    cluster = KubeCluster.from_name("shared", NAMESPACE, api=KubeApi.for_host(operator.url))
+    assert cluster.scheduler_address.startswith("tcp://shared-scheduler.")
+    cluster.close()
+    assert operator.get("shoalclusters", "shared") is not None
+
+
+def test_missing_crds_say_how_to_install_them(login_handler: None) -> None:
+    h = Harness(with_crds=False)
+    try:
+        with pytest.raises(KubeClusterError, match="install the CRDs"):
+            kube(h, name="nocrd")
+    finally:
+        h.close()
+
+
+def test_no_operator_times_out_with_advice(harness: Harness) -> None:
+    with pytest.raises(KubeClusterError, match="no shoal operator picked up"):
+        KubeCluster(name="lonely", namespace=NAMESPACE, api=KubeApi.for_host(harness.url),
+                    timeout=10, operator_timeout=0.5)
+    assert harness.get("shoalclusters", "lonely") is None  # not left behind
+
+
+def test_crash_looping_scheduler_reports_its_logs(operator: Harness) -> None:
+    operator.kubelet.crash_scheduler = True
+    # What the ReplicaSet controller and the kubelet would show for a crashing scheduler.
+    operator.api.create(f"/api/v1/namespaces/{NAMESPACE}/pods", {
+        "apiVersion": "v1", "kind": "Pod",
+        "metadata": {"name": "crashy-scheduler-x1", "namespace": NAMESPACE, "labels": {
+            "shoal.dev/cluster": "crashy", "shoal.dev/component": "scheduler"}},
+        "spec": {"containers": [{"name": "scheduler", "image": "shoal:test"}]},
+        "status": {"phase": "Running", "containerStatuses": [{"name": "scheduler", "state": {
+            "waiting": {"reason": "CrashLoopBackOff", "message": "back-off 40s"}}}]}})
+    operator.emulator[f"get /api/v1/namespaces/{NAMESPACE}/pods/crashy-scheduler-x1/log"] \
+        << b"Traceback (most recent call last):\nOSError: [Errno 98] Address in use\n"
+    with pytest.raises(KubeClusterError, match="CrashLoopBackOff") as info:
+        kube(operator, name="crashy")
+    assert "Address in use" in str(info.value)

@@ -1,0 +1,195 @@
+"""The scheduler's state machine, driven directly: no sockets."""
+
+from __future__ import annotations
+
+import pytest
+
+from shoal.protocol import serialize
+from shoal.scheduler._events import (
+    AddClient,
+    AddWorker,
+    CancelKeys,
+    ClientReleasesKeys,
+    MissingData,
+    RemoveClient,
+    RemoveWorker,
+    TaskErred,
+    TaskFinished,
+    TaskSpec,
+    ToClient,
+    ToWorker,
+    UpdateData,
+    UpdateGraph,
+)
+from shoal.scheduler._state import InvalidTransition, SchedulerState
+
+S = "test"
+
+
+def spec(key: str, *deps: str, **kw) -> TaskSpec:
+    return TaskSpec(key, "f", b"args", list(deps), **kw)
+
+
+def graph(*specs: TaskSpec, client: str = "c", wanted: list[str] | None = None) -> UpdateGraph:
+    return UpdateGraph(S, client, list(specs), {"f": b"F"},
+                       wanted if wanted is not None else [s.key for s in specs])
+
+
+def computes(out, worker=None):
+    return [i.msg["key"] for i in out if isinstance(i, ToWorker)
+            and i.msg["op"] == "compute-task" and (worker is None or i.worker == worker)]
+
+
+def reports(out, op):
+    return [i.msg.get("key") for i in out if isinstance(i, ToClient) and i.msg["op"] == op]
+
+
+@pytest.fixture
+def state() -> SchedulerState:
+    s = SchedulerState()
+    s.handle(AddWorker(S, "w1", "w1", 1, 10**9), AddWorker(S, "w2", "w2", 1, 10**9),
+             AddClient(S, "c"))
+    yield s
+    s.validate()
+
+
+def test_independent_task_runs_and_is_reported(state):
+    out = state.handle(graph(spec("a")))
+    assert computes(out) == ["a"]
+    worker = next(i.worker for i in out if isinstance(i, ToWorker))
+    out = state.handle(TaskFinished(S, worker, "a", 100))
+    assert reports(out, "key-in-memory") == ["a"]
+    assert state.tasks["a"].state == "memory"
+
+
+def test_function_is_sent_once_per_worker(state):
+    out = state.handle(graph(*(spec(f"t{i}") for i in range(4))))
+    sent = [i.msg for i in out if isinstance(i, ToWorker)]
+    by_worker: dict[str, int] = {}
+    for inst in out:
+        if isinstance(inst, ToWorker) and "function" in inst.msg:
+            by_worker[inst.worker] = by_worker.get(inst.worker, 0) + 1
+    assert len(sent) == 4 and all(n == 1 for n in by_worker.values())
+
+
+def test_dependent_goes_to_the_worker_holding_the_big_input(state):
+    state.handle(graph(spec("a"), spec("b")))
+    state.handle(TaskFinished(S, state.tasks["a"].processing_on.address, "a", 10**8))
+    holder = next(iter(state.tasks["a"].who_has)).address
+    out = state.handle(graph(spec("c", "a")))
+    assert computes(out, holder) == ["c"]
+
+
+def test_input_released_once_no_longer_needed(state):
+    state.handle(graph(spec("a"), spec("b", "a"), wanted=["b"]))
+    wa = state.tasks["a"].processing_on.address
+    state.handle(TaskFinished(S, wa, "a", 8))
+    wb = state.tasks["b"].processing_on.address
+    out = state.handle(TaskFinished(S, wb, "b", 8))
+    assert state.tasks["a"].state == "released"
+    assert any(isinstance(i, ToWorker) and i.msg == {"op": "free-keys", "keys": ["a"]}
+               for i in out)
+
+
+def test_release_forgets_everything(state):
+    state.handle(graph(spec("a"), spec("b", "a"), wanted=["b"]))
+    state.handle(TaskFinished(S, state.tasks["a"].processing_on.address, "a", 8))
+    state.handle(TaskFinished(S, state.tasks["b"].processing_on.address, "b", 8))
+    state.handle(ClientReleasesKeys(S, "c", ["b"]))
+    assert state.tasks == {} and state.functions == {}
+
+
+def test_error_propagates_to_dependents(state):
+    state.handle(graph(spec("a"), spec("b", "a"), spec("c", "b"), wanted=["c"]))
+    out = state.handle(TaskErred(S, state.tasks["a"].processing_on.address, "a",
+                                 serialize(ValueError("x")), "tb", "ValueError: x"))
+    assert reports(out, "task-erred") == ["c"]
+    assert {ts.state for ts in state.tasks.values()} == {"erred"}
+
+
+def test_retries_rerun_a_failed_task(state):
+    state.handle(graph(spec("a", retries=1)))
+    out = state.handle(TaskErred(S, state.tasks["a"].processing_on.address, "a", None, "", "x"))
+    assert computes(out) == ["a"] and state.tasks["a"].retries == 0
+
+
+def test_lost_worker_result_is_recomputed(state):
+    state.handle(graph(spec("a"), spec("b", "a"), wanted=["a", "b"]))
+    wa = state.tasks["a"].processing_on.address
+    state.handle(TaskFinished(S, wa, "a", 8))
+    state.validate()
+    out = state.handle(RemoveWorker(S, wa))
+    assert "a" in computes(out)
+    assert state.tasks["b"].state == "waiting"
+    assert reports(out, "lost-key") == ["a"]
+
+
+def test_task_killing_workers_is_failed(state):
+    state.allowed_failures = 1
+    state.handle(AddWorker(S, "w3", "w3", 1, 10**9))
+    state.handle(graph(spec("bad")))
+    for _ in range(2):
+        state.handle(RemoveWorker(S, state.tasks["bad"].processing_on.address))
+        state.validate()
+    assert state.tasks["bad"].state == "erred"
+    assert "died" in state.tasks["bad"].exception_text
+
+
+def test_lost_scattered_data_errs(state):
+    out = state.handle(UpdateData(S, "c", {"x": ["w1"]}, {"x": 8}))
+    assert reports(out, "key-in-memory") == ["x"]
+    out = state.handle(RemoveWorker(S, "w1"))
+    assert reports(out, "task-erred") == ["x"]
+    assert "scattered" in state.tasks["x"].exception_text
+
+
+def test_cancel_cancels_dependents(state):
+    state.handle(graph(spec("a"), spec("b", "a")))
+    out = state.handle(CancelKeys(S, "c", ["a"]))
+    cancelled = [i.msg["keys"][0] for i in out if isinstance(i, ToClient)]
+    assert sorted(cancelled) == ["a", "b"] and state.tasks == {}
+
+
+def test_client_leaving_releases_its_work(state):
+    state.handle(graph(spec("a"), spec("b", "a")))
+    state.handle(RemoveClient(S, "c"))
+    assert state.tasks == {}
+
+
+def test_missing_data_triggers_recompute(state):
+    state.handle(graph(spec("a"), spec("b", "a"), wanted=["b"]))
+    wa = state.tasks["a"].processing_on.address
+    state.handle(TaskFinished(S, wa, "a", 8))
+    wb = state.tasks["b"].processing_on.address
+    out = state.handle(MissingData(S, wb, "a", wa))
+    assert "a" in computes(out)
+
+
+def test_restricted_task_waits_for_its_worker(state):
+    out = state.handle(graph(spec("a", workers=["w9"])))
+    assert state.tasks["a"].state == "no-worker" and not computes(out)
+    out = state.handle(AddWorker(S, "w9", "w9", 1, 10**9))
+    assert computes(out, "w9") == ["a"]
+
+
+def test_resources_restrict_placement(state):
+    state.handle(AddWorker(S, "gpu", "gpu", 1, 10**9, {"GPU": 2}))
+    out = state.handle(graph(spec("a", resources={"GPU": 1})))
+    assert computes(out, "gpu") == ["a"]
+
+
+def test_roots_beyond_the_slots_are_queued(state):
+    out = state.handle(graph(*(spec(f"r{i}") for i in range(50))))
+    assert 0 < len(computes(out)) < 50
+    assert len(state.placement.queued) == 50 - len(computes(out))
+    w = state.workers["w1"]
+    first = next(iter(w.processing))
+    out = state.handle(TaskFinished(S, "w1", first.key, 8))
+    assert computes(out, "w1")
+
+
+def test_illegal_transition_is_refused(state):
+    state.handle(graph(spec("a")))
+    ts = state.tasks["a"]
+    with pytest.raises(InvalidTransition):
+        state._check(ts, "forgotten")
