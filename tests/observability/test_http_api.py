@@ -70,8 +70,12 @@ def test_idle_reports_since_when(cluster) -> None:
     assert busy == {"idle": False, "idle_since": None}
     client.gather(futures)
     del futures
-    answer = wait_for(lambda: (lambda a: a if a["idle"] else None)(
-        http(base + "/api/v1/idle").json()), timeout=10, what="the scheduler to be idle")
+
+    def idle() -> dict | None:
+        answer = http(base + "/api/v1/idle").json()
+        return answer if answer["idle"] else None
+
+    answer = wait_for(idle, timeout=10, what="the scheduler to be idle")
     assert answer["idle_since"] <= time.time() + 1
 
 

@@ -6,11 +6,14 @@ the way Prometheus reads it, during and after real computations.
 
 from __future__ import annotations
 
+import re
 import time
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 from observability_support import http, sample, scrape, wait_for
+from prometheus_client.parser import text_string_to_metric_families
 
 from shoal import Client, LocalCluster
 
@@ -76,9 +79,12 @@ def test_scheduler_figures_move_during_a_computation(cluster) -> None:
 def test_adaptive_target_and_loop_lag_are_exposed(cluster) -> None:
     cluster, client = cluster
     futures = client.map(time.sleep, [0.5] * 40, pure=False)
-    busy = wait_for(lambda: (lambda s: s if sample(s, "shoal_scheduler_adaptive_target_workers")
-                             >= 2 else None)(scrape(metrics_url(cluster))),
-                    timeout=10, what="an adaptive target above the idle figure")
+
+    def wanting_more() -> dict | None:
+        now = scrape(metrics_url(cluster))
+        return now if sample(now, "shoal_scheduler_adaptive_target_workers") >= 2 else None
+
+    busy = wait_for(wanting_more, timeout=10, what="an adaptive target above the idle figure")
     assert sample(busy, "shoal_scheduler_tasks", state="queued") + sample(
         busy, "shoal_scheduler_tasks", state="processing") > 0
     lag = sample(busy, "shoal_scheduler_event_loop_lag_seconds")
@@ -111,7 +117,7 @@ def test_memory_and_transfer_between_workers(cluster) -> None:
     fetched = scrape(worker_http(client)[b] + "/metrics")
     assert sample(served, "shoal_worker_served_bytes_total") >= size
     assert sample(fetched, "shoal_worker_fetched_bytes_total") >= size
-    assert sample(fetched, "shoal_worker_tasks_done_total", outcome="fetched") >= 1
+    assert sample(fetched, "shoal_worker_keys_fetched_total") >= 1
     assert sample(served, "shoal_worker_memory_bytes", kind="managed") >= size
     del block, length
 
@@ -120,7 +126,7 @@ def test_worker_metrics_and_health(cluster) -> None:
     cluster, client = cluster
     addresses = worker_http(client)
     assert len(addresses) == 2 and all(addresses.values())
-    for address, base in addresses.items():
+    for base in addresses.values():
         health = http(base + "/health")
         assert (health.status, health.text) == (200, "ok")
         samples = scrape(base + "/metrics")
@@ -131,13 +137,13 @@ def test_worker_metrics_and_health(cluster) -> None:
 
     first = next(iter(addresses))
     base = addresses[first]
-    executed = sample(scrape(base + "/metrics"), "shoal_worker_tasks_done_total",
-                      outcome="executed")
+    executed = sample(scrape(base + "/metrics"), "shoal_worker_tasks_executed_total")
     timed = sample(scrape(base + "/metrics"), "shoal_worker_task_execution_seconds_count")
     futures = client.map(time.sleep, [0.01] * 10, pure=False, workers=[first])
     client.gather(futures)
     samples = scrape(base + "/metrics")
-    assert sample(samples, "shoal_worker_tasks_done_total", outcome="executed") == executed + 10
+    assert sample(samples, "shoal_worker_tasks_executed_total") == executed + 10
+    assert sample(samples, "shoal_worker_tasks_failed_total") == 0
     assert sample(samples, "shoal_worker_task_execution_seconds_count") == timed + 10
     assert sample(samples, "shoal_worker_tasks", state="memory") >= 10
     assert sample(samples, "shoal_worker_tasks", state="executing") == 0
@@ -152,3 +158,26 @@ def test_worker_http_refuses_bad_requests(cluster) -> None:
     wrong = http(base + "/metrics", method="POST", body=b"{}")
     assert wrong.status == 405 and wrong.json()["error"]
     assert http(base + "/health").status == 200  # still serving
+
+
+def documented_metrics() -> set[str]:
+    text = (Path(__file__).resolve().parents[2] / "docs" / "metrics.md").read_text()
+    return set(re.findall(r"^\| `(shoal_\w+)` \|", text, flags=re.MULTILINE))
+
+
+def exposed_metrics(url: str) -> set[str]:
+    names = set()
+    for family in text_string_to_metric_families(http(url).text):
+        if family.name.endswith("_created"):
+            continue
+        names.add(family.name + "_total" if family.type == "counter" else family.name)
+    return names
+
+
+def test_docs_list_exactly_what_is_exposed(cluster) -> None:
+    cluster, client = cluster
+    documented = documented_metrics()
+    worker = next(iter(worker_http(client).values()))
+    exposed = exposed_metrics(metrics_url(cluster)) | exposed_metrics(worker + "/metrics")
+    assert exposed == documented, {"undocumented": exposed - documented,
+                                   "not exposed": documented - exposed}

@@ -264,15 +264,15 @@ class LocalCluster:
         self.status = "closed"
 
     def _stop_everything(self) -> None:
-        """Terminate every child process (idempotent, safe at exit)."""
-        children = [h for h in self.workers.values() if isinstance(h, ChildProcess)]
-        if isinstance(self._scheduler, ChildProcess):
-            children.append(self._scheduler)
-        for child in children:
+        """Terminate every child process, workers first (idempotent, safe at exit)."""
+        workers = [h for h in self.workers.values() if isinstance(h, ChildProcess)]
+        for child in workers:
             if child.alive():
                 child.proc.terminate()
-        for child in children:
+        for child in workers:
             child.terminate(timeout=5.0)
+        if isinstance(self._scheduler, ChildProcess):
+            self._scheduler.terminate(timeout=5.0)
         if self.processes:
             self.workers.clear()
         self.status = "closed"

@@ -80,12 +80,12 @@ class WorkerCollector(Collector):
         worker = self.worker
         yield self._tasks()
         counts = worker.state.counts
-        done = CounterMetricFamily("shoal_worker_tasks_done",
-                                   "Tasks this worker ran or fetched, by outcome",
-                                   labels=["outcome"])
-        for outcome in ("executed", "failed", "fetched"):
-            done.add_metric([outcome], counts.get(outcome, 0))
-        yield done
+        for name, key, what in (
+            ("shoal_worker_tasks_executed", "executed", "Tasks this worker ran successfully"),
+            ("shoal_worker_tasks_failed", "failed", "Tasks that raised on this worker"),
+            ("shoal_worker_keys_fetched", "fetched", "Results fetched from other workers"),
+        ):
+            yield CounterMetricFamily(name, what, value=counts.get(key, 0))
         yield GaugeMetricFamily("shoal_worker_threads", "Threads that run tasks",
                                 value=worker.nthreads)
         yield self._memory()

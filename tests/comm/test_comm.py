@@ -1,0 +1,190 @@
+"""Transports and RPC: real TCP sockets, bad input on the wire."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import struct
+
+import msgpack
+import pytest
+
+from shoal.comm import CommClosedError, ConnectionPool, RemoteError, RPCServer, connect
+from shoal.comm import BatchedSend
+from shoal.protocol import PROTOCOL_VERSION, VersionMismatchError, dumps, pack_frames_prelude
+
+
+def run(coro):
+    return asyncio.run(asyncio.wait_for(coro, 30))
+
+
+async def echo_server(address: str = "tcp://127.0.0.1:0") -> tuple[RPCServer, str]:
+    async def boom() -> None:
+        raise ValueError("handler exploded")
+
+    server = RPCServer({"echo": lambda x: x, "boom": boom}, {})
+    return server, await server.listen(address)
+
+
+@pytest.mark.parametrize("scheme", ["tcp", "inproc"])
+def test_request_response(scheme):
+    async def main() -> None:
+        server, address = await echo_server(f"{scheme}://127.0.0.1:0" if scheme == "tcp"
+                                            else "inproc://test")
+        pool = ConnectionPool()
+        assert await pool.request(address, "echo", x=[1, "two"]) == [1, "two"]
+        with pytest.raises(RemoteError, match="unknown operation 'nope'"):
+            await pool.request(address, "nope")
+        with pytest.raises(RemoteError, match="handler exploded"):
+            await pool.request(address, "boom")
+        with pytest.raises(RemoteError, match="bad arguments"):
+            await pool.request(address, "echo", y=1)
+        assert await pool.request(address, "echo", x=3) == 3  # still serving
+        pool.close()
+        server.stop()
+
+    run(main())
+
+
+def _raw_socket(address: str) -> socket.socket:
+    host, port = address.removeprefix("tcp://").rsplit(":", 1)
+    sock = socket.create_connection((host, int(port)), timeout=10)
+    return sock
+
+
+def _send_message(sock: socket.socket, msg) -> None:
+    frames = dumps(msg)
+    sock.sendall(pack_frames_prelude(frames) + b"".join(bytes(f) for f in frames))
+
+
+def _handshake(sock: socket.socket, version: int = PROTOCOL_VERSION) -> None:
+    _send_message(sock, {"op": "handshake", "protocol": version})
+
+
+async def _closed_by_peer(sock: socket.socket) -> bool:
+    loop = asyncio.get_running_loop()
+    sock.setblocking(False)
+    while True:
+        try:
+            data = await asyncio.wait_for(loop.sock_recv(sock, 65536), 10)
+        except ConnectionResetError:
+            return True
+        if not data:
+            return True
+
+
+@pytest.mark.parametrize("garbage", [
+    struct.pack("<Q", 2**40),  # announces an oversized message
+    struct.pack("<Q", 12) + struct.pack("<I", 99) + b"\0" * 8,  # frame count lies
+    struct.pack("<Q", 5) + struct.pack("<I", 1) + b"x",  # too short for its frames
+])
+def test_malformed_or_oversized_frames_close_only_that_connection(garbage):
+    async def main() -> None:
+        server, address = await echo_server()
+        sock = _raw_socket(address)
+        _handshake(sock)
+        sock.sendall(garbage)
+        assert await _closed_by_peer(sock)
+        pool = ConnectionPool()
+        assert await pool.request(address, "echo", x="still here") == "still here"
+        pool.close()
+        server.stop()
+
+    run(main())
+
+
+def test_message_that_is_not_a_map_gets_an_error_reply():
+    async def main() -> None:
+        server, address = await echo_server()
+        comm = await connect(address)
+        await comm.write([1, 2, 3])
+        answer = await comm.read()
+        assert answer["status"] == "error" and "'op'" in answer["message"]
+        comm.abort()
+        server.stop()
+
+    run(main())
+
+
+def test_undecodable_msgpack_closes_the_connection():
+    async def main() -> None:
+        server, address = await echo_server()
+        sock = _raw_socket(address)
+        _handshake(sock)
+        bad = [b"\xc1"]
+        sock.sendall(pack_frames_prelude(bad) + bad[0])
+        assert await _closed_by_peer(sock)
+        assert server.bad_messages == 1
+        server.stop()
+
+    run(main())
+
+
+def test_version_mismatch_is_refused_with_a_clear_error():
+    async def main() -> None:
+        server, address = await echo_server()
+        # a peer speaking another version is disconnected by the server
+        sock = _raw_socket(address)
+        _handshake(sock, version=PROTOCOL_VERSION + 1)
+        assert await _closed_by_peer(sock)
+
+        # and our side refuses a server that speaks another version
+        async def old_server(reader, writer):
+            frames = dumps({"op": "handshake", "protocol": 0})
+            writer.write(pack_frames_prelude(frames) + frames[0])
+            await writer.drain()
+            await reader.read()
+
+        fake = await asyncio.start_server(old_server, "127.0.0.1", 0)
+        port = fake.sockets[0].getsockname()[1]
+        with pytest.raises(VersionMismatchError, match="speaks shoal protocol 0"):
+            await connect(f"tcp://127.0.0.1:{port}")
+        fake.close()
+        server.stop()
+
+    run(main())
+
+
+def test_connect_to_nothing_fails_fast():
+    async def main() -> None:
+        sock = socket.socket()
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+        sock.close()
+        with pytest.raises(CommClosedError):
+            await connect(f"tcp://127.0.0.1:{port}", timeout=5)
+
+    run(main())
+
+
+def test_batched_send_coalesces_one_loop_turn():
+    async def main() -> None:
+        received: list = []
+        done = asyncio.Event()
+
+        async def stream(comm, **_):
+            while len(received) < 100:
+                received.append(await comm.read())
+                if sum(len(b) for b in received) >= 100:
+                    break
+            done.set()
+
+        server = RPCServer({}, {"stream": stream})
+        address = await server.listen("tcp://127.0.0.1:0")
+        comm = await connect(address)
+        await comm.write({"op": "stream"})
+        batched = BatchedSend(comm)
+        for i in range(100):
+            batched.send({"i": i})
+        await asyncio.wait_for(done.wait(), 10)
+        assert received == [[{"i": i} for i in range(100)]]
+        assert batched.batches_sent == 1
+        await batched.close()
+        server.stop()
+
+    run(main())
+
+
+def test_msgpack_is_the_header_format():
+    frames = dumps({"op": "ping"})
+    assert msgpack.unpackb(frames[0]) == {"op": "ping"}

@@ -1,0 +1,192 @@
+"""End to end on processes: the operator's own pod specs, run for real.
+
+No container runtime here, so a small "process kubelet" plays the node: it
+takes the scheduler Deployment and the worker pods the operator created,
+starts their container command and environment as local processes (the
+scheduler's Service name resolved to 127.0.0.1, its ports replaced by free
+ones), and reports readiness back to the emulator from the real scheduler's
+HTTP API. A shoal Client then computes on that cluster, and the operator's
+autoscaler scales it up and down through the real ``/api/v1`` endpoints.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+import pytest
+from conftest import NAMESPACE, Harness, wait_for
+
+from shoal.cluster.kube import KubeApiError
+from shoal.operator import builders, kubeops, scheduler_api
+
+try:
+    from shoal import Client
+except ImportError:  # the engine is not there yet
+    pytest.skip("shoal.Client cannot be imported", allow_module_level=True)
+
+SRC = Path(__file__).resolve().parents[2] / "src"
+LAUNCH = [sys.executable, "-c", "import sys; from shoal.cli import main; sys.exit(main(sys.argv[1:]))"]
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def fetch_json(url: str) -> Any:
+    import json
+
+    with urllib.request.urlopen(url, timeout=2) as response:
+        return json.loads(response.read())
+
+
+class ProcessKubelet:
+    """Runs the operator's pods of one cluster as local processes."""
+
+    def __init__(self, harness: Harness, cluster: str) -> None:
+        self.harness = harness
+        self.cluster = cluster
+        self.comm_port, self.http_port = free_port(), free_port()
+        self.service = f"{builders.scheduler_host(cluster, NAMESPACE)}:{builders.COMM_PORT}"
+        self.processes: dict[str, subprocess.Popen[bytes]] = {}
+        self.errors: list[str] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, daemon=True)
+        self._thread.start()
+
+    @property
+    def scheduler_address(self) -> str:
+        return f"tcp://127.0.0.1:{self.comm_port}"
+
+    @property
+    def http_url(self) -> str:
+        return f"http://127.0.0.1:{self.http_port}"
+
+    def localise(self, container: dict[str, Any], pod_name: str) -> tuple[list[str], dict[str, str]]:
+        """The container's command line and environment, as this machine can run them."""
+        env = dict(os.environ, PYTHONPATH=str(SRC))
+        for var in container.get("env", []):
+            if "value" in var:
+                env[var["name"]] = var["value"].replace(self.service, f"127.0.0.1:{self.comm_port}")
+            elif var.get("valueFrom", {}).get("fieldRef", {}).get("fieldPath") == "metadata.name":
+                env[var["name"]] = pod_name
+        argv = []
+        for arg in container["command"][1:] + container.get("args", []):
+            for name, value in env.items():
+                arg = arg.replace(f"$({name})", value)
+            argv.append(arg.replace(self.service, f"127.0.0.1:{self.comm_port}"))
+        ports = {str(builders.COMM_PORT): str(self.comm_port),
+                 str(builders.HTTP_PORT): str(self.http_port), "0.0.0.0": "127.0.0.1"}
+        if argv[0] == "scheduler":
+            argv = [ports.get(a, a) for a in argv]
+        assert container["command"][0] == "shoal"
+        return [*LAUNCH, *argv], env
+
+    def start(self, key: str, container: dict[str, Any], pod_name: str) -> None:
+        argv, env = self.localise(container, pod_name)
+        self.processes[key] = subprocess.Popen(argv, env=env, start_new_session=True,
+                                               stdout=subprocess.DEVNULL,
+                                               stderr=subprocess.DEVNULL)
+
+    def kill(self, key: str) -> None:
+        process = self.processes.pop(key)
+        if process.poll() is None:
+            os.killpg(process.pid, signal.SIGTERM)
+            try:
+                process.wait(10)
+            except subprocess.TimeoutExpired:
+                os.killpg(process.pid, signal.SIGKILL)
+                process.wait(10)
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(30)
+        for key in list(self.processes):
+            self.kill(key)
+
+    def _loop(self) -> None:
+        while not self._stop.wait(0.1):
+            try:
+                self.step()
+            except (KubeApiError, OSError) as exc:  # the scheduler is still starting, ...
+                self.errors.append(repr(exc))
+
+    def step(self) -> None:
+        api = self.harness.api
+        deployment = self.harness.get("deployments", f"{self.cluster}-scheduler",
+                                      api_version="apps/v1")
+        if deployment is None:
+            return
+        if "scheduler" not in self.processes:
+            (container,) = deployment["spec"]["template"]["spec"]["containers"]
+            self.start("scheduler", container, f"{self.cluster}-scheduler-0")
+        ready = (deployment.get("status") or {}).get("readyReplicas")
+        if not ready:
+            with urllib.request.urlopen(self.http_url + "/health", timeout=1):
+                api.patch(kubeops.object_path(deployment), {"status": {"readyReplicas": 1}})
+            return
+        self.step_workers()
+
+    def step_workers(self) -> None:
+        pods = {p["metadata"]["name"]: p for p in self.harness.pods(self.cluster)}
+        for name in [k for k in self.processes if k != "scheduler" and k not in pods]:
+            self.kill(name)  # the operator deleted the pod
+        connected = {w["name"] for w in fetch_json(self.http_url + "/api/v1/workers")["workers"]}
+        for name, pod in pods.items():
+            phase = (pod.get("status") or {}).get("phase")
+            if name not in self.processes and phase is None:
+                self.start(name, pod["spec"]["containers"][0], name)
+            elif name in self.processes and phase != "Running" and name in connected:
+                self.harness.kubelet.set_phase(pod, "Running", ready=True)
+            elif name in self.processes and phase == "Running" \
+                    and self.processes[name].poll() is not None:
+                code = self.processes[name].returncode
+                self.harness.kubelet.set_phase(pod, "Succeeded" if code == 0 else "Failed",
+                                               ready=False, exit_code=code)
+
+
+def slow_square(x: int) -> int:
+    time.sleep(0.25)
+    return x * x
+
+
+def test_operator_pods_run_compute_and_autoscale(operator: Harness, make_cluster) -> None:
+    operator.kubelet.stop()  # processes, not the simulated kubelet, decide readiness here
+    node = ProcessKubelet(operator, "real")
+    scheduler_api.set_url_resolver(lambda cluster, ns: node.http_url)
+    try:
+        operator.apply(make_cluster("real", workerGroups=[{"name": "default", "replicas": 2,
+                                                           "memory": "1Gi"}]))
+        wait_for(lambda: (((operator.get("shoalclusters", "real") or {}).get("status") or {})
+                          .get("readyWorkers") == 2), timeout=60,
+                 message=f"2 ready workers (kubelet errors: {node.errors[-3:]})")
+        with Client(node.scheduler_address) as client:
+            assert client.submit(sum, [1, 2, 3]).result(timeout=30) == 6
+            kept = client.submit(lambda: list(range(1000)))
+            assert sum(client.gather(client.map(lambda x: x + 1, range(20)))) == 210
+            operator.api.patch(
+                f"/apis/shoal.dev/v1alpha1/namespaces/{NAMESPACE}/shoalclusters/real",
+                {"spec": {"workerGroups": [{"name": "default", "memory": "1Gi",
+                                            "minReplicas": 1, "maxReplicas": 4}]}})
+            futures = client.map(slow_square, range(80))
+            wait_for(lambda: len(operator.pods("real")) > 2, timeout=30,
+                     message="the autoscaler to add workers")
+            assert client.gather(futures) == [x * x for x in range(80)]
+            wait_for(lambda: len(operator.pods("real")) == 1, timeout=60,
+                     message="the autoscaler to retire idle workers")
+            workers = fetch_json(node.http_url + "/api/v1/workers")["workers"]
+            assert [w["name"] for w in workers] == [p["metadata"]["name"]
+                                                    for p in operator.pods("real")]
+            assert kept.result(timeout=30) == list(range(1000))  # nothing lost on the way
+    finally:
+        node.stop()

@@ -1,0 +1,88 @@
+"""Frames, messages and serialization."""
+
+from __future__ import annotations
+
+import pickle
+import struct
+
+import numpy as np
+import pytest
+
+from shoal.protocol import (
+    FramingError,
+    MessageError,
+    SerializationError,
+    Serialized,
+    ToPickle,
+    deserialize,
+    dumps,
+    loads,
+    pack_frames_prelude,
+    serialize,
+    unpack_frame_lengths,
+)
+from shoal.protocol._framing import unpack_total
+from shoal.protocol._task import KeyRef, substitute
+
+
+def test_message_round_trip_keeps_serialized_values_opaque():
+    value = serialize({"a": 1})
+    frames = dumps({"op": "x", "v": value, "n": [1, 2], "p": ToPickle({3})})
+    msg = loads(frames)
+    assert msg["op"] == "x" and msg["n"] == [1, 2]
+    assert isinstance(msg["v"], Serialized) and deserialize(msg["v"]) == {"a": 1}
+    assert deserialize(msg["p"]) == {3}
+
+
+def test_large_array_travels_out_of_band_without_copy():
+    array = np.arange(1_000_000, dtype="f8")
+    ser = serialize(array)
+    assert len(ser.frames) == 2 and memoryview(ser.frames[1]).nbytes == array.nbytes
+    assert np.array_equal(deserialize(ser), array)
+
+
+def test_lambda_and_main_functions_use_cloudpickle():
+    f = deserialize(serialize(lambda x: x * 3))
+    assert f(2) == 6
+
+
+def test_unpicklable_object_error_names_it():
+    import threading
+
+    with pytest.raises(SerializationError, match="lock"):
+        serialize(threading.Lock())
+
+
+def test_unpickling_garbage_is_a_serialization_error():
+    with pytest.raises(SerializationError):
+        deserialize(Serialized([b"not a pickle"]))
+
+
+def test_framing_round_trip_and_limits():
+    frames = [b"abc", b"", b"defg"]
+    prelude = pack_frames_prelude(frames)
+    total = unpack_total(prelude[:8])
+    body = memoryview(prelude[8:] + b"".join(frames))
+    assert len(body) == total
+    lengths, offset = unpack_frame_lengths(body)
+    assert lengths == [3, 0, 4] and offset == 4 + 8 * 3
+    with pytest.raises(FramingError, match="exceeds the limit"):
+        unpack_total(struct.pack("<Q", 10**12), limit=10**9)
+    with pytest.raises(FramingError):
+        unpack_frame_lengths(memoryview(struct.pack("<I", 5) + b"x"))
+
+
+def test_malformed_messages_are_refused():
+    with pytest.raises(MessageError):
+        loads([b"\xc1"])  # a msgpack byte that is never valid
+    with pytest.raises(MessageError):
+        loads([])
+    with pytest.raises(TypeError):
+        dumps({"op": object()})
+
+
+def test_keyref_substitution_nested():
+    args = ([KeyRef("a"), {"k": (KeyRef("b"), 3)}], {KeyRef("a")} - {KeyRef("a")})
+    out = substitute(args, {"a": None, "b": 2})
+    assert out == ([None, {"k": (2, 3)}], set())
+    assert pickle.loads(pickle.dumps(KeyRef("z"))) == KeyRef("z")
