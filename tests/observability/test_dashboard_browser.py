@@ -28,7 +28,7 @@ BROWSER_TIMEOUT = 60.0
 pytestmark = pytest.mark.skipif(
     CHROMIUM is None, reason="chromium is not installed (apt-get install -y chromium)")
 
-N_TASKS = 400
+N_TASKS = 600
 TASK_SECONDS = 0.05
 
 

@@ -155,12 +155,13 @@ class ProcessKubelet:
                                                ready=False, exit_code=code)
 
 
-def slow_square(x: int) -> int:
-    time.sleep(0.25)
-    return x * x
-
-
 def test_operator_pods_run_compute_and_autoscale(operator: Harness, make_cluster) -> None:
+    def slow_square(x: int) -> int:  # defined here so that it travels by value
+        import time
+
+        time.sleep(0.25)
+        return x * x
+
     operator.kubelet.stop()  # processes, not the simulated kubelet, decide readiness here
     node = ProcessKubelet(operator, "real")
     scheduler_api.set_url_resolver(lambda cluster, ns: node.http_url)

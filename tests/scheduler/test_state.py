@@ -193,3 +193,23 @@ def test_illegal_transition_is_refused(state):
     ts = state.tasks["a"]
     with pytest.raises(InvalidTransition):
         state._check(ts, "forgotten")
+
+
+def test_idle_worker_steals_unstarted_work():
+    from shoal.scheduler._events import StealResponse
+
+    s = SchedulerState()
+    s.handle(AddWorker(S, "w1", "w1", 1, 10**9), AddClient(S, "c"))
+    s.handle(graph(spec("data")))
+    s.handle(TaskFinished(S, "w1", "data", 10))
+    s.handle(graph(*(spec(f"t{i}", "data") for i in range(10))))
+    assert len(s.workers["w1"].processing) == 10
+    out = s.handle(AddWorker(S, "w2", "w2", 1, 10**9))
+    requests = [i.msg["key"] for i in out if isinstance(i, ToWorker)
+                and i.msg["op"] == "steal-request"]
+    assert requests and all(i.worker == "w1" for i in out if i.msg["op"] == "steal-request")
+    out = s.handle(StealResponse(S, "w1", requests[0], "released"))
+    assert computes(out, "w2") == [requests[0]]
+    s.handle(StealResponse(S, "w1", requests[1], "executing"))
+    assert s.tasks[requests[1]].processing_on.address == "w1"
+    s.validate()

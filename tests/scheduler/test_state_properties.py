@@ -17,6 +17,7 @@ from shoal.scheduler._events import (
     ClientReleasesKeys,
     MissingData,
     RemoveWorker,
+    StealResponse,
     TaskErred,
     TaskFinished,
     TaskSpec,
@@ -30,7 +31,7 @@ actions = st.lists(
     st.tuples(
         st.sampled_from(["add_worker", "remove_worker", "retire", "submit", "submit", "submit",
                          "finish", "finish", "finish", "finish", "finish", "err", "release",
-                         "cancel", "missing", "scatter"]),
+                         "cancel", "missing", "scatter", "steal", "steal"]),
         st.integers(0, 1000),
         st.integers(0, 1000),
     ),
@@ -118,6 +119,14 @@ class Driver:
         if w is not None:
             self.n_keys += 1
             self.state.handle(UpdateData(S, "c", {f"s{self.n_keys}": [w]}, {f"s{self.n_keys}": b}))
+
+    def steal(self, a: int, b: int) -> None:
+        requested = sorted(self.state.stealing.in_flight, key=lambda t: t.key)
+        if requested:
+            ts = requested[a % len(requested)]
+            victim = ts.processing_on.address if ts.processing_on else "gone"
+            answer = "released" if b % 3 else "executing"
+            self.state.handle(StealResponse(S, victim, ts.key, answer))
 
     def drain(self) -> None:
         if not self.state.workers:

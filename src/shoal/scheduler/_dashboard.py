@@ -14,11 +14,12 @@ running tasks over the last :data:`BUSY_WINDOW` seconds.
 
 from __future__ import annotations
 
+import math
 import os
 import time
 from typing import TYPE_CHECKING, Any
 
-from ._metrics import SchedulerMonitor, tasks_by_state, worker_state
+from ._metrics import TASK_STATES, SchedulerMonitor, heartbeat_figure, worker_state
 from ._model import WorkerState, key_prefix
 
 if TYPE_CHECKING:
@@ -42,6 +43,11 @@ def snapshot(scheduler: Scheduler, monitor: SchedulerMonitor, since: float) -> d
     stream = recent_stream(scheduler.task_stream, since)
     busy = busy_fractions(scheduler, now)
     state = scheduler.state
+    by_prefix = counts_by_prefix(scheduler)
+    tasks = dict.fromkeys(TASK_STATES, 0)
+    for counts in by_prefix.values():
+        for name, n in counts.items():
+            tasks[name] = tasks.get(name, 0) + n
     return {
         "now": now,
         "scheduler": {
@@ -53,16 +59,17 @@ def snapshot(scheduler: Scheduler, monitor: SchedulerMonitor, since: float) -> d
         },
         "workers": [worker_entry(ws, busy.get(ws.address, 0.0))
                     for ws in sorted(state.workers.values(), key=lambda w: w.name)],
-        "tasks": tasks_by_state(scheduler),
+        "tasks": tasks,
         "counts": dict(state.counts),
-        "progress": progress(scheduler, monitor),
+        "progress": progress(scheduler, monitor, by_prefix),
         "task_stream": stream,
     }
 
 
 def worker_entry(ws: WorkerState, busy: float) -> dict[str, Any]:
-    metrics = ws.metrics
-    cpu = metrics.get("cpu")
+    cpu = ws.metrics.get("cpu")
+    if isinstance(cpu, bool) or not isinstance(cpu, (int, float)) or not math.isfinite(cpu):
+        cpu = None
     return {
         "address": ws.address,
         "name": ws.name,
@@ -70,9 +77,9 @@ def worker_entry(ws: WorkerState, busy: float) -> dict[str, Any]:
         "nthreads": ws.nthreads,
         "memory_limit": ws.memory_limit,
         "memory": ws.nbytes,
-        "memory_process": int(metrics.get("memory_process", 0) or 0),
-        "memory_spilled": int(metrics.get("memory_spilled", 0) or 0),
-        "executing": int(metrics.get("executing", 0) or 0),
+        "memory_process": heartbeat_figure(ws, "memory_process"),
+        "memory_spilled": heartbeat_figure(ws, "memory_spilled"),
+        "executing": heartbeat_figure(ws, "executing"),
         "processing": len(ws.processing),
         "in_memory": len(ws.has_what),
         "cpu": float(cpu) if cpu is not None else None,
@@ -99,7 +106,7 @@ def busy_fractions(scheduler: Scheduler, now: float) -> dict[str, float]:
     start = now - BUSY_WINDOW
     seconds: dict[str, float] = {}
     for entry in reversed(scheduler.task_stream):
-        if entry["stop"] < start - 60.0:  # the stream is ordered by arrival, roughly by stop
+        if entry["stop"] < start - BUSY_WINDOW:  # arrival order is roughly order of stop
             break
         overlap = min(entry["stop"], now) - max(entry["start"], start)
         if overlap > 0:
@@ -110,21 +117,25 @@ def busy_fractions(scheduler: Scheduler, now: float) -> dict[str, float]:
     return out
 
 
-def progress(scheduler: Scheduler, monitor: SchedulerMonitor) -> list[dict[str, Any]]:
-    """Per task prefix: how many tasks are in each state, and how many ever finished."""
+def counts_by_prefix(scheduler: Scheduler) -> dict[str, dict[str, int]]:
+    """Per task prefix, how many tasks are in each state (one pass over the tasks)."""
     by_prefix: dict[str, dict[str, int]] = {}
     for ts in scheduler.state.tasks.values():
         counts = by_prefix.get(ts.prefix)
         if counts is None:
             counts = by_prefix[ts.prefix] = dict.fromkeys(PROGRESS_STATES, 0)
         counts[ts.state] = counts.get(ts.state, 0) + 1
-    rows = []
-    for prefix, counts in by_prefix.items():
-        rows.append({"prefix": prefix, "total": sum(counts.values()), "states": counts,
-                     "finished": monitor.finished_by_prefix.get(prefix, 0),
-                     "duration": scheduler.state.placement.durations.get(prefix)})
-    rows.sort(key=lambda r: (-r["total"], r["prefix"]))
-    return rows[:MAX_PREFIXES]
+    return by_prefix
+
+
+def progress(scheduler: Scheduler, monitor: SchedulerMonitor,
+             by_prefix: dict[str, dict[str, int]]) -> list[dict[str, Any]]:
+    """The prefixes with the most tasks: counts by state, and how many ever finished."""
+    ranked = sorted(by_prefix.items(), key=lambda item: (-sum(item[1].values()), item[0]))
+    return [{"prefix": prefix, "total": sum(counts.values()), "states": counts,
+             "finished": monitor.finished_by_prefix.get(prefix, 0),
+             "duration": scheduler.state.placement.durations.get(prefix)}
+            for prefix, counts in ranked[:MAX_PREFIXES]]
 
 
 def page() -> bytes:

@@ -129,6 +129,15 @@ class AddKeys(Event):
 
 
 @dataclass(slots=True)
+class StealResponse(Event):
+    """A worker's answer to a steal request: ``state`` "released" if it gave up the task."""
+
+    worker: str
+    key: str
+    state: str
+
+
+@dataclass(slots=True)
 class Instruction:
     pass
 

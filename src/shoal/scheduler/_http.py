@@ -10,6 +10,7 @@ that polls ``/api/v1/dashboard`` (:mod:`._dashboard`).
 from __future__ import annotations
 
 import json
+import logging
 import math
 from typing import TYPE_CHECKING, Any
 
@@ -24,6 +25,17 @@ from ._metrics import SchedulerMonitor
 
 if TYPE_CHECKING:
     from ._server import Scheduler
+
+logger = logging.getLogger(__name__)
+
+
+def log_request(handler: RequestHandler) -> None:
+    """Quiet access log: the dashboard polls twice a second; only errors are news."""
+    status = handler.get_status()
+    level = logging.DEBUG if status < 400 else logging.INFO if status < 500 else logging.ERROR
+    request = handler.request
+    logger.log(level, "%d %s %s (%s) %.1fms", status, request.method, request.uri,
+               request.remote_ip, 1000 * request.request_time())
 
 
 class _Base(RequestHandler):
@@ -171,6 +183,7 @@ async def start_http(scheduler: Scheduler, host: str, port: int) -> tuple[HTTPSe
         routes(scheduler, monitor),  # type: ignore[arg-type]
         default_handler_class=NotFound,
         default_handler_args={"scheduler": scheduler, "monitor": monitor},
+        log_function=log_request,
     )
     server = HTTPServer(app)
     sockets = bind_sockets(port, address=host)

@@ -16,6 +16,7 @@ mix their figures.  Names and units are documented in docs/metrics.md.
 from __future__ import annotations
 
 import asyncio
+import math
 import time
 from collections import deque
 from collections.abc import Iterator
@@ -83,7 +84,7 @@ class PeerTransferTotal:
         self._departed = 0
 
     def update(self, workers: dict[str, WorkerState]) -> int:
-        now = {a: int(ws.metrics.get("bytes_fetched", 0) or 0) for a, ws in workers.items()}
+        now = {a: heartbeat_figure(ws, "bytes_fetched") for a, ws in workers.items()}
         for address, last in self._current.items():
             if address not in now or now[address] < last:
                 self._departed += last
@@ -140,6 +141,14 @@ class SchedulerMonitor:
     def exposition(self) -> bytes:
         self.refresh()  # so the duration histograms are as fresh as the live figures
         return generate_latest(self.registry)
+
+
+def heartbeat_figure(ws: WorkerState, name: str) -> int:
+    """A number from the worker's last heartbeat; 0 when absent or not a number."""
+    value = ws.metrics.get(name, 0)
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return 0
+    return int(value) if math.isfinite(value) else 0
 
 
 def worker_state(ws: WorkerState) -> str:
@@ -221,9 +230,9 @@ class SchedulerCollector(Collector):
             "Memory of all workers: results held (managed), spilled to disk, process RSS",
             labels=["kind"])
         family.add_metric(["managed"], sum(ws.nbytes for ws in workers))
-        family.add_metric(["spilled"], sum(int(ws.metrics.get("memory_spilled", 0) or 0)
+        family.add_metric(["spilled"], sum(heartbeat_figure(ws, "memory_spilled")
                                            for ws in workers))
-        family.add_metric(["process"], sum(int(ws.metrics.get("memory_process", 0) or 0)
+        family.add_metric(["process"], sum(heartbeat_figure(ws, "memory_process")
                                            for ws in workers))
         yield family
         yield _gauge("shoal_scheduler_memory_limit_bytes", "Sum of the workers' memory limits",

@@ -185,6 +185,7 @@ class Placement:
         self.state.out.append(ToWorker(ws.address, msg))
 
     def unassign(self, ts: TaskState, ws: WorkerState) -> None:
+        self.state.stealing.forget(ts)
         duration = ws.processing.pop(ts, 0.0)
         ws.occupancy = max(0.0, ws.occupancy - duration)
 

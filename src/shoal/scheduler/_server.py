@@ -31,6 +31,7 @@ from ._events import (
     MissingData,
     RemoveClient,
     RemoveWorker,
+    StealResponse,
     TaskErred,
     TaskFinished,
     TaskSpec,
@@ -205,6 +206,8 @@ class Scheduler:
             return MissingData("missing-data", address, msg["key"], msg["errant_worker"])
         if op == "add-keys":
             return AddKeys("add-keys", address, msg["keys"])
+        if op == "steal-response":
+            return StealResponse("steal-response", address, msg["key"], msg["state"])
         if op == "heartbeat":
             ws = self.state.workers.get(address)
             if ws is not None:

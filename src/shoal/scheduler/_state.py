@@ -34,6 +34,7 @@ from ._events import (
     MissingData,
     RemoveClient,
     RemoveWorker,
+    StealResponse,
     TaskErred,
     TaskFinished,
     TaskSpec,
@@ -44,6 +45,7 @@ from ._events import (
 )
 from ._model import TaskState, WorkerState, key_prefix
 from ._placement import Placement
+from ._stealing import Stealing
 
 LEGAL_TRANSITIONS: dict[str, frozenset[str]] = {
     "released": frozenset({"waiting", "forgotten", "erred"}),
@@ -87,6 +89,7 @@ class SchedulerState:
         self.allowed_failures = allowed_failures
         self.clock = clock
         self.placement = Placement(self)
+        self.stealing = Stealing(self)
         self.out: list[Instruction] = []
         self._generation = itertools.count()
         self._handlers: dict[type, Callable[[Any], None]] = {
@@ -103,6 +106,7 @@ class SchedulerState:
             TaskErred: self._task_erred,
             MissingData: self._missing_data,
             AddKeys: self._add_keys,
+            StealResponse: self._steal_response,
         }
         # counters read by metrics
         self.counts = {"finished": 0, "erred": 0, "recomputed": 0, "lost": 0}
@@ -115,6 +119,7 @@ class SchedulerState:
         """Apply events in order and return the instructions they produced."""
         for event in events:
             self._handlers[type(event)](event)
+        self.stealing.balance()
         out, self.out = self.out, []
         self._update_idle()
         return out
@@ -447,6 +452,9 @@ class SchedulerState:
         if stale:
             self.out.append(ToWorker(ws.address, {"op": "free-keys", "keys": stale}))
 
+    def _steal_response(self, ev: StealResponse) -> None:
+        self.stealing.response(ev.worker, ev.key, ev.state)
+
     # --------------------------------------------------------- transitions
 
     def _transitions(self, recs: dict[str, str], stimulus: str) -> None:
@@ -632,6 +640,8 @@ class SchedulerState:
                 assert ts.key in self.tasks and ts.state == "memory"
         for ts in self.placement.queued:
             assert ts.state == "queued" and ts.key in self.tasks
+        for ts in self.stealing.in_flight:
+            assert ts.state == "processing", f"{ts.key}: stealing a task that is {ts.state}"
         for token in self.function_refs:
             assert token in self.functions
         refs: dict[str, int] = {}

@@ -10,6 +10,7 @@ methods get a 4xx with ``{"error": ...}``, as on the scheduler.
 from __future__ import annotations
 
 import json
+import logging
 import socket
 from typing import TYPE_CHECKING, Any
 
@@ -24,6 +25,14 @@ if TYPE_CHECKING:
     from ._server import Worker
 
 ALL_INTERFACES = ("0.0.0.0", "", "::", "[::]")
+logger = logging.getLogger(__name__)
+
+
+def log_request(handler: RequestHandler) -> None:
+    """Quiet access log: Prometheus and probes poll; only errors are news."""
+    status = handler.get_status()
+    level = logging.DEBUG if status < 400 else logging.INFO if status < 500 else logging.ERROR
+    logger.log(level, "%d %s %s", status, handler.request.method, handler.request.uri)
 
 
 class _Base(RequestHandler):
@@ -77,7 +86,7 @@ async def start_http(worker: Worker, port: int) -> tuple[HTTPServer, str]:
     args = {"worker": worker, "metrics": WorkerMetrics(worker)}
     app = Application(
         [(r"/health", Health, args), (r"/metrics", Metrics, args)],
-        default_handler_class=NotFound, default_handler_args=args,
+        default_handler_class=NotFound, default_handler_args=args, log_function=log_request,
     )
     host = _host_of(worker.address or worker.listen_address)
     server = HTTPServer(app)

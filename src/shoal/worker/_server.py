@@ -38,6 +38,7 @@ from ._state import (
     GatherDone,
     Send,
     SetPaused,
+    StealRequest,
     WorkerState,
 )
 from ._store import DataStore
@@ -161,6 +162,7 @@ class Worker:
             "compute-task": self._compute_task,
             "free-keys": self._free_keys,
             "acquire-replicas": self._acquire_replicas,
+            "steal-request": self._steal_request,
             "close": self._close_request,
         }
         try:
@@ -252,6 +254,9 @@ class Worker:
 
     def _free_keys(self, keys: list[str]) -> None:
         self._handle(FreeKeys(keys))
+
+    def _steal_request(self, key: str) -> None:
+        self._handle(StealRequest(key))
 
     def _acquire_replicas(self, who_has: dict, nbytes: dict) -> None:
         self._handle(AcquireReplicas(who_has, nbytes))

@@ -88,6 +88,13 @@ class AcquireReplicas:
 
 
 @dataclass(slots=True)
+class StealRequest:
+    """The scheduler wants to move ``key`` elsewhere if it has not started."""
+
+    key: str
+
+
+@dataclass(slots=True)
 class SetPaused:
     paused: bool
 
@@ -385,6 +392,14 @@ class WorkerState:
                 self._to_fetch(ts)
                 ts.who_has.update(w for w in workers if w != self.address)
                 ts.nbytes = ev.nbytes.get(key, ts.nbytes)
+
+    def _StealRequest(self, ev: StealRequest) -> None:
+        ts = self.tasks.get(ev.key)
+        state = ts.state if ts is not None else "released"
+        if ts is not None and not ts.replica and ts.state in ("ready", "waiting"):
+            self._release(ts)
+            state = "released"
+        self.out.append(Send({"op": "steal-response", "key": ev.key, "state": state}))
 
     def _SetPaused(self, ev: SetPaused) -> None:
         self.paused = ev.paused

@@ -1,0 +1,87 @@
+"""Work stealing: idle workers take waiting work from busy ones.
+
+After every batch of events the scheduler looks for a worker with idle
+threads.  From the most loaded worker it asks back (``steal-request``) the
+tasks assigned last, as long as fetching their inputs to the idle worker is
+expected to be quicker than waiting behind the busy worker's queue.  The
+busy worker gives a task up only if it has not started it; its answer
+(``steal-response``) moves the task, or leaves it where it is.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from ._events import ToWorker
+from ._model import TaskState, WorkerState
+from ._placement import BANDWIDTH, FETCH_LATENCY
+
+if TYPE_CHECKING:
+    from ._state import SchedulerState
+
+#: Most steal requests in flight from one balancing pass.
+MAX_STEALS_PER_PASS = 16
+
+
+class Stealing:
+    def __init__(self, state: SchedulerState) -> None:
+        self.state = state
+        self.in_flight: dict[TaskState, WorkerState] = {}  # task -> thief
+        self.count = 0
+
+    def balance(self) -> None:
+        workers = [ws for ws in self.state.workers.values() if ws.status == "running"]
+        if len(workers) < 2:
+            return
+        idle = [ws for ws in workers if len(ws.processing) < ws.nthreads]
+        if not idle:
+            return
+        victim = max(workers, key=lambda ws: (ws.occupancy / ws.nthreads, ws.address))
+        surplus = len(victim.processing) - victim.nthreads
+        if surplus <= 0:
+            return
+        wait = victim.occupancy / victim.nthreads
+        budget = min(surplus, MAX_STEALS_PER_PASS)
+        for ts in reversed(list(victim.processing)[-surplus:]):
+            if budget <= 0:
+                break
+            if ts in self.in_flight:
+                continue
+            thief = min(idle, key=lambda ws: (len(ws.processing) / ws.nthreads, ws.address))
+            if thief is victim or not self.state.placement.valid(ts, thief):
+                continue
+            if self._transfer_seconds(ts, thief) >= wait:
+                continue
+            self.in_flight[ts] = thief
+            self.state.out.append(ToWorker(victim.address, {"op": "steal-request",
+                                                            "key": ts.key}))
+            budget -= 1
+
+    def _transfer_seconds(self, ts: TaskState, ws: WorkerState) -> float:
+        missing = [dep for dep in ts.dependencies if ws not in dep.who_has]
+        if not missing:
+            return 0.0
+        return FETCH_LATENCY + sum(dep.nbytes for dep in missing) / BANDWIDTH
+
+    def response(self, victim_address: str, key: str, worker_state: str) -> None:
+        """The victim's answer: ``released`` means it gave the task up."""
+        ts = self.state.tasks.get(key)
+        if ts is None:
+            return
+        thief = self.in_flight.pop(ts, None)
+        victim = self.state.workers.get(victim_address)
+        if thief is None or victim is None or worker_state != "released":
+            return
+        if ts.state != "processing" or ts.processing_on is not victim:
+            return
+        self.state.placement.unassign(ts, victim)
+        ts.processing_on = None
+        if thief.address in self.state.workers and self.state.placement.valid(ts, thief):
+            self.state.placement.assign(ts, thief)
+            self.count += 1
+        else:
+            ts.state = "waiting"  # transiently, so that it is scheduled afresh
+            self.state.placement.schedule(ts)
+
+    def forget(self, ts: TaskState) -> None:
+        self.in_flight.pop(ts, None)

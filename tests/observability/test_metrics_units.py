@@ -1,0 +1,75 @@
+"""The pieces behind the metrics that need no cluster: stream tail, totals, loop lag."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+from observability_support import sample, scrape
+
+from shoal.scheduler import Scheduler
+from shoal.scheduler._metrics import PeerTransferTotal, TaskStreamTail, heartbeat_figure
+from shoal.scheduler._model import WorkerState
+
+
+def entry(i: int) -> dict:
+    return {"key": f"inc-{i:032x}", "worker": "tcp://w:1", "start": float(i), "stop": i + 0.5}
+
+
+def test_stream_tail_hands_out_each_entry_once_across_cuts() -> None:
+    scheduler = Scheduler()
+    tail = TaskStreamTail(scheduler)
+    assert tail.new_entries() == []
+    scheduler.task_stream.extend(entry(i) for i in range(10))
+    assert [e["start"] for e in tail.new_entries()] == list(range(10))
+    assert tail.new_entries() == []
+    scheduler.task_stream.extend(entry(i) for i in range(10, 15))
+    del scheduler.task_stream[:8]  # the scheduler drops old entries from the front
+    scheduler.task_stream.extend(entry(i) for i in range(15, 17))
+    assert [e["start"] for e in tail.new_entries()] == list(range(10, 17))
+    del scheduler.task_stream[:]  # even the last entry seen was dropped
+    scheduler.task_stream.extend(entry(i) for i in range(17, 19))
+    assert [e["start"] for e in tail.new_entries()] == [17, 18]
+
+
+def test_transfer_total_never_falls_when_workers_leave_or_restart() -> None:
+    total = PeerTransferTotal()
+    a, b = WorkerState("tcp://a:1", "a", 1, 0), WorkerState("tcp://b:1", "b", 1, 0)
+    a.metrics, b.metrics = {"bytes_fetched": 100}, {"bytes_fetched": 50}
+    assert total.update({"tcp://a:1": a, "tcp://b:1": b}) == 150
+    a.metrics = {"bytes_fetched": 300}
+    assert total.update({"tcp://a:1": a}) == 350  # b left: its 50 are kept
+    a.metrics = {"bytes_fetched": 10}  # a new process at the same address
+    assert total.update({"tcp://a:1": a}) == 360
+
+
+def test_heartbeat_figures_that_are_not_numbers_count_as_zero() -> None:
+    ws = WorkerState("tcp://a:1", "a", 1, 0)
+    ws.metrics = {"x": "12", "y": True, "z": float("nan"), "ok": 7.9}
+    assert [heartbeat_figure(ws, k) for k in ("x", "y", "z", "ok", "missing")] == [0, 0, 0, 7, 0]
+
+
+def block_the_calling_loop(seconds: float) -> None:
+    """The very thing measured: a loop that runs this can do nothing else meanwhile."""
+    time.sleep(seconds)
+
+
+def test_event_loop_lag_shows_a_blocked_loop() -> None:
+    async def main() -> float:
+        scheduler = await Scheduler(http_port=0).start()
+        loop = asyncio.get_running_loop()
+        try:
+            url = f"{scheduler.http_address}/metrics"
+            before = await loop.run_in_executor(None, scrape, url)
+            assert sample(before, "shoal_scheduler_event_loop_lag_seconds") < 0.25
+            block_the_calling_loop(0.4)
+            deadline = time.monotonic() + 5
+            while True:
+                after = await loop.run_in_executor(None, scrape, url)
+                lag = sample(after, "shoal_scheduler_event_loop_lag_seconds")
+                if lag >= 0.3 or time.monotonic() > deadline:
+                    return lag
+        finally:
+            await scheduler.close()
+
+    assert asyncio.run(main()) >= 0.3

@@ -1,0 +1,147 @@
+"""The worker's state machine, driven directly: no sockets, no threads."""
+
+from __future__ import annotations
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from shoal.worker._state import (
+    AcquireReplicas,
+    ComputeTask,
+    Execute,
+    ExecuteFailure,
+    ExecuteSuccess,
+    Forget,
+    FreeKeys,
+    Gather,
+    GatherDone,
+    Send,
+    SetPaused,
+    WorkerState,
+)
+
+
+def sent(out, op):
+    return [i.msg for i in out if isinstance(i, Send) and i.msg["op"] == op]
+
+
+def test_ready_task_executes_and_reports():
+    ws = WorkerState("me", 1)
+    out = ws.handle(ComputeTask("a", "f", None, (0,)))
+    assert [i.key for i in out if isinstance(i, Execute)] == ["a"]
+    out = ws.handle(ExecuteSuccess("a", 8, 1.0, 2.0))
+    assert sent(out, "task-finished") == [{"op": "task-finished", "key": "a", "nbytes": 8,
+                                           "start": 1.0, "stop": 2.0}]
+    ws.validate()
+
+
+def test_threads_bound_concurrency_and_priority_orders():
+    ws = WorkerState("me", 1)
+    out = ws.handle(ComputeTask("late", "f", None, (5,)), ComputeTask("early", "f", None, (1,)))
+    assert [i.key for i in out if isinstance(i, Execute)] == ["early"]
+    out = ws.handle(ExecuteSuccess("early", 1, 0, 0))
+    assert [i.key for i in out if isinstance(i, Execute)] == ["late"]
+
+
+def test_missing_input_is_fetched_then_task_runs():
+    ws = WorkerState("me", 2)
+    out = ws.handle(ComputeTask("b", "f", None, (0,), {"a": ["peer"]}, {"a": 10}))
+    gathers = [i for i in out if isinstance(i, Gather)]
+    assert [(g.worker, g.keys) for g in gathers] == [("peer", ["a"])]
+    ws.validate()
+    out = ws.handle(GatherDone("peer", {"a": 10}, []))
+    assert [i.key for i in out if isinstance(i, Execute)] == ["b"]
+    assert sent(out, "add-keys") == [{"op": "add-keys", "keys": {"a": 10}}]
+
+
+def test_peer_without_the_data_is_reported_missing():
+    ws = WorkerState("me", 1)
+    ws.handle(ComputeTask("b", "f", None, (0,), {"a": ["peer"]}, {"a": 10}))
+    out = ws.handle(GatherDone("peer", {}, ["a"], peer_gone=True))
+    assert sent(out, "missing-data") == [{"op": "missing-data", "key": "a",
+                                          "errant_worker": "peer"}]
+    ws.validate()
+
+
+def test_other_replica_is_tried_after_a_failed_fetch():
+    ws = WorkerState("me", 1)
+    ws.handle(ComputeTask("b", "f", None, (0,), {"a": ["p1", "p2"]}, {"a": 10}))
+    first = next(iter(ws.in_flight_workers))
+    out = ws.handle(GatherDone(first, {}, ["a"], peer_gone=True))
+    assert [g.worker for g in out if isinstance(g, Gather)] == [{"p1": "p2", "p2": "p1"}[first]]
+
+
+def test_failure_is_reported():
+    ws = WorkerState("me", 1)
+    ws.handle(ComputeTask("a", "f", None, (0,)))
+    out = ws.handle(ExecuteFailure("a", None, "tb", "ValueError: x"))
+    assert sent(out, "task-erred")[0]["exception_text"] == "ValueError: x"
+    assert "a" not in ws.tasks
+
+
+def test_free_while_executing_discards_the_result():
+    ws = WorkerState("me", 1)
+    ws.handle(ComputeTask("a", "f", None, (0,)))
+    ws.handle(FreeKeys(["a"]))
+    out = ws.handle(ExecuteSuccess("a", 8, 0, 0))
+    assert not sent(out, "task-finished") and any(isinstance(i, Forget) for i in out)
+    assert "a" not in ws.tasks
+
+
+def test_resources_limit_concurrency():
+    ws = WorkerState("me", 4, {"GPU": 1})
+    out = ws.handle(ComputeTask("g1", "f", None, (0,), resources={"GPU": 1}),
+                    ComputeTask("g2", "f", None, (1,), resources={"GPU": 1}))
+    assert [i.key for i in out if isinstance(i, Execute)] == ["g1"]
+    out = ws.handle(ExecuteSuccess("g1", 1, 0, 0))
+    assert [i.key for i in out if isinstance(i, Execute)] == ["g2"]
+
+
+def test_paused_worker_starts_nothing_until_resumed():
+    ws = WorkerState("me", 1)
+    ws.handle(SetPaused(True))
+    assert not [i for i in ws.handle(ComputeTask("a", "f", None, (0,))) if isinstance(i, Execute)]
+    assert [i.key for i in ws.handle(SetPaused(False)) if isinstance(i, Execute)] == ["a"]
+
+
+def test_acquire_replicas_fetches_and_reports():
+    ws = WorkerState("me", 1)
+    out = ws.handle(AcquireReplicas({"x": ["old"]}, {"x": 5}))
+    assert [g.keys for g in out if isinstance(g, Gather)] == [["x"]]
+    out = ws.handle(GatherDone("old", {"x": 5}, []))
+    assert sent(out, "add-keys") == [{"op": "add-keys", "keys": {"x": 5}}]
+
+
+ops = st.lists(st.tuples(st.sampled_from(["compute", "finish", "fail", "free", "gather_ok",
+                                          "gather_fail", "pause", "resume"]),
+                         st.integers(0, 50)), max_size=80)
+
+
+@settings(max_examples=200, deadline=None)
+@given(ops)
+def test_random_events_keep_invariants(events):
+    ws = WorkerState("me", 2)
+    n = 0
+    for op, i in events:
+        keys = sorted(ws.tasks)
+        if op == "compute":
+            n += 1
+            deps = {keys[i % len(keys)]: ["peer"]} if keys and i % 2 else {}
+            ws.handle(ComputeTask(f"t{n}", "f", None, (i,), deps, {k: 1 for k in deps}))
+        elif op in ("finish", "fail") and ws.executing:
+            ts = sorted(ws.executing, key=lambda t: t.key)[i % len(ws.executing)]
+            ws.handle(ExecuteSuccess(ts.key, 1, 0, 0) if op == "finish"
+                      else ExecuteFailure(ts.key, None, "", "x"))
+        elif op == "free" and keys:
+            ws.handle(FreeKeys([keys[i % len(keys)]]))
+        elif op.startswith("gather") and ws.in_flight_workers:
+            worker = sorted(ws.in_flight_workers)[0]
+            keys_in_flight = [t.key for t in ws.in_flight_workers[worker]]
+            ok = op == "gather_ok"
+            ws.handle(GatherDone(worker, {k: 1 for k in keys_in_flight} if ok else {},
+                                 [] if ok else keys_in_flight))
+        elif op == "pause":
+            ws.handle(SetPaused(True))
+        elif op == "resume":
+            ws.handle(SetPaused(False))
+        ws.validate()
