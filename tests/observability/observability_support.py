@@ -1,8 +1,5 @@
 """Helpers shared by the observability tests: HTTP calls, metric parsing, waiting.
 
-(Not a conftest.py: the operator tests import their own ``conftest`` module
-by name, and a second one on the path would shadow it.)
-
 Tasks in these tests use standard-library functions (``time.sleep``,
 ``bytes``, ``len``) so that worker processes can import them by reference.
 """

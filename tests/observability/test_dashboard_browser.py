@@ -19,9 +19,10 @@ from html.parser import HTMLParser
 from pathlib import Path
 
 import pytest
-from observability_support import ARTIFACTS
 
 from shoal import Client, LocalCluster
+
+from .observability_support import ARTIFACTS
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 BROWSER_TIMEOUT = 60.0

@@ -11,9 +11,10 @@ import time
 from collections.abc import Iterator
 
 import pytest
-from observability_support import Response, http, wait_for
 
 from shoal import Client, LocalCluster
+
+from .observability_support import Response, http, wait_for
 
 WORKER_FIELDS = {"address", "name", "nthreads", "memory_limit", "memory", "executing", "ready",
                  "in_memory", "status", "last_seen"}

@@ -12,10 +12,11 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from observability_support import http, sample, scrape, wait_for
 from prometheus_client.parser import text_string_to_metric_families
 
 from shoal import Client, LocalCluster
+
+from .observability_support import http, sample, scrape, wait_for
 
 N_TASKS = 120
 TASK_SECONDS = 0.02

@@ -5,11 +5,11 @@ from __future__ import annotations
 import asyncio
 import time
 
-from observability_support import sample, scrape
-
 from shoal.scheduler import Scheduler
 from shoal.scheduler._metrics import PeerTransferTotal, TaskStreamTail, heartbeat_figure
 from shoal.scheduler._model import WorkerState
+
+from .observability_support import sample, scrape
 
 
 def entry(i: int) -> dict:

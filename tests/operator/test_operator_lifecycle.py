@@ -130,6 +130,10 @@ def test_kubectl_scale_up_then_down_retires_through_scheduler(operator: Harness,
     wait_for(lambda: status(operator, "delta").get("replicas") == 1, message="status.replicas")
 
 
+def desired(h: Harness, name: str, group: str = "default") -> int | None:
+    return (status(h, name).get("workerGroups") or {}).get(group, {}).get("desired")
+
+
 def test_autoscaling_scales_up_promptly_and_down_after_the_window(operator: Harness,
                                                                   make_cluster) -> None:
     window = metrics.config.scale_down_window
@@ -139,16 +143,17 @@ def test_autoscaling_scales_up_promptly_and_down_after_the_window(operator: Harn
         {"name": "default", "minReplicas": 1, "maxReplicas": 5}]))
     wait_pods(operator, "auto", 1, ready=True)
     double.target = 9  # beyond maxReplicas
-    started = time.monotonic()
+    raised = time.monotonic()
+    wait_for(lambda: desired(operator, "auto") == 5, message="desired 5")
+    assert time.monotonic() - raised < window  # up: at the next round, no window
     wait_pods(operator, "auto", 5, ready=True)
-    assert time.monotonic() - started < window  # up: promptly, no window
     double.target = 2
     lowered = time.monotonic()
-    wait_pods(operator, "auto", 2)
+    wait_for(lambda: desired(operator, "auto") == 2, message="desired 2")
     # Down: only once the lower target has lasted a window since the last high one
     # (which was seen at most one reconcile interval before the target dropped).
     assert time.monotonic() - lowered >= window - metrics.config.reconcile_interval
-    assert status(operator, "auto")["workerGroups"]["default"]["desired"] == 2
+    wait_pods(operator, "auto", 2)
 
 
 def test_spec_change_rolls_workers_over(operator: Harness, make_cluster) -> None:

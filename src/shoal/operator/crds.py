@@ -119,10 +119,10 @@ def worker_group_schema() -> Schema:
                 maxLength=MAX_GROUP_NAME,
             ),
             "replicas": _int(
-                "Desired number of workers (ignored while autoscaling; for the first "
-                "group spec.replicas wins when set).",
+                "Desired number of workers: 1 by default, minReplicas when autoscaling "
+                "(then only the starting point). For the first group spec.replicas wins "
+                "when set.",
                 minimum=0,
-                default=1,
             ),
             "minReplicas": _int("Autoscaling lower bound.", minimum=0),
             "maxReplicas": _int("Autoscaling upper bound.", minimum=0),

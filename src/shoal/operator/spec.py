@@ -174,9 +174,6 @@ def _group(raw: object, index: int, image: str, replicas_override: int | None) -
         raise InvalidSpec(f"{what}.name: {name!r} must be a DNS label (a-z, 0-9, '-')")
     if len(name) > MAX_GROUP_NAME:
         raise InvalidSpec(f"{what}.name: {name!r} is longer than {MAX_GROUP_NAME} characters")
-    replicas = _int(group.get("replicas", 1), f"{what}.replicas")
-    if replicas_override is not None:
-        replicas = replicas_override
     low, high = group.get("minReplicas"), group.get("maxReplicas")
     if (low is None) != (high is None):
         raise InvalidSpec(f"{what}: set both minReplicas and maxReplicas to autoscale, or neither")
@@ -184,6 +181,10 @@ def _group(raw: object, index: int, image: str, replicas_override: int | None) -
         low, high = _int(low, f"{what}.minReplicas"), _int(high, f"{what}.maxReplicas")
         if low > high:
             raise InvalidSpec(f"{what}: minReplicas ({low}) is greater than maxReplicas ({high})")
+    # An autoscaled group starts at minReplicas unless told otherwise.
+    replicas = _int(group.get("replicas", 1 if low is None else low), f"{what}.replicas")
+    if replicas_override is not None:
+        replicas = replicas_override
     memory = group.get("memory")
     memory_bytes = None if memory is None else int(parse_quantity(memory, f"{what}.memory"))
     resources = _resources(group.get("resources"), f"{what}.resources")

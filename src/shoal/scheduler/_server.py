@@ -310,6 +310,7 @@ class Scheduler:
             "address": self.address, "http_address": self.http_address, "pid": os.getpid(),
             "started": self.started, "workers": workers,
             "tasks": len(self.state.tasks), "clients": len(self.client_streams),
+            "counts": dict(self.state.counts), "stolen": self.state.stealing.count,
         }
 
     async def broadcast(self, worker_op: str, workers: list[str] | None = None,

@@ -146,10 +146,14 @@ class SchedulerState:
             return
         ws.status = "closed"
         recs: dict[str, str] = {}
+        # Only the tasks it was probably running are suspects: it runs them
+        # in priority order, one per thread.
+        suspects = set(sorted(ws.processing, key=lambda t: t.priority)[: ws.nthreads])
         for ts in list(ws.processing):
             self.placement.unassign(ts, ws)
             ts.processing_on = None
-            ts.suspicious += 0 if ev.graceful else 1
+            if ts in suspects and not ev.graceful:
+                ts.suspicious += 1
             if ts.suspicious > self.allowed_failures:
                 self._fail(ts, KilledWorkerError(ts.key, ts.suspicious, ev.reason), recs)
             else:

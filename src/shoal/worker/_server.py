@@ -50,6 +50,16 @@ DEFAULT_DEATH_TIMEOUT = 60.0
 MEMORY_TARGET = 0.6  # managed memory above this fraction of the limit spills to disk
 
 
+_current_worker: list[Worker] = []
+
+
+def get_worker() -> Worker:
+    """The worker of this process (inside a task or a ``Client.run`` call)."""
+    if not _current_worker:
+        raise ValueError("get_worker() is only available inside a shoal worker")
+    return _current_worker[-1]
+
+
 class Worker:
     """A worker: ``await Worker(scheduler_address).start()``."""
 
@@ -117,6 +127,7 @@ class Worker:
             self._http, self.http_address = await start_http(self, self.http_port)
         await self._connect_scheduler()
         self.status = "running"
+        _current_worker.append(self)
         self._spawn(self._heartbeat())
         return self
 
@@ -212,6 +223,8 @@ class Worker:
             if task is not asyncio.current_task():
                 task.cancel()
         self.data.close()
+        if self in _current_worker:
+            _current_worker.remove(self)
         self.status = "closed"
         self._stopped.set()
 

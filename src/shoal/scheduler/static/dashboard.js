@@ -44,11 +44,13 @@
     return `${n.toFixed(n < 10 && i > 0 ? 1 : 0)} ${units[i]}`;
   }
 
+  // Prefixes get distinct colours in the order they first appear.
+  const PALETTE = ["#4e79a7", "#f28e2b", "#59a14f", "#b07aa1", "#edc948", "#76b7b2",
+                   "#ff9da7", "#9c755f", "#e15759", "#bab0ac"];
   function colorFor(prefix) {
     if (!(prefix in prefixColors)) {
-      let h = 7;
-      for (const c of prefix) h = (h * 31 + c.charCodeAt(0)) >>> 0;
-      prefixColors[prefix] = `hsl(${h % 360}, 62%, 52%)`;
+      const n = Object.keys(prefixColors).length;
+      prefixColors[prefix] = n < PALETTE.length ? PALETTE[n] : `hsl(${(n * 137) % 360}, 55%, 55%)`;
     }
     return prefixColors[prefix];
   }
@@ -183,7 +185,8 @@
   function progressRow(p) {
     const s = p.states;
     const row = html("div", { class: "progress-row", "data-prefix": p.prefix });
-    row.appendChild(html("span", { class: "name", title: p.prefix }, p.prefix));
+    row.appendChild(html("span", { class: "name", title: p.prefix,
+      style: `border-left: 8px solid ${colorFor(p.prefix)}; padding-left: 6px` }, p.prefix));
     row.appendChild(stackedBar([
       { value: s.memory, color: "var(--memory)", title: `${s.memory} in memory` },
       { value: s.erred, color: "var(--erred)", title: `${s.erred} erred` },

@@ -1,0 +1,152 @@
+"""Never lose work: killed workers, retirement, memory pressure, poison tasks."""
+
+from __future__ import annotations
+
+import os
+import random
+import signal
+import threading
+import time
+
+import numpy as np
+import pytest
+
+from shoal import Client, LocalCluster
+from shoal.worker import get_worker
+
+from .test_local_processes import wait_until
+
+
+def add(a: int, b: int) -> int:
+    return a + b
+
+
+def one(i: int) -> int:
+    return 1
+
+
+def tree_sum(client: Client, leaves: list) -> object:
+    level = leaves
+    while len(level) > 1:
+        level = [client.submit(add, level[i], level[i + 1]) if i + 1 < len(level) else level[i]
+                 for i in range(0, len(level), 2)]
+    return level[0]
+
+
+def test_chaos_tree_reduction_survives_sigkills():
+    """A 16,383-task tree reduction while a worker is SIGKILLed every second."""
+    with LocalCluster(n_workers=3, threads_per_worker=1, dashboard_address=None,
+                      memory_limit="2GiB") as cluster, Client(cluster) as client:
+        leaves = client.map(one, range(8192))
+        total = tree_sum(client, leaves)
+        rng = random.Random(7)
+        kills = 0
+        stop = threading.Event()
+
+        def chaos() -> None:
+            nonlocal kills
+            while not stop.wait(1.0) and kills < 12:  # bounded: at most 12 kills
+                pids = list(client.run(os.getpid).values())
+                if pids:
+                    os.kill(rng.choice(pids), signal.SIGKILL)
+                    kills += 1
+
+        killer = threading.Thread(target=chaos, daemon=True)
+        killer.start()
+        try:
+            assert total.result(timeout=240) == 8192
+        finally:
+            stop.set()
+            killer.join(30)
+        assert kills >= 1
+        counts = client.scheduler_info()["counts"]
+        assert counts["finished"] >= 16383
+
+
+def record_and_make(i: int, log: str) -> bytes:
+    with open(log, "a") as f:
+        f.write(f"{i}\n")
+    return bytes(1000) + str(i).encode()
+
+
+def slow_len(x: bytes) -> int:
+    time.sleep(0.01)
+    return len(x)
+
+
+def test_retiring_half_the_workers_recomputes_nothing(tmp_path):
+    log = str(tmp_path / "executions")
+    with LocalCluster(n_workers=4, threads_per_worker=1, dashboard_address=None,
+                      nanny=False) as cluster, Client(cluster) as client:
+        data = client.map(record_and_make, range(200), log=log)
+        client.gather(data)
+        lengths = client.map(slow_len, data)
+        retired = client.retire_workers(n=2)
+        assert len(retired) == 2
+        assert sum(client.gather(lengths)) == sum(len(record_and_make(i, os.devnull))
+                                                  for i in range(200))
+        executions = open(log).read().split()
+        assert sorted(map(int, executions)) == list(range(200))  # each exactly once
+        info = client.scheduler_info()
+        assert len(info["workers"]) == 2 and info["counts"]["recomputed"] == 0
+        assert len(client.gather(data)) == 200
+
+
+def make_block(i: int) -> np.ndarray:
+    return np.full(25 * 2**20 // 8, i, dtype="f8")  # 25 MiB
+
+
+def spilled_bytes() -> int:
+    return get_worker().data.spilled_bytes
+
+
+def test_results_larger_than_memory_complete_by_spilling():
+    with LocalCluster(n_workers=1, threads_per_worker=1, dashboard_address=None,
+                      memory_limit="400MiB", nanny=False) as cluster, Client(cluster) as client:
+        blocks = client.map(make_block, range(24))  # 600 MiB held in all
+        sums = client.gather(client.map(lambda b: float(b[0]), blocks))
+        assert sums == [float(i) for i in range(24)]
+        assert sum(client.run(spilled_bytes).values()) > 100 * 2**20
+        assert float(client.gather(blocks[0])[0]) == 0.0  # read back from disk
+
+
+def crash_worker() -> None:
+    os.kill(os.getpid(), signal.SIGKILL)
+
+
+def test_task_that_kills_its_workers_is_failed_clearly():
+    with LocalCluster(n_workers=2, threads_per_worker=1, dashboard_address=None) as cluster, \
+            Client(cluster) as client:
+        poison = client.submit(crash_worker, pure=False)
+        with pytest.raises(Exception, match="died") as info:
+            poison.result(timeout=120)
+        assert poison.key in str(info.value)
+        wait_until(lambda: len(client.scheduler_info()["workers"]) == 2, 60, "nannies restart")
+        assert client.submit(add, 1, 1).result(timeout=30) == 2
+
+
+def test_lost_scattered_data_fails_only_its_futures(proc_cluster):
+    with Client(proc_cluster) as client:
+        workers = sorted(client.scheduler_info()["workers"])
+        kept = client.scatter(5, workers=[workers[1]])
+        doomed = client.scatter(7, workers=[workers[0]])
+        pid = client.run(os.getpid)[workers[0]]
+        os.kill(pid, signal.SIGKILL)
+        with pytest.raises(Exception, match="scattered data"):
+            client.submit(add, doomed, 1).result(timeout=30)
+        assert client.submit(add, kept, 1).result(timeout=30) == 6
+
+
+def test_silent_worker_is_removed_after_its_ttl():
+    with LocalCluster(n_workers=2, threads_per_worker=1, dashboard_address=None, nanny=False,
+                      worker_ttl=1.0) as cluster, Client(cluster) as client:
+        workers = client.run(os.getpid)
+        frozen_address, frozen = sorted(workers.items())[0]
+        os.kill(frozen, signal.SIGSTOP)
+        try:
+            wait_until(lambda: frozen_address not in client.scheduler_info()["workers"], 30,
+                       "the silent worker being removed")
+            assert client.gather(client.map(add, range(20), range(20))) == [
+                2 * i for i in range(20)]
+        finally:
+            os.kill(frozen, signal.SIGCONT)
