@@ -67,8 +67,13 @@ def test_adaptive_target_follows_the_queue(cluster) -> None:
 def test_idle_reports_since_when(cluster) -> None:
     base, _, client = cluster
     futures = client.map(time.sleep, [0.2] * 6, pure=False)
-    busy = http(base + "/api/v1/idle").json()
-    assert busy == {"idle": False, "idle_since": None}
+
+    def busy() -> dict | None:
+        answer = http(base + "/api/v1/idle").json()
+        return None if answer["idle"] else answer
+
+    assert wait_for(busy, timeout=10, what="the work to arrive") == {"idle": False,
+                                                                     "idle_since": None}
     client.gather(futures)
     del futures
 

@@ -18,7 +18,7 @@ from shoal import Client, LocalCluster
 
 from .observability_support import http, sample, scrape, wait_for
 
-N_TASKS = 120
+N_TASKS = 200
 TASK_SECONDS = 0.02
 
 
@@ -93,6 +93,21 @@ def test_adaptive_target_and_loop_lag_are_exposed(cluster) -> None:
     assert sample(busy, "shoal_scheduler_start_time_seconds") <= time.time()
     client.cancel(futures)
     del futures
+    wait_until_workers_are_quiet(client)
+
+
+def wait_until_workers_are_quiet(client: Client) -> None:
+    """Cancelled tasks already running finish in their own time: wait for them."""
+
+    def quiet() -> bool:
+        for base in worker_http(client).values():
+            samples = scrape(base + "/metrics")
+            if sample(samples, "shoal_worker_tasks", state="executing") or sample(
+                    samples, "shoal_worker_tasks", state="cancelled"):
+                return False
+        return True
+
+    wait_for(quiet, timeout=10, what="the workers to finish their cancelled tasks")
 
 
 def test_memory_and_transfer_between_workers(cluster) -> None:

@@ -28,16 +28,32 @@ def frames(text: str) -> list[str]:
     return [f for f in text.replace("\n", "").split("\r") if f]
 
 
+GATE = threading.Event()
+
+
+def gated(x: int) -> int:
+    """Runs in this process's workers (``processes=False``): waits for the test."""
+    GATE.wait(30)
+    return x
+
+
 def test_terminal_bar_moves_to_completion(cluster) -> None:
     _, client = cluster
-    futures = client.map(time.sleep, [0.02] * 30, pure=False)
+    GATE.clear()
+    futures = client.map(gated, range(6), pure=False)
     out = io.StringIO()
-    assert progress(futures, stream=out) is None
-    assert all(f.done() for f in futures)
+    drawing = threading.Thread(target=progress, args=(futures,), kwargs={"stream": out})
+    drawing.start()
+    deadline = time.monotonic() + 10
+    while "0% Completed" not in out.getvalue() and time.monotonic() < deadline:
+        time.sleep(0.01)  # polling the bar's output, bounded by the deadline
+    assert "  0% Completed" in out.getvalue()
+    GATE.set()
+    drawing.join(timeout=30)
+    assert not drawing.is_alive() and all(f.done() for f in futures)
     drawn = frames(out.getvalue())
     assert "100% Completed" in drawn[-1] and out.getvalue().endswith("\n")
-    assert "#" * 40 in drawn[-1]
-    assert any("100%" not in f for f in drawn[:-1]), drawn  # it was drawn before the end
+    assert "#" * 40 in drawn[-1] and "#" not in drawn[0]
 
 
 def test_erred_tasks_are_counted(cluster) -> None:

@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import NAMESPACE, Harness, wait_for
+from operator_harness import NAMESPACE, Harness, wait_for
 
 from shoal.cluster.kube import KubeApiError
 from shoal.operator import builders, kubeops, scheduler_api
@@ -60,6 +60,7 @@ class ProcessKubelet:
         self.service = f"{builders.scheduler_host(cluster, NAMESPACE)}:{builders.COMM_PORT}"
         self.processes: dict[str, subprocess.Popen[bytes]] = {}
         self.errors: list[str] = []
+        self.outputs: dict[str, list[str]] = {}  # process output by pod name
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, daemon=True)
         self._thread.start()
@@ -89,14 +90,22 @@ class ProcessKubelet:
                  str(builders.HTTP_PORT): str(self.http_port), "0.0.0.0": "127.0.0.1"}
         if argv[0] == "scheduler":
             argv = [ports.get(a, a) for a in argv]
-        assert container["command"][0] == "shoal"
-        return [*LAUNCH, *argv], env
+        executables = {"shoal": LAUNCH, "python": [sys.executable]}
+        return [*executables[container["command"][0]], *argv], env
 
     def start(self, key: str, container: dict[str, Any], pod_name: str) -> None:
         argv, env = self.localise(container, pod_name)
         self.processes[key] = subprocess.Popen(argv, env=env, start_new_session=True,
-                                               stdout=subprocess.DEVNULL,
-                                               stderr=subprocess.DEVNULL)
+                                               stdout=subprocess.PIPE,
+                                               stderr=subprocess.STDOUT)
+        self.outputs[key] = []
+        threading.Thread(target=self._collect, args=(key, self.processes[key]),
+                         daemon=True).start()
+
+    def _collect(self, key: str, process: subprocess.Popen[bytes]) -> None:
+        assert process.stdout is not None
+        for line in process.stdout:
+            self.outputs[key].append(line.decode(errors="replace"))
 
     def kill(self, key: str) -> None:
         process = self.processes.pop(key)
@@ -125,7 +134,10 @@ class ProcessKubelet:
         api = self.harness.api
         deployment = self.harness.get("deployments", f"{self.cluster}-scheduler",
                                       api_version="apps/v1")
-        if deployment is None:
+        if deployment is None:  # deleted with its cluster: so are the processes
+            alive = {p["metadata"]["name"] for p in self.harness.pods(self.cluster)}
+            for key in [k for k in self.processes if k not in alive]:
+                self.kill(key)
             return
         if "scheduler" not in self.processes:
             (container,) = deployment["spec"]["template"]["spec"]["containers"]
@@ -139,6 +151,7 @@ class ProcessKubelet:
 
     def step_workers(self) -> None:
         pods = {p["metadata"]["name"]: p for p in self.harness.pods(self.cluster)}
+        pods.update({p["metadata"]["name"]: p for p in self.harness.pods(self.cluster, "runner")})
         for name in [k for k in self.processes if k != "scheduler" and k not in pods]:
             self.kill(name)  # the operator deleted the pod
         connected = {w["name"] for w in fetch_json(self.http_url + "/api/v1/workers")["workers"]}
@@ -146,7 +159,8 @@ class ProcessKubelet:
             phase = (pod.get("status") or {}).get("phase")
             if name not in self.processes and phase is None:
                 self.start(name, pod["spec"]["containers"][0], name)
-            elif name in self.processes and phase != "Running" and name in connected:
+            elif name in self.processes and phase is None and (
+                    name in connected or "runner" in name):
                 self.harness.kubelet.set_phase(pod, "Running", ready=True)
             elif name in self.processes and phase == "Running" \
                     and self.processes[name].poll() is not None:
@@ -157,8 +171,6 @@ class ProcessKubelet:
 
 def test_operator_pods_run_compute_and_autoscale(operator: Harness, make_cluster) -> None:
     def slow_square(x: int) -> int:  # defined here so that it travels by value
-        import time
-
         time.sleep(0.25)
         return x * x
 
@@ -189,5 +201,33 @@ def test_operator_pods_run_compute_and_autoscale(operator: Harness, make_cluster
             assert [w["name"] for w in workers] == [p["metadata"]["name"]
                                                     for p in operator.pods("real")]
             assert kept.result(timeout=30) == list(range(1000))  # nothing lost on the way
+    finally:
+        node.stop()
+
+
+def test_job_example_runs_to_completion(operator: Harness) -> None:
+    import yaml
+
+    doc = yaml.safe_load((SRC.parent / "manifests" / "examples" / "job.yaml").read_text())
+    doc["metadata"]["namespace"] = NAMESPACE
+    doc["spec"]["cluster"]["workerGroups"][0]["replicas"] = 2  # a 2-core test machine
+    name = doc["metadata"]["name"]
+    operator.kubelet.stop()
+    node = ProcessKubelet(operator, f"{name}-cluster")
+    scheduler_api.set_url_resolver(lambda cluster, ns: node.http_url)
+    try:
+        operator.apply(doc)
+        job = wait_for(lambda: (((operator.get("shoaljobs", name) or {}).get("status") or {})
+                                .get("phase") in ("Succeeded", "Failed"))
+                       and operator.get("shoaljobs", name), timeout=90,
+                       message=f"the job to finish (kubelet errors: {node.errors[-3:]})")
+        output = "".join(node.outputs.get(f"{name}-runner", []))
+        assert job["status"]["phase"] == "Succeeded", output
+        pi = float(output.split("pi is about")[1].split()[0])
+        assert 3.1 < pi < 3.2
+        wait_for(lambda: operator.get("shoalclusters", f"{name}-cluster") is None,
+                 message="the job's cluster deleted")
+        operator.collect_garbage()
+        wait_for(lambda: not node.processes, message="the cluster's processes stopped")
     finally:
         node.stop()

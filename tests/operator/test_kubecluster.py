@@ -4,7 +4,7 @@ real operator: create, wait, scale, adapt, close, attach, and clear errors."""
 from __future__ import annotations
 
 import pytest
-from conftest import NAMESPACE, Harness, wait_for
+from operator_harness import NAMESPACE, Harness, wait_for
 
 from shoal.cluster.kube import KubeApi, KubeCluster, KubeClusterError
 
@@ -69,10 +69,28 @@ def test_crash_looping_scheduler_reports_its_logs(operator: Harness) -> None:
         "metadata": {"name": "crashy-scheduler-x1", "namespace": NAMESPACE, "labels": {
             "shoal.dev/cluster": "crashy", "shoal.dev/component": "scheduler"}},
         "spec": {"containers": [{"name": "scheduler", "image": "shoal:test"}]},
-        "status": {"phase": "Running", "containerStatuses": [{"name": "scheduler", "state": {
-            "waiting": {"reason": "CrashLoopBackOff", "message": "back-off 40s"}}}]}})
+        "status": {"phase": "Running", "containerStatuses": [{
+            "name": "scheduler", "ready": False, "restartCount": 4, "image": "shoal:test",
+            "imageID": "", "state": {"waiting": {"reason": "CrashLoopBackOff",
+                                                 "message": "back-off 40s"}}}]}})
     operator.emulator[f"get /api/v1/namespaces/{NAMESPACE}/pods/crashy-scheduler-x1/log"] \
         << b"Traceback (most recent call last):\nOSError: [Errno 98] Address in use\n"
     with pytest.raises(KubeClusterError, match="CrashLoopBackOff") as info:
         kube(operator, name="crashy")
     assert "Address in use" in str(info.value)
+
+
+def test_without_the_kubernetes_extra_the_error_says_what_to_install() -> None:
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    code = ("import sys; sys.modules['kubernetes'] = sys.modules['kopf'] = None\n"
+            "import shoal\n"
+            "from shoal.cluster import KubeCluster, kube\n"
+            "try:\n    KubeCluster(n_workers=1)\nexcept kube.KubeClusterError as exc:\n"
+            "    print(exc)\n")
+    src = Path(__file__).resolve().parents[2] / "src"
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                            timeout=60, env={"PYTHONPATH": str(src), "PATH": "/usr/bin:/bin"})
+    assert "pip install 'shoal[kubernetes]'" in result.stdout, result.stderr

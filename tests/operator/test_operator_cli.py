@@ -6,7 +6,7 @@ import socket
 import urllib.request
 
 import pytest
-from conftest import NAMESPACE, Harness, OperatorThread, wait_for
+from operator_harness import NAMESPACE, Harness, OperatorThread, wait_for
 
 from shoal.operator import cli
 

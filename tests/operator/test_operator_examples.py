@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 import yaml
-from conftest import NAMESPACE, Harness, wait_for
+from operator_harness import NAMESPACE, Harness, wait_for
 
 from shoal.operator.spec import parse_cluster_spec
 

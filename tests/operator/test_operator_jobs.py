@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from conftest import NAMESPACE, Harness, wait_for
+from operator_harness import NAMESPACE, Harness, wait_for
 
 from shoal.cluster.kube import API_VERSION
 

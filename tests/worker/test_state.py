@@ -145,3 +145,20 @@ def test_random_events_keep_invariants(events):
         elif op == "resume":
             ws.handle(SetPaused(False))
         ws.validate()
+
+
+def test_tiny_tasks_are_prefetched_into_the_executor():
+    ws = WorkerState("me", 1)
+    ws.handle(ComputeTask("warm", "f", None, (0,)))
+    ws.handle(ExecuteSuccess("warm", 1, 1.0, 1.0001))  # 0.1 ms tasks
+    out = ws.handle(*(ComputeTask(f"t{i}", "f", None, (i,)) for i in range(10)))
+    assert len([i for i in out if isinstance(i, Execute)]) == 1 + ws.prefetch == 3
+    ws.validate()
+
+
+def test_slow_tasks_are_not_prefetched():
+    ws = WorkerState("me", 1)
+    ws.handle(ComputeTask("warm", "f", None, (0,)))
+    ws.handle(ExecuteSuccess("warm", 1, 1.0, 2.0))
+    out = ws.handle(*(ComputeTask(f"t{i}", "f", None, (i,)) for i in range(10)))
+    assert len([i for i in out if isinstance(i, Execute)]) == 1

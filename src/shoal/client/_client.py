@@ -250,7 +250,7 @@ class Client:
             if state is None:
                 continue
             if op == "key-in-memory":
-                state.finish(msg["workers"], msg["nbytes"])
+                state.finish(msg["workers"], msg["nbytes"], msg.get("value"))
             elif op == "task-erred":
                 state.fail(msg.get("exception"), msg.get("traceback") or "",
                            msg.get("exception_text") or "")
@@ -348,7 +348,9 @@ class Client:
             await self._wait_final(todo.values())
             fetch: dict[str, FutureState] = {}
             for key, state in todo.items():
-                if state.status == "finished":
+                if state.status == "finished" and state.inline is not None:
+                    values[key] = deserialize(state.inline)
+                elif state.status == "finished":
                     fetch[key] = state
                 elif errors == "raise":
                     raise state.make_exception()

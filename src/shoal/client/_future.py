@@ -33,7 +33,7 @@ class FutureState:
     """What the client knows about one key; shared by its Futures."""
 
     __slots__ = ("key", "status", "event", "exception", "traceback", "exception_text",
-                 "workers", "nbytes", "callbacks")
+                 "workers", "nbytes", "callbacks", "inline")
 
     def __init__(self, key: str) -> None:
         self.key = key
@@ -45,11 +45,13 @@ class FutureState:
         self.workers: list[str] = []
         self.nbytes = 0
         self.callbacks: list[Callable[[], None]] = []
+        self.inline: Serialized | None = None  # a small result sent along with the report
 
-    def finish(self, workers: list[str], nbytes: int) -> None:
+    def finish(self, workers: list[str], nbytes: int, inline: Serialized | None = None) -> None:
         self.status = "finished"
         self.workers = workers
         self.nbytes = nbytes
+        self.inline = inline
         self._done()
 
     def fail(self, exception: Serialized | None, traceback: str, text: str) -> None:
@@ -65,6 +67,7 @@ class FutureState:
         """The result was lost with its worker and is being recomputed."""
         self.status = "pending"
         self.workers = []
+        self.inline = None
         self.event.clear()
 
     def _done(self) -> None:

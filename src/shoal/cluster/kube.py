@@ -61,27 +61,33 @@ def api_path(api_version: str, plural: str, namespace: str | None = None,
     return path
 
 
+def _kubernetes() -> Any:
+    try:
+        import kubernetes
+    except ImportError as exc:
+        raise KubeClusterError(
+            "Kubernetes support needs the kubernetes extra: pip install 'shoal[kubernetes]'"
+        ) from exc
+    return kubernetes
+
+
 class KubeApi:
     """Plain-dict access to the Kubernetes REST API through the official client."""
 
     def __init__(self, configuration: Any = None) -> None:
-        from kubernetes import client
-
-        self._client = client.ApiClient(configuration)
+        self._client = _kubernetes().client.ApiClient(configuration)
 
     @classmethod
     def for_host(cls, host: str) -> KubeApi:
         """An unauthenticated client of ``host`` (tests, ``kubectl proxy``)."""
-        from kubernetes import client
-
-        configuration = client.Configuration()
+        configuration = _kubernetes().client.Configuration()
         configuration.host = host.rstrip("/")
         return cls(configuration)
 
     @classmethod
     def from_environment(cls) -> KubeApi:
         """In-cluster service account if there is one, else the kubeconfig."""
-        from kubernetes import config
+        config = _kubernetes().config
 
         try:
             config.load_incluster_config()

@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+import sys
 from collections.abc import Callable
 from typing import Any
 
@@ -101,7 +102,8 @@ def main(argv: list[str]) -> int:
     try:
         import kopf  # noqa: F401
     except ImportError:
-        print("shoal operator needs the kubernetes extra: pip install 'shoal[kubernetes]'")
+        print("shoal operator needs the kubernetes extra: pip install 'shoal[kubernetes]'",
+              file=sys.stderr)
         return 2
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")

@@ -78,6 +78,10 @@ class ClusterLoop:
                 metrics.ERRORS.labels("loop", type(exc).__name__).inc()
                 logger.warning(f"{self.namespace}/{self.name}: {exc}")
                 delay = min(metrics.config.reconcile_interval, metrics.config.error_delay)
+            except Exception:  # the loop must outlive any one bad round
+                metrics.ERRORS.labels("loop", "unexpected").inc()
+                logger.exception(f"{self.namespace}/{self.name}: reconcile failed")
+                delay = metrics.config.error_delay
             try:
                 await asyncio.wait_for(self.wakeup.wait(), timeout=delay)
             except TimeoutError:
@@ -104,23 +108,27 @@ def loop_for(namespace: str, name: str) -> ClusterLoop:
     return loops[key]
 
 
+async def refuse(body: Mapping[str, Any], reason: str, message: str) -> None:
+    """Record a spec problem: SpecValid=False, phase Failed and one warning event."""
+    meta = body["metadata"]
+    status = body.get("status") or {}
+    if status.get("phase") == "Failed" and status.get("message") == message:
+        return  # already reported
+    conditions = set_condition(status.get("conditions"), "SpecValid", False, reason, message)
+    await write_status(API_VERSION, CLUSTER_PLURAL, meta["namespace"], meta["name"],
+                       {"phase": "Failed", "message": message, "conditions": conditions})
+    kopf.warn(plain(body), reason=reason, message=message)
+
+
 async def validate(body: Mapping[str, Any], handler: str) -> ClusterSpec:
     """The parsed spec, or SpecValid=False + a warning event + PermanentError."""
     meta = body["metadata"]
-    status = body.get("status") or {}
     try:
-        spec = parse_cluster_spec(meta["name"], meta["namespace"], body.get("spec"))
+        return parse_cluster_spec(meta["name"], meta["namespace"], body.get("spec"))
     except InvalidSpec as exc:
         metrics.ERRORS.labels(handler, "InvalidSpec").inc()
-        if status.get("phase") != "Failed" or status.get("message") != str(exc):
-            conditions = set_condition(status.get("conditions"), "SpecValid", False,
-                                       "InvalidSpec", str(exc))
-            await write_status(API_VERSION, CLUSTER_PLURAL, meta["namespace"], meta["name"],
-                               {"phase": "Failed", "message": str(exc),
-                                "conditions": conditions})
-            kopf.warn(plain(body), reason="InvalidSpec", message=str(exc))
+        await refuse(body, "InvalidSpec", str(exc))
         raise kopf.PermanentError(f"invalid spec: {exc}") from exc
-    return spec
 
 
 def initial_desired(spec: ClusterSpec, status: Mapping[str, Any]) -> dict[str, int]:
@@ -149,7 +157,11 @@ async def check_idle(spec: ClusterSpec, ready: bool, status: dict[str, Any]) -> 
     """Record idleness in ``status``; True when the cluster was deleted for idling."""
     if spec.idle_timeout <= 0 or not ready:
         return False
-    idle, since = await scheduler_api.idle(spec.name, spec.namespace)
+    try:
+        idle, since = await scheduler_api.idle(spec.name, spec.namespace)
+    except scheduler_api.SchedulerUnavailable as exc:
+        logger.warning(f"{spec.namespace}/{spec.name}: idleness unknown: {exc}")
+        return False
     if not idle or since is None:
         last = status.get("lastActivity")
         if status.get("idleSince") or not last or time.time() - parse_iso(last) > ACTIVITY_STEP:
@@ -171,11 +183,19 @@ async def tick(body: Mapping[str, Any]) -> None:
     metrics.RECONCILES.labels("reconcile").inc()
     old = dict(body.get("status") or {})
     spec = await validate(body, "reconcile")
-    await reconcile.ensure_scheduler(spec, body)
-    ready = await reconcile.scheduler_ready(spec)
-    desired = await autoscaled_desired(spec, body["metadata"].get("uid", ""),
-                                       initial_desired(spec, old), ready)
-    groups = await reconcile.reconcile_workers(spec, body, desired, logger)
+    try:
+        await reconcile.ensure_scheduler(spec, body)
+        ready = await reconcile.scheduler_ready(spec)
+        desired = initial_desired(spec, old)
+        try:
+            desired = await autoscaled_desired(spec, body["metadata"].get("uid", ""),
+                                               desired, ready)
+        except scheduler_api.SchedulerUnavailable as exc:
+            logger.warning(f"{spec.namespace}/{spec.name}: keeping the worker counts: {exc}")
+        groups = await reconcile.reconcile_workers(spec, body, desired, logger)
+    except kubeops.ObjectRefused as exc:
+        await refuse(body, "ObjectRefused", f"Kubernetes refused a child object: {exc}")
+        raise
     status = summarise(spec, old, groups, ready)
     if await check_idle(spec, ready, status):
         return
@@ -211,9 +231,10 @@ def summarise(spec: ClusterSpec, old: Mapping[str, Any], groups: dict[str, dict[
 
 
 @kopf.on.create(GROUP, VERSION, CLUSTER_PLURAL)
-async def cluster_created(body: kopf.Body, name: str, namespace: str, **_: Any) -> None:
+async def cluster_created(body: kopf.Body, name: str, namespace: str | None,
+                          **_: Any) -> None:
     metrics.RECONCILES.labels("create").inc()
-    loop = loop_for(namespace, name)
+    loop = loop_for(namespace or "", name)
     loop.body = plain(body)
     async with loop.lock:
         await tick(loop.body)
@@ -221,24 +242,30 @@ async def cluster_created(body: kopf.Body, name: str, namespace: str, **_: Any) 
 
 
 @kopf.on.update(GROUP, VERSION, CLUSTER_PLURAL, field="spec")
-async def cluster_spec_changed(body: kopf.Body, name: str, namespace: str, **_: Any) -> None:
+async def cluster_spec_changed(body: kopf.Body, name: str, namespace: str | None,
+                               **_: Any) -> None:
     metrics.RECONCILES.labels("update").inc()
-    loop = loop_for(namespace, name)
+    loop = loop_for(namespace or "", name)
     loop.body = plain(body)
-    async with loop.lock:
-        await tick(loop.body)
+    try:
+        async with loop.lock:
+            await tick(loop.body)
+    finally:
+        loop.start()
+        loop.nudge()  # the loop may be parked on an earlier, invalid spec
 
 
 @kopf.on.event(GROUP, VERSION, CLUSTER_PLURAL)
-async def cluster_observed(event: Mapping[str, Any], name: str, namespace: str,
+async def cluster_observed(event: kopf.RawEvent, name: str, namespace: str | None,
                            **_: Any) -> None:
+    key = (namespace or "", name)
     if event.get("type") == "DELETED":
-        loop = loops.pop((namespace, name), None)
-        if loop is not None:
-            autoscaler.forget(loop.body.get("metadata", {}).get("uid", ""))
-            await loop.stop()
+        gone = loops.pop(key, None)
+        if gone is not None:
+            autoscaler.forget(gone.body.get("metadata", {}).get("uid", ""))
+            await gone.stop()
         return
-    loop = loop_for(namespace, name)
+    loop = loop_for(*key)
     first = not loop.body
     loop.body = plain(event["object"])
     loop.start()
@@ -247,8 +274,9 @@ async def cluster_observed(event: Mapping[str, Any], name: str, namespace: str,
 
 
 @kopf.on.event("", "v1", "pods", labels={builders.LABEL_COMPONENT: "worker"})
-async def worker_pod_changed(labels: Mapping[str, str], namespace: str, **_: Any) -> None:
-    loop = loops.get((namespace, labels.get(builders.LABEL_CLUSTER, "")))
+async def worker_pod_changed(labels: Mapping[str, str], namespace: str | None,
+                             **_: Any) -> None:
+    loop = loops.get((namespace or "", labels.get(builders.LABEL_CLUSTER, "")))
     if loop is not None:
         loop.nudge()
 

@@ -18,7 +18,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, cast
 
 import kopf
 
@@ -53,9 +53,10 @@ async def set_job_status(namespace: str, job: str, **status: Any) -> None:
 
 
 @kopf.on.create(GROUP, VERSION, JOB_PLURAL)
-async def job_created(body: kopf.Body, spec: kopf.Spec, name: str, namespace: str,
+async def job_created(body: kopf.Body, spec: kopf.Spec, name: str, namespace: str | None,
                       **_: Any) -> None:
     metrics.RECONCILES.labels("job-create").inc()
+    namespace = namespace or ""
     cluster_spec = dict(spec.get("cluster") or {})
     try:
         if not isinstance(spec.get("runner"), Mapping):
@@ -95,7 +96,7 @@ async def start_runner(job: Mapping[str, Any], cluster: Mapping[str, Any]) -> No
     meta = job["metadata"]
     spec = parse_cluster_spec(cluster["metadata"]["name"], meta["namespace"], cluster["spec"])
     pod = builders.runner_pod(meta["name"], meta["namespace"], spec, job["spec"]["runner"])
-    kopf.adopt(pod, owner=dict(job))
+    kopf.adopt(pod, owner=kopf.Body(cast(kopf.RawBody, dict(job))))
     await kubeops.create(pod)
     await set_job_status(meta["namespace"], meta["name"], phase="Running",
                          startTime=now_iso(), runnerPod=pod["metadata"]["name"],
@@ -142,18 +143,22 @@ async def advance_serialised(namespace: str, job: str) -> None:
 
 
 @kopf.on.event(GROUP, VERSION, CLUSTER_PLURAL, labels={builders.LABEL_JOB: kopf.PRESENT})
-async def job_cluster_changed(labels: Mapping[str, str], namespace: str, **_: Any) -> None:
-    await advance_serialised(namespace, labels[builders.LABEL_JOB])
+async def job_cluster_changed(labels: Mapping[str, str], namespace: str | None,
+                              **_: Any) -> None:
+    await advance_serialised(namespace or "", labels[builders.LABEL_JOB])
 
 
-@kopf.on.event("", "v1", "pods", labels={builders.LABEL_JOB: kopf.PRESENT})
-async def runner_pod_changed(labels: Mapping[str, str], namespace: str, **_: Any) -> None:
-    await advance_serialised(namespace, labels[builders.LABEL_JOB])
+@kopf.on.event("", "v1", "pods", labels={builders.LABEL_JOB: kopf.PRESENT,
+                                         builders.LABEL_COMPONENT: "runner"})
+async def runner_pod_changed(labels: Mapping[str, str], namespace: str | None,
+                             **_: Any) -> None:
+    await advance_serialised(namespace or "", labels[builders.LABEL_JOB])
 
 
 @kopf.on.event(GROUP, VERSION, JOB_PLURAL)
-async def job_observed(event: Mapping[str, Any], name: str, namespace: str, **_: Any) -> None:
+async def job_observed(event: kopf.RawEvent, name: str, namespace: str | None,
+                       **_: Any) -> None:
     if event.get("type") == "DELETED":
-        _locks.pop((namespace, name), None)
+        _locks.pop((namespace or "", name), None)
         return
-    await advance_serialised(namespace, name)
+    await advance_serialised(namespace or "", name)

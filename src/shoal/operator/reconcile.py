@@ -17,7 +17,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
 import kopf
 
@@ -52,7 +52,7 @@ async def ensure_scheduler(spec: ClusterSpec, owner: Mapping[str, Any]) -> None:
     """Create the scheduler's Service and Deployment if absent; update a changed Deployment."""
     for build in (builders.scheduler_service, builders.scheduler_deployment):
         obj = build(spec)
-        kopf.adopt(obj, owner=dict(owner))
+        kopf.adopt(obj, owner=kopf.Body(cast(kopf.RawBody, dict(owner))))
         if await kubeops.create(obj):
             continue
         existing = await kubeops.get(kubeops.object_path(obj)) or {}
@@ -100,7 +100,7 @@ async def create_workers(spec: ClusterSpec, group: WorkerGroup, owner: Mapping[s
                          count: int, action: str) -> None:
     for _ in range(count):
         pod = builders.worker_pod(spec, group, builders.new_worker_name(spec.name, group.name))
-        kopf.adopt(pod, owner=dict(owner))
+        kopf.adopt(pod, owner=kopf.Body(cast(kopf.RawBody, dict(owner))))
         await kubeops.create(pod)
         metrics.SCALING.labels(action).inc()
 

@@ -38,8 +38,8 @@ def set_condition(conditions: list[Condition] | None, kind: str, ok: bool | None
     moved = previous is None or previous.get("status") != status
     result.append({
         "type": kind, "status": status, "reason": reason, "message": message,
-        "lastTransitionTime": now_iso() if moved else previous.get("lastTransitionTime",
-                                                                     now_iso()),
+        "lastTransitionTime": now_iso() if moved or previous is None
+        else previous.get("lastTransitionTime", now_iso()),
     })
     return sorted(result, key=lambda c: str(c["type"]))
 

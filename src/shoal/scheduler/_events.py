@@ -100,6 +100,7 @@ class TaskFinished(Event):
     nbytes: int
     start: float = 0.0
     stop: float = 0.0
+    inline: Any = None  # a small result, serialized, to pass on to waiting clients
 
 
 @dataclass(slots=True)

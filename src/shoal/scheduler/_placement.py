@@ -182,6 +182,8 @@ class Placement:
             msg["nbytes"] = {d.key: d.nbytes for d in ts.dependencies}
         if ts.resource_restrictions:
             msg["resources"] = ts.resource_restrictions
+        if ts.who_wants:
+            msg["report"] = True  # a client waits: small results may travel inline
         self.state.out.append(ToWorker(ws.address, msg))
 
     def unassign(self, ts: TaskState, ws: WorkerState) -> None:

@@ -198,7 +198,7 @@ class Scheduler:
         if op == "task-finished":
             self._record_task(address, msg)
             return TaskFinished("task-finished", address, msg["key"], msg["nbytes"],
-                                msg.get("start", 0.0), msg.get("stop", 0.0))
+                                msg.get("start", 0.0), msg.get("stop", 0.0), msg.get("value"))
         if op == "task-erred":
             return TaskErred("task-erred", address, msg["key"], msg.get("exception"),
                              msg.get("traceback", ""), msg.get("exception_text", ""))

@@ -348,18 +348,18 @@ class SchedulerState:
         ts.ever_finished = True
         self._log(ts, "processing", "memory", ev.stimulus_id)
         recs: dict[str, str] = {}
-        self._on_memory(ts, recs)
+        self._on_memory(ts, recs, ev.inline)
         self._transitions(recs, ev.stimulus_id)
         self.placement.fill(ws, ev.stimulus_id)
 
-    def _on_memory(self, ts: TaskState, recs: dict[str, str]) -> None:
+    def _on_memory(self, ts: TaskState, recs: dict[str, str], inline: Any = None) -> None:
         for dts in ts.waiters:
             dts.waiting_on.discard(ts)
             if not dts.waiting_on and dts.state == "waiting":
                 recs[dts.key] = "processing"
         self._release_inputs(ts, recs)
         if ts.who_wants:
-            self._report_memory(ts, ts.who_wants)
+            self._report_memory(ts, ts.who_wants, inline)
         if not self._wanted(ts):
             recs[ts.key] = "forgotten" if not ts.dependents else "released"
 
@@ -590,11 +590,13 @@ class SchedulerState:
             self.out.append(ToWorker(ws.address, {"op": "free-keys", "keys": [ts.key]}))
         ts.who_has.clear()
 
-    def _report_memory(self, ts: TaskState, clients: Iterable[str]) -> None:
+    def _report_memory(self, ts: TaskState, clients: Iterable[str], inline: Any = None) -> None:
         workers = [ws.address for ws in ts.who_has]
         for client in clients:
-            self.out.append(ToClient(client, {"op": "key-in-memory", "key": ts.key,
-                                              "workers": workers, "nbytes": ts.nbytes}))
+            msg = {"op": "key-in-memory", "key": ts.key, "workers": workers, "nbytes": ts.nbytes}
+            if inline is not None:
+                msg["value"] = inline
+            self.out.append(ToClient(client, msg))
 
     def _report_erred(self, ts: TaskState, clients: Iterable[str]) -> None:
         for client in clients:

@@ -47,6 +47,7 @@ logger = logging.getLogger(__name__)
 
 HEARTBEAT_INTERVAL = 0.5
 DEFAULT_DEATH_TIMEOUT = 60.0
+INLINE_RESULT_BYTES = 16 * 1024
 MEMORY_TARGET = 0.6  # managed memory above this fraction of the limit spills to disk
 
 
@@ -246,6 +247,7 @@ class Worker:
         who_has: dict | None = None,
         nbytes: dict | None = None,
         resources: dict | None = None,
+        report: bool = False,
     ) -> None:
         if function is not None and func not in self.functions:
             try:
@@ -262,7 +264,8 @@ class Worker:
                 )
                 return
         self._handle(
-            ComputeTask(key, func, args, tuple(priority), who_has or {}, nbytes or {}, resources)
+            ComputeTask(key, func, args, tuple(priority), who_has or {}, nbytes or {}, resources,
+                        report)
         )
 
     def _free_keys(self, keys: list[str]) -> None:
@@ -317,10 +320,22 @@ class Worker:
         for o in outcomes:
             if o.ok:
                 self.data.set_with_size(o.key, o.value, o.nbytes)
-                events.append(ExecuteSuccess(o.key, o.nbytes, o.start, o.stop))
+                events.append(ExecuteSuccess(o.key, o.nbytes, o.start, o.stop,
+                                             self._inline(o.key, o.value, o.nbytes)))
             else:
                 events.append(ExecuteFailure(o.key, o.exception, o.traceback, o.exception_text))
         self._handle(*events)
+
+    def _inline(self, key: str, value: Any, nbytes: int) -> Serialized | None:
+        """A small result a client waits for travels with the report, saving a fetch."""
+        ts = self.state.tasks.get(key)
+        if ts is None or not ts.report or nbytes > INLINE_RESULT_BYTES:
+            return None
+        try:
+            ser = serialize(value)
+        except SerializationError:
+            return None  # the client's fetch will report the error
+        return ser if ser.nbytes <= INLINE_RESULT_BYTES else None
 
     async def _gather(self, inst: Gather) -> None:
         received: dict[str, int] = {}

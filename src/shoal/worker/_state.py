@@ -31,6 +31,12 @@ LEGAL_TRANSITIONS: dict[str, frozenset[str]] = {
     "error": frozenset({"released"}),
 }
 
+#: When tasks take less than this on average, up to PREFETCH_PER_THREAD more
+#: per thread are handed to the executor ahead, so a thread goes from one tiny
+#: task to the next without waiting for the event loop in between.
+PREFETCH_BELOW_SECONDS = 0.005
+PREFETCH_PER_THREAD = 2
+
 #: Most peers fetched from at once, and most bytes asked of one peer at once.
 MAX_CONCURRENT_FETCHES = 8
 TARGET_FETCH_BYTES = 64 * 1024 * 1024
@@ -48,6 +54,7 @@ class ComputeTask:
     who_has: dict[str, list[str]] = field(default_factory=dict)
     nbytes: dict[str, int] = field(default_factory=dict)
     resources: dict[str, float] | None = None
+    report: bool = False  # a client waits for it: a small result may go inline
 
 
 @dataclass(slots=True)
@@ -61,6 +68,7 @@ class ExecuteSuccess:
     nbytes: int
     start: float
     stop: float
+    inline: Any = None  # the result, serialized, when small and reported
 
 
 @dataclass(slots=True)
@@ -139,6 +147,7 @@ class WTask:
         "nbytes",
         "resources",
         "replica",
+        "report",
     )
 
     def __init__(self, key: str) -> None:
@@ -149,6 +158,7 @@ class WTask:
         self.priority: tuple = ()
         self.dependencies: set[WTask] = set()
         self.dependents: set[WTask] = set()
+        self.report = False
         self.who_has: set[str] = set()
         self.nbytes = 0
         self.resources: dict[str, float] | None = None
@@ -171,6 +181,7 @@ class WorkerState:
         self.busy_workers: set[str] = set()
         self.fetching: set[WTask] = set()  # tasks in state "fetch"
         self.paused = False
+        self.avg_duration: float | None = None
         self._counter = itertools.count()
         self.out: list[Any] = []
         self.counts = {"executed": 0, "failed": 0, "fetched": 0}
@@ -226,6 +237,7 @@ class WorkerState:
             ts.func, ts.args, ts.priority = ev.func, ev.args, tuple(ev.priority)
             return
         ts.func, ts.args, ts.priority = ev.func, ev.args, tuple(ev.priority)
+        ts.report = ev.report
         ts.resources = ev.resources
         ts.replica = False
         for dep_key, workers in ev.who_has.items():
@@ -288,7 +300,19 @@ class WorkerState:
                 dts.dependencies.discard(ts)
                 self._release(dts)
 
+    @property
+    def prefetch(self) -> int:
+        """Tasks handed to the executor beyond one per thread (see above)."""
+        avg = self.avg_duration
+        if avg is None or avg >= PREFETCH_BELOW_SECONDS:
+            return 0
+        return self.nthreads * PREFETCH_PER_THREAD
+
     def _ExecuteSuccess(self, ev: ExecuteSuccess) -> None:
+        if ev.stop >= ev.start > 0:
+            seconds = ev.stop - ev.start
+            avg = self.avg_duration
+            self.avg_duration = seconds if avg is None else 0.9 * avg + 0.1 * seconds
         ts = self.tasks.get(ev.key)
         if ts is None:
             return
@@ -300,17 +324,11 @@ class WorkerState:
             return
         ts.state = "memory"
         ts.nbytes = ev.nbytes
-        self.out.append(
-            Send(
-                {
-                    "op": "task-finished",
-                    "key": ts.key,
-                    "nbytes": ev.nbytes,
-                    "start": ev.start,
-                    "stop": ev.stop,
-                }
-            )
-        )
+        msg = {"op": "task-finished", "key": ts.key, "nbytes": ev.nbytes,
+               "start": ev.start, "stop": ev.stop}
+        if ev.inline is not None:
+            msg["value"] = ev.inline
+        self.out.append(Send(msg))
         self._done_with_inputs(ts)
 
     def _ExecuteFailure(self, ev: ExecuteFailure) -> None:
@@ -408,7 +426,8 @@ class WorkerState:
 
     def _ensure_computing(self) -> None:
         ready = self.ready
-        while ready and len(self.executing) < self.nthreads and not self.paused:
+        limit = self.nthreads + self.prefetch
+        while ready and len(self.executing) < limit and not self.paused:
             _, _, ts = ready[0]
             if ts.state != "ready" or self.tasks.get(ts.key) is not ts:
                 heapq.heappop(ready)
@@ -467,6 +486,6 @@ class WorkerState:
             if ts.state == "flight":
                 assert any(ts in s for s in self.in_flight_workers.values())
             assert (ts.state == "fetch") == (ts in self.fetching), f"{key}: fetch set"
-        assert len(self.executing) <= self.nthreads
+        assert len(self.executing) <= self.nthreads * (1 + PREFETCH_PER_THREAD)
         for ts in self.executing:
             assert ts.state in ("executing", "cancelled")
