@@ -25,7 +25,7 @@ from typing import Any
 import pytest
 from operator_harness import NAMESPACE, Harness, wait_for
 
-from shoal.cluster.kube import KubeApiError
+from shoal.cluster.kube import KubeApi, KubeApiError, KubeCluster
 from shoal.operator import builders, kubeops, scheduler_api
 
 try:
@@ -169,7 +169,7 @@ class ProcessKubelet:
                                                ready=False, exit_code=code)
 
 
-def test_operator_pods_run_compute_and_autoscale(operator: Harness, make_cluster) -> None:
+def test_operator_pods_run_compute_and_autoscale(operator: Harness) -> None:
     def slow_square(x: int) -> int:  # defined here so that it travels by value
         time.sleep(0.25)
         return x * x
@@ -178,19 +178,18 @@ def test_operator_pods_run_compute_and_autoscale(operator: Harness, make_cluster
     node = ProcessKubelet(operator, "real")
     scheduler_api.set_url_resolver(lambda cluster, ns: node.http_url)
     try:
-        operator.apply(make_cluster("real", workerGroups=[{"name": "default", "replicas": 2,
-                                                           "memory": "1Gi"}]))
-        wait_for(lambda: (((operator.get("shoalclusters", "real") or {}).get("status") or {})
-                          .get("readyWorkers") == 2), timeout=60,
-                 message=f"2 ready workers (kubelet errors: {node.errors[-3:]})")
-        with Client(node.scheduler_address) as client:
-            assert client.submit(sum, [1, 2, 3]).result(timeout=30) == 6
+        # As from a notebook, with the address a port-forward would give.
+        with KubeCluster(name="real", n_workers=2, memory="1Gi", image="shoal:test",
+                         namespace=NAMESPACE, api=KubeApi.for_host(operator.url),
+                         scheduler_address=node.scheduler_address, timeout=60) as cluster, \
+                Client(cluster) as client:
+            assert client.submit(sum, [1, 2, 3]).result(timeout=60) == 6
+            wait_for(lambda: (((operator.get("shoalclusters", "real") or {}).get("status")
+                               or {}).get("readyWorkers") == 2), timeout=60,
+                     message=f"2 ready workers (kubelet errors: {node.errors[-3:]})")
             kept = client.submit(lambda: list(range(1000)))
             assert sum(client.gather(client.map(lambda x: x + 1, range(20)))) == 210
-            operator.api.patch(
-                f"/apis/shoal.dev/v1alpha1/namespaces/{NAMESPACE}/shoalclusters/real",
-                {"spec": {"workerGroups": [{"name": "default", "memory": "1Gi",
-                                            "minReplicas": 1, "maxReplicas": 4}]}})
+            cluster.adapt(minimum=1, maximum=4)
             futures = client.map(slow_square, range(80))
             wait_for(lambda: len(operator.pods("real")) > 2, timeout=30,
                      message="the autoscaler to add workers")
@@ -201,6 +200,7 @@ def test_operator_pods_run_compute_and_autoscale(operator: Harness, make_cluster
             assert [w["name"] for w in workers] == [p["metadata"]["name"]
                                                     for p in operator.pods("real")]
             assert kept.result(timeout=30) == list(range(1000))  # nothing lost on the way
+        assert operator.get("shoalclusters", "real") is None  # closing deleted it
     finally:
         node.stop()
 

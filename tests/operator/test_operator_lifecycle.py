@@ -239,3 +239,15 @@ def test_clusters_in_several_namespaces(operator: Harness, make_cluster) -> None
     wait_pods(operator, "one", 2, namespace=OTHER_NAMESPACE)
     wait_running(operator, "one", OTHER_NAMESPACE)
     assert operator.pods("one") == []  # nothing leaked into the other namespace
+
+
+def test_all_namespaces_mode(harness: Harness, make_cluster) -> None:
+    harness.start_operator("--all-namespaces")
+    for namespace, name in ((NAMESPACE, "east"), (OTHER_NAMESPACE, "west")):
+        harness.scheduler(name)
+        body = make_cluster(name, workerGroups=[{"name": "default", "replicas": 1}])
+        body["metadata"]["namespace"] = namespace
+        harness.apply(body)
+    wait_running(harness, "east")
+    wait_running(harness, "west", OTHER_NAMESPACE)
+    assert len(harness.pods("west", namespace=OTHER_NAMESPACE)) == 1

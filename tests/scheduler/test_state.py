@@ -96,7 +96,10 @@ def test_release_forgets_everything(state):
     state.handle(TaskFinished(S, state.tasks["a"].processing_on.address, "a", 8))
     state.handle(TaskFinished(S, state.tasks["b"].processing_on.address, "b", 8))
     state.handle(ClientReleasesKeys(S, "c", ["b"]))
-    assert state.tasks == {} and state.functions == {}
+    assert state.tasks == {}
+    assert list(state.functions) == ["f"]  # kept for the client, which sends it once
+    state.handle(RemoveClient(S, "c"))
+    assert state.functions == {}
 
 
 def test_error_propagates_to_dependents(state):

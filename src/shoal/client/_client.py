@@ -61,6 +61,7 @@ class Client:
         self._refcount: dict[str, int] = {}
         self._lock = threading.Lock()
         self._functions = FunctionCache()
+        self._functions_sent: set[str] = set()  # the scheduler keeps these for us
         self._stream: BatchedSend | None = None
         self._comm: Comm | None = None
         self.pool = ConnectionPool()
@@ -272,7 +273,8 @@ class Client:
         task, deps_futures = self._task(token, args, kwargs, key, pure)
         _restrict(task, workers, allow_other_workers, retries, priority, resources)
         future = Future(task["key"], self)
-        self._send_graph([task], {token: ser_func}, [task["key"]], deps_futures)
+        self._send_graph([task], self._new_function(token, ser_func), [task["key"]],
+                         deps_futures)
         return future
 
     def map(self, func: Callable[..., Any], *iterables: Iterable[Any], key: str | list | None = None,
@@ -294,8 +296,16 @@ class Client:
             tasks.append(task)
             deps.extend(task_deps)
             futures.append(Future(task["key"], self))
-        self._send_graph(tasks, {token: ser_func}, [t["key"] for t in tasks], deps)
+        self._send_graph(tasks, self._new_function(token, ser_func), [t["key"] for t in tasks],
+                         deps)
         return futures
+
+    def _new_function(self, token: str, ser: Serialized) -> dict[str, Serialized]:
+        """The function to send with a graph: only if this client never sent it."""
+        if token in self._functions_sent:
+            return {}
+        self._functions_sent.add(token)
+        return {token: ser}
 
     def _task(self, token: str, args: tuple, kwargs: dict, key: str | None,
               pure: bool) -> tuple[dict[str, Any], list[Future]]:
@@ -316,7 +326,7 @@ class Client:
         except SerializationError as exc:
             raise SerializationError(f"cannot send the arguments of {token}: {exc}") from exc
         task: dict[str, Any] = {"key": key or task_key(token, ser_args, pure), "func": token,
-                                "args": ser_args}
+                                "args": _compact(ser_args)}
         if found:
             task["deps"] = list(dict.fromkeys(f.key for f in found))
         return task, found
@@ -550,6 +560,11 @@ def _restrict(task: dict[str, Any], workers: Iterable[str] | str | None, allow_o
         task["priority"] = priority
     if resources:
         task["resources"] = resources
+
+
+def _compact(ser: Serialized) -> Serialized | bytes:
+    """A one-frame value travels as plain msgpack bytes: decoded without a Python hook."""
+    return ser.frames[0] if len(ser.frames) == 1 else ser  # type: ignore[return-value]
 
 
 def default_client() -> Client:

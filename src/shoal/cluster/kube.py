@@ -197,10 +197,14 @@ class KubeCluster:
                  nthreads: int = 1, memory: str | None = None,
                  env: Mapping[str, str] | None = None, idle_timeout: int = 0,
                  timeout: float = DEFAULT_TIMEOUT, operator_timeout: float = OPERATOR_TIMEOUT,
-                 api: KubeApi | None = None, create: bool = True) -> None:
+                 api: KubeApi | None = None, scheduler_address: str | None = None,
+                 create: bool = True) -> None:
+        """``scheduler_address`` replaces the in-cluster address, e.g. to connect
+        through ``kubectl port-forward svc/NAME-scheduler 8786`` from outside."""
         self.api = api or KubeApi.from_environment()
         self.namespace = namespace or current_namespace()
         self.name = name or _random_name()
+        self._address_override = scheduler_address
         self.scheduler_address = ""
         self.dashboard_address = ""
         self.shutdown_on_close = create
@@ -218,9 +222,15 @@ class KubeCluster:
 
     @classmethod
     def from_name(cls, name: str, namespace: str | None = None, *,
-                  timeout: float = DEFAULT_TIMEOUT, api: KubeApi | None = None) -> KubeCluster:
+                  timeout: float = DEFAULT_TIMEOUT, api: KubeApi | None = None,
+                  scheduler_address: str | None = None) -> KubeCluster:
         """Attach to an existing ShoalCluster; ``close()`` leaves it running."""
-        return cls(name=name, namespace=namespace, timeout=timeout, api=api, create=False)
+        return cls(name=name, namespace=namespace, timeout=timeout, api=api,
+                   scheduler_address=scheduler_address, create=False)
+
+    @property
+    def dashboard_link(self) -> str | None:
+        return f"{self.dashboard_address}/" if self.dashboard_address else None
 
     @property
     def path(self) -> str:
@@ -261,7 +271,7 @@ class KubeCluster:
                 raise KubeClusterError(f"ShoalCluster {self.namespace}/{self.name} failed: "
                                        f"{status.get('message', 'no message')}")
             if status.get("phase") == "Running" and status.get("schedulerAddress"):
-                self.scheduler_address = status["schedulerAddress"]
+                self.scheduler_address = self._address_override or status["schedulerAddress"]
                 self.dashboard_address = status.get("dashboardAddress", "")
                 return
             if not status and time.monotonic() - start > operator_timeout:

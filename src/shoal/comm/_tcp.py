@@ -79,16 +79,11 @@ class TCPComm(Comm):
         stream = self.stream
         if stream.closed():
             raise CommClosedError(f"connection to {self.peer_address} closed")
-        prelude = pack_frames_prelude(frames)
         try:
-            if len(frames) == 1 or sum(len(f) for f in frames) < _READ_INTO_MIN:
-                future = stream.write(b"".join([prelude, *frames]))
-            else:
-                future = stream.write(prelude)
-                for frame in frames:
-                    if len(frame):
-                        future = stream.write(frame)
-            await future
+            future = None
+            for chunk in _coalesce(pack_frames_prelude(frames), frames):
+                future = stream.write(chunk)
+            await future  # type: ignore[misc]
         except StreamClosedError as exc:
             raise CommClosedError(f"connection to {self.peer_address} closed") from exc
 
@@ -100,6 +95,22 @@ class TCPComm(Comm):
 
     def closed(self) -> bool:
         return self.stream.closed()
+
+
+def _coalesce(prelude: bytes, frames: list) -> list:
+    """Small frames joined into few writes; large ones passed on without a copy."""
+    chunks: list = []
+    small: list = [prelude]
+    for frame in frames:
+        if len(frame) >= _READ_INTO_MIN:
+            chunks.append(b"".join(small))
+            chunks.append(frame)
+            small = []
+        elif len(frame):
+            small.append(frame)
+    if small:
+        chunks.append(b"".join(small))
+    return chunks
 
 
 def _address_of(sockname: tuple[Any, ...], scheme: str) -> str:

@@ -25,7 +25,7 @@ PHASES = ("Pending", "Running", "Failed")
 class OperatorConfig:
     """Timing knobs; each can be set by an environment variable of the same name."""
 
-    reconcile_interval: float = 10.0  # SHOAL_OPERATOR_RECONCILE_INTERVAL
+    reconcile_interval: float = 5.0  # SHOAL_OPERATOR_RECONCILE_INTERVAL
     scale_down_window: float = 60.0  # SHOAL_OPERATOR_SCALE_DOWN_WINDOW
     error_delay: float = 5.0  # SHOAL_OPERATOR_ERROR_DELAY
 

@@ -113,7 +113,11 @@ async def delete_pods(spec: ClusterSpec, names: list[str], action: str) -> None:
 
 async def retire(spec: ClusterSpec, pods: list[Pod], count: int | None, action: str,
                  only_group: bool) -> None:
-    """Retire ``count`` of ``pods`` (all of them when None) and delete exactly those retired."""
+    """Retire ``count`` of ``pods`` (all of them when None) and delete exactly those retired.
+
+    With ``count`` None (rollout, removed groups) pods unknown to the scheduler
+    are deleted directly: they never joined, so they hold nothing.
+    """
     ours = {pod_name(p) for p in pods}
     if count is not None and only_group:
         retired = await scheduler_api.retire_workers(spec.name, spec.namespace, n=count)
@@ -121,6 +125,10 @@ async def retire(spec: ClusterSpec, pods: list[Pod], count: int | None, action: 
         known = await scheduler_api.workers(spec.name, spec.namespace)
         candidates = sorted((w for w in known if w.get("name") in ours),
                             key=lambda w: w.get("memory") or 0)
+        if count is None:
+            # Pods the scheduler does not know as workers hold no data.
+            strangers = ours - {str(w.get("name")) for w in known}
+            await delete_pods(spec, sorted(strangers), action)
         chosen = [str(w["name"]) for w in candidates][:count]
         retired = (await scheduler_api.retire_workers(spec.name, spec.namespace, names=chosen)
                    if chosen else [])

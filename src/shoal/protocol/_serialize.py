@@ -80,6 +80,12 @@ def pickle_fast(obj: Any) -> bytes:
 
 def serialize(obj: Any) -> Serialized:
     """Pickle ``obj`` into a :class:`Serialized`, large buffers out of band."""
+    try:  # the common case, small plain data, takes the quickest path
+        stream = pickle.dumps(obj, protocol=5)
+        if len(stream) < OUT_OF_BAND_MIN_BYTES and not _by_reference_to_main(stream):
+            return Serialized([stream])
+    except Exception:
+        pass
     buffers: list[pickle.PickleBuffer] = []
 
     def keep_large(buf: pickle.PickleBuffer) -> bool:
@@ -101,8 +107,10 @@ def serialize(obj: Any) -> Serialized:
     return Serialized([stream, *(buf.raw() for buf in buffers)])
 
 
-def deserialize(ser: Serialized) -> Any:
-    """Inverse of :func:`serialize`."""
+def deserialize(ser: Serialized | bytes | memoryview) -> Any:
+    """Inverse of :func:`serialize` (also given a lone frame, as bytes)."""
+    if not isinstance(ser, Serialized):
+        ser = Serialized([ser])
     try:
         return pickle.loads(ser.frames[0], buffers=ser.frames[1:])
     except Exception as exc:

@@ -85,6 +85,9 @@ class SchedulerState:
         self.workers: dict[str, WorkerState] = {}
         self.clients: set[str] = set()
         self.functions: dict[str, Any] = {}
+        #: functions each client has sent: kept while the client is connected,
+        #: so that it sends each function only once
+        self.client_functions: dict[str, set[str]] = {}
         self.function_refs: dict[str, int] = {}
         self.allowed_failures = allowed_failures
         self.clock = clock
@@ -175,14 +178,27 @@ class SchedulerState:
     def _add_client(self, ev: AddClient) -> None:
         self.clients.add(ev.client)
 
+    def _maybe_drop_function(self, token: str) -> None:
+        if token in self.function_refs:
+            return
+        if any(token in pinned for pinned in self.client_functions.values()):
+            return
+        self.functions.pop(token, None)
+        for ws in self.workers.values():
+            ws.functions_sent.discard(token)
+
     def _remove_client(self, ev: RemoveClient) -> None:
         self.clients.discard(ev.client)
+        for token in self.client_functions.pop(ev.client, ()):
+            self._maybe_drop_function(token)
         keys = [ts.key for ts in self.tasks.values() if ev.client in ts.who_wants]
         self._client_releases_keys(ClientReleasesKeys(ev.stimulus_id, ev.client, keys))
 
     def _update_graph(self, ev: UpdateGraph) -> None:
+        pinned = self.client_functions.setdefault(ev.client, set())
         for token, func in ev.functions.items():
             self.functions.setdefault(token, func)
+            pinned.add(token)
         generation = next(self._generation)
         recs: dict[str, str] = {}
         touched: list[TaskState] = []
@@ -200,8 +216,8 @@ class SchedulerState:
             if ts is None:
                 self.out.append(ToClient(ev.client, {"op": "task-erred", "key": key,
                                 "exception": None, "traceback": "",
-                                "exception_text": f"{key!r} is unknown to the scheduler "
-                                "(its inputs were released before it was submitted)"}))
+                                "exception_text": f"{key!r} could not be created: one of its inputs was "
+                                "released before it arrived, or its function was never sent"}))
                 continue
             self._want(ts, ev.client, recs)
         for ts in touched:
@@ -212,6 +228,8 @@ class SchedulerState:
     def _new_task(
         self, spec: TaskSpec, priority: tuple[int, int, int], recs: dict[str, str]
     ) -> TaskState | None:
+        if spec.func is not None and spec.func not in self.functions:
+            return None  # reported through `wanted`
         deps = []
         for dep_key in spec.dependencies:
             dep = self.tasks.get(dep_key)
@@ -558,9 +576,7 @@ class SchedulerState:
                 self.function_refs[ts.func] = refs
             else:
                 del self.function_refs[ts.func]
-                self.functions.pop(ts.func, None)
-                for ws in self.workers.values():
-                    ws.functions_sent.discard(ts.func)
+                self._maybe_drop_function(ts.func)
         for dep in ts.dependencies:
             dep.dependents.discard(ts)
             dep.waiters.discard(ts)
@@ -650,6 +666,8 @@ class SchedulerState:
             assert ts.state == "processing", f"{ts.key}: stealing a task that is {ts.state}"
         for token in self.function_refs:
             assert token in self.functions
+        pinned = set().union(*self.client_functions.values()) if self.client_functions else set()
+        assert set(self.functions) <= set(self.function_refs) | pinned, "function leaked"
         refs: dict[str, int] = {}
         for ts in self.tasks.values():
             if ts.func is not None:

@@ -335,7 +335,9 @@ class Worker:
             ser = serialize(value)
         except SerializationError:
             return None  # the client's fetch will report the error
-        return ser if ser.nbytes <= INLINE_RESULT_BYTES else None
+        if ser.nbytes > INLINE_RESULT_BYTES:
+            return None
+        return ser.frames[0] if len(ser.frames) == 1 else ser  # type: ignore[return-value]
 
     async def _gather(self, inst: Gather) -> None:
         received: dict[str, int] = {}

@@ -180,6 +180,7 @@ class WorkerState:
         self.in_flight_workers: dict[str, set[WTask]] = {}
         self.busy_workers: set[str] = set()
         self.fetching: set[WTask] = set()  # tasks in state "fetch"
+        self.fetch_by_peer: dict[str, set[WTask]] = {}  # the same, by who has them
         self.paused = False
         self.avg_duration: float | None = None
         self._counter = itertools.count()
@@ -201,7 +202,7 @@ class WorkerState:
         ts = self.tasks.get(key)
         if ts is None:
             ts = self.tasks[key] = WTask(key)
-        self.fetching.discard(ts)
+        self._leave_fetch(ts)
         ts.state = "memory"
         ts.nbytes = nbytes
 
@@ -230,7 +231,7 @@ class WorkerState:
                 )
             return
         elif ts.state in ("fetch", "flight"):
-            self.fetching.discard(ts)
+            self._leave_fetch(ts)
             ts.state = "released"
         if ts.state == "cancelled":  # resubmitted while the old run is still going
             ts.state = "executing"
@@ -245,18 +246,32 @@ class WorkerState:
             if dep is None:
                 dep = self.tasks[dep_key] = WTask(dep_key)
                 dep.replica = True
-            if dep.state == "released":
-                dep.priority = ts.priority
-                self._to_fetch(dep)
-            dep.who_has.update(w for w in workers if w != self.address)
+            if dep.state in ("released", "fetch"):
+                if dep.state == "released":
+                    dep.priority = ts.priority
+                self._to_fetch(dep, workers)
+            else:
+                dep.who_has.update(w for w in workers if w != self.address)
             dep.nbytes = ev.nbytes.get(dep_key, dep.nbytes)
             ts.dependencies.add(dep)
             dep.dependents.add(ts)
         self._maybe_ready(ts)
 
-    def _to_fetch(self, ts: WTask) -> None:
+    def _to_fetch(self, ts: WTask, peers: Any = ()) -> None:
+        """Into state fetch, from any of ``peers`` (added to what it knew)."""
+        ts.who_has.update(w for w in peers if w != self.address)
         ts.state = "fetch"
         self.fetching.add(ts)
+        for peer in ts.who_has:
+            self.fetch_by_peer.setdefault(peer, set()).add(ts)
+
+    def _leave_fetch(self, ts: WTask) -> None:
+        if ts in self.fetching:
+            self.fetching.discard(ts)
+            for peer in ts.who_has:
+                tasks = self.fetch_by_peer.get(peer)
+                if tasks is not None:
+                    tasks.discard(ts)
 
     def _maybe_ready(self, ts: WTask) -> None:
         if all(dep.state == "memory" for dep in ts.dependencies):
@@ -285,7 +300,7 @@ class WorkerState:
     def _release(self, ts: WTask) -> None:
         if ts.state == "memory":
             self.out.append(Forget(ts.key))
-        self.fetching.discard(ts)
+        self._leave_fetch(ts)
         ts.state = "released"  # an answer to a fetch in flight will be dropped
         self.tasks.pop(ts.key, None)
         for dep in ts.dependencies:
@@ -396,6 +411,7 @@ class WorkerState:
             )
 
     def _forget_peer(self, worker: str) -> None:
+        self.fetch_by_peer.pop(worker, None)
         for ts in self.tasks.values():
             ts.who_has.discard(worker)
 
@@ -407,8 +423,7 @@ class WorkerState:
                 ts.replica = True
                 ts.priority = (-1,)
             if ts.state in ("released", "fetch"):
-                self._to_fetch(ts)
-                ts.who_has.update(w for w in workers if w != self.address)
+                self._to_fetch(ts, workers)
                 ts.nbytes = ev.nbytes.get(key, ts.nbytes)
 
     def _StealRequest(self, ev: StealRequest) -> None:
@@ -448,32 +463,28 @@ class WorkerState:
         return True
 
     def _ensure_communicating(self) -> None:
-        if not self.fetching:
-            return
-        to_fetch = [ts for ts in self.fetching if ts.who_has]
-        if not to_fetch:
-            return
-        to_fetch.sort(key=lambda t: t.priority)
-        plan: dict[str, list[WTask]] = {}
-        sizes: dict[str, int] = {}
-        for ts in to_fetch:
-            choices = [w for w in sorted(ts.who_has) if w not in self.busy_workers]
-            if not choices:
+        busy = self.busy_workers
+        for peer in list(self.fetch_by_peer):
+            tasks = self.fetch_by_peer[peer]
+            if not tasks:
+                del self.fetch_by_peer[peer]
                 continue
-            worker = min(choices, key=lambda w: (w not in plan, sizes.get(w, 0)))
-            if worker not in plan and len(self.busy_workers) + len(plan) >= MAX_CONCURRENT_FETCHES:
+            if peer in busy:
                 continue
-            if sizes.get(worker, 0) >= TARGET_FETCH_BYTES:
-                continue
-            plan.setdefault(worker, []).append(ts)
-            sizes[worker] = sizes.get(worker, 0) + ts.nbytes
-        for worker, tasks in plan.items():
-            for ts in tasks:
+            if len(busy) >= MAX_CONCURRENT_FETCHES:
+                return
+            chosen, size = [], 0
+            for ts in sorted(tasks, key=lambda t: t.priority):
+                if chosen and size + ts.nbytes > TARGET_FETCH_BYTES:
+                    break
+                chosen.append(ts)
+                size += ts.nbytes
+            for ts in chosen:
+                self._leave_fetch(ts)
                 ts.state = "flight"
-                self.fetching.discard(ts)
-            self.in_flight_workers[worker] = set(tasks)
-            self.busy_workers.add(worker)
-            self.out.append(Gather(worker, [ts.key for ts in tasks], sizes[worker]))
+            self.in_flight_workers[peer] = set(chosen)
+            busy.add(peer)
+            self.out.append(Gather(peer, [ts.key for ts in chosen], size))
 
     def validate(self) -> None:
         for key, ts in self.tasks.items():
@@ -486,6 +497,10 @@ class WorkerState:
             if ts.state == "flight":
                 assert any(ts in s for s in self.in_flight_workers.values())
             assert (ts.state == "fetch") == (ts in self.fetching), f"{key}: fetch set"
+            if ts.state == "fetch":
+                assert all(ts in self.fetch_by_peer.get(w, ()) for w in ts.who_has), key
+        for peer, waiting in self.fetch_by_peer.items():
+            assert all(t.state == "fetch" and peer in t.who_has for t in waiting), peer
         assert len(self.executing) <= self.nthreads * (1 + PREFETCH_PER_THREAD)
         for ts in self.executing:
             assert ts.state in ("executing", "cancelled")
