@@ -174,6 +174,20 @@ def test_spec_change_rolls_workers_over(operator: Harness, make_cluster) -> None
     assert deployment["spec"]["template"]["spec"]["containers"][0]["image"] == "shoal:v2"
 
 
+def test_removing_a_group_retires_its_workers(operator: Harness, make_cluster) -> None:
+    double = operator.scheduler("duo")
+    operator.apply(make_cluster("duo", workerGroups=[{"name": "a", "replicas": 1},
+                                                     {"name": "b", "replicas": 2}]))
+    wait_for(lambda: len(double.workers) == 3, message="3 workers connected")
+    group_b = {p["metadata"]["name"] for p in operator.objects("pods")
+               if p["metadata"]["labels"].get(builders.LABEL_GROUP) == "b"}
+    operator.api.patch(f"/apis/shoal.dev/v1alpha1/namespaces/{NAMESPACE}/shoalclusters/duo",
+                       {"spec": {"workerGroups": [{"name": "a", "replicas": 1}]}})
+    wait_pods(operator, "duo", 1)
+    assert set(double.retired) == group_b
+    assert operator.pods("duo")[0]["metadata"]["labels"][builders.LABEL_GROUP] == "a"
+
+
 def test_idle_cluster_is_deleted(operator: Harness, make_cluster) -> None:
     double = operator.scheduler("sleepy")
     operator.apply(make_cluster("sleepy", idleTimeout=1))

@@ -101,7 +101,7 @@ class Executor:
     ) -> None:
         self.loop = asyncio.get_running_loop()
         self.on_done = on_done
-        self._queue: queue.SimpleQueue[tuple | None] = queue.SimpleQueue()
+        self._queue: queue.SimpleQueue[list | None] = queue.SimpleQueue()
         self._done: deque[Outcome] = deque()
         self._wake_pending = False
         self._lock = threading.Lock()
@@ -112,17 +112,24 @@ class Executor:
         for thread in self.threads:
             thread.start()
 
-    def submit(self, work: Callable[[], Outcome]) -> None:
-        self._queue.put(work)
+    def submit_many(self, runs: list[Callable[[], Outcome]]) -> None:
+        """Queue tasks, split over at most one queue item per thread.
+
+        A thread runs its share back to back, so a burst of tiny tasks costs
+        one wake-up per thread rather than one per task.
+        """
+        chunks = min(len(runs), len(self.threads))
+        for i in range(chunks):
+            self._queue.put(runs[i::chunks])
 
     def _work(self) -> None:
         while True:
-            work = self._queue.get()
-            if work is None:
+            runs = self._queue.get()
+            if runs is None:
                 return
-            outcome = work()
+            outcomes = [run() for run in runs]
             with self._lock:
-                self._done.append(outcome)
+                self._done.extend(outcomes)
                 wake = not self._wake_pending
                 self._wake_pending = True
             if wake:

@@ -18,6 +18,7 @@ import logging
 import os
 import socket
 import time
+from collections.abc import Callable
 from typing import Any
 
 from ..comm import BatchedSend, CommClosedError, ConnectionPool, RPCServer, connect
@@ -280,16 +281,21 @@ class Worker:
     # ------------------------------------------------------------ instructions
 
     def _handle(self, *events: Any) -> None:
+        runs: list[Callable[[], Outcome]] = []
         for inst in self.state.handle(*events):
             kind = type(inst)
             if kind is Send:
                 self._send(inst.msg)
             elif kind is Execute:
-                self._execute(inst.key)
+                run = self._prepare(inst.key)
+                if run is not None:
+                    runs.append(run)
             elif kind is Gather:
                 self._spawn(self._gather(inst))
             elif kind is Forget:
                 self.data.discard(inst.key)
+        if runs:
+            self.executor.submit_many(runs)
 
     def _send(self, msg: dict[str, Any]) -> None:
         if self.stream is not None:
@@ -298,7 +304,8 @@ class Worker:
             except CommClosedError:
                 pass
 
-    def _execute(self, key: str) -> None:
+    def _prepare(self, key: str) -> Callable[[], Outcome] | None:
+        """What an executor thread will call to run task ``key``."""
         ts = self.state.tasks[key]
         func = self.functions.get(ts.func)  # type: ignore[arg-type]
         inputs = {dep.key: self.data[dep.key] for dep in ts.dependencies}
@@ -312,8 +319,8 @@ class Worker:
                     "the worker never received this task's function",
                 )
             )
-            return
-        self.executor.submit(lambda: run_task(key, func, args, inputs, sizeof))
+            return None
+        return lambda: run_task(key, func, args, inputs, sizeof)
 
     def _executed(self, outcomes: list[Outcome]) -> None:
         events: list[Any] = []
