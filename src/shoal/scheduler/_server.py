@@ -118,8 +118,11 @@ class Scheduler:
         if self.status == "closed":
             return
         self.status = "closed"
-        for address in list(self.worker_streams):
-            self.worker_streams[address].send({"op": "close"})
+        for stream in list(self.worker_streams.values()):
+            try:
+                stream.send({"op": "close"})
+            except CommClosedError:
+                pass
         await asyncio.gather(*(s.close(1.0) for s in self.worker_streams.values()),
                              return_exceptions=True)
         for stream in self.client_streams.values():
