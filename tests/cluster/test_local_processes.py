@@ -181,3 +181,27 @@ def test_worker_without_scheduler_gives_up_clearly():
                          capture_output=True, text=True, timeout=60)
     assert out.returncode != 0
     assert "could not reach the scheduler" in out.stderr
+
+
+def test_shoal_local_serves_until_terminated():
+    proc = subprocess.Popen([sys.executable, "-m", "shoal.cli", "local", "--workers", "1",
+                             "--threads", "1"], stdout=subprocess.PIPE, text=True)
+    try:
+        line = proc.stdout.readline()
+        assert line.startswith("shoal local cluster: scheduler at tcp://"), line
+        address = line.split()[-1]
+        with Client(address) as client:
+            assert client.submit(add, 1, 2).result(timeout=30) == 3
+        proc.terminate()
+        assert proc.wait(30) == 0
+    finally:
+        proc.kill()
+        proc.wait()
+
+
+def test_demo_command_prints_its_report():
+    out = subprocess.run([sys.executable, "-m", "shoal.cli", "demo", "--units", "120"],
+                         capture_output=True, text=True, timeout=180)
+    assert out.returncode == 0, out.stderr
+    assert "quality assurance of 120 units" in out.stdout
+    assert "tasks in" in out.stdout and "flagged units" in out.stdout

@@ -60,3 +60,19 @@ def test_metrics_and_health_endpoints(harness: Harness, make_cluster) -> None:
         assert "shoal_operator_errors_total" in body
     finally:
         thread.stop()
+
+
+def test_without_credentials_it_exits_with_a_clear_message(tmp_path) -> None:
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    src = Path(__file__).resolve().parents[2] / "src"
+    code = ("import sys; from shoal.operator.cli import main; "
+            "sys.exit(main(['-n', 'x', '--metrics-port', '0', '--health-port', '0']))")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                            check=False, timeout=60,
+                            env={"PYTHONPATH": str(src), "HOME": str(tmp_path),
+                                 "KUBECONFIG": str(tmp_path / "missing"), "PATH": "/usr/bin:/bin"})
+    assert result.returncode == 1
+    assert "shoal operator: no usable Kubernetes credentials" in result.stderr

@@ -27,6 +27,8 @@ from ._process import ChildProcess
 logger = logging.getLogger(__name__)
 
 STARTUP_TIMEOUT = 60.0
+#: What the cluster's processes log to this terminal (SHOAL_LOG_LEVEL overrides).
+CHILD_LOG_LEVEL = os.environ.get("SHOAL_LOG_LEVEL", "WARNING")
 _live: weakref.WeakSet[LocalCluster] = weakref.WeakSet()
 
 
@@ -111,7 +113,7 @@ class LocalCluster:
         self.status = "running"
 
     def _start_scheduler_process(self) -> None:
-        args = ["scheduler", "--host", "127.0.0.1", "--port", "0",
+        args = ["--log-level", CHILD_LOG_LEVEL, "scheduler", "--host", "127.0.0.1", "--port", "0",
                 "--worker-ttl", str(self.worker_ttl)]
         args += ["--http-port", str(-1 if self.dashboard_port is None else self.dashboard_port)]
         proc = ChildProcess(args)
@@ -153,7 +155,8 @@ class LocalCluster:
                 ).start()
 
     def _worker_args(self, name: str) -> list[str]:
-        args = ["worker", self.scheduler_address, "--name", name, "--host", "127.0.0.1",
+        args = ["--log-level", CHILD_LOG_LEVEL, "worker", self.scheduler_address, "--name", name,
+                "--host", "127.0.0.1",
                 "--nthreads", str(self.threads_per_worker),
                 "--memory-limit", str(self.memory_limit if self.memory_limit is not None
                                       else 0)]

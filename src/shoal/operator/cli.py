@@ -100,12 +100,17 @@ def main(argv: list[str]) -> int:
     if not args.all_namespaces and not args.namespace:
         build_parser().error("give --namespace NS (repeatable) or --all-namespaces")
     try:
-        import kopf  # noqa: F401
+        import kopf
     except ImportError:
         print("shoal operator needs the kubernetes extra: pip install 'shoal[kubernetes]'",
               file=sys.stderr)
         return 2
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    asyncio.run(run_operator(args))
+    try:
+        asyncio.run(run_operator(args))
+    except kopf.LoginError as exc:
+        print(f"shoal operator: no usable Kubernetes credentials (in-cluster service account "
+              f"or kubeconfig): {exc}", file=sys.stderr)
+        return 1
     return 0

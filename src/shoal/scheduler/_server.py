@@ -172,6 +172,7 @@ class Scheduler:
         reason = "connection lost"
         try:
             await self._read_worker(comm, address)
+            reason = "closed"
         except CommClosedError:
             pass
         except Exception as exc:  # a bug or malformed stream: drop this worker only
@@ -189,6 +190,10 @@ class Scheduler:
             ws.last_seen = time.time()
             events: list[Event] = []
             for msg in batch if isinstance(batch, list) else [batch]:
+                if msg.get("op") == "goodbye":
+                    if events:
+                        self.handle(*events)
+                    return
                 ev = self._worker_event(address, msg)
                 if ev is not None:
                     events.append(ev)
@@ -233,7 +238,8 @@ class Scheduler:
         self.worker_info.pop(address, None)
         self.pool.remove(address)
         if address in self.state.workers:
-            logger.warning("removing worker %s: %s", address, reason)
+            log = logger.info if reason in ("closed", "retired") else logger.warning
+            log("removing worker %s: %s", address, reason)
             self.handle(RemoveWorker(self.stimulus("remove-worker"), address, reason))
 
     async def _check_heartbeats(self) -> None:

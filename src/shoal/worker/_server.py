@@ -218,6 +218,7 @@ class Worker:
         if self._http is not None:
             self._http.stop()
         if self.stream is not None:
+            self._send({"op": "goodbye"})
             await self.stream.close(timeout)
         self.executor.shutdown()
         self.pool.close()
