@@ -12,6 +12,7 @@ import time
 from typing import Any
 
 from .cluster._process import announce
+from .worker._memory import MemoryThresholds
 
 logger = logging.getLogger("shoal")
 
@@ -25,6 +26,15 @@ def _resources(items: list[str]) -> dict[str, float]:
                 raise argparse.ArgumentTypeError(f"resource {part!r} is not NAME=AMOUNT")
             out[name] = float(amount)
     return out
+
+
+def _fraction(text: str) -> float | bool:
+    if text.lower() in ("false", "off", "no"):
+        return False
+    try:
+        return float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a fraction or false") from None
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -48,7 +58,15 @@ def _parser() -> argparse.ArgumentParser:
     w.add_argument("--host", default=None)
     w.add_argument("--port", type=int, default=0)
     w.add_argument("--nthreads", type=int, default=os.cpu_count() or 1)
-    w.add_argument("--memory-limit", default="auto")
+    w.add_argument("--memory-limit", default="auto",
+                   help="bytes (4GiB), a fraction of the machine (0.5), auto, or none")
+    defaults = MemoryThresholds()
+    for name, what in (("target", "managed results above it spill to disk"),
+                       ("spill", "process memory above it spills results"),
+                       ("pause", "process memory above it pauses new tasks"),
+                       ("terminate", "the nanny restarts the worker above it")):
+        w.add_argument(f"--memory-{name}", type=_fraction, default=getattr(defaults, name),
+                       help=f"fraction of the memory limit (or false): {what}")
     w.add_argument("--resources", action="append", default=[], help="e.g. GPU=2")
     w.add_argument("--http-port", type=int, default=None)
     w.add_argument("--death-timeout", type=float, default=60.0)
@@ -127,6 +145,12 @@ def _worker(args: argparse.Namespace) -> int:
         print("shoal worker: give the scheduler address (or set SHOAL_SCHEDULER_ADDRESS)",
               file=sys.stderr)
         return 2
+    try:
+        MemoryThresholds(args.memory_target, args.memory_spill, args.memory_pause,
+                         args.memory_terminate)
+    except ValueError as exc:
+        print(f"shoal worker: {exc}", file=sys.stderr)
+        return 2
     if args.nanny:
         from .worker._nanny import run_nanny
 
@@ -142,6 +166,8 @@ def _worker(args: argparse.Namespace) -> int:
             host=args.host or _default_host(args.address), port=args.port,
             memory_limit=args.memory_limit, resources=_resources(args.resources),
             death_timeout=args.death_timeout, http_port=args.http_port,
+            memory_thresholds=MemoryThresholds(args.memory_target, args.memory_spill,
+                                               args.memory_pause, args.memory_terminate),
         ).start()
         if args.announce:
             announce(address=worker.address, name=worker.name, pid=os.getpid())
@@ -156,7 +182,8 @@ def _worker(args: argparse.Namespace) -> int:
 
 def _worker_argv(args: argparse.Namespace) -> list[str]:
     """The command line of the worker process a nanny supervises."""
-    argv = ["worker", args.address, "--no-nanny", "--nthreads", str(args.nthreads),
+    argv = ["--log-level", args.log_level, "worker", args.address, "--no-nanny",
+            "--nthreads", str(args.nthreads),
             "--memory-limit", str(args.memory_limit), "--port", str(args.port),
             "--death-timeout", str(args.death_timeout)]
     for flag, value in (("--name", args.name), ("--host", args.host),
@@ -165,6 +192,8 @@ def _worker_argv(args: argparse.Namespace) -> list[str]:
             argv += [flag, str(value)]
     for item in args.resources:
         argv += ["--resources", item]
+    for name in ("target", "spill", "pause", "terminate"):
+        argv += [f"--memory-{name}", str(getattr(args, f"memory_{name}")).lower()]
     if args.announce:
         argv.append("--announce")
     return argv

@@ -205,3 +205,10 @@ def test_demo_command_prints_its_report():
     assert out.returncode == 0, out.stderr
     assert "quality assurance of 120 units" in out.stdout
     assert "tasks in" in out.stdout and "flagged units" in out.stdout
+
+
+def test_worker_refuses_thresholds_out_of_order():
+    out = subprocess.run([sys.executable, "-m", "shoal.cli", "worker", "tcp://127.0.0.1:9",
+                          "--memory-pause", "0.5", "--memory-spill", "0.9"],
+                         capture_output=True, text=True, timeout=60)
+    assert out.returncode == 2 and "out of order" in out.stderr

@@ -158,6 +158,7 @@ def test_unknown_paths_and_methods_get_json_errors(cluster) -> None:
     assert_error(http(base + "/static/missing.js"), 404, "missing.js")
     assert_error(http(base + "/static/../_http.py"), 403, "")
     assert_error(http(base + "/health", "POST", b"{}"), 405)
+    assert_error(http(base + "/metrics", "POST", b"{}"), 405)
     assert_error(http(base + "/api/v1/workers", "DELETE"), 405)
     assert_error(http(base + "/api/v1/retire_workers"), 405)
     assert http(base + "/health").status == 200  # and it keeps serving

@@ -73,3 +73,27 @@ def test_event_loop_lag_shows_a_blocked_loop() -> None:
             await scheduler.close()
 
     assert asyncio.run(main()) >= 0.3
+
+
+def test_dashboard_stream_since_and_limit() -> None:
+    stream = [entry(i) for i in range(3000)]
+    assert [e["start"] for e in recent_stream(stream, since=2997.0)] == [2997.0, 2998.0, 2999.0]
+    newest = recent_stream(stream, since=0.0)
+    assert len(newest) == MAX_STREAM_ENTRIES and newest[-1]["start"] == 2999.0
+    assert newest[0]["prefix"] == "inc"
+    assert recent_stream(stream, since=1e12) == []
+
+
+def test_busy_fraction_is_thread_time_in_tasks() -> None:
+    scheduler = Scheduler()
+    now = 1000.0
+    two_threads = WorkerState("tcp://w:1", "w", 2, 0)
+    idle = WorkerState("tcp://i:1", "i", 1, 0)
+    scheduler.state.workers.update({"tcp://w:1": two_threads, "tcp://i:1": idle})
+    # one thread busy for the whole window, the other for half of it
+    scheduler.task_stream.extend([
+        {"key": "a-1", "worker": "tcp://w:1", "start": now - 10, "stop": now},
+        {"key": "b-1", "worker": "tcp://w:1", "start": now - BUSY_WINDOW / 2, "stop": now},
+    ])
+    busy = busy_fractions(scheduler, now)
+    assert busy == {"tcp://w:1": 0.75, "tcp://i:1": 0.0}

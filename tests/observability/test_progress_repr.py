@@ -75,6 +75,17 @@ def test_nested_collections_and_duplicates(cluster) -> None:
     assert tracker.total == 2
 
 
+def test_futures_of_a_closed_client_count_as_done(cluster) -> None:
+    local, _ = cluster
+    with Client(local.scheduler_address) as client:
+        finished = client.submit(operator.add, 1, 1, pure=False)
+        finished.result()
+        pending = client.submit(time.sleep, 1.5, pure=False)
+    out = io.StringIO()
+    progress([finished, pending], stream=out, timeout=5)
+    assert "100% Completed" in frames(out.getvalue())[-1]
+
+
 def test_no_futures_is_complete_at_once() -> None:
     out = io.StringIO()
     progress([], stream=out)

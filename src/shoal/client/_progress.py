@@ -57,9 +57,11 @@ class Tracker:
         self.changed = threading.Event()
         self._lock = threading.Lock()
         for future in futures:
-            future.add_done_callback(self._on_done)
-        if not futures:
-            self.changed.set()
+            if future.done():  # counted here: a closed client runs no callbacks
+                self._on_done(future)
+            else:
+                future.add_done_callback(self._on_done)
+        self.changed.set()
 
     def _on_done(self, future: Future) -> None:
         with self._lock:

@@ -402,7 +402,7 @@ def run_nanny(shoal_argv: Sequence[str], args: argparse.Namespace | None = None)
     nanny = Nanny(
         worker_command(shoal_argv),
         memory_limit=memory_limit,
-        terminate_fraction=MemoryThresholds().terminate,
+        terminate_fraction=getattr(args, "memory_terminate", MemoryThresholds().terminate),
         env=env,
     )
     logger.info("nanny %d supervises: shoal %s", os.getpid(), " ".join(shoal_argv))

@@ -25,7 +25,13 @@ from ..comm import BatchedSend, CommClosedError, ConnectionPool, RPCServer, conn
 from ..comm._core import Comm
 from ..protocol import SerializationError, Serialized, ToPickle, deserialize, serialize
 from ._execute import Executor, Outcome, run_task
-from ._memory import memory_limit_for, process_memory
+from ._memory import (
+    MemoryThresholds,
+    memory_limit_for,
+    memory_state,
+    process_memory,
+    spill_until_below,
+)
 from ._sizeof import sizeof
 from ._state import (
     AcquireReplicas,
@@ -49,7 +55,6 @@ logger = logging.getLogger(__name__)
 HEARTBEAT_INTERVAL = 0.5
 DEFAULT_DEATH_TIMEOUT = 60.0
 INLINE_RESULT_BYTES = 16 * 1024
-MEMORY_TARGET = 0.6  # managed memory above this fraction of the limit spills to disk
 
 
 _current_worker: list[Worker] = []
@@ -76,6 +81,7 @@ class Worker:
         memory_limit: str | int | float | None = "auto",
         resources: dict[str, float] | None = None,
         death_timeout: float = DEFAULT_DEATH_TIMEOUT,
+        memory_thresholds: MemoryThresholds | None = None,
         spill_directory: str | None = None,
         listen_address: str | None = None,
         http_port: int | None = None,
@@ -91,6 +97,7 @@ class Worker:
         self.resources = dict(resources or {})
         self.death_timeout = death_timeout
         self.spill_directory = spill_directory
+        self.thresholds = memory_thresholds or MemoryThresholds()
         self.address = ""
         self.rpc = RPCServer(
             {
@@ -109,6 +116,7 @@ class Worker:
         self.stream: BatchedSend | None = None
         self.status = "init"
         self.bytes_served = 0
+        self.memory_state = "ok"
         self.bytes_fetched = 0
         self._tasks: set[asyncio.Task] = set()
         self._stopped = asyncio.Event()
@@ -119,7 +127,7 @@ class Worker:
         self.address = await self.rpc.listen(self.listen_address)
         if self.name is None:
             self.name = self.address
-        target = int(self.memory_limit * MEMORY_TARGET) if self.memory_limit else None
+        target = self.thresholds.bytes_for("target", self.memory_limit)
         self.data = DataStore(target, self.spill_directory)
         self.state = WorkerState(self.address, self.nthreads, self.resources)
         self.executor = Executor(self.nthreads, self._executed, name=str(self.name))
@@ -436,18 +444,22 @@ class Worker:
                         "bytes_served": self.bytes_served,
                         "bytes_fetched": self.bytes_fetched,
                         "paused": self.state.paused,
+                        "memory_state": self.memory_state,
                     },
                 }
             )
             self._check_memory(rss)
 
     def _check_memory(self, rss: int) -> None:
+        """Spill above the spill fraction; pause above the pause fraction."""
         limit = self.memory_limit
         if not limit:
             return
-        while rss > 0.7 * limit and self.data.evict() > 0:
+        if spill_until_below(self.data.evict, process_memory, limit, self.thresholds):
             rss = process_memory()
-        paused = rss > 0.8 * limit
+        self.memory_state = memory_state(rss, self.data.memory_bytes, limit, self.thresholds)
+        pause_at = self.thresholds.bytes_for("pause", limit)
+        paused = pause_at is not None and rss > pause_at
         if paused != self.state.paused:
             logger.warning(
                 "worker %s %s (process memory %d of %d)",
