@@ -1,4 +1,4 @@
-"""The pieces behind the metrics that need no cluster: stream tail, totals, loop lag."""
+"""The pieces behind metrics and dashboard that need no cluster."""
 
 from __future__ import annotations
 
@@ -6,6 +6,12 @@ import asyncio
 import time
 
 from shoal.scheduler import Scheduler
+from shoal.scheduler._dashboard import (
+    BUSY_WINDOW,
+    MAX_STREAM_ENTRIES,
+    busy_fractions,
+    recent_stream,
+)
 from shoal.scheduler._metrics import PeerTransferTotal, TaskStreamTail, heartbeat_figure
 from shoal.scheduler._model import WorkerState
 
