@@ -40,7 +40,7 @@ def no_stray_processes() -> Iterator[None]:
     before = {p.pid for p in me.children(recursive=True)}
     yield
     leftover = [p for p in me.children(recursive=True) if p.pid not in before]
-    gone, alive = psutil.wait_procs(leftover, timeout=10)
+    _gone, alive = psutil.wait_procs(leftover, timeout=10)
     for p in alive:
         p.kill()
     assert not alive, f"processes left behind: {[p.cmdline() for p in alive]}"

@@ -10,7 +10,6 @@ import textwrap
 import time
 
 import psutil
-import pytest
 
 from shoal import Client, LocalCluster
 
@@ -49,7 +48,7 @@ def test_function_defined_in_a_script_runs_on_workers(proc_cluster, tmp_path):
         with Client({proc_cluster.scheduler_address!r}) as c:
             print(sum(c.gather(c.map(square, range(10)))))
     """))
-    out = subprocess.run([sys.executable, str(script)], capture_output=True, text=True,
+    out = subprocess.run([sys.executable, str(script)], check=False, capture_output=True, text=True,
                          timeout=60)
     assert out.stdout.strip() == "285", out.stderr
 
@@ -110,7 +109,7 @@ def test_close_leaves_no_processes():
     children = [p for p in me.children(recursive=True) if p.pid not in before]
     assert len(children) == 5  # scheduler + 2 nannies + 2 workers
     cluster.close()
-    gone, alive = psutil.wait_procs(children, timeout=15)
+    _gone, alive = psutil.wait_procs(children, timeout=15)
     assert not alive
 
 
@@ -123,7 +122,7 @@ def test_forgotten_cluster_is_cleaned_up_at_exit(tmp_path):
         print(" ".join(str(p.pid) for p in psutil.Process().children(recursive=True)), flush=True)
         # exits without closing
     """))
-    out = subprocess.run([sys.executable, str(script)], capture_output=True, text=True,
+    out = subprocess.run([sys.executable, str(script)], check=False, capture_output=True, text=True,
                          timeout=120)
     pids = [int(p) for p in out.stdout.split()]
     assert len(pids) >= 3, out.stderr
@@ -178,7 +177,7 @@ def test_cli_scheduler_and_worker(tmp_path):
 def test_worker_without_scheduler_gives_up_clearly():
     out = subprocess.run([sys.executable, "-m", "shoal.cli", "worker", "tcp://127.0.0.1:9",
                           "--no-nanny", "--death-timeout", "1"],
-                         capture_output=True, text=True, timeout=60)
+                         check=False, capture_output=True, text=True, timeout=60)
     assert out.returncode != 0
     assert "could not reach the scheduler" in out.stderr
 
@@ -201,7 +200,7 @@ def test_shoal_local_serves_until_terminated():
 
 def test_demo_command_prints_its_report():
     out = subprocess.run([sys.executable, "-m", "shoal.cli", "demo", "--units", "120"],
-                         capture_output=True, text=True, timeout=180)
+                         check=False, capture_output=True, text=True, timeout=180)
     assert out.returncode == 0, out.stderr
     assert "quality assurance of 120 units" in out.stdout
     assert "tasks in" in out.stdout and "flagged units" in out.stdout
@@ -210,5 +209,5 @@ def test_demo_command_prints_its_report():
 def test_worker_refuses_thresholds_out_of_order():
     out = subprocess.run([sys.executable, "-m", "shoal.cli", "worker", "tcp://127.0.0.1:9",
                           "--memory-pause", "0.5", "--memory-spill", "0.9"],
-                         capture_output=True, text=True, timeout=60)
+                         check=False, capture_output=True, text=True, timeout=60)
     assert out.returncode == 2 and "out of order" in out.stderr

@@ -85,7 +85,8 @@ def test_retiring_half_the_workers_recomputes_nothing(tmp_path):
         assert len(retired) == 2
         assert sum(client.gather(lengths)) == sum(len(record_and_make(i, os.devnull))
                                                   for i in range(200))
-        executions = open(log).read().split()
+        with open(log) as f:
+            executions = f.read().split()
         assert sorted(map(int, executions)) == list(range(200))  # each exactly once
         info = client.scheduler_info()
         assert len(info["workers"]) == 2 and info["counts"]["recomputed"] == 0
@@ -141,7 +142,7 @@ def test_silent_worker_is_removed_after_its_ttl():
     with LocalCluster(n_workers=2, threads_per_worker=1, dashboard_address=None, nanny=False,
                       worker_ttl=1.0) as cluster, Client(cluster) as client:
         workers = client.run(os.getpid)
-        frozen_address, frozen = sorted(workers.items())[0]
+        frozen_address, frozen = min(workers.items())
         os.kill(frozen, signal.SIGSTOP)
         try:
             wait_until(lambda: frozen_address not in client.scheduler_info()["workers"], 30,

@@ -9,8 +9,7 @@ import struct
 import msgpack
 import pytest
 
-from shoal.comm import CommClosedError, ConnectionPool, RemoteError, RPCServer, connect
-from shoal.comm import BatchedSend
+from shoal.comm import BatchedSend, CommClosedError, ConnectionPool, RemoteError, RPCServer, connect
 from shoal.protocol import PROTOCOL_VERSION, VersionMismatchError, dumps, pack_frames_prelude
 
 

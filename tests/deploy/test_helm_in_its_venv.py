@@ -24,7 +24,7 @@ def test_chart_with_the_real_helm_library():
     out = subprocess.run(
         [str(HELM_PYTHON), "-m", "pytest", "-q", "--noconftest", "-p", "no:cacheprovider",
          str(ROOT / "tests" / "deploy" / "test_helm_chart.py")],
-        capture_output=True, text=True, timeout=600, cwd=ROOT,
+        check=False, capture_output=True, text=True, timeout=600, cwd=ROOT,
     )
     assert out.returncode == 0, out.stdout[-4000:] + out.stderr[-2000:]
     assert " passed" in out.stdout and " skipped" not in out.stdout.splitlines()[-1]

@@ -111,7 +111,7 @@ class Driver:
         w = self._worker(b)
         if in_memory and w is not None:
             key = in_memory[a % len(in_memory)]
-            holder = sorted(ws.address for ws in self.state.tasks[key].who_has)[0]
+            holder = min(ws.address for ws in self.state.tasks[key].who_has)
             self.state.handle(MissingData(S, w, key, holder))
 
     def scatter(self, a: int, b: int) -> None:

@@ -135,7 +135,7 @@ def test_random_events_keep_invariants(events):
         elif op == "free" and keys:
             ws.handle(FreeKeys([keys[i % len(keys)]]))
         elif op.startswith("gather") and ws.in_flight_workers:
-            worker = sorted(ws.in_flight_workers)[0]
+            worker = min(ws.in_flight_workers)
             keys_in_flight = [t.key for t in ws.in_flight_workers[worker]]
             ok = op == "gather_ok"
             ws.handle(GatherDone(worker, {k: 1 for k in keys_in_flight} if ok else {},

@@ -14,11 +14,11 @@ import logging
 import threading
 import uuid
 from collections.abc import Callable, Iterable
-from typing import Any
+from typing import Any, Self
 
 from ..comm import BatchedSend, CommClosedError, ConnectionPool, connect
 from ..comm._core import Comm
-from ..protocol import Serialized, SerializationError, deserialize, serialize
+from ..protocol import SerializationError, Serialized, deserialize, serialize
 from ..protocol._task import KEEP, KeyRef, replace
 from ._future import FINAL, Future, FutureState
 from ._loop import LoopRunner
@@ -153,23 +153,23 @@ class Client:
         if self.asynchronous and self._own_cluster and self.cluster is not None:
             await self.cluster._close()
 
-    def __enter__(self) -> Client:
+    def __enter__(self) -> Self:
         return self
 
-    def __exit__(self, *exc: Any) -> None:
+    def __exit__(self, *exc: object) -> None:
         self.close()
 
-    async def __aenter__(self) -> Client:
+    async def __aenter__(self) -> Self:
         return await self
 
-    async def __aexit__(self, *exc: Any) -> None:
+    async def __aexit__(self, *exc: object) -> None:
         await self._close()
 
     def __del__(self) -> None:
         if self.status == "running" and not self.asynchronous:
             try:
                 self.close(timeout=2)
-            except Exception:  # interpreter shutdown
+            except Exception:  # noqa: BLE001, S110 - at interpreter shutdown anything goes
                 pass
 
     # ------------------------------------------------------------ loop plumbing
@@ -245,7 +245,10 @@ class Client:
         if op == "error":
             logger.error("scheduler: %s", msg.get("message"))
             return
-        keys = msg["keys"] if op == "cancelled-keys" else [msg.get("key")]
+        if op not in ("key-in-memory", "task-erred", "cancelled-keys", "lost-key"):
+            logger.warning("unknown message from the scheduler: %r", op)
+            return
+        keys: list[str] = msg["keys"] if op == "cancelled-keys" else [msg["key"]]
         for key in keys:
             state = self._states.get(key)
             if state is None:

@@ -12,7 +12,7 @@ import concurrent.futures
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from ..protocol import Serialized, deserialize
+from ..protocol import SerializationError, Serialized, deserialize
 
 if TYPE_CHECKING:
     from ._client import Client
@@ -32,8 +32,18 @@ class TaskError(RuntimeError):
 class FutureState:
     """What the client knows about one key; shared by its Futures."""
 
-    __slots__ = ("key", "status", "event", "exception", "traceback", "exception_text",
-                 "workers", "nbytes", "callbacks", "inline")
+    __slots__ = (
+        "callbacks",
+        "event",
+        "exception",
+        "exception_text",
+        "inline",
+        "key",
+        "nbytes",
+        "status",
+        "traceback",
+        "workers",
+    )
 
     def __init__(self, key: str) -> None:
         self.key = key
@@ -79,10 +89,10 @@ class FutureState:
     def make_exception(self) -> BaseException:
         if self.status == "cancelled":
             return CancelledError(f"{self.key!r} was cancelled")
-        exc: BaseException
+        exc: Any = None
         try:
             exc = deserialize(self.exception) if self.exception is not None else None
-        except Exception:  # the exception's class is unknown here
+        except SerializationError:  # e.g. the exception's class is unknown here
             exc = None
         if not isinstance(exc, BaseException):
             exc = TaskError(self.exception_text or f"task {self.key!r} failed")
@@ -96,7 +106,7 @@ class FutureState:
 class Future:
     """A result being computed, or held, by the cluster."""
 
-    __slots__ = ("key", "client", "_state", "__weakref__")
+    __slots__ = ("__weakref__", "_state", "client", "key")
 
     def __init__(self, key: str, client: Client, state: FutureState | None = None) -> None:
         self.key = key
@@ -158,7 +168,7 @@ class Future:
     def __del__(self) -> None:
         try:
             self.client._release_future(self.key)
-        except Exception:  # interpreter shutdown: nothing left to tell
+        except Exception:  # noqa: BLE001, S110 - at interpreter shutdown anything goes
             pass
 
     def __repr__(self) -> str:

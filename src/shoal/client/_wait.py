@@ -41,7 +41,7 @@ async def _wait(futures: list[Future], return_when: str) -> None:
     pending = {asyncio.ensure_future(f._state.event.wait()) for f in futures if not f.done()}
     try:
         while pending:
-            finished, pending = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
+            _finished, pending = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
             if return_when == FIRST_COMPLETED:
                 return
             if return_when == FIRST_EXCEPTION and any(
@@ -53,7 +53,7 @@ async def _wait(futures: list[Future], return_when: str) -> None:
             task.cancel()
 
 
-class as_completed:  # noqa: N801 - the dask.distributed name
+class as_completed:
     """Iterate over futures in the order they finish (sync or ``async for``).
 
     ``with_results=True`` yields ``(future, result)`` pairs; more futures can
@@ -127,5 +127,11 @@ class as_completed:  # noqa: N801 - the dask.distributed name
         return future, await future.result()
 
 
-__all__ = ["ALL_COMPLETED", "FIRST_COMPLETED", "FIRST_EXCEPTION", "as_completed", "wait",
-           "FINAL"]
+__all__ = [
+    "ALL_COMPLETED",
+    "FINAL",
+    "FIRST_COMPLETED",
+    "FIRST_EXCEPTION",
+    "as_completed",
+    "wait",
+]

@@ -17,7 +17,7 @@ import logging
 import math
 import os
 import weakref
-from typing import Any
+from typing import Any, Self
 
 from ..client._loop import LoopRunner
 from ..comm import ConnectionPool
@@ -53,7 +53,7 @@ class LocalCluster:
         threads_per_worker: int | None = None,
         processes: bool = True,
         *,
-        memory_limit: str | int | float | None = "auto",
+        memory_limit: str | float | None = "auto",
         nanny: bool = True,
         dashboard_address: int | None = 0,
         worker_ttl: float = 10.0,
@@ -240,8 +240,8 @@ class LocalCluster:
             return self._close()
         if self.status == "closed":
             return None
+        assert self._runner is not None
         try:
-            assert self._runner is not None
             self._runner.run(self._close, timeout=30)
         except (TimeoutError, RuntimeError):
             pass
@@ -280,23 +280,23 @@ class LocalCluster:
             self.workers.clear()
         self.status = "closed"
 
-    def __enter__(self) -> LocalCluster:
+    def __enter__(self) -> Self:
         return self
 
-    def __exit__(self, *exc: Any) -> None:
+    def __exit__(self, *exc: object) -> None:
         self.close()
 
-    async def __aenter__(self) -> LocalCluster:
+    async def __aenter__(self) -> Self:
         return await self
 
-    async def __aexit__(self, *exc: Any) -> None:
+    async def __aexit__(self, *exc: object) -> None:
         await self._close()
 
     def __del__(self) -> None:
         if self.status not in ("closed", "created"):
             try:
                 self._stop_everything()
-            except Exception:  # interpreter shutdown
+            except Exception:  # noqa: BLE001, S110 - at interpreter shutdown anything goes
                 pass
 
     def _repr_html_(self) -> str:
@@ -314,5 +314,5 @@ def _close_all_at_exit() -> None:
     for cluster in list(_live):
         try:
             cluster._stop_everything()
-        except Exception:  # best effort at exit
+        except Exception:  # noqa: BLE001, S110 - best effort at exit
             pass

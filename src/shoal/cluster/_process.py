@@ -42,7 +42,8 @@ class ChildProcess:
         self.args = [sys.executable, "-m", "shoal.cli", *args, "--announce"]
         self.proc = subprocess.Popen(
             self.args, stdout=subprocess.PIPE, stdin=subprocess.DEVNULL,
-            env={**os.environ, **(env or {})}, preexec_fn=die_with_parent,
+            env={**os.environ, **(env or {})},
+            preexec_fn=die_with_parent,  # noqa: PLW1509 - only a prctl call, async-signal-safe
         )
         self.announcements: list[dict[str, Any]] = []
         self._first = threading.Event()

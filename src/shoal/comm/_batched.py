@@ -62,7 +62,7 @@ class BatchedSend:
         self._wake.set()
         try:
             await asyncio.wait_for(asyncio.shield(self._task), timeout)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             pass
         await self.comm.close()
 

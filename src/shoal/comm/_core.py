@@ -23,8 +23,8 @@ __all__ = [
     "Listener",
     "connect",
     "listen",
-    "register_transport",
     "parse_address",
+    "register_transport",
 ]
 
 DEFAULT_CONNECT_TIMEOUT = 10.0
@@ -116,7 +116,7 @@ async def exchange_handshake(comm: Comm, timeout: float) -> dict[str, Any]:
     await comm.write(handshake_message())
     try:
         theirs = await asyncio.wait_for(comm.read(), timeout)
-    except asyncio.TimeoutError:
+    except TimeoutError:
         comm.abort()
         raise CommClosedError(f"no handshake from {comm.peer_address} in {timeout}s") from None
     if not isinstance(theirs, dict) or theirs.get("op") != "handshake":
@@ -138,7 +138,7 @@ async def connect(address: str, timeout: float = DEFAULT_CONNECT_TIMEOUT) -> Com
     connector, _ = _transport(address)
     try:
         comm = await asyncio.wait_for(connector(address, timeout), timeout)
-    except asyncio.TimeoutError:
+    except TimeoutError:
         raise CommClosedError(f"timed out after {timeout}s connecting to {address}") from None
     await exchange_handshake(comm, timeout)
     return comm

@@ -171,4 +171,4 @@ class ConnectionPool:
         self._idle.clear()
 
 
-__all__ = ["RPCServer", "ConnectionPool", "RemoteError", "raise_for_error", "ToPickle"]
+__all__ = ["ConnectionPool", "RPCServer", "RemoteError", "ToPickle", "raise_for_error"]

@@ -19,7 +19,12 @@ from collections import deque
 from typing import Any
 
 from ..protocol import FramingError, MessageError, dumps, loads, pack_frames_prelude
-from ..protocol._framing import MAX_MESSAGE_BYTES, TOTAL_HEADER_BYTES, unpack_frame_lengths, unpack_total
+from ..protocol._framing import (
+    MAX_MESSAGE_BYTES,
+    TOTAL_HEADER_BYTES,
+    unpack_frame_lengths,
+    unpack_total,
+)
 from ._core import (
     DEFAULT_CONNECT_TIMEOUT,
     Comm,
@@ -243,7 +248,7 @@ async def tcp_connect(address: str, timeout: float = DEFAULT_CONNECT_TIMEOUT) ->
         _, protocol = await asyncio.wait_for(
             loop.create_connection(_Protocol, host, port), timeout
         )
-    except asyncio.TimeoutError:
+    except TimeoutError:
         raise CommClosedError(f"timed out after {timeout}s connecting to {address}") from None
     except OSError as exc:
         raise CommClosedError(f"cannot connect to {address}: {exc}") from exc

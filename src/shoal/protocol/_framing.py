@@ -16,7 +16,7 @@ from __future__ import annotations
 import struct
 from collections.abc import Sequence
 
-__all__ = ["pack_frames_prelude", "unpack_frame_lengths", "FramingError", "MAX_MESSAGE_BYTES"]
+__all__ = ["MAX_MESSAGE_BYTES", "FramingError", "pack_frames_prelude", "unpack_frame_lengths"]
 
 #: Largest message a peer may send; anything larger closes the connection.
 MAX_MESSAGE_BYTES = 4 * 1024**3
@@ -38,7 +38,7 @@ def pack_frames_prelude(frames: Sequence[bytes | memoryview]) -> bytes:
     return _TOTAL.pack(len(body) + sum(lengths)) + body
 
 
-def unpack_total(header: bytes, limit: int = MAX_MESSAGE_BYTES) -> int:
+def unpack_total(header: bytes | memoryview, limit: int = MAX_MESSAGE_BYTES) -> int:
     (total,) = _TOTAL.unpack(header)
     if total > limit:
         raise FramingError(f"message of {total} bytes exceeds the limit of {limit} bytes")

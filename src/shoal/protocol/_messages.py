@@ -11,13 +11,14 @@ therefore never pay to unpickle user data.
 from __future__ import annotations
 
 import struct
+from collections.abc import Sequence
 from typing import Any
 
 import msgpack
 
 from ._serialize import Serialized, serialize
 
-__all__ = ["dumps", "loads", "ToPickle", "MessageError"]
+__all__ = ["MessageError", "ToPickle", "dumps", "loads"]
 
 _EXT_SERIALIZED = 1
 _EXT_REF = struct.Struct("<II")
@@ -55,7 +56,7 @@ def dumps(msg: Any) -> list[bytes | memoryview]:
     return frames
 
 
-def loads(frames: list[bytes | memoryview]) -> Any:
+def loads(frames: Sequence[bytes | memoryview]) -> Any:
     """Decode frames made by :func:`dumps`."""
     if not frames:
         raise MessageError("a message needs at least one frame")

@@ -15,7 +15,7 @@ from typing import Any
 
 import cloudpickle
 
-__all__ = ["Serialized", "serialize", "deserialize", "SerializationError", "pickle_fast"]
+__all__ = ["SerializationError", "Serialized", "deserialize", "pickle_fast", "serialize"]
 
 #: Buffers smaller than this are left inside the pickle stream: a frame of
 #: its own costs more than copying a few kilobytes.
@@ -70,7 +70,7 @@ def pickle_fast(obj: Any) -> bytes:
         stream = pickle.dumps(obj, protocol=5)
         if not _by_reference_to_main(stream):
             return stream
-    except Exception:
+    except Exception:  # noqa: BLE001, S110 - any pickling failure: try cloudpickle
         pass
     try:
         return cloudpickle.dumps(obj, protocol=5)
@@ -84,7 +84,7 @@ def serialize(obj: Any) -> Serialized:
         stream = pickle.dumps(obj, protocol=5)
         if len(stream) < OUT_OF_BAND_MIN_BYTES and not _by_reference_to_main(stream):
             return Serialized([stream])
-    except Exception:
+    except Exception:  # noqa: BLE001, S110 - any pickling failure: try cloudpickle
         pass
     buffers: list[pickle.PickleBuffer] = []
 
@@ -98,11 +98,11 @@ def serialize(obj: Any) -> Serialized:
         stream = pickle.dumps(obj, protocol=5, buffer_callback=keep_large)
         if _by_reference_to_main(stream):
             raise pickle.PicklingError("refers to __main__")
-    except Exception:
+    except Exception:  # noqa: BLE001 - any pickling failure: cloudpickle may manage
         buffers.clear()
         try:
             stream = cloudpickle.dumps(obj, protocol=5, buffer_callback=keep_large)
-        except Exception as exc:
+        except Exception as exc:  # user code's __reduce__ may raise anything
             raise SerializationError(f"cannot pickle {_describe(obj)}: {exc}") from exc
     return Serialized([stream, *(buf.raw() for buf in buffers)])
 

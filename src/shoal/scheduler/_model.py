@@ -19,11 +19,31 @@ def key_prefix(key: str) -> str:
 
 class TaskState:
     __slots__ = (
-        "key", "prefix", "func", "run_args", "priority", "state",
-        "dependencies", "dependents", "waiting_on", "waiters", "who_has", "who_wants",
-        "nbytes", "processing_on", "retries", "suspicious", "worker_restrictions",
-        "loose_restrictions", "resource_restrictions", "exception", "traceback",
-        "exception_text", "erred_on_behalf_of", "ever_finished", "__weakref__",
+        "__weakref__",
+        "dependencies",
+        "dependents",
+        "erred_on_behalf_of",
+        "ever_finished",
+        "exception",
+        "exception_text",
+        "func",
+        "key",
+        "loose_restrictions",
+        "nbytes",
+        "prefix",
+        "priority",
+        "processing_on",
+        "resource_restrictions",
+        "retries",
+        "run_args",
+        "state",
+        "suspicious",
+        "traceback",
+        "waiters",
+        "waiting_on",
+        "who_has",
+        "who_wants",
+        "worker_restrictions",
     )
 
     def __init__(
@@ -77,9 +97,22 @@ class TaskState:
 
 class WorkerState:
     __slots__ = (
-        "address", "name", "nthreads", "memory_limit", "resources", "processing",
-        "has_what", "nbytes", "occupancy", "status", "last_seen", "http_address",
-        "functions_sent", "avg_duration", "metrics", "__weakref__",
+        "__weakref__",
+        "address",
+        "avg_duration",
+        "functions_sent",
+        "has_what",
+        "http_address",
+        "last_seen",
+        "memory_limit",
+        "metrics",
+        "name",
+        "nbytes",
+        "nthreads",
+        "occupancy",
+        "processing",
+        "resources",
+        "status",
     )
 
     def __init__(

@@ -71,9 +71,10 @@ class Placement:
     def valid(self, ts: TaskState, ws: WorkerState) -> bool:
         if ws.status != "running":
             return False
-        if ts.worker_restrictions is not None and not ts.loose_restrictions:
-            if ws.address not in ts.worker_restrictions and ws.name not in ts.worker_restrictions:
-                return False
+        restricted = ts.worker_restrictions
+        if (restricted is not None and not ts.loose_restrictions
+                and ws.address not in restricted and ws.name not in restricted):
+            return False
         if ts.resource_restrictions:
             for name, amount in ts.resource_restrictions.items():
                 if ws.resources.get(name, 0) < amount:
@@ -123,7 +124,7 @@ class Placement:
             return None
         return min(candidates, key=self._start_time(ts))
 
-    def _start_time(self, ts: TaskState):  # noqa: ANN202 - returns a sort key
+    def _start_time(self, ts: TaskState):
         deps = ts.dependencies
 
         def start(ws: WorkerState) -> tuple[float, str]:
@@ -174,9 +175,9 @@ class Placement:
         ws.occupancy += duration
         msg: dict = {"op": "compute-task", "key": ts.key, "func": ts.func,
                      "args": ts.run_args, "priority": list(ts.priority)}
-        if ts.func not in ws.functions_sent:
+        if ts.func is not None and ts.func not in ws.functions_sent:
             msg["function"] = self.state.functions[ts.func]
-            ws.functions_sent.add(ts.func)  # type: ignore[arg-type]
+            ws.functions_sent.add(ts.func)
         if ts.dependencies:
             msg["who_has"] = {d.key: [w.address for w in d.who_has] for d in ts.dependencies}
             msg["nbytes"] = {d.key: d.nbytes for d in ts.dependencies}

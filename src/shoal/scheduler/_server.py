@@ -17,9 +17,10 @@ import os
 import time
 from typing import Any
 
-from ..comm import BatchedSend, CommClosedError, ConnectionPool, RPCServer
+from ..comm import BatchedSend, CommClosedError, ConnectionPool, RemoteError, RPCServer
 from ..comm._core import Comm
 from ..protocol import Serialized, ToPickle
+from ._adaptive import adaptive_target
 from ._events import (
     AddClient,
     AddKeys,
@@ -40,9 +41,8 @@ from ._events import (
     UpdateData,
     UpdateGraph,
 )
-from ._adaptive import adaptive_target
 from ._retire import Retirement
-from ._state import SchedulerState
+from ._state import DEFAULT_ALLOWED_FAILURES, SchedulerState
 
 logger = logging.getLogger(__name__)
 
@@ -66,8 +66,9 @@ class Scheduler:
         self.host = host
         self.http_port = http_port
         self.worker_ttl = worker_ttl
-        kwargs = {} if allowed_failures is None else {"allowed_failures": allowed_failures}
-        self.state = SchedulerState(**kwargs)
+        self.state = SchedulerState(
+            DEFAULT_ALLOWED_FAILURES if allowed_failures is None else allowed_failures
+        )
         self.rpc = RPCServer(
             {
                 "who_has": self.who_has,
@@ -329,7 +330,7 @@ class Scheduler:
         async def one(address: str) -> Any:
             try:
                 return await self.pool.request(address, worker_op, **kwargs)
-            except Exception as exc:  # one worker's failure is its entry in the answer
+            except (CommClosedError, OSError, RemoteError) as exc:  # its entry in the answer
                 return {"status": "error", "message": f"{type(exc).__name__}: {exc}"}
 
         answers = await asyncio.gather(*(one(a) for a in targets))

@@ -697,5 +697,10 @@ class LostDataError(RuntimeError):
         self.key = key
 
 
-__all__ = ["SchedulerState", "LEGAL_TRANSITIONS", "KilledWorkerError", "LostDataError",
-           "InvalidTransition"]
+__all__ = [
+    "LEGAL_TRANSITIONS",
+    "InvalidTransition",
+    "KilledWorkerError",
+    "LostDataError",
+    "SchedulerState",
+]

@@ -28,15 +28,15 @@ class Outcome:
     """What came of running one task (built in the pool thread)."""
 
     __slots__ = (
+        "exception",
+        "exception_text",
         "key",
-        "ok",
-        "value",
         "nbytes",
+        "ok",
         "start",
         "stop",
-        "exception",
         "traceback",
-        "exception_text",
+        "value",
     )
 
     def __init__(self, key: str) -> None:
@@ -68,7 +68,7 @@ def run_task(
         outcome.value = func(*call_args, **call_kwargs)
         outcome.ok = True
         outcome.nbytes = sizeof(outcome.value)
-    except BaseException as exc:  # noqa: BLE001 - a task's failure is its result
+    except BaseException as exc:
         if (
             isinstance(exc, (KeyboardInterrupt, SystemExit))
             and threading.current_thread() is threading.main_thread()
@@ -89,7 +89,7 @@ def _describe_failure(outcome: Outcome, exc: BaseException) -> None:
         exc.__traceback__ = None
         outcome.exception = serialize(exc)
         deserialize(outcome.exception)
-    except (SerializationError, Exception):
+    except SerializationError:  # not picklable, or not unpicklable elsewhere
         outcome.exception = serialize(TaskFailed(outcome.exception_text))
 
 

@@ -21,6 +21,8 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+import psutil
+
 from ..comm import BatchedSend, CommClosedError, ConnectionPool, RPCServer, connect
 from ..comm._core import Comm
 from ..protocol import SerializationError, Serialized, ToPickle, deserialize, serialize
@@ -78,7 +80,7 @@ class Worker:
         name: str | None = None,
         host: str = "127.0.0.1",
         port: int = 0,
-        memory_limit: str | int | float | None = "auto",
+        memory_limit: str | float | None = "auto",
         resources: dict[str, float] | None = None,
         death_timeout: float = DEFAULT_DEATH_TIMEOUT,
         memory_thresholds: MemoryThresholds | None = None,
@@ -117,6 +119,7 @@ class Worker:
         self.status = "init"
         self.bytes_served = 0
         self.memory_state = "ok"
+        self._process = psutil.Process()
         self.bytes_fetched = 0
         self._tasks: set[asyncio.Task] = set()
         self._stopped = asyncio.Event()
@@ -179,7 +182,7 @@ class Worker:
         }
 
     async def _read_scheduler(self, comm: Comm) -> None:
-        handlers = {
+        handlers: dict[str, Callable[..., None]] = {
             "compute-task": self._compute_task,
             "free-keys": self._free_keys,
             "acquire-replicas": self._acquire_replicas,
@@ -445,6 +448,7 @@ class Worker:
                         "bytes_fetched": self.bytes_fetched,
                         "paused": self.state.paused,
                         "memory_state": self.memory_state,
+                        "cpu": self._process.cpu_percent(),
                     },
                 }
             )

@@ -136,18 +136,18 @@ class Forget:
 
 class WTask:
     __slots__ = (
-        "key",
-        "state",
-        "func",
         "args",
-        "priority",
         "dependencies",
         "dependents",
-        "who_has",
+        "func",
+        "key",
         "nbytes",
-        "resources",
+        "priority",
         "replica",
         "report",
+        "resources",
+        "state",
+        "who_has",
     )
 
     def __init__(self, key: str) -> None:
@@ -473,7 +473,8 @@ class WorkerState:
                 continue
             if len(busy) >= MAX_CONCURRENT_FETCHES:
                 return
-            chosen, size = [], 0
+            chosen: list[WTask] = []
+            size = 0
             for ts in sorted(tasks, key=lambda t: t.priority):
                 if chosen and size + ts.nbytes > TARGET_FETCH_BYTES:
                     break
