@@ -211,3 +211,26 @@ def test_async_client(inproc_cluster):
             assert sorted(results) == [6, 7]
 
     asyncio.run(main())
+
+
+def test_concurrent_futures_executor(client):
+    with client.get_executor() as executor:
+        futures = [executor.submit(inc, i) for i in range(10)]
+        assert [f.result(timeout=10) for f in futures] == list(range(1, 11))
+        assert list(executor.map(inc, range(5), timeout=10)) == [1, 2, 3, 4, 5]
+        bad = executor.submit(fail, 1)
+        with pytest.raises(ZeroDivisionError):
+            bad.result(timeout=10)
+    with pytest.raises(RuntimeError, match="shut down"):
+        executor.submit(inc, 1)
+
+
+def test_dask_collections_compute_on_the_cluster(client):
+    dask = pytest.importorskip("dask")
+    da = pytest.importorskip("dask.array")
+    x = da.arange(1000, chunks=100)
+    total = (x * 2).sum()
+    assert dask.compute(total, scheduler=client.get)[0] == 2 * sum(range(1000))
+    bag = pytest.importorskip("dask.bag")
+    b = bag.from_sequence(range(20), npartitions=4).map(inc).filter(lambda v: v % 2 == 0)
+    assert sorted(b.compute(scheduler=client.get)) == list(range(2, 21, 2))

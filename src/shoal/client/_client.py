@@ -21,6 +21,7 @@ from ..comm._core import Comm
 from ..protocol import SerializationError, Serialized, deserialize, serialize
 from ..protocol._task import KEEP, KeyRef, replace
 from ._future import FINAL, Future, FutureState
+from ._integrations import ClientExecutor, dask_get
 from ._loop import LoopRunner
 from ._tokenize import FunctionCache, task_key
 
@@ -535,6 +536,14 @@ class Client:
             return answer["retired"]
 
         return self.sync(run)
+
+    def get(self, graph: Any, keys: Any, **kwargs: Any) -> Any:
+        """Run a dask graph: ``dask.compute(x, scheduler=client.get)``."""
+        return dask_get(self, graph, keys, **kwargs)
+
+    def get_executor(self, **submit_kwargs: Any) -> ClientExecutor:
+        """A ``concurrent.futures.Executor`` running on this cluster."""
+        return ClientExecutor(self, **submit_kwargs)
 
     @property
     def dashboard_link(self) -> str | None:
