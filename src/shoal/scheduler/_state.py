@@ -22,6 +22,7 @@ import time
 from collections.abc import Callable, Iterable
 from typing import Any
 
+from ._errors import KilledWorkerError, LostDataError
 from ._events import (
     AddClient,
     AddKeys,
@@ -46,6 +47,7 @@ from ._events import (
 from ._model import TaskState, WorkerState, key_prefix
 from ._placement import Placement
 from ._stealing import Stealing
+from ._validate import validate_state
 
 LEGAL_TRANSITIONS: dict[str, frozenset[str]] = {
     "released": frozenset({"waiting", "forgotten", "erred"}),
@@ -643,58 +645,7 @@ class SchedulerState:
 
     def validate(self) -> None:
         """Check every invariant; raises AssertionError naming the broken one."""
-        for key, ts in self.tasks.items():
-            assert ts.key == key
-            ts.validate()
-            for dep in ts.dependencies:
-                assert dep.key in self.tasks, f"{key}: dependency {dep.key} forgotten"
-                assert ts in dep.dependents, f"{key} not among {dep.key}'s dependents"
-            if ts.state == "processing":
-                ws = ts.processing_on
-                assert ws is not None and ws.address in self.workers and ts in ws.processing
-            if ts.state == "queued":
-                assert ts in self.placement.queued, f"{key} queued but not in the queue"
-            for ws in ts.who_has:
-                assert ws.address in self.workers and ts in ws.has_what
-        for ws in self.workers.values():
-            ws.validate()
-            for ts in ws.has_what:
-                assert ts.key in self.tasks and ts.state == "memory"
-        for ts in self.placement.queued:
-            assert ts.state == "queued" and ts.key in self.tasks
-        for ts in self.stealing.in_flight:
-            assert ts.state == "processing", f"{ts.key}: stealing a task that is {ts.state}"
-        for token in self.function_refs:
-            assert token in self.functions
-        pinned = set().union(*self.client_functions.values()) if self.client_functions else set()
-        assert set(self.functions) <= set(self.function_refs) | pinned, "function leaked"
-        refs: dict[str, int] = {}
-        for ts in self.tasks.values():
-            if ts.func is not None:
-                refs[ts.func] = refs.get(ts.func, 0) + 1
-        assert refs == self.function_refs, "function reference counts drifted"
-
-
-class KilledWorkerError(RuntimeError):
-    """A task was running on too many workers that died."""
-
-    def __init__(self, key: str, deaths: int, reason: str) -> None:
-        super().__init__(
-            f"task {key!r} was running on {deaths} workers that died (last: {reason}); "
-            "it is probably what kills them, so it was failed instead of retried"
-        )
-        self.key = key
-
-
-class LostDataError(RuntimeError):
-    """Scattered data lost with its worker; it cannot be recomputed."""
-
-    def __init__(self, key: str) -> None:
-        super().__init__(
-            f"{key!r} was scattered data held only by workers that are gone; "
-            "it has no lineage to recompute it from"
-        )
-        self.key = key
+        validate_state(self)
 
 
 __all__ = [

@@ -1,0 +1,45 @@
+"""The scheduler's invariants, checked by ``SchedulerState.validate()``.
+
+Tests call it after every event; it is the definition of a consistent state.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from ._state import SchedulerState
+
+
+def validate_state(state: SchedulerState) -> None:
+    """Check every invariant; raises AssertionError naming the broken one."""
+    for key, ts in state.tasks.items():
+        assert ts.key == key
+        ts.validate()
+        for dep in ts.dependencies:
+            assert dep.key in state.tasks, f"{key}: dependency {dep.key} forgotten"
+            assert ts in dep.dependents, f"{key} not among {dep.key}'s dependents"
+        if ts.state == "processing":
+            ws = ts.processing_on
+            assert ws is not None and ws.address in state.workers and ts in ws.processing
+        if ts.state == "queued":
+            assert ts in state.placement.queued, f"{key} queued but not in the queue"
+        for ws in ts.who_has:
+            assert ws.address in state.workers and ts in ws.has_what
+    for ws in state.workers.values():
+        ws.validate()
+        for ts in ws.has_what:
+            assert ts.key in state.tasks and ts.state == "memory"
+    for ts in state.placement.queued:
+        assert ts.state == "queued" and ts.key in state.tasks
+    for ts in state.stealing.in_flight:
+        assert ts.state == "processing", f"{ts.key}: stealing a task that is {ts.state}"
+    for token in state.function_refs:
+        assert token in state.functions
+    pinned = set().union(*state.client_functions.values()) if state.client_functions else set()
+    assert set(state.functions) <= set(state.function_refs) | pinned, "function leaked"
+    refs: dict[str, int] = {}
+    for ts in state.tasks.values():
+        if ts.func is not None:
+            refs[ts.func] = refs.get(ts.func, 0) + 1
+    assert refs == state.function_refs, "function reference counts drifted"
