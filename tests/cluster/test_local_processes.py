@@ -211,3 +211,14 @@ def test_worker_refuses_thresholds_out_of_order():
                           "--memory-pause", "0.5", "--memory-spill", "0.9"],
                          check=False, capture_output=True, text=True, timeout=60)
     assert out.returncode == 2 and "out of order" in out.stderr
+
+
+def test_client_without_address_starts_and_stops_its_own_cluster():
+    me = psutil.Process()
+    before = {p.pid for p in me.children(recursive=True)}
+    with Client(n_workers=1, threads_per_worker=1, dashboard_address=None) as client:
+        assert client.submit(add, 2, 3).result(timeout=30) == 5
+        started = [p for p in me.children(recursive=True) if p.pid not in before]
+        assert started
+    _gone, alive = psutil.wait_procs(started, timeout=15)
+    assert not alive

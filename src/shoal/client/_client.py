@@ -127,8 +127,6 @@ class Client:
         try:
             self.sync(self._close, timeout=timeout)
         finally:
-            if self._own_cluster and self.cluster is not None:
-                self.cluster.close()
             if self._runner is not None:
                 self._runner.stop()
         return None
@@ -151,7 +149,7 @@ class Client:
         for state in self._states.values():
             if state.status not in FINAL:
                 state.cancel()
-        if self.asynchronous and self._own_cluster and self.cluster is not None:
+        if self._own_cluster and self.cluster is not None:
             await self.cluster._close()
 
     def __enter__(self) -> Self:
