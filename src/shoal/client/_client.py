@@ -9,6 +9,7 @@ return awaitables.
 from __future__ import annotations
 
 import asyncio
+import collections
 import itertools
 import logging
 import threading
@@ -61,6 +62,8 @@ class Client:
         self._states: dict[str, FutureState] = {}
         self._refcount: dict[str, int] = {}
         self._lock = threading.Lock()
+        self._released: collections.deque[str] = collections.deque()
+        self._release_scheduled = False
         self._functions = FunctionCache()
         self._functions_sent: set[str] = set()  # the scheduler keeps these for us
         self._stream: BatchedSend | None = None
@@ -211,15 +214,35 @@ class Client:
             return state
 
     def _release_future(self, key: str) -> None:
+        """A Future was garbage-collected (from ``__del__``, on any thread).
+
+        It takes no lock here: a collection can run inside a section that
+        holds one.  The key is queued and counted down on the client's loop,
+        where releases of one loop turn leave as one message.
+        """
+        self._released.append(key)
+        if not self._release_scheduled and self.loop is not None and not self.loop.is_closed():
+            self._release_scheduled = True
+            try:
+                self.loop.call_soon_threadsafe(self._process_releases)
+            except RuntimeError:  # the loop closed meanwhile
+                pass
+
+    def _process_releases(self) -> None:
+        self._release_scheduled = False
+        forgotten = []
         with self._lock:
-            count = self._refcount.get(key, 0) - 1
-            if count > 0:
-                self._refcount[key] = count
-                return
-            self._refcount.pop(key, None)
-            self._states.pop(key, None)
-        if self.status == "running":
-            self._call_on_loop(self._send, {"op": "client-releases-keys", "keys": [key]})
+            while self._released:
+                key = self._released.popleft()
+                count = self._refcount.get(key, 0) - 1
+                if count > 0:
+                    self._refcount[key] = count
+                    continue
+                self._refcount.pop(key, None)
+                self._states.pop(key, None)
+                forgotten.append(key)
+        if forgotten:
+            self._send({"op": "client-releases-keys", "keys": forgotten})
 
     async def _read_scheduler(self, comm: Comm) -> None:
         try:
