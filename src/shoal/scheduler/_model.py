@@ -9,6 +9,15 @@ from __future__ import annotations
 import re
 from typing import Any
 
+#: The shared value of a task's relation sets while they are empty.
+EMPTY: Any = frozenset()
+
+
+def grow(relation: set[Any]) -> set[Any]:
+    """A relation set that can be added to (a new set in place of ``EMPTY``)."""
+    return relation if relation is not EMPTY else set()
+
+
 _HEX_TAIL = re.compile(r"[-_]?[0-9a-f]{8,}$")
 
 
@@ -55,10 +64,12 @@ class TaskState:
         self.run_args = run_args
         self.priority = priority
         self.state = "released"
-        self.dependencies: set[TaskState] = set()
-        self.dependents: set[TaskState] = set()
-        self.waiting_on: set[TaskState] = set()
-        self.waiters: set[TaskState] = set()
+        # Most tasks never fill these: they share one empty frozenset until
+        # the first element arrives (see ``grow``), which halves a task's size.
+        self.dependencies: set[TaskState] = EMPTY
+        self.dependents: set[TaskState] = EMPTY
+        self.waiting_on: set[TaskState] = EMPTY
+        self.waiters: set[TaskState] = EMPTY
         self.who_has: set[WorkerState] = set()
         self.who_wants: set[str] = set()
         self.nbytes = 0

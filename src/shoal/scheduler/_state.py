@@ -44,7 +44,7 @@ from ._events import (
     UpdateData,
     UpdateGraph,
 )
-from ._model import TaskState, WorkerState, key_prefix
+from ._model import EMPTY, TaskState, WorkerState, grow, key_prefix
 from ._placement import Placement
 from ._stealing import Stealing
 from ._validate import validate_state
@@ -248,7 +248,9 @@ class SchedulerState:
         if spec.func is not None:
             self.function_refs[spec.func] = self.function_refs.get(spec.func, 0) + 1
         for dep in deps:
+            ts.dependencies = grow(ts.dependencies)
             ts.dependencies.add(dep)
+            dep.dependents = grow(dep.dependents)
             dep.dependents.add(ts)
         self.tasks[ts.key] = ts
         return ts
@@ -374,7 +376,8 @@ class SchedulerState:
 
     def _on_memory(self, ts: TaskState, recs: dict[str, str], inline: Any = None) -> None:
         for dts in ts.waiters:
-            dts.waiting_on.discard(ts)
+            if ts in dts.waiting_on:
+                dts.waiting_on.discard(ts)
             if not dts.waiting_on and dts.state == "waiting":
                 recs[dts.key] = "processing"
         self._release_inputs(ts, recs)
@@ -386,7 +389,8 @@ class SchedulerState:
     def _release_inputs(self, ts: TaskState, recs: dict[str, str]) -> None:
         """``ts`` no longer needs its inputs: release those nobody else needs."""
         for dep in ts.dependencies:
-            dep.waiters.discard(ts)
+            if ts in dep.waiters:
+                dep.waiters.discard(ts)
             if not self._wanted(dep) and dep.state in ("memory", "waiting", "queued",
                                                        "no-worker", "processing"):
                 recs[dep.key] = "released"
@@ -433,7 +437,7 @@ class SchedulerState:
             ts.exception_text = blame.exception_text
             ts.erred_on_behalf_of = blame.key
         ts.state = "erred"
-        ts.waiting_on.clear()
+        ts.waiting_on = EMPTY
         self.counts["erred"] += 1
         self._log(ts, old, "erred", stimulus)
         self._release_inputs(ts, recs)
@@ -445,7 +449,7 @@ class SchedulerState:
                                              {"op": "free-keys", "keys": [dts.key]}))
                     dts.processing_on = None
                 self._erred(dts, ts, recs, stimulus)
-        ts.waiters.clear()
+        ts.waiters = EMPTY
         if ts.who_wants:
             self._report_erred(ts, ts.who_wants)
 
@@ -512,8 +516,9 @@ class SchedulerState:
             self._lost_scattered(ts, recs)
             return
         ts.state = "waiting"
-        ts.waiting_on = {dep for dep in ts.dependencies if dep.state != "memory"}
+        ts.waiting_on = {dep for dep in ts.dependencies if dep.state != "memory"} or EMPTY
         for dep in ts.dependencies:
+            dep.waiters = grow(dep.waiters)
             dep.waiters.add(ts)
             if dep.state == "released":
                 recs[dep.key] = "waiting"
@@ -550,10 +555,11 @@ class SchedulerState:
             self._drop_replicas(ts)
         self.placement.dequeue(ts)
         ts.state = "released"
-        ts.waiting_on.clear()
+        ts.waiting_on = EMPTY
         ts.exception = ts.traceback = ts.exception_text = None
         for dts in ts.waiters:
             if dts.state == "waiting":
+                dts.waiting_on = grow(dts.waiting_on)
                 dts.waiting_on.add(ts)
             elif dts.state in ("processing", "queued", "no-worker"):
                 recs[dts.key] = "released"
@@ -580,15 +586,17 @@ class SchedulerState:
                 del self.function_refs[ts.func]
                 self._maybe_drop_function(ts.func)
         for dep in ts.dependencies:
-            dep.dependents.discard(ts)
-            dep.waiters.discard(ts)
+            if ts in dep.dependents:
+                dep.dependents.discard(ts)
+            if ts in dep.waiters:
+                dep.waiters.discard(ts)
             if not dep.dependents and not dep.who_wants and dep.state in (
                 "released", "memory", "erred"
             ):
                 recs[dep.key] = "forgotten"
             elif not self._wanted(dep) and dep.state not in ("released", "erred", "forgotten"):
                 recs[dep.key] = "released"
-        ts.dependencies.clear()
+        ts.dependencies = EMPTY
 
     # --------------------------------------------------------- helpers
 
