@@ -22,8 +22,6 @@ from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
 
-import psutil
-
 ENV_VAR = "SHOAL_BENCH_PROFILE"
 LABEL_VAR = "SHOAL_BENCH_LABEL"
 SAMPLE_RATE = 250
@@ -34,44 +32,42 @@ IDLE_LEAVES = frozenset({
 _FRAME = re.compile(r"^(?P<func>.*?) \((?P<file>[^()]*?)(?::\d+)?\)$")
 
 
-def _role(proc: psutil.Process) -> str:
-    """A short name for a process from its command line."""
-    cmd = " ".join(proc.cmdline())
-    for role in ("scheduler", "worker", "nanny"):
-        if role in cmd:
-            return role
-    return "client" if proc.pid == os.getpid() else "proc"
-
-
 @contextlib.contextmanager
-def recording() -> Iterator[None]:
-    """Record every process of this cluster while the block runs (a no-op when not asked)."""
+def recording(roles: dict[int, str]) -> Iterator[None]:
+    """Record the processes in ``roles`` (pid -> role) while the block runs (unless asked,
+    a no-op).
+
+    Only samples of threads that hold the GIL are kept (``--gil``): a thread
+    blocked in C (a queue, a socket, ``time.sleep``) shows no Python frame of
+    its own, so without this, waiting would look like work.
+    """
     outdir, label = os.environ.get(ENV_VAR), os.environ.get(LABEL_VAR, "run")
     pyspy = shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
     if not outdir or not os.path.exists(pyspy):
         yield
         return
-    me = psutil.Process()
-    targets = [me] + [p for p in me.children(recursive=True)
-                      if "python" in p.name().lower() and "resource_tracker" not in p.cmdline()[-1]]
     spies = []
-    for proc in targets:
-        path = Path(outdir) / f"{label}-{_role(proc)}-{proc.pid}.txt"
+    for pid, role in sorted(roles.items()):
+        path = Path(outdir) / f"{label}-{role}-{pid}.txt"
         spies.append(subprocess.Popen(
-            [pyspy, "record", "--pid", str(proc.pid), "--format", "raw", "--rate",
+            [pyspy, "record", "--pid", str(pid), "--gil", "--format", "raw", "--rate",
              str(SAMPLE_RATE), "--output", str(path)],
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
     try:
         yield
     finally:
-        for spy in spies:
-            spy.send_signal(signal.SIGINT)
-        for spy in spies:
-            try:
-                spy.wait(STOP_WAIT_SECONDS)
-            except subprocess.TimeoutExpired:
-                spy.kill()
-                spy.wait()
+        _stop(spies)
+
+
+def _stop(spies: list[subprocess.Popen[bytes]]) -> None:
+    for spy in spies:
+        spy.send_signal(signal.SIGINT)
+    for spy in spies:
+        try:
+            spy.wait(STOP_WAIT_SECONDS)
+        except subprocess.TimeoutExpired:
+            spy.kill()
+            spy.wait()
 
 
 def _frames(stack: str) -> list[tuple[str, str]]:
@@ -114,7 +110,9 @@ def summarize(path: Path, top: int = 12, package: str = "shoal") -> str:
                 inclusive[f"{func} ({Path(file).name})"] += int(count)
     if not busy:
         return f"{path.name}: no busy samples ({idle} idle)"
-    lines = [f"{path.name}: {busy} busy samples at {SAMPLE_RATE}/s ({idle} idle)"]
+    header = (f"{path.name}: {busy} samples holding the GIL at {SAMPLE_RATE}/s "
+              f"= {busy / SAMPLE_RATE:.2f} s of Python CPU time")
+    lines = [header]
     lines += [f"  self {100 * n / busy:5.1f}%  {name}" for name, n in own.most_common(top)]
     informative = [(name, n) for name, n in inclusive.most_common() if n < 0.95 * busy]
     lines += [f"  incl {100 * n / busy:5.1f}%  {name}" for name, n in informative[:top]]

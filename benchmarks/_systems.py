@@ -98,7 +98,7 @@ def local_cluster(system: System) -> Iterator[Any]:
         kwargs.update(dashboard_address=None, silence_logs=logging.ERROR)
     with system.cluster_cls(**kwargs) as cluster, system.client_cls(cluster) as client:
         wait_for_workers(client, N_WORKERS)
-        with _profile.recording():
+        with _profile.recording(process_roles(client)):
             yield client
 
 
@@ -110,6 +110,20 @@ def wait_for_workers(client: Any, count: int, timeout: float = WORKER_WAIT_SECON
             raise TimeoutError(f"only {len(client.scheduler_info()['workers'])} of "
                                f"{count} workers joined within {timeout:.0f}s")
         time.sleep(0.05)
+
+
+def process_roles(client: Any) -> dict[int, str]:
+    """pid -> role ("client", "scheduler", "workers", or "client+scheduler" when the
+    scheduler runs inside the client process, as in dask's LocalCluster)."""
+    roles = {os.getpid(): "client"}
+    for pid in client.run(os.getpid).values():
+        roles[int(pid)] = "workers"
+    scheduler_pid = client.scheduler_info().get("pid")
+    if scheduler_pid is None and hasattr(client, "run_on_scheduler"):
+        scheduler_pid = client.run_on_scheduler(os.getpid)
+    if isinstance(scheduler_pid, int):
+        roles[scheduler_pid] = "client+scheduler" if scheduler_pid in roles else "scheduler"
+    return roles
 
 
 def free_port() -> int:
@@ -148,7 +162,7 @@ def cli_cluster(system: System) -> Iterator[tuple[Any, int]]:
                 procs.append(_spawn(_worker_command(system.name, address), logdir, f"worker{i}"))
             client = _connect(system, address, procs, logdir)
             try:
-                with _profile.recording():
+                with _profile.recording(process_roles(client) | {procs[0].pid: "scheduler"}):
                     yield client, procs[0].pid
             finally:
                 client.close()

@@ -33,8 +33,3 @@ def make_block(index: int, nbytes: int) -> Any:
 def consume_block(block: Any) -> tuple[int, int, int]:
     """What the consuming worker does with a block: its size, a checksum byte, its pid."""
     return int(block.nbytes), int(block[-1]), os.getpid()
-
-
-def where_am_i() -> int:
-    """The pid of the worker process that ran the task."""
-    return os.getpid()

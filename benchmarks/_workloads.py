@@ -8,10 +8,11 @@ Sizes come from :data:`FULL` or :data:`QUICK`.
 
 from __future__ import annotations
 
+import os
 import statistics
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Self
 
 import _systems
 import _tasks
@@ -33,8 +34,42 @@ QUICK = {
     "memory_n": 10_000,
 }
 WARMUP_TASKS = 200
+TRANSFER_ROUNDS = 3
 SETTLE_POLLS = 50
 SETTLE_INTERVAL = 0.1
+
+
+class CpuMeter:
+    """CPU seconds (user + system) used by each cluster process during a timed window.
+
+    Unlike wall time, this does not grow when other programs load the machine,
+    so it is the figure to compare per-task costs with.
+    """
+
+    def __init__(self, client: Any) -> None:
+        self.roles = _systems.process_roles(client)
+        self.procs = {pid: psutil.Process(pid) for pid in self.roles}
+        self.start: dict[int, float] = {}
+        self.used: dict[int, float] = {}
+
+    def _now(self) -> dict[int, float]:
+        return {pid: sum(p.cpu_times()[:2]) for pid, p in self.procs.items()}
+
+    def __enter__(self) -> Self:
+        self.start = self._now()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        end = self._now()
+        self.used = {pid: end[pid] - self.start[pid] for pid in end}
+
+    def per_task(self, prefix: str, n_tasks: int) -> dict[str, float]:
+        """``{prefix_cpu_us_per_task_<role>: microseconds}``, workers summed."""
+        out: dict[str, float] = {}
+        for pid, seconds in self.used.items():
+            key = f"{prefix}_cpu_us_per_task_{self.roles[pid]}"
+            out[key] = out.get(key, 0.0) + seconds * 1e6 / n_tasks
+        return out
 
 
 def _warm_up(client: Any, offset: int = 10**9) -> None:
@@ -70,14 +105,15 @@ def independent(system: _systems.System, sizes: dict[str, int]) -> dict[str, Any
     n = sizes["independent_n"]
     with _systems.local_cluster(system) as client:
         _warm_up(client)
-        start = time.perf_counter()
-        futures = client.map(_tasks.inc, range(n))
-        results = client.gather(futures)
-        elapsed = time.perf_counter() - start
+        with CpuMeter(client) as cpu:
+            start = time.perf_counter()
+            futures = client.map(_tasks.inc, range(n))
+            results = client.gather(futures)
+            elapsed = time.perf_counter() - start
         assert results == [i + 1 for i in range(n)]
         del futures
     return {"independent_tasks_per_s": n / elapsed, "independent_n": n,
-            "independent_seconds": elapsed}
+            "independent_seconds": elapsed, **cpu.per_task("independent", n)}
 
 
 def tree(system: _systems.System, sizes: dict[str, int]) -> dict[str, Any]:
@@ -86,40 +122,54 @@ def tree(system: _systems.System, sizes: dict[str, int]) -> dict[str, Any]:
     with _systems.local_cluster(system) as client:
         _warm_up(client)
         assert client.submit(_tasks.add, -1, -2).result() == -3
-        start = time.perf_counter()
-        level = client.map(_tasks.inc, range(leaves))
-        while len(level) > 1:
-            pairs = [client.submit(_tasks.add, level[i], level[i + 1])
-                     for i in range(0, len(level) - 1, 2)]
-            level = pairs + level[2 * len(pairs):]
-        total = level[0].result()
-        elapsed = time.perf_counter() - start
+        with CpuMeter(client) as cpu:
+            start = time.perf_counter()
+            level = client.map(_tasks.inc, range(leaves))
+            while len(level) > 1:
+                pairs = [client.submit(_tasks.add, level[i], level[i + 1])
+                         for i in range(0, len(level) - 1, 2)]
+                level = pairs + level[2 * len(pairs):]
+            total = level[0].result()
+            elapsed = time.perf_counter() - start
     assert total == sum(i + 1 for i in range(leaves)), total
     n_tasks = 2 * leaves - 1  # every add turns two values into one
     return {"tree_tasks_per_s": n_tasks / elapsed, "tree_tasks": n_tasks,
-            "tree_seconds": elapsed}
+            "tree_seconds": elapsed, **cpu.per_task("tree", n_tasks)}
+
+
+def _transfer_round(system: _systems.System, client: Any, a: str, b: tuple[str, int],
+                    first: int, sizes: dict[str, int]) -> float:
+    """One round: blocks made on A (not timed), consumed on B (timed); seconds."""
+    blocks, nbytes = sizes["transfer_blocks"], sizes["transfer_block_bytes"]
+    made = [client.submit(_tasks.make_block, first + i, nbytes, workers=[a])
+            for i in range(blocks)]
+    system.wait(made)
+    start = time.perf_counter()
+    used = [client.submit(_tasks.consume_block, m, workers=[b[0]]) for m in made]
+    results = client.gather(used)
+    elapsed = time.perf_counter() - start
+    for i, (size, check, pid) in enumerate(results):
+        assert size == nbytes and check == (first + i) % 251, (i, size, check)
+        assert pid == b[1], "a block was consumed outside worker B"
+    return elapsed
 
 
 def transfer(system: _systems.System, sizes: dict[str, int]) -> dict[str, Any]:
-    """Blocks made on worker A (not timed), then consumed on worker B (timed): MB/s."""
-    blocks, nbytes = sizes["transfer_blocks"], sizes["transfer_block_bytes"]
+    """Worker-to-worker MB/s: the median of TRANSFER_ROUNDS rounds, each with fresh blocks."""
     with _systems.local_cluster(system) as client:
         a, b = sorted(client.scheduler_info()["workers"])
-        pid_a = client.submit(_tasks.where_am_i, workers=[a], pure=False).result()
+        pids = client.run(os.getpid)
+        assert pids[a] != pids[b], "the two workers share a process"
         warm = client.submit(_tasks.make_block, -1, MiB, workers=[a])
-        assert client.submit(_tasks.consume_block, warm, workers=[b]).result()[0] == MiB
-        made = [client.submit(_tasks.make_block, i, nbytes, workers=[a]) for i in range(blocks)]
-        system.wait(made)
-        start = time.perf_counter()
-        used = [client.submit(_tasks.consume_block, m, workers=[b]) for m in made]
-        results = client.gather(used)
-        elapsed = time.perf_counter() - start
-    for i, (size, check, pid) in enumerate(results):
-        assert size == nbytes and check == i % 251, (i, size, check)
-        assert pid != pid_a, "the consumer ran in the producer's process"
-    total = blocks * nbytes
-    return {"transfer_MB_per_s": total / elapsed / 1e6, "transfer_bytes": total,
-            "transfer_seconds": elapsed}
+        assert client.submit(_tasks.consume_block, warm, workers=[b]).result()[:2] == (MiB, 250)
+        del warm
+        seconds = [_transfer_round(system, client, a, (b, pids[b]),
+                                   r * sizes["transfer_blocks"], sizes)
+                   for r in range(TRANSFER_ROUNDS)]
+    total = sizes["transfer_blocks"] * sizes["transfer_block_bytes"]
+    rates = [total / s / 1e6 for s in seconds]
+    return {"transfer_MB_per_s": statistics.median(rates), "transfer_bytes_per_round": total,
+            "transfer_MB_per_s_rounds": rates}
 
 
 def _settled_rss(process: psutil.Process) -> int:

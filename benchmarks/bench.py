@@ -35,6 +35,8 @@ import psutil
 RESULT_MARKER = "@@BENCH-RESULT@@ "
 FULL_TIMEOUT = 600.0
 QUICK_TIMEOUT = 180.0
+MEMORY_TIMEOUT = 1500.0  # dask needs ~10 minutes for 100,000 tasks on 2 cores
+BUSY_LOAD = 0.5
 
 
 @dataclass(frozen=True)
@@ -119,6 +121,7 @@ def machine_info() -> dict[str, Any]:
         "logical_cpus": os.cpu_count(),
         "physical_cores": psutil.cpu_count(logical=False),
         "memory_GB": round(psutil.virtual_memory().total / 1e9, 1),
+        "load_average_1min": round(os.getloadavg()[0], 2),
         "platform": platform.platform(),
         "python": platform.python_version(),
         "shoal": _version("shoal"),
@@ -160,10 +163,38 @@ def format_table(results: dict[str, dict[str, dict[str, Any]]]) -> str:
     return "\n".join(lines)
 
 
+def format_cpu_table(results: dict[str, dict[str, dict[str, Any]]]) -> str:
+    """CPU microseconds per task by process, in the timed window (not judged: explains)."""
+    rows = [("CPU us/task", "shoal", "dask", "shoal/dask")]
+    for workload in ("independent", "tree"):
+        for role in ("client", "client+scheduler", "scheduler", "workers"):
+            key = f"{workload}_cpu_us_per_task_{role}"
+            values = [results.get(s, {}).get(workload, {}).get(key) for s in _systems.SYSTEMS]
+            if all(v is None for v in values):
+                continue
+            ratio = (f"{values[0] / values[1]:.3g}x"
+                     if values[0] is not None and values[1] else "-")
+            rows.append((f"{workload} {role}", _cell(values[0]), _cell(values[1]), ratio))
+    if len(rows) == 1:
+        return ""
+    widths = [max(len(row[i]) for row in rows) for i in range(4)]
+    lines = ["  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)) for row in rows]
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    lines.append("(dask's LocalCluster runs its scheduler inside the client process: "
+                 "compare its client+scheduler row with shoal's client + scheduler)")
+    return "\n".join(lines)
+
+
 def _errors(results: dict[str, dict[str, dict[str, Any]]]) -> list[str]:
     return [f"{system}/{workload}: {data['error']}"
             for system, by_workload in results.items()
             for workload, data in by_workload.items() if "error" in data]
+
+
+def _default_timeout(workload: str, quick: bool) -> float:
+    if quick:
+        return QUICK_TIMEOUT
+    return MEMORY_TIMEOUT if workload == "memory" else FULL_TIMEOUT
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -196,13 +227,16 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if args.profile:
         os.makedirs(args.profile, exist_ok=True)
-    timeout = args.timeout or (QUICK_TIMEOUT if args.quick else FULL_TIMEOUT)
     info = machine_info()
     print("machine: " + ", ".join(f"{k}={v}" for k, v in info.items()), flush=True)
+    if info["load_average_1min"] > BUSY_LOAD:
+        print(f"warning: the machine is busy (load {info['load_average_1min']}); "
+              "absolute figures will be noisy, ratios less so", flush=True)
     results: dict[str, dict[str, dict[str, Any]]] = {s: {} for s in args.systems}
     for workload in args.only:
         for system in args.systems:
             start = time.monotonic()
+            timeout = args.timeout or _default_timeout(workload, args.quick)
             results[system][workload] = spawn_child(system, workload, args.quick, timeout,
                                                     args.profile)
             status = "error" if "error" in results[system][workload] else "ok"
@@ -210,12 +244,16 @@ def main(argv: list[str] | None = None) -> int:
                   flush=True)
     print()
     print(format_table(results))
+    cpu_table = format_cpu_table(results)
+    if cpu_table:
+        print("\n" + cpu_table)
     for line in _errors(results):
         print(f"\n{line}")
     if args.profile:
         for path in sorted(Path(args.profile).glob("*.txt")):
             package = "distributed" if path.name.startswith("dask") else "shoal"
             print("\n" + _profile.summarize(path, package=package))
+    info["load_average_1min_at_end"] = round(os.getloadavg()[0], 2)
     if args.json:
         with open(args.json, "w") as fh:
             json.dump({"machine": info, "quick": args.quick, "results": results}, fh, indent=2)

@@ -5,15 +5,23 @@ from __future__ import annotations
 import json
 import math
 import random
+from typing import Any
 
 import pytest
 
 from shoal import _demo
 
-try:
-    from shoal import Client, LocalCluster
-except ImportError:  # the engine is not there yet
-    Client = LocalCluster = None
+
+def _engine() -> tuple[Any, Any] | None:
+    """``(Client, LocalCluster)``, or None while the engine is not importable."""
+    try:
+        from shoal import Client, LocalCluster
+    except ImportError:
+        return None
+    return Client, LocalCluster
+
+
+ENGINE = _engine()
 
 
 def _telemetry(**signals: object) -> dict[str, object]:
@@ -80,8 +88,10 @@ def test_report_shows_the_summary() -> None:
         assert f"{anomaly['score']:.2f}" in text
 
 
-@pytest.mark.skipif(Client is None, reason="the shoal engine is not importable yet")
+@pytest.mark.skipif(ENGINE is None, reason="the shoal engine is not importable yet")
 def test_distributed_run_equals_the_serial_reference() -> None:
-    with LocalCluster(n_workers=2, threads_per_worker=1) as cluster, Client(cluster) as client:
+    assert ENGINE is not None
+    client_cls, cluster_cls = ENGINE
+    with cluster_cls(n_workers=2, threads_per_worker=1) as cluster, client_cls(cluster) as client:
         summary = _demo.run_demo(client, units=90, seed=11)
     assert summary == _demo.run_demo_serial(units=90, seed=11)

@@ -361,9 +361,14 @@ class Client:
         if self.status != "running":
             raise RuntimeError(f"the client is {self.status}")
         msg = {"op": "update-graph", "tasks": tasks, "functions": functions, "wanted": wanted}
-        # keep_alive holds input futures until the message is on its way
-        self._call_on_loop(self._send, msg)
-        del keep_alive
+
+        def send() -> None:
+            # Holding the input futures until the graph is sent: were they
+            # collected before, their release could reach the scheduler first.
+            self._send(msg)
+            keep_alive.clear()
+
+        self._call_on_loop(send)
 
     # ------------------------------------------------------------ results
 
