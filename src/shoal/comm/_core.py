@@ -115,7 +115,8 @@ async def exchange_handshake(comm: Comm, timeout: float) -> dict[str, Any]:
     """Both sides send theirs and check the other's; mismatches are refused."""
     await comm.write(handshake_message())
     try:
-        theirs = await asyncio.wait_for(comm.read(), timeout)
+        async with asyncio.timeout(timeout):
+            theirs = await comm.read()
     except TimeoutError:
         comm.abort()
         raise CommClosedError(f"no handshake from {comm.peer_address} in {timeout}s") from None
@@ -137,7 +138,8 @@ async def connect(address: str, timeout: float = DEFAULT_CONNECT_TIMEOUT) -> Com
     """Open a connection to ``address`` and complete the handshake."""
     connector, _ = _transport(address)
     try:
-        comm = await asyncio.wait_for(connector(address, timeout), timeout)
+        async with asyncio.timeout(timeout):
+            comm = await connector(address, timeout)
     except TimeoutError:
         raise CommClosedError(f"timed out after {timeout}s connecting to {address}") from None
     await exchange_handshake(comm, timeout)

@@ -245,9 +245,8 @@ async def tcp_connect(address: str, timeout: float = DEFAULT_CONNECT_TIMEOUT) ->
     host, port = split_host_port(address)
     loop = asyncio.get_running_loop()
     try:
-        _, protocol = await asyncio.wait_for(
-            loop.create_connection(_Protocol, host, port), timeout
-        )
+        async with asyncio.timeout(timeout):
+            _, protocol = await loop.create_connection(_Protocol, host, port)
     except TimeoutError:
         raise CommClosedError(f"timed out after {timeout}s connecting to {address}") from None
     except OSError as exc:
