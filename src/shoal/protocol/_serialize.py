@@ -80,12 +80,6 @@ def pickle_fast(obj: Any) -> bytes:
 
 def serialize(obj: Any) -> Serialized:
     """Pickle ``obj`` into a :class:`Serialized`, large buffers out of band."""
-    try:  # the common case, small plain data, takes the quickest path
-        stream = pickle.dumps(obj, protocol=5)
-        if len(stream) < OUT_OF_BAND_MIN_BYTES and not _by_reference_to_main(stream):
-            return Serialized([stream])
-    except Exception:  # noqa: BLE001, S110 - any pickling failure: try cloudpickle
-        pass
     buffers: list[pickle.PickleBuffer] = []
 
     def keep_large(buf: pickle.PickleBuffer) -> bool:
