@@ -13,6 +13,8 @@ import psutil
 
 from shoal import Client, LocalCluster
 
+from ..polling import wait_for
+
 
 def slow_inc(x: int, delay: float = 0.02) -> int:
     time.sleep(delay)
@@ -21,15 +23,6 @@ def slow_inc(x: int, delay: float = 0.02) -> int:
 
 def add(a: int, b: int) -> int:
     return a + b
-
-
-def wait_until(predicate, timeout: float = 30.0, what: str = "condition") -> None:
-    """Poll a condition of another process, bounded by ``timeout``."""
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"{what} not reached within {timeout}s")
-        time.sleep(0.05)
 
 
 def test_workers_are_separate_processes(proc_cluster):
@@ -60,7 +53,7 @@ def test_worker_killed_mid_computation_loses_nothing(proc_cluster):
         victim = next(iter(client.run(os.getpid).values()))
         os.kill(victim, signal.SIGKILL)
         assert total.result(timeout=60) == sum(range(1, 61))
-        wait_until(lambda: len(client.scheduler_info()["workers"]) == 2, 30,
+        wait_for(lambda: len(client.scheduler_info()["workers"]) == 2, 30,
                    "the nanny restarting the worker")
         assert victim not in client.run(os.getpid).values()
 
@@ -79,10 +72,10 @@ def test_client_disconnecting_mid_computation_releases_its_work(proc_cluster, tm
     try:
         assert proc.stdout.readline().strip() == "submitted"
         with Client(proc_cluster) as client:
-            wait_until(lambda: client.scheduler_info()["tasks"] > 0, 10, "tasks arriving")
+            wait_for(lambda: client.scheduler_info()["tasks"] > 0, 10, "tasks arriving")
             proc.kill()
             proc.wait(10)
-            wait_until(lambda: client.scheduler_info()["tasks"] == 0, 30,
+            wait_for(lambda: client.scheduler_info()["tasks"] == 0, 30,
                        "the departed client's tasks being released")
             assert client.submit(add, 2, 2).result(timeout=30) == 4
     finally:
@@ -126,7 +119,7 @@ def test_forgotten_cluster_is_cleaned_up_at_exit(tmp_path):
                          timeout=120)
     pids = [int(p) for p in out.stdout.split()]
     assert len(pids) >= 3, out.stderr
-    wait_until(lambda: not any(psutil.pid_exists(p) and psutil.Process(p).status() != "zombie"
+    wait_for(lambda: not any(psutil.pid_exists(p) and psutil.Process(p).status() != "zombie"
                                for p in pids), 20, "children exiting")
 
 
@@ -145,7 +138,7 @@ def test_parent_killed_takes_the_cluster_along(tmp_path):
         assert pids
         proc.kill()
         proc.wait(10)
-        wait_until(lambda: not any(psutil.pid_exists(p) and psutil.Process(p).status() != "zombie"
+        wait_for(lambda: not any(psutil.pid_exists(p) and psutil.Process(p).status() != "zombie"
                                    for p in pids), 20, "orphans exiting")
     finally:
         proc.kill()

@@ -11,7 +11,7 @@ from shoal.cluster._adapt import Adaptive, decide
 from shoal.cluster._process import ChildProcess
 from shoal.worker import get_worker
 
-from .test_local_processes import wait_until
+from ..polling import wait_for
 
 
 def where_and_when(delay: float) -> tuple[str, float, float]:
@@ -78,8 +78,8 @@ def test_local_cluster_adapts_to_queued_work():
                       nanny=False) as cluster, Client(cluster) as client:
         adaptive = cluster.adapt(minimum=1, maximum=3, interval=0.2, wait_count=2)
         busy = client.map(time.sleep, [1.0] * 40, pure=False)  # 40 s of work for 1 thread
-        wait_until(lambda: len(client.scheduler_info()["workers"]) == 3, 60, "scale up to 3")
+        wait_for(lambda: len(client.scheduler_info()["workers"]) == 3, 60, "scale up to 3")
         client.cancel(busy)
         del busy
-        wait_until(lambda: len(client.scheduler_info()["workers"]) == 1, 60, "scale down to 1")
+        wait_for(lambda: len(client.scheduler_info()["workers"]) == 1, 60, "scale down to 1")
         assert any(target >= 3 for target, _ in adaptive.history)

@@ -14,7 +14,7 @@ import pytest
 from shoal import Client, LocalCluster
 from shoal.worker import get_worker
 
-from .test_local_processes import wait_until
+from ..polling import wait_for
 
 
 def add(a: int, b: int) -> int:
@@ -122,7 +122,7 @@ def test_task_that_kills_its_workers_is_failed_clearly():
         with pytest.raises(Exception, match="died") as info:
             poison.result(timeout=120)
         assert poison.key in str(info.value)
-        wait_until(lambda: len(client.scheduler_info()["workers"]) == 2, 60, "nannies restart")
+        wait_for(lambda: len(client.scheduler_info()["workers"]) == 2, 60, "nannies restart")
         assert client.submit(add, 1, 1).result(timeout=30) == 2
 
 
@@ -145,7 +145,7 @@ def test_silent_worker_is_removed_after_its_ttl():
         frozen_address, frozen = min(workers.items())
         os.kill(frozen, signal.SIGSTOP)
         try:
-            wait_until(lambda: frozen_address not in client.scheduler_info()["workers"], 30,
+            wait_for(lambda: frozen_address not in client.scheduler_info()["workers"], 30,
                        "the silent worker being removed")
             assert client.gather(client.map(add, range(20), range(20))) == [
                 2 * i for i in range(20)]

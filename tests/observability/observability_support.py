@@ -7,10 +7,8 @@ Tasks in these tests use standard-library functions (``time.sleep``,
 from __future__ import annotations
 
 import json
-import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
@@ -66,13 +64,3 @@ def sample(samples: dict, name: str, **labels: str) -> float:
     return samples[key]
 
 
-def wait_for(predicate: Callable[[], T], timeout: float = 15.0, what: str = "condition") -> T:
-    """Poll ``predicate`` until it returns something truthy (bounded by ``timeout``)."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-        time.sleep(0.05)  # polling interval, bounded by the deadline

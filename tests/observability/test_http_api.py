@@ -14,7 +14,8 @@ import pytest
 
 from shoal import Client, LocalCluster
 
-from .observability_support import Response, http, wait_for
+from ..polling import wait_for
+from .observability_support import Response, http
 
 WORKER_FIELDS = {"address", "name", "nthreads", "memory_limit", "memory", "executing", "ready",
                  "in_memory", "status", "last_seen"}

@@ -16,7 +16,8 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from shoal import Client, LocalCluster
 
-from .observability_support import http, sample, scrape, wait_for
+from ..polling import wait_for
+from .observability_support import http, sample, scrape
 
 N_TASKS = 200
 TASK_SECONDS = 0.02

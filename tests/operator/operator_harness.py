@@ -33,6 +33,7 @@ import tornado.web
 from shoal.cluster.kube import API_VERSION, KubeApi, KubeApiError, api_path
 from shoal.operator import builders, cli, kubeops, scheduler_api
 from shoal.operator.crds import all_crds
+from tests import polling
 
 NAMESPACE = "team-a"
 OTHER_NAMESPACE = "team-b"
@@ -399,15 +400,8 @@ class Kubelet:
 
 def wait_for(predicate: Callable[[], Any], timeout: float = TIMEOUT,
              message: str = "condition") -> Any:
-    """Poll ``predicate`` until it returns something truthy (bounded, no fixed sleeps)."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {message}")
-        time.sleep(0.05)
+    """The shared bounded poll, with this harness's default timeout."""
+    return polling.wait_for(predicate, timeout, message)
 
 
 def cluster_body(name: str, **spec: Any) -> dict[str, Any]:

@@ -18,6 +18,8 @@ import pytest
 
 from shoal.worker._nanny import NANNY_PID_ENV, Nanny, worker_command
 
+from ..polling import async_wait_for, wait_for
+
 SRC = str(Path(__file__).resolve().parents[2] / "src")
 
 #: A stand-in for the worker: records each start, then behaves as told.
@@ -52,20 +54,11 @@ CHILD = textwrap.dedent(
 
 
 def wait_until(predicate: Callable[[], bool], timeout: float = 10.0) -> None:
-    """Poll ``predicate`` until it holds; fail after ``timeout`` seconds."""
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout} s waiting for {predicate}")
-        time.sleep(0.02)
+    wait_for(predicate, timeout, str(predicate), interval=0.02)
 
 
 async def async_wait_until(predicate: Callable[[], bool], timeout: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout} s waiting for {predicate}")
-        await asyncio.sleep(0.02)
+    await async_wait_for(predicate, timeout, str(predicate))
 
 
 def gone(pid: int) -> bool:

@@ -351,7 +351,7 @@ class Client:
         except SerializationError as exc:
             raise SerializationError(f"cannot send the arguments of {token}: {exc}") from exc
         task: dict[str, Any] = {"key": key or task_key(token, ser_args, pure), "func": token,
-                                "args": _compact(ser_args)}
+                                "args": ser_args.compact()}
         if found:
             task["deps"] = list(dict.fromkeys(f.key for f in found))
         return task, found
@@ -598,11 +598,6 @@ def _restrict(task: dict[str, Any], workers: Iterable[str] | str | None, allow_o
         task["priority"] = priority
     if resources:
         task["resources"] = resources
-
-
-def _compact(ser: Serialized) -> Serialized | bytes:
-    """A one-frame value travels as plain msgpack bytes: decoded without a Python hook."""
-    return ser.frames[0] if len(ser.frames) == 1 else ser  # type: ignore[return-value]
 
 
 def default_client() -> Client:

@@ -7,6 +7,7 @@ from . import _inproc, _tcp  # noqa: F401  (register transports)
 from ._batched import BatchedSend
 from ._core import Comm, CommClosedError, Listener, connect, listen, parse_address
 from ._rpc import ConnectionPool, RemoteError, RPCServer, raise_for_error
+from ._tcp import split_host_port
 
 __all__ = [
     "BatchedSend",
@@ -20,4 +21,5 @@ __all__ = [
     "listen",
     "parse_address",
     "raise_for_error",
+    "split_host_port",
 ]

@@ -11,7 +11,7 @@ Errors::
 
 from ._framing import MAX_MESSAGE_BYTES, FramingError, pack_frames_prelude, unpack_frame_lengths
 from ._messages import MessageError, ToPickle, dumps, loads
-from ._serialize import SerializationError, Serialized, deserialize, pickle_fast, serialize
+from ._serialize import SerializationError, Serialized, deserialize, serialize
 
 #: Bumped whenever a message changes incompatibly.
 PROTOCOL_VERSION = 1
@@ -36,7 +36,6 @@ __all__ = [
     "dumps",
     "loads",
     "pack_frames_prelude",
-    "pickle_fast",
     "serialize",
     "unpack_frame_lengths",
 ]

@@ -15,7 +15,7 @@ from typing import Any
 
 import cloudpickle
 
-__all__ = ["SerializationError", "Serialized", "deserialize", "pickle_fast", "serialize"]
+__all__ = ["SerializationError", "Serialized", "deserialize", "serialize"]
 
 #: Buffers smaller than this are left inside the pickle stream: a frame of
 #: its own costs more than copying a few kilobytes.
@@ -42,6 +42,11 @@ class Serialized:
     def nbytes(self) -> int:
         return sum(memoryview(f).nbytes for f in self.frames)
 
+    def compact(self) -> Serialized | bytes | memoryview:
+        """Itself, or its lone frame: msgpack carries plain bytes without a Python hook,
+        and :func:`deserialize` takes either."""
+        return self.frames[0] if len(self.frames) == 1 else self
+
     def __repr__(self) -> str:
         return f"<Serialized {len(self.frames)} frames, {self.nbytes} bytes>"
 
@@ -62,20 +67,6 @@ def _by_reference_to_main(stream: bytes) -> bool:
     """Plain pickle stores functions and classes of ``__main__`` by name only,
     which another process cannot resolve; cloudpickle stores them by value."""
     return b"__main__" in stream
-
-
-def pickle_fast(obj: Any) -> bytes:
-    """Pickle in-band, with the standard pickler when it can, else cloudpickle."""
-    try:
-        stream = pickle.dumps(obj, protocol=5)
-        if not _by_reference_to_main(stream):
-            return stream
-    except Exception:  # noqa: BLE001, S110 - any pickling failure: try cloudpickle
-        pass
-    try:
-        return cloudpickle.dumps(obj, protocol=5)
-    except Exception as exc:
-        raise SerializationError(f"cannot pickle {_describe(obj)}: {exc}") from exc
 
 
 def serialize(obj: Any) -> Serialized:

@@ -19,7 +19,7 @@ from typing import Any
 
 from ..comm import BatchedSend, CommClosedError, ConnectionPool, RemoteError, RPCServer
 from ..comm._core import Comm
-from ..protocol import Serialized, ToPickle
+from ..protocol import Serialized
 from ._adaptive import adaptive_target
 from ._events import (
     AddClient,
@@ -362,9 +362,6 @@ class Scheduler:
 
     def adaptive_target(self) -> dict[str, Any]:
         return {"status": "ok", "workers": adaptive_target(self.state)}
-
-    def run_on_scheduler(self, function: Any) -> Any:
-        return ToPickle(function(self))
 
 
 def _task_spec(t: dict[str, Any]) -> TaskSpec:

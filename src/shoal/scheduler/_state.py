@@ -207,7 +207,7 @@ class SchedulerState:
         for order, spec in enumerate(ev.tasks):
             ts = self.tasks.get(spec.key)
             if ts is None:
-                ts = self._new_task(spec, (-spec.priority, generation, order), recs)
+                ts = self._new_task(spec, (-spec.priority, generation, order))
                 if ts is None:
                     continue
             elif ts.state == "erred" and spec.retries:
@@ -221,14 +221,14 @@ class SchedulerState:
                                 "exception_text": f"{key!r} could not be created: one of its inputs was "
                                 "released before it arrived, or its function was never sent"}))
                 continue
-            self._want(ts, ev.client, recs)
+            self._want(ts, ev.client)
         for ts in touched:
             if ts.state == "released" and ts.key not in recs and self._wanted(ts):
                 recs[ts.key] = "waiting"
         self._transitions(recs, ev.stimulus_id)
 
     def _new_task(
-        self, spec: TaskSpec, priority: tuple[int, int, int], recs: dict[str, str]
+        self, spec: TaskSpec, priority: tuple[int, int, int]
     ) -> TaskState | None:
         if spec.func is not None and spec.func not in self.functions:
             return None  # reported through `wanted`
@@ -271,7 +271,7 @@ class SchedulerState:
             else:
                 for ws in workers:
                     self._add_replica(ts, ws)
-                self._want(ts, ev.client, recs)
+                self._want(ts, ev.client)
         self._transitions(recs, ev.stimulus_id)
 
     def _force_memory(
@@ -292,7 +292,7 @@ class SchedulerState:
         self._log(ts, old, "memory", "update-data")
         self._on_memory(ts, recs)
 
-    def _want(self, ts: TaskState, client: str, recs: dict[str, str]) -> None:
+    def _want(self, ts: TaskState, client: str) -> None:
         if client in ts.who_wants:
             return
         ts.who_wants.add(client)
@@ -306,7 +306,7 @@ class SchedulerState:
         for key in ev.keys:
             ts = self.tasks.get(key)
             if ts is not None:
-                self._want(ts, ev.client, recs)
+                self._want(ts, ev.client)
                 if ts.state == "released":
                     recs[key] = "waiting"
         self._transitions(recs, ev.stimulus_id)
@@ -533,14 +533,9 @@ class SchedulerState:
 
         error = LostDataError(ts.key)
         ts.exception, ts.traceback, ts.exception_text = serialize(error), "", str(error)
-        old, ts.state = ts.state, "waiting"  # so that the erred transition is legal
-        self._log(ts, old, "waiting", "lost-data")
         self._erred(ts, None, recs, "lost-data")
 
     def _to_processing(self, ts: TaskState, recs: dict[str, str]) -> None:
-        self.placement.schedule(ts)
-
-    def _to_queued(self, ts: TaskState, recs: dict[str, str]) -> None:
         self.placement.schedule(ts)
 
     def _to_released(self, ts: TaskState, recs: dict[str, str]) -> None:

@@ -19,6 +19,7 @@ from tornado.httpserver import HTTPServer
 from tornado.netutil import bind_sockets
 from tornado.web import Application, HTTPError, RequestHandler
 
+from ..comm import split_host_port
 from ._metrics import WorkerMetrics
 
 if TYPE_CHECKING:
@@ -66,12 +67,6 @@ class NotFound(_Base):
         raise HTTPError(404, f"no such path: {self.request.path} (try /health or /metrics)")
 
 
-def _host_of(address: str) -> str:
-    """``tcp://10.0.0.5:4000`` -> ``10.0.0.5``; ``tcp://[::1]:4000`` -> ``::1``."""
-    hostport = address.split("://", 1)[-1]
-    return hostport.rsplit(":", 1)[0].strip("[]")
-
-
 def _shown_host(host: str) -> str:
     if host not in ALL_INTERFACES:
         return f"[{host}]" if ":" in host else host
@@ -88,7 +83,7 @@ async def start_http(worker: Worker, port: int) -> tuple[HTTPServer, str]:
         [(r"/health", Health, args), (r"/metrics", Metrics, args)],
         default_handler_class=NotFound, default_handler_args=args, log_function=log_request,
     )
-    host = _host_of(worker.address or worker.listen_address)
+    host, _ = split_host_port(worker.address or worker.listen_address)
     server = HTTPServer(app)
     sockets = bind_sockets(port, address=None if host in ALL_INTERFACES else host)
     server.add_sockets(sockets)

@@ -345,7 +345,7 @@ class Worker:
                 events.append(ExecuteFailure(o.key, o.exception, o.traceback, o.exception_text))
         self._handle(*events)
 
-    def _inline(self, key: str, value: Any, nbytes: int) -> Serialized | None:
+    def _inline(self, key: str, value: Any, nbytes: int) -> Serialized | bytes | memoryview | None:
         """A small result a client waits for travels with the report, saving a fetch."""
         ts = self.state.tasks.get(key)
         if ts is None or not ts.report or nbytes > INLINE_RESULT_BYTES:
@@ -356,7 +356,7 @@ class Worker:
             return None  # the client's fetch will report the error
         if ser.nbytes > INLINE_RESULT_BYTES:
             return None
-        return ser.frames[0] if len(ser.frames) == 1 else ser  # type: ignore[return-value]
+        return ser.compact()
 
     async def _gather(self, inst: Gather) -> None:
         received: dict[str, int] = {}

@@ -206,10 +206,6 @@ class WorkerState:
         ts.state = "memory"
         ts.nbytes = nbytes
 
-    @property
-    def memory_keys(self) -> list[str]:
-        return [k for k, t in self.tasks.items() if t.state == "memory"]
-
     # ------------------------------------------------------------ events
 
     def _ComputeTask(self, ev: ComputeTask) -> None:
