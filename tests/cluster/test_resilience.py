@@ -5,7 +5,6 @@ from __future__ import annotations
 import os
 import random
 import signal
-import threading
 import time
 
 import numpy as np
@@ -33,34 +32,57 @@ def tree_sum(client: Client, leaves: list) -> object:
     return level[0]
 
 
+#: The chaos test's strength: that many SIGKILLs, whatever the machine's speed.
+CHAOS_KILLS = 8
+CHAOS_LEAVES_PER_ROUND = 1024
+#: A round's kill comes once this many of its leaves are done.
+CHAOS_KILL_AFTER = 512
+
+
+def kill_a_worker_holding_data(client: Client, rng: random.Random, dead: set[int]) -> None:
+    """SIGKILL one of the scheduler's workers that holds results (with all three up)."""
+
+    def victims() -> list[int]:
+        workers = client.scheduler_info()["workers"].values()
+        pids = {w["pid"] for w in workers}
+        if len(pids) < 3 or pids & dead:
+            return []  # a killed worker is not replaced yet
+        return sorted(w["pid"] for w in workers if w["in_memory"] > 0)
+
+    pid = rng.choice(wait_for(victims, 60, "three workers, one of them holding results"))
+    os.kill(pid, signal.SIGKILL)
+    dead.add(pid)
+
+
 def test_chaos_tree_reduction_survives_sigkills():
-    """A 16,383-task tree reduction while a worker is SIGKILLed every second."""
+    """A 16,383-task tree reduction with a worker SIGKILLed in each of its 8 rounds.
+
+    The kills are paced by progress, not by the clock: round ``r`` submits
+    its leaves and their subtree, and once half of its leaves are done a
+    worker holding results is killed, before the next round (and the final
+    sum) exist.  Every run kills exactly ``CHAOS_KILLS`` times, each while
+    the answer still depends on what the killed worker held.
+    """
     with LocalCluster(n_workers=3, threads_per_worker=1, dashboard_address=None,
                       memory_limit="2GiB") as cluster, Client(cluster) as client:
-        leaves = client.map(one, range(8192))
-        total = tree_sum(client, leaves)
         rng = random.Random(7)
-        kills = 0
-        stop = threading.Event()
-
-        def chaos() -> None:
-            nonlocal kills
-            while not stop.wait(1.0) and kills < 12:  # bounded: at most 12 kills
-                pids = list(client.run(os.getpid).values())
-                if pids:
-                    os.kill(rng.choice(pids), signal.SIGKILL)
-                    kills += 1
-
-        killer = threading.Thread(target=chaos, daemon=True)
-        killer.start()
-        try:
-            assert total.result(timeout=240) == 8192
-        finally:
-            stop.set()
-            killer.join(30)
-        assert kills >= 1
+        dead: set[int] = set()
+        leaves: list = []
+        roots = []
+        for r in range(CHAOS_KILLS):
+            first = r * CHAOS_LEAVES_PER_ROUND
+            batch = client.map(one, range(first, first + CHAOS_LEAVES_PER_ROUND))
+            leaves += batch
+            roots.append(tree_sum(client, batch))
+            wait_for(lambda b=batch: sum(f.done() for f in b) >= CHAOS_KILL_AFTER, 120,
+                     f"{CHAOS_KILL_AFTER} leaves of round {r}")
+            kill_a_worker_holding_data(client, rng, dead)
+        total = tree_sum(client, roots)
+        assert total.result(timeout=240) == CHAOS_KILLS * CHAOS_LEAVES_PER_ROUND
+        assert len(dead) == CHAOS_KILLS
         counts = client.scheduler_info()["counts"]
-        assert counts["finished"] >= 16383
+        assert counts["finished"] >= 2 * len(leaves) - 1
+        assert counts["lost"] >= CHAOS_KILLS  # the kills destroyed results, recomputed since
 
 
 def record_and_make(i: int, log: str) -> bytes:
