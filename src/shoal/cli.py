@@ -70,6 +70,8 @@ def _parser() -> argparse.ArgumentParser:
     w.add_argument("--resources", action="append", default=[], help="e.g. GPU=2")
     w.add_argument("--http-port", type=int, default=None)
     w.add_argument("--death-timeout", type=float, default=60.0)
+    w.add_argument("--local-directory", default=None,
+                   help="where the worker keeps spill files (default: the temp directory)")
     w.add_argument("--no-nanny", dest="nanny", action="store_false")
     w.add_argument("--announce", action="store_true", help=argparse.SUPPRESS)
 
@@ -166,6 +168,7 @@ def _worker(args: argparse.Namespace) -> int:
             host=args.host or _default_host(args.address), port=args.port,
             memory_limit=args.memory_limit, resources=_resources(args.resources),
             death_timeout=args.death_timeout, http_port=args.http_port,
+            local_directory=args.local_directory,
             memory_thresholds=MemoryThresholds(args.memory_target, args.memory_spill,
                                                args.memory_pause, args.memory_terminate),
         ).start()
@@ -187,7 +190,8 @@ def _worker_argv(args: argparse.Namespace) -> list[str]:
             "--memory-limit", str(args.memory_limit), "--port", str(args.port),
             "--death-timeout", str(args.death_timeout)]
     for flag, value in (("--name", args.name), ("--host", args.host),
-                        ("--http-port", args.http_port)):
+                        ("--http-port", args.http_port),
+                        ("--local-directory", args.local_directory)):
         if value is not None:
             argv += [flag, str(value)]
     for item in args.resources:

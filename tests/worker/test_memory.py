@@ -225,3 +225,48 @@ def test_spill_until_below_is_bounded() -> None:
         spill_until_below(no_target.evict, no_target.rss, 1000, MemoryThresholds(target=False))
         == 400
     )
+
+
+class HoardingProcess(FakeProcess):
+    """Like the allocator without tuning: what is evicted stays resident until reclaimed."""
+
+    def __init__(self, unmanaged: int, values: list[int]) -> None:
+        super().__init__(unmanaged, values)
+        self.held = 0
+        self.reclaims = 0
+
+    def evict(self) -> int:
+        freed = super().evict()
+        self.held += freed
+        return freed
+
+    def rss(self) -> int:
+        return super().rss() + self.held
+
+    def reclaim(self) -> bool:
+        self.reclaims += 1
+        self.held = 0
+        return True
+
+
+def test_spill_until_below_reclaims_once_it_spilled_what_it_owed() -> None:
+    proc = HoardingProcess(100, [100] * 9)  # rss 1000, 500 over the target
+    spilled = spill_until_below(proc.evict, proc.rss, 1000, MemoryThresholds(),
+                                reclaim=proc.reclaim)
+    # 400 spilled (what it owed), reclaimed: at 600, still not under; one more and it is
+    assert spilled == 500 and proc.evictions == 5 and proc.reclaims == 2
+    assert proc.rss() == 500
+
+
+def test_without_reclaiming_a_hoarding_process_spills_everything_in_vain() -> None:
+    """The worker's hang: everything spilled, resident memory unchanged."""
+    proc = HoardingProcess(100, [100] * 9)
+    assert spill_until_below(proc.evict, proc.rss, 1000, MemoryThresholds()) == 900
+    assert proc.rss() == 1000
+
+
+def test_spill_until_below_goes_on_when_reclaiming_is_refused() -> None:
+    proc = HoardingProcess(100, [100] * 9)
+    refused = spill_until_below(proc.evict, proc.rss, 1000, MemoryThresholds(),
+                                reclaim=lambda: False)
+    assert refused == 900  # the reclaimer was throttled: spilling is all there is

@@ -58,6 +58,7 @@ class LocalCluster:
         dashboard_address: int | None = 0,
         worker_ttl: float = 10.0,
         resources: dict[str, float] | None = None,
+        local_directory: str | None = None,
         asynchronous: bool = False,
         startup_timeout: float = STARTUP_TIMEOUT,
     ) -> None:
@@ -72,6 +73,7 @@ class LocalCluster:
         self.dashboard_port = dashboard_address
         self.worker_ttl = worker_ttl
         self.resources = dict(resources or {})
+        self.local_directory = local_directory  # workers' spill files (None: temp dir)
         self.asynchronous = asynchronous
         self.startup_timeout = startup_timeout
         self.scheduler_address = ""
@@ -152,6 +154,7 @@ class LocalCluster:
                 self.workers[name] = await Worker(
                     self.scheduler_address, nthreads=self.threads_per_worker, name=name,
                     memory_limit=self.memory_limit, resources=self.resources,
+                    local_directory=self.local_directory,
                 ).start()
 
     def _worker_args(self, name: str) -> list[str]:
@@ -162,6 +165,8 @@ class LocalCluster:
                                       else 0)]
         for resource, amount in self.resources.items():
             args += ["--resources", f"{resource}={amount}"]
+        if self.local_directory is not None:
+            args += ["--local-directory", self.local_directory]
         if not self.nanny:
             args.append("--no-nanny")
         if self.dashboard_port is not None:  # each worker serves /health and /metrics

@@ -132,6 +132,9 @@ class Executor:
                 self._done.extend(outcomes)
                 wake = not self._wake_pending
                 self._wake_pending = True
+            # while waiting for the next tasks, hold on to none of these (their
+            # inputs and results): spilled or released, they must be freed
+            del runs, outcomes
             if wake:
                 try:
                     self.loop.call_soon_threadsafe(self._drain)

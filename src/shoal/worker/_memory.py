@@ -270,6 +270,7 @@ def spill_until_below(
     limit: int,
     thresholds: MemoryThresholds,
     max_evictions: int = MAX_EVICTIONS_PER_CHECK,
+    reclaim: Callable[[], bool] | None = None,
 ) -> int:
     """Spill results while the process is over the ``spill`` fraction; return bytes spilled.
 
@@ -279,17 +280,32 @@ def spill_until_below(
     evicts least recently used results (``evict`` is ``DataStore.evict``)
     until resident memory is below ``target`` (or ``spill`` when target is
     disabled), nothing is left to evict, or ``max_evictions`` were spilled.
+
+    Resident memory does not always follow what was freed (the allocator
+    keeps it): once as many bytes were spilled as the process was over and
+    it still is, ``reclaim`` (a :class:`~shoal.worker._allocator.Reclaimer`)
+    is asked to give freed memory back before more is spilled.
     """
     start = thresholds.bytes_for("spill", limit)
-    if start is None or rss() < start:
+    if start is None:
+        return 0
+    now = rss()
+    if now < start:
         return 0
     stop = thresholds.bytes_for("target", limit) or start
+    owed = now - stop  # bytes to free before resident memory should be below stop
     spilled = 0
     for _ in range(max_evictions):
         freed = evict()
         if freed <= 0:
             break
         spilled += freed
-        if rss() < stop:
+        now = rss()
+        if now < stop:
             break
+        if spilled >= owed and reclaim is not None and reclaim():
+            now = rss()
+            if now < stop:
+                break
+            owed = spilled + now - stop
     return spilled

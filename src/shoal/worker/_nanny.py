@@ -11,6 +11,9 @@ the OOM killer, user code calling ``os._exit``.  The nanny
   monitor, not synchronisation) and kills and restarts it above the
   terminate fraction of the memory limit, before the kernel's OOM killer
   picks a victim at random;
+* gives each child a fresh local directory (``local_directory``: see
+  :mod:`shoal.worker._workspace`) and removes it, spill files included,
+  once the child has exited, however it died, before starting the next;
 * stops without restarting on :meth:`Nanny.close`, on SIGTERM/SIGINT in
   :meth:`Nanny.run` (forwarded to the child, which gets ``timeout`` seconds
   to finish before SIGKILL), and when the child exits with status 0 (a worker
@@ -44,6 +47,7 @@ import os
 import signal
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -52,6 +56,7 @@ from typing import Literal
 import psutil
 
 from shoal.worker._memory import MemoryThresholds, memory_limit_for
+from shoal.worker._workspace import WORKER_DIRECTORY_ENV, WorkerDirectory
 
 __all__ = [
     "NANNY_PID_ENV",
@@ -148,6 +153,8 @@ class Nanny:
     ``max_restarts`` (None: unlimited) bounds restarts after unexpected exits;
     ``backoff`` is the first delay before a restart, doubled on each failure
     up to ``max_backoff`` and reset when a child ran ``stable_after`` seconds.
+    ``local_directory`` (None: none): where each child gets a directory of
+    its own, named in its ``SHOAL_WORKER_DIRECTORY``, removed after it exits.
     """
 
     def __init__(
@@ -163,6 +170,7 @@ class Nanny:
         stable_after: float = 30.0,
         env: Mapping[str, str] | None = None,
         cwd: str | None = None,
+        local_directory: str | None = None,
     ) -> None:
         if not argv:
             raise ValueError("Nanny needs a command line to run")
@@ -178,6 +186,9 @@ class Nanny:
         self.stable_after = stable_after
         self._env = dict(os.environ if env is None else env)
         self._cwd = cwd
+        self.local_directory = local_directory
+        #: the current child's directory (when ``local_directory`` is set)
+        self.directory: WorkerDirectory | None = None
         self.restarts = 0
         self.memory_kills = 0
         self.last_returncode: int | None = None
@@ -281,14 +292,21 @@ class Nanny:
 
     async def _spawn(self) -> None:
         env = {**self._env, NANNY_PID_ENV: str(os.getpid())}
-        self._process = await asyncio.create_subprocess_exec(
-            *self.argv,
-            stdin=subprocess.DEVNULL,
-            env=env,
-            cwd=self._cwd,
-            process_group=0,
-            preexec_fn=functools.partial(_die_with_parent, os.getpid()),
-        )
+        if self.local_directory is not None:
+            self.directory = WorkerDirectory(self.local_directory)
+            env[WORKER_DIRECTORY_ENV] = str(self.directory.path)
+        try:
+            self._process = await asyncio.create_subprocess_exec(
+                *self.argv,
+                stdin=subprocess.DEVNULL,
+                env=env,
+                cwd=self._cwd,
+                process_group=0,
+                preexec_fn=functools.partial(_die_with_parent, os.getpid()),
+            )
+        except BaseException:
+            self._remove_directory()
+            raise
         logger.info("started worker process %d", self._process.pid)
         if self._closing:  # close() was called while we were spawning
             self._signal_child(self._close_signal)
@@ -351,7 +369,14 @@ class Nanny:
             if monitor is not None:
                 monitor.cancel()
         _kill_group(proc.pid, signal.SIGKILL)  # whatever the child left running
+        self._remove_directory()
         return code
+
+    def _remove_directory(self) -> None:
+        """Delete the last child's directory (its spill files with it)."""
+        if self.directory is not None:
+            self.directory.remove()
+            self.directory = None
 
     async def _watch_memory(self, proc: asyncio.subprocess.Process) -> None:
         threshold = self.memory_threshold
@@ -404,6 +429,7 @@ def run_nanny(shoal_argv: Sequence[str], args: argparse.Namespace | None = None)
         memory_limit=memory_limit,
         terminate_fraction=getattr(args, "memory_terminate", MemoryThresholds().terminate),
         env=env,
+        local_directory=getattr(args, "local_directory", None) or tempfile.gettempdir(),
     )
     logger.info("nanny %d supervises: shoal %s", os.getpid(), " ".join(shoal_argv))
     return nanny.run()

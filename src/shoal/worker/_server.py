@@ -26,14 +26,11 @@ import psutil
 from ..comm import BatchedSend, CommClosedError, ConnectionPool, RPCServer, connect
 from ..comm._core import Comm
 from ..protocol import SerializationError, Serialized, ToPickle, deserialize, serialize
+from ._allocator import tune_allocator
 from ._execute import Executor, Outcome, run_task
-from ._memory import (
-    MemoryThresholds,
-    memory_limit_for,
-    memory_state,
-    process_memory,
-    spill_until_below,
-)
+from ._memory import MemoryThresholds, memory_limit_for, process_memory
+from ._monitor import MemoryCheck, MemoryMonitor
+from ._nanny import NANNY_PID_ENV
 from ._sizeof import sizeof
 from ._state import (
     AcquireReplicas,
@@ -51,6 +48,7 @@ from ._state import (
     WorkerState,
 )
 from ._store import DataStore
+from ._workspace import WORKER_DIRECTORY_ENV, WorkerDirectory
 
 logger = logging.getLogger(__name__)
 
@@ -84,7 +82,7 @@ class Worker:
         resources: dict[str, float] | None = None,
         death_timeout: float = DEFAULT_DEATH_TIMEOUT,
         memory_thresholds: MemoryThresholds | None = None,
-        spill_directory: str | None = None,
+        local_directory: str | None = None,
         listen_address: str | None = None,
         http_port: int | None = None,
     ) -> None:
@@ -98,7 +96,9 @@ class Worker:
         self.memory_limit = memory_limit_for(memory_limit, 1)
         self.resources = dict(resources or {})
         self.death_timeout = death_timeout
-        self.spill_directory = spill_directory
+        self.local_directory = local_directory
+        self.directory: str | None = None  # where spill files go (see _workspace.py)
+        self._own_directory: WorkerDirectory | None = None
         self.thresholds = memory_thresholds or MemoryThresholds()
         self.address = ""
         self.rpc = RPCServer(
@@ -118,7 +118,8 @@ class Worker:
         self.stream: BatchedSend | None = None
         self.status = "init"
         self.bytes_served = 0
-        self.memory_state = "ok"
+        self.memory: MemoryMonitor
+        self.last_memory_check: MemoryCheck | None = None
         self._process = psutil.Process()
         self.bytes_fetched = 0
         self._tasks: set[asyncio.Task] = set()
@@ -131,7 +132,12 @@ class Worker:
         if self.name is None:
             self.name = self.address
         target = self.thresholds.bytes_for("target", self.memory_limit)
-        self.data = DataStore(target, self.spill_directory)
+        self.directory = self._take_directory()
+        self.data = DataStore(target, self.directory)
+        self.memory = MemoryMonitor(str(self.name), self.memory_limit, self.thresholds,
+                                    self.data, process_memory)
+        if self.memory_limit:
+            tune_allocator()  # freed results must lower the RSS the monitor watches
         self.state = WorkerState(self.address, self.nthreads, self.resources)
         self.executor = Executor(self.nthreads, self._executed, name=str(self.name))
         if self.http_port is not None:  # health and metrics (worker/_http.py)
@@ -143,6 +149,14 @@ class Worker:
         _current_worker.append(self)
         self._spawn(self._heartbeat())
         return self
+
+    def _take_directory(self) -> str:
+        """The nanny's directory for this process if it made one, else one of our own."""
+        given = os.environ.pop(WORKER_DIRECTORY_ENV, None)  # not for processes we start
+        if given and os.environ.get(NANNY_PID_ENV) == str(os.getppid()):
+            return given
+        self._own_directory = WorkerDirectory(self.local_directory)
+        return str(self._own_directory.path)
 
     async def _connect_scheduler(self) -> None:
         deadline = time.monotonic() + self.death_timeout
@@ -237,6 +251,8 @@ class Worker:
             if task is not asyncio.current_task():
                 task.cancel()
         self.data.close()
+        if self._own_directory is not None:
+            self._own_directory.remove()
         if self in _current_worker:
             _current_worker.remove(self)
         self.status = "closed"
@@ -339,6 +355,13 @@ class Worker:
         for o in outcomes:
             if o.ok:
                 self.data.set_with_size(o.key, o.value, o.nbytes)
+                refusal = self.memory.refusal(o.key, o.nbytes)
+                if refusal is not None:  # it fits nowhere: fail it rather than be killed
+                    self.data.discard(o.key)
+                    logger.warning("%s", refusal)
+                    events.append(ExecuteFailure(o.key, serialize(refusal), "",
+                                                 f"{type(refusal).__name__}: {refusal}"))
+                    continue
                 events.append(ExecuteSuccess(o.key, o.nbytes, o.start, o.stop,
                                              self._inline(o.key, o.value, o.nbytes)))
             else:
@@ -435,41 +458,30 @@ class Worker:
     async def _heartbeat(self) -> None:
         while self.status == "running":
             await asyncio.sleep(HEARTBEAT_INTERVAL)  # a period, not a synchronisation
-            rss = process_memory()
+            check = self.check_memory()
             self._send(
                 {
                     "op": "heartbeat",
                     "metrics": {
-                        "memory_process": rss,
+                        "memory_process": check.rss,
                         "memory_managed": self.data.memory_bytes,
+                        "memory_unmanaged": check.unmanaged,
                         "memory_spilled": self.data.spilled_bytes,
                         "executing": len(self.state.executing),
                         "bytes_served": self.bytes_served,
                         "bytes_fetched": self.bytes_fetched,
                         "paused": self.state.paused,
-                        "memory_state": self.memory_state,
+                        "memory_state": check.state,
+                        "memory_stuck": check.stuck,
+                        "spill_error": self.data.spill_error,
                         "cpu": self._process.cpu_percent(),
                     },
                 }
             )
-            self._check_memory(rss)
 
-    def _check_memory(self, rss: int) -> None:
-        """Spill above the spill fraction; pause above the pause fraction."""
-        limit = self.memory_limit
-        if not limit:
-            return
-        if spill_until_below(self.data.evict, process_memory, limit, self.thresholds):
-            rss = process_memory()
-        self.memory_state = memory_state(rss, self.data.memory_bytes, limit, self.thresholds)
-        pause_at = self.thresholds.bytes_for("pause", limit)
-        paused = pause_at is not None and rss > pause_at
-        if paused != self.state.paused:
-            logger.warning(
-                "worker %s %s (process memory %d of %d)",
-                self.name,
-                "pauses" if paused else "resumes",
-                rss,
-                limit,
-            )
-            self._handle(SetPaused(paused))
+    def check_memory(self) -> MemoryCheck:
+        """Spill, give memory back and pause or resume as the memory monitor finds."""
+        check = self.last_memory_check = self.memory.check()
+        if check.paused != self.state.paused:
+            self._handle(SetPaused(check.paused))
+        return check

@@ -15,11 +15,16 @@ Spill files hold the frames of :func:`shoal.protocol._serialize.serialize`:
 a header with the number of frames and their lengths, then the frames, so
 numpy arrays and bytes go to disk without being copied into a pickle.
 Values that cannot be pickled are kept in memory ("pinned") and counted;
-they are never lost.
+they are never lost.  Neither are values the disk has no room for: a spill
+is only attempted when the directory's file system has the space (a failed
+write is removed again), the value stays in memory otherwise, and
+:attr:`DataStore.spill_error` says why until a spill succeeds again, for
+the worker to report and to refuse results that fit nowhere.
 """
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
 import shutil
@@ -39,6 +44,9 @@ __all__ = ["DataStore", "read_spill_file", "write_spill_file"]
 logger = logging.getLogger(__name__)
 
 _MISSING: Any = object()
+
+#: Room left free on the spill file system beyond each file (its header, metadata).
+_ROOM_MARGIN = 64 * 1024
 
 _COUNT = struct.Struct("<I")
 _LENGTH = struct.Struct("<Q")
@@ -105,7 +113,10 @@ class DataStore(MutableMapping[str, object]):
         self._slow: dict[str, tuple[str, int]] = {}  # key -> (path, bytes on disk)
         self._sizes: dict[str, int] = {}
         self._memory_bytes = 0
+        self._pinned_bytes = 0
         self._spilled_bytes = 0
+        #: why the last spill failed (no room on disk, an I/O error); None once one succeeds
+        self.spill_error: str | None = None
         self._file_counter = 0
         self._warned_unpicklable = False
         self._closed = False
@@ -222,6 +233,11 @@ class DataStore(MutableMapping[str, object]):
         return self._memory_bytes
 
     @property
+    def spillable_bytes(self) -> int:
+        """Bytes in memory that could be spilled (pinned values excluded)."""
+        return self._memory_bytes - self._pinned_bytes
+
+    @property
     def spilled_bytes(self) -> int:
         """Bytes of the spill files on disk."""
         return self._spilled_bytes
@@ -279,20 +295,44 @@ class DataStore(MutableMapping[str, object]):
         except SerializationError as exc:
             self._pin(key, exc)
             return False
-        path = os.path.join(self._spill_dir(), f"{self._file_counter}.spill")
-        self._file_counter += 1
+        path = None
         try:
+            directory = self._spill_dir()
+            self._check_room(directory, ser.nbytes)
+            path = os.path.join(directory, f"{self._file_counter}.spill")
+            self._file_counter += 1
             written = write_spill_file(path, ser)
         except OSError as exc:
-            logger.warning("cannot spill %r to %s: %s", key, path, exc)
-            self._remove_file(path)
-            self._fast.move_to_end(key)
+            if path is not None:
+                self._remove_file(path)
+            self._spill_failed(key, exc)
             return False
         del self._fast[key]
         self._memory_bytes -= self._sizes[key]
         self._slow[key] = (path, written)
         self._spilled_bytes += written
+        if self.spill_error is not None:
+            logger.info("spilling to %s works again", self._directory)
+            self.spill_error = None
         return True
+
+    @staticmethod
+    def _check_room(directory: str, nbytes: int) -> None:
+        """Raise ENOSPC unless ``directory``'s file system has room for ``nbytes`` more."""
+        stat = os.statvfs(directory)
+        free = stat.f_bavail * stat.f_frsize
+        if free < nbytes + _ROOM_MARGIN:
+            raise OSError(errno.ENOSPC, f"No space left on device ({nbytes} bytes to write, "
+                          f"{free} free)", directory)
+
+    def _spill_failed(self, key: str, exc: OSError) -> None:
+        """Keep ``key`` in memory and remember why; warn once per stretch of failures."""
+        self._fast.move_to_end(key)
+        first = self.spill_error is None
+        where = exc.filename or self._directory or self._parent_directory
+        self.spill_error = f"cannot spill to {where}: {exc.strerror or exc}"
+        if first:
+            logger.warning("%s; keeping results in memory (%r and any more)", self.spill_error, key)
 
     def _pin(self, key: str, exc: Exception) -> None:
         if not self._warned_unpicklable:
@@ -304,6 +344,7 @@ class DataStore(MutableMapping[str, object]):
                 exc,
             )
         self._pinned[key] = self._fast.pop(key)
+        self._pinned_bytes += self._sizes[key]
         self.unspillable_count += 1
 
     def _unspill(self, key: str) -> object:
@@ -328,6 +369,7 @@ class DataStore(MutableMapping[str, object]):
         elif key in self._pinned:
             del self._pinned[key]
             self._memory_bytes -= nbytes
+            self._pinned_bytes -= nbytes
         else:
             path, written = self._slow.pop(key)
             self._spilled_bytes -= written
@@ -360,7 +402,7 @@ class DataStore(MutableMapping[str, object]):
             self._pinned.clear()
             self._slow.clear()
             self._sizes.clear()
-            self._memory_bytes = self._spilled_bytes = 0
+            self._memory_bytes = self._pinned_bytes = self._spilled_bytes = 0
             if self._cleanup is not None:
                 self._cleanup()
             self._directory = None

@@ -1,0 +1,134 @@
+"""The worker's memory monitor: spill, give memory back, pause, and say why.
+
+Once per heartbeat the worker asks :meth:`MemoryMonitor.check` where it
+stands.  Over the spill fraction it spills results until its resident
+memory is back under target; when what it spilled did not lower resident
+memory, it hands freed memory back to the OS (:mod:`._allocator`) and looks
+again.  Over the pause fraction it starts no new tasks until it is under
+again; every check looks afresh, so a worker resumes as soon as it can.
+
+A pause the worker cannot get out of by itself is never silent: when it is
+paused and nothing is left to spill (the memory is not results: a leak in
+task code, buffers of a library) or the spill directory has no room, it
+logs why, with the numbers, once per such stretch, and :attr:`stuck` says
+it in the heartbeat the scheduler shows.  A result that arrives while the
+worker is over the pause fraction and cannot be spilled fits nowhere: the
+worker fails that task with :class:`WorkerMemoryError` (see
+:meth:`MemoryMonitor.refusal`) instead of growing until its nanny kills it.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from ._allocator import Reclaimer
+from ._memory import MemoryState, MemoryThresholds, format_bytes, memory_state, spill_until_below
+from ._store import DataStore
+
+__all__ = ["MemoryCheck", "MemoryMonitor", "WorkerMemoryError"]
+
+logger = logging.getLogger(__name__)
+
+
+class WorkerMemoryError(MemoryError):
+    """A task's result fits neither in the worker's memory nor on its disk."""
+
+
+@dataclass(frozen=True, slots=True)
+class MemoryCheck:
+    """What one check found."""
+
+    rss: int
+    state: MemoryState
+    paused: bool
+    #: resident bytes that are not results held in memory
+    unmanaged: int
+    #: why the worker cannot get under the pause fraction by itself, if it cannot
+    stuck: str | None
+
+
+class MemoryMonitor:
+    """Memory policy of one worker whose results live in ``store``.
+
+    ``rss`` measures the process's resident memory, ``reclaim`` gives freed
+    memory back (throttled); both are parameters for the tests.
+    """
+
+    def __init__(self, name: str, limit: int, thresholds: MemoryThresholds, store: DataStore,
+                 rss: Callable[[], int], reclaim: Callable[[], bool] | None = None) -> None:
+        self.name = name
+        self.limit = limit
+        self.thresholds = thresholds
+        self.store = store
+        self._rss = rss
+        self._reclaim = reclaim if reclaim is not None else Reclaimer()
+        self.paused = False
+        self.stuck: str | None = None
+
+    def check(self) -> MemoryCheck:
+        """Spill and reclaim as needed; decide whether the worker is paused."""
+        limit, thresholds = self.limit, self.thresholds
+        rss = self._rss()
+        if limit <= 0:
+            return MemoryCheck(rss, "ok", False, 0, None)
+        spill_at = thresholds.bytes_for("spill", limit)
+        if spill_at is not None and rss >= spill_at:
+            spill_until_below(self.store.evict, self._rss, limit, thresholds,
+                              reclaim=self._reclaim)
+            rss = self._rss()
+            if rss >= spill_at and self._reclaim():  # nothing (more) to spill: give back
+                rss = self._rss()
+        managed = self.store.memory_bytes
+        unmanaged = max(rss - managed, 0)
+        pause_at = thresholds.bytes_for("pause", limit)
+        paused = pause_at is not None and rss > pause_at
+        if paused != self.paused:
+            self.paused = paused
+            logger.warning("worker %s %s (%s)", self.name, "pauses" if paused else "resumes",
+                           self._numbers(rss, unmanaged))
+        stuck = self._why_stuck(unmanaged) if paused else None
+        if stuck is not None and self.stuck is None:
+            logger.warning("worker %s stays paused until memory is freed: %s (%s)", self.name,
+                           stuck, self._numbers(rss, unmanaged))
+        self.stuck = stuck
+        state = memory_state(rss, managed, limit, thresholds)
+        return MemoryCheck(rss, state, paused, unmanaged, stuck)
+
+    def _numbers(self, rss: int, unmanaged: int) -> str:
+        store = self.store
+        return (f"process memory {format_bytes(rss)} of {format_bytes(self.limit)}: "
+                f"{format_bytes(store.memory_bytes)} of results in memory, "
+                f"{format_bytes(unmanaged)} unmanaged, {format_bytes(store.spilled_bytes)} "
+                "spilled to disk")
+
+    def _why_stuck(self, unmanaged: int) -> str | None:
+        store = self.store
+        if store.spill_error is not None and store.spillable_bytes > 0:
+            return f"{store.spill_error}, so results stay in memory"
+        if store.spillable_bytes == 0:
+            return (f"nothing left to spill; {format_bytes(unmanaged)} of its memory is not "
+                    "results (unmanaged: e.g. kept by task code or libraries) and cannot be "
+                    "spilled")
+        return None
+
+    def refusal(self, key: str, nbytes: int) -> WorkerMemoryError | None:
+        """Why the result ``key`` just stored cannot be kept, or None if it can.
+
+        It cannot when the store failed to spill (no room on disk) and the
+        process is over the pause fraction: keeping it would only bring the
+        worker closer to being killed for memory.
+        """
+        store = self.store
+        pause_at = self.thresholds.bytes_for("pause", self.limit)
+        if pause_at is None or store.spill_error is None or store.is_spilled(key):
+            return None
+        rss = self._rss()
+        if rss <= pause_at:
+            return None
+        return WorkerMemoryError(
+            f"the result of {key!r} ({format_bytes(nbytes)}) does not fit on worker "
+            f"{self.name}: {store.spill_error}, and its process memory "
+            f"({format_bytes(rss)}) is over the pause threshold ({format_bytes(pause_at)} of "
+            f"its {format_bytes(self.limit)} limit)")

@@ -1,0 +1,46 @@
+"""The executor runs tasks on threads and keeps nothing of them afterwards."""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import gc
+import weakref
+
+import numpy as np
+
+from shoal.protocol import serialize
+from shoal.protocol._task import KeyRef
+from shoal.worker._execute import Executor, Outcome, run_task
+from shoal.worker._sizeof import sizeof
+
+from ..polling import async_wait_for
+
+
+def test_an_idle_executor_holds_no_inputs_or_results() -> None:
+    """A spilled or released value must be freed, not pinned by a waiting thread."""
+
+    async def main() -> None:
+        done: asyncio.Queue[list[Outcome]] = asyncio.Queue()
+        executor = Executor(1, done.put_nowait, name="test")
+        try:
+            data = {"x": np.ones(1000)}
+            refs = [weakref.ref(data["x"])]
+            args = serialize(((KeyRef("x"),), {}))
+            executor.submit_many([functools.partial(run_task, "y", np.negative, args, data,
+                                                    sizeof)])
+            del data
+            outcomes = await asyncio.wait_for(done.get(), 30)
+            assert outcomes[0].ok
+            refs.append(weakref.ref(outcomes[0].value))
+            del outcomes
+
+            def all_freed() -> bool:
+                gc.collect()
+                return all(ref() is None for ref in refs)
+
+            await async_wait_for(all_freed, 10, "the thread letting go of the task's values")
+        finally:
+            executor.shutdown()
+
+    asyncio.run(main())

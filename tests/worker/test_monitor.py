@@ -1,0 +1,137 @@
+"""The memory monitor: spill, give memory back, pause, resume, and say why."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from shoal.worker._memory import MemoryThresholds
+from shoal.worker._monitor import MemoryMonitor, WorkerMemoryError
+from shoal.worker._store import DataStore
+
+from ..small_disk import small_filesystem
+
+LIMIT = 1000
+
+
+def length(value: object) -> int:
+    return len(value)  # type: ignore[arg-type]
+
+
+class Process:
+    """Resident memory: the store's values in memory plus ``unmanaged`` plus ``freed``.
+
+    ``freed`` is what was spilled but stays resident until reclaimed, as
+    with glibc's dynamic thresholds.
+    """
+
+    def __init__(self, store: DataStore, unmanaged: int = 0, hoard: bool = False) -> None:
+        self.store = store
+        self.unmanaged = unmanaged
+        self.hoard = hoard
+        self.freed = 0
+        self.reclaims = 0
+        self._last_memory = 0
+
+    def rss(self) -> int:
+        memory = self.store.memory_bytes
+        if self.hoard and memory < self._last_memory:
+            self.freed += self._last_memory - memory
+        self._last_memory = memory
+        return memory + self.unmanaged + self.freed
+
+    def reclaim(self) -> bool:
+        self.rss()
+        self.reclaims += 1
+        self.freed = 0
+        return True
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> Iterator[DataStore]:
+    s = DataStore(600, spill_directory=str(tmp_path), sizeof=length)
+    yield s
+    s.close()
+
+
+def monitor_for(store: DataStore, proc: Process, reclaim: bool = True) -> MemoryMonitor:
+    return MemoryMonitor("w", LIMIT, MemoryThresholds(), store, proc.rss,
+                         proc.reclaim if reclaim else (lambda: False))
+
+
+def fill(store: DataStore, n: int, size: int = 100) -> None:
+    for i in range(n):
+        store[f"x{i}"] = b"x" * size
+
+
+def test_a_worker_over_pause_spills_and_resumes(store: DataStore) -> None:
+    fill(store, 6)
+    proc = Process(store, unmanaged=300)  # 900 of 1000: paused
+    check = monitor_for(store, proc).check()
+    assert not check.paused and check.stuck is None and check.state == "ok"
+    assert store.spilled_count == 4 and proc.rss() < 600
+
+
+def test_freed_memory_that_stays_resident_is_given_back(store: DataStore) -> None:
+    """The hang of the spilling test: everything spilled, RSS unchanged, paused for ever."""
+    fill(store, 6)
+    proc = Process(store, unmanaged=300, hoard=True)
+    stuck = monitor_for(store, proc, reclaim=False).check()
+    assert stuck.paused and store.memory_bytes == 0  # what happened without reclaiming
+    fill(store, 6)
+    proc.freed = 0
+    check = monitor_for(store, proc).check()
+    assert not check.paused and proc.reclaims >= 1
+    assert store.memory_bytes > 0  # it did not need to spill everything either
+
+
+def test_a_pause_with_nothing_to_spill_says_why_once(store: DataStore,
+                                                     caplog: pytest.LogCaptureFixture) -> None:
+    proc = Process(store, unmanaged=900)  # a leak in task code: nothing of ours to spill
+    monitor = monitor_for(store, proc)
+    with caplog.at_level(logging.WARNING, "shoal.worker._monitor"):
+        first = monitor.check()
+        again = monitor.check()
+    assert first.paused and again.paused
+    assert first.stuck is not None and "nothing left to spill" in first.stuck
+    assert first.unmanaged == 900
+    stays = [r for r in caplog.records if "stays paused" in r.getMessage()]
+    assert len(stays) == 1 and "900 B unmanaged" in stays[0].getMessage()
+    assert proc.reclaims == 2  # each check tries to give memory back (the real one is throttled)
+    proc.unmanaged = 100
+    check = monitor.check()
+    assert not check.paused and check.stuck is None and monitor.stuck is None
+    assert any("resumes" in r.getMessage() for r in caplog.records)
+
+
+def test_no_limit_means_no_policy(store: DataStore) -> None:
+    fill(store, 6)
+    proc = Process(store, unmanaged=10**9)
+    check = MemoryMonitor("w", 0, MemoryThresholds(), store, proc.rss, proc.reclaim).check()
+    assert check.state == "ok" and not check.paused and store.spilled_count == 0
+
+
+def test_a_full_spill_disk_is_reported_and_refuses_what_fits_nowhere() -> None:
+    with small_filesystem("1m") as disk:
+        store = DataStore(600_000, spill_directory=disk, sizeof=length)
+        try:
+            proc = Process(store)
+            monitor = MemoryMonitor("w", 2_000_000, MemoryThresholds(), store, proc.rss,
+                                    proc.reclaim)
+            for i in range(5):  # 500 kB each: 1 MiB holds one spilled value, not two
+                store[f"x{i}"] = b"x" * 500_000
+            assert store.spill_error is not None and "No space left" in store.spill_error
+            assert store.spilled_count == 1 and store.memory_bytes == 2_000_000
+            check = monitor.check()
+            assert check.paused and check.stuck is not None
+            assert store.spill_error in check.stuck
+            refusal = monitor.refusal("x4", 500_000)
+            assert isinstance(refusal, WorkerMemoryError)
+            assert "'x4'" in str(refusal) and "No space left on device" in str(refusal)
+            del store["x0"], store["x1"], store["x2"]
+            assert monitor.refusal("x4", 500_000) is None  # under the pause threshold again
+        finally:
+            store.close()
