@@ -14,6 +14,7 @@ from shoal import Client, LocalCluster
 from shoal.worker import get_worker
 
 from ..polling import wait_for
+from ..small_disk import small_filesystem
 
 
 def add(a: int, b: int) -> int:
@@ -173,3 +174,81 @@ def test_silent_worker_is_removed_after_its_ttl():
                 2 * i for i in range(20)]
         finally:
             os.kill(frozen, signal.SIGCONT)
+
+
+def make_mib(i: int, mib: int) -> np.ndarray:
+    return np.full(mib * 2**20 // 8, i, dtype="f8")
+
+
+def worker_directories(local: str) -> list[str]:
+    space = os.path.join(local, "shoal-worker-space")
+    return sorted(n for n in os.listdir(space) if not n.endswith(".dirlock"))
+
+
+def used_bytes(path: str) -> int:
+    stat = os.statvfs(path)
+    return (stat.f_blocks - stat.f_bfree) * stat.f_frsize
+
+
+def spill_some(client: Client, n: int = 24) -> list:
+    """``n`` results of 10 MiB: beyond a 300 MiB worker's target, so some go to disk."""
+    blocks = client.map(make_mib, range(n), mib=10)
+    client.gather(client.map(lambda b: float(b[0]), blocks))
+    wait_for(lambda: sum(client.run(spilled_bytes).values()) > 30 * 2**20, 30, "spilling")
+    return blocks
+
+
+def test_a_sigkilled_workers_spill_files_are_removed_by_its_nanny():
+    with small_filesystem("256m") as disk, LocalCluster(
+            n_workers=1, threads_per_worker=1, dashboard_address=None, memory_limit="300MiB",
+            local_directory=disk) as cluster, Client(cluster) as client:
+        spill_some(client)
+        [killed] = worker_directories(disk)
+        assert used_bytes(disk) > 30 * 2**20
+        [pid] = client.run(os.getpid).values()
+        os.kill(pid, signal.SIGKILL)
+        wait_for(lambda: killed not in worker_directories(disk), 30,
+                 "the nanny removing its dead worker's directory")
+        wait_for(lambda: [w["pid"] for w in client.scheduler_info()["workers"].values()
+                          if w["pid"] != pid], 60, "the restarted worker")
+        assert used_bytes(disk) < 2**20
+
+
+def test_spill_files_of_workers_without_a_nanny_go_at_exit_or_with_the_next_worker():
+    with small_filesystem("256m") as disk:
+        with LocalCluster(n_workers=2, threads_per_worker=1, dashboard_address=None,
+                          memory_limit="300MiB", nanny=False, local_directory=disk) as cluster, \
+                Client(cluster) as client:
+            blocks = spill_some(client, 48)
+            assert len(worker_directories(disk)) == 2
+            pids = client.run(os.getpid)
+            spilled = client.run(spilled_bytes)
+            os.kill(pids[max(spilled, key=spilled.get)], signal.SIGKILL)
+            wait_for(lambda: len(client.scheduler_info()["workers"]) == 1, 30, "its removal")
+            del blocks
+        [stale] = worker_directories(disk)  # the live one removed its own at exit
+        assert used_bytes(disk) > 2**20
+        with LocalCluster(n_workers=1, threads_per_worker=1, dashboard_address=None,
+                          memory_limit="300MiB", nanny=False, local_directory=disk) as again, \
+                Client(again) as client:
+            assert stale not in worker_directories(disk)  # purged by the new worker
+            assert client.submit(add, 1, 1).result(timeout=30) == 2
+        assert worker_directories(disk) == [] and used_bytes(disk) < 2**20
+
+
+def test_a_full_spill_disk_fails_the_result_that_fits_nowhere_clearly():
+    """No silent pause and no nanny kills: the client hears why, the worker lives on."""
+    with small_filesystem("8m") as disk, LocalCluster(
+            n_workers=1, threads_per_worker=1, dashboard_address=None, memory_limit="400MiB",
+            local_directory=disk) as cluster, Client(cluster) as client:
+        [pid] = client.run(os.getpid).values()
+        kept = [client.submit(make_mib, i, 100) for i in range(2)]  # 200 MiB: under target
+        client.gather(kept)
+        refused = client.submit(make_mib, 2, 100)  # over target: needs the disk, which is full
+        with pytest.raises(Exception, match="No space left on device") as info:
+            refused.result(timeout=60)
+        assert "does not fit" in str(info.value) and refused.key in str(info.value)
+        assert [float(b[0]) for b in client.gather(kept)] == [0.0, 1.0]
+        del kept
+        assert float(client.submit(make_mib, 3, 100).result(timeout=60)[0]) == 3.0
+        assert list(client.run(os.getpid).values()) == [pid]  # never killed for memory

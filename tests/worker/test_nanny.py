@@ -42,6 +42,10 @@ CHILD = textwrap.dedent(
         sleeper = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
         with open(os.path.join(state, "grandchild"), "w") as f:
             f.write(str(sleeper.pid))
+    if mode == "spill":  # writes into the directory its nanny gave it, and says which
+        directory = os.environ["SHOAL_WORKER_DIRECTORY"]
+        open(os.path.join(directory, "0.spill"), "wb").write(b"x" * 1000)
+        open(os.path.join(state, f"dir-{os.getpid()}"), "w").write(directory)
     if mode == "watch-parent":
         sys.path.insert(0, sys.argv[3])
         from shoal.worker._nanny import watch_parent_from_env
@@ -132,6 +136,37 @@ def test_restarts_a_child_killed_with_sigkill(child: Child) -> None:
             assert await nanny.close(timeout=5) == 0
         assert child.runs() and all(gone(pid) for pid in child.runs())
         assert nanny.pid is None
+
+    run(main)
+
+
+def test_each_child_gets_a_directory_removed_when_it_dies(child: Child, tmp_path: Path) -> None:
+    """Spill files go with their worker, SIGKILLed or stopped, never left on disk."""
+    local = tmp_path / "local"
+
+    def directory(pid: int | None) -> Path:
+        return Path((child.dir / f"dir-{pid}").read_text())
+
+    async def main() -> None:
+        nanny = Nanny(child.argv("spill"), backoff=0.01, local_directory=str(local))
+        await nanny.start()
+        try:
+            first = nanny.pid
+            await async_wait_until(lambda: child.ready(first))
+            first_dir = directory(first)
+            assert (first_dir / "0.spill").exists()
+            assert first is not None
+            os.kill(first, signal.SIGKILL)
+            await async_wait_until(
+                lambda: nanny.pid not in (None, first) and child.ready(nanny.pid)
+            )
+            assert not first_dir.exists()
+            second_dir = directory(nanny.pid)
+            assert second_dir != first_dir and (second_dir / "0.spill").exists()
+        finally:
+            assert await nanny.close(timeout=5) == 0
+        assert not second_dir.exists()
+        assert list((local / "shoal-worker-space").iterdir()) == []
 
     run(main)
 

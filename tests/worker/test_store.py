@@ -16,6 +16,8 @@ from hypothesis import strategies as st
 from shoal.protocol._serialize import serialize
 from shoal.worker._store import DataStore, read_spill_file, write_spill_file
 
+from ..small_disk import small_filesystem
+
 
 def length(value: object) -> int:
     """A size function whose answers the tests can predict."""
@@ -328,3 +330,45 @@ def test_get_serialized_serves_spilled_frames_from_disk(store: DataStore) -> Non
     assert store.is_spilled("b") and not store.is_spilled("c")
     with pytest.raises(KeyError):
         store.get_serialized("zzz")
+
+
+def test_a_full_disk_keeps_values_in_memory_and_says_why_once(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    with small_filesystem("1m") as disk:
+        s = DataStore(300_000, spill_directory=disk, sizeof=length)
+        try:
+            with caplog.at_level(logging.WARNING, "shoal.worker._store"):
+                for i in range(6):  # 400 kB each: room on disk for two
+                    s[f"x{i}"] = b"x" * 400_000
+            assert s.spilled_count == 2 and len(spill_files(s)) == 2  # no partial file
+            assert s.memory_bytes == 4 * 400_000 and s.spillable_bytes == 4 * 400_000
+            assert s.spill_error is not None and "No space left on device" in s.spill_error
+            warnings = [r for r in caplog.records if "cannot spill" in r.getMessage()]
+            assert len(warnings) == 1
+            assert all(s[f"x{i}"] == b"x" * 400_000 for i in range(6))  # nothing lost
+            s.clear()
+            s["y"] = b"y" * 400_000
+            s["z"] = b"z" * 100
+            assert s.is_spilled("y") and s.spill_error is None  # room again: spilling works
+        finally:
+            s.close()
+
+
+def test_a_disk_another_writer_filled_is_not_written_to(tmp_path: Path) -> None:
+    with small_filesystem("1m") as disk:
+        s = DataStore(None, spill_directory=disk, sizeof=length)
+        try:
+            s["x"] = b"x" * 100
+            s.evict()
+            directory = s.directory
+            assert directory is not None
+            filler = os.path.join(disk, "filler")
+            s["big"] = b"b" * 600_000
+            with open(filler, "wb") as f:
+                f.write(b"f" * 500_000)
+            assert s.evict() == 0 and s.spill_error is not None
+            assert sorted(os.listdir(directory)) == ["0.spill"]
+            assert s["big"] == b"b" * 600_000
+        finally:
+            s.close()
