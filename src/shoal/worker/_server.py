@@ -119,7 +119,6 @@ class Worker:
         self.status = "init"
         self.bytes_served = 0
         self.memory: MemoryMonitor
-        self.last_memory_check: MemoryCheck | None = None
         self._process = psutil.Process()
         self.bytes_fetched = 0
         self._tasks: set[asyncio.Task] = set()
@@ -481,7 +480,7 @@ class Worker:
 
     def check_memory(self) -> MemoryCheck:
         """Spill, give memory back and pause or resume as the memory monitor finds."""
-        check = self.last_memory_check = self.memory.check()
+        check = self.memory.check()
         if check.paused != self.state.paused:
             self._handle(SetPaused(check.paused))
         return check
