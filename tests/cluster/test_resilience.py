@@ -180,6 +180,10 @@ def make_mib(i: int, mib: int) -> np.ndarray:
     return np.full(mib * 2**20 // 8, i, dtype="f8")
 
 
+def first_value(block: np.ndarray) -> float:
+    return float(block[0])
+
+
 def worker_directories(local: str) -> list[str]:
     space = os.path.join(local, "shoal-worker-space")
     return sorted(n for n in os.listdir(space) if not n.endswith(".dirlock"))
@@ -193,7 +197,7 @@ def used_bytes(path: str) -> int:
 def spill_some(client: Client, n: int = 24) -> list:
     """``n`` results of 10 MiB: beyond a 300 MiB worker's target, so some go to disk."""
     blocks = client.map(make_mib, range(n), mib=10)
-    client.gather(client.map(lambda b: float(b[0]), blocks))
+    client.gather(client.map(first_value, blocks))
     wait_for(lambda: sum(client.run(spilled_bytes).values()) > 30 * 2**20, 30, "spilling")
     return blocks
 
@@ -239,16 +243,18 @@ def test_spill_files_of_workers_without_a_nanny_go_at_exit_or_with_the_next_work
 def test_a_full_spill_disk_fails_the_result_that_fits_nowhere_clearly():
     """No silent pause and no nanny kills: the client hears why, the worker lives on."""
     with small_filesystem("8m") as disk, LocalCluster(
-            n_workers=1, threads_per_worker=1, dashboard_address=None, memory_limit="400MiB",
+            n_workers=1, threads_per_worker=1, dashboard_address=None, memory_limit="600MiB",
             local_directory=disk) as cluster, Client(cluster) as client:
+        # target 360 MiB, pause 480, terminate 570: with the interpreter's own
+        # memory (under 90 MiB), 300 MiB of results fit, 480 do not
         [pid] = client.run(os.getpid).values()
-        kept = [client.submit(make_mib, i, 100) for i in range(2)]  # 200 MiB: under target
-        client.gather(kept)
-        refused = client.submit(make_mib, 2, 100)  # over target: needs the disk, which is full
+        kept = [client.submit(make_mib, i, 150) for i in range(2)]
+        client.gather(client.map(first_value, kept))
+        refused = client.submit(make_mib, 2, 180)  # over target: needs the disk, which is full
         with pytest.raises(Exception, match="No space left on device") as info:
             refused.result(timeout=60)
         assert "does not fit" in str(info.value) and refused.key in str(info.value)
-        assert [float(b[0]) for b in client.gather(kept)] == [0.0, 1.0]
+        assert client.gather(client.map(first_value, kept)) == [0.0, 1.0]
         del kept
-        assert float(client.submit(make_mib, 3, 100).result(timeout=60)[0]) == 3.0
+        assert client.submit(first_value, client.submit(make_mib, 3, 50)).result(60) == 3.0
         assert list(client.run(os.getpid).values()) == [pid]  # never killed for memory
