@@ -259,3 +259,67 @@ def test_a_full_spill_disk_fails_the_result_that_fits_nowhere_clearly():
         del kept
         assert client.submit(first_value, client.submit(make_mib, 3, 50)).result(60) == 3.0
         assert list(client.run(os.getpid).values()) == [pid]  # never killed for memory
+
+
+_kept_apart: list[bytes] = []
+
+
+def free_but_resident(mib: int) -> int:
+    """Free ``mib`` MiB of heap in 64 KiB chunks kept apart by small live ones.
+
+    Freed, yet resident: the allocator keeps the holes.  Only giving them
+    back (malloc_trim) lowers the process's memory.
+    """
+    chunks = []
+    for i in range(mib * 16):
+        chunks.append(bytes([i % 250 + 1]) * 65536)
+        _kept_apart.append(bytes(1000))
+    del chunks
+    return len(_kept_apart)
+
+
+def check_memory() -> dict:
+    check = get_worker().check_memory()
+    return {"paused": check.paused, "rss": check.rss, "stuck": check.stuck}
+
+
+def test_a_worker_paused_by_freed_memory_gives_it_back_and_resumes():
+    """The spilling hang: nothing left to spill, memory freed but resident, paused for ever."""
+    with LocalCluster(n_workers=1, threads_per_worker=1, dashboard_address=None,
+                      memory_limit="300MiB", nanny=False) as cluster, Client(cluster) as client:
+        assert client.submit(free_but_resident, 260).result(timeout=60) == 260 * 16
+        [check] = client.run(check_memory).values()
+        assert not check["paused"], check
+        assert client.submit(add, 1, 1).result(timeout=30) == 2
+
+
+_leaked: list[bytes] = []
+
+
+def leak(mib: int) -> int:
+    _leaked.append(bytes([1]) * (mib * 2**20))
+    return mib
+
+
+def plug_the_leak() -> None:
+    _leaked.clear()
+
+
+def test_a_worker_paused_by_memory_that_is_not_results_says_so():
+    """Memory task code keeps cannot be spilled: the pause is reported, never silent."""
+    with LocalCluster(n_workers=1, threads_per_worker=1, dashboard_address=None,
+                      memory_limit="300MiB", nanny=False) as cluster, Client(cluster) as client:
+        assert client.submit(leak, 260).result(timeout=60) == 260
+        [check] = client.run(check_memory).values()
+        assert check["paused"] and "nothing left to spill" in check["stuck"]
+
+        def reported() -> object:
+            [info] = client.scheduler_info()["workers"].values()
+            metrics = info["metrics"]
+            return metrics.get("memory_stuck") and metrics["memory_unmanaged"] > 250 * 2**20
+
+        wait_for(reported, 30, "the heartbeat telling the scheduler why the worker is paused")
+        client.run(plug_the_leak)
+        [check] = client.run(check_memory).values()
+        assert not check["paused"] and check["stuck"] is None
+        assert client.submit(add, 1, 1).result(timeout=30) == 2
