@@ -17,6 +17,7 @@ from .client import (
     default_client,
     wait,
 )
+from .client._dask import futures_of
 from .client._progress import progress
 from .cluster import LocalCluster
 
@@ -32,6 +33,7 @@ __all__ = [
     "TaskError",
     "as_completed",
     "default_client",
+    "futures_of",
     "progress",
     "wait",
 ]

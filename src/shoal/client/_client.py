@@ -21,8 +21,9 @@ from ..comm import BatchedSend, CommClosedError, ConnectionPool, connect
 from ..comm._core import Comm
 from ..protocol import SerializationError, Serialized, deserialize, serialize
 from ..protocol._task import KEEP, KeyRef, replace
+from . import _dask
 from ._future import FINAL, Future, FutureState
-from ._integrations import ClientExecutor, dask_get
+from ._integrations import ClientExecutor
 from ._loop import LoopRunner
 from ._tokenize import FunctionCache, task_key
 
@@ -47,12 +48,14 @@ class Client:
         timeout: float = DEFAULT_TIMEOUT,
         name: str | None = None,
         direct_to_workers: bool = True,
+        set_as_default: bool = True,
         **cluster_kwargs: Any,
     ) -> None:
         self.id = f"{name or 'Client'}-{uuid.uuid4().hex}"
         self.asynchronous = asynchronous
         self.timeout = timeout
         self.direct_to_workers = direct_to_workers
+        self._set_as_default = set_as_default
         self.cluster: Any = None
         self._own_cluster = False
         self._address_arg = address
@@ -121,6 +124,8 @@ class Client:
         self._reader = asyncio.get_running_loop().create_task(self._read_scheduler(comm))
         self.status = "running"
         _current.append(self)
+        if self._set_as_default and not self.asynchronous:
+            _dask.set_default(self)
 
     def close(self, timeout: float = 10.0) -> Any:
         if self.asynchronous:
@@ -140,6 +145,7 @@ class Client:
         self.status = "closed"
         if self in _current:
             _current.remove(self)
+        _dask.unset_default(self)
         if self._stream is not None:
             try:
                 self._stream.send({"op": "close-client"})
@@ -565,7 +571,17 @@ class Client:
 
     def get(self, graph: Any, keys: Any, **kwargs: Any) -> Any:
         """Run a dask graph: ``dask.compute(x, scheduler=client.get)``."""
-        return dask_get(self, graph, keys, **kwargs)
+        return _dask.dask_get(self, graph, keys, **kwargs)
+
+    def compute(self, collections: Any, sync: bool = False, optimize_graph: bool = True,
+                **restrictions: Any) -> Any:
+        """Futures of dask collections' values (their results if ``sync``)."""
+        return _dask.compute_collections(self, collections, sync, optimize_graph, restrictions)
+
+    def persist(self, collections: Any, optimize_graph: bool = True,
+                **restrictions: Any) -> Any:
+        """The collections, computing on the cluster, their pieces held as futures."""
+        return _dask.persist_collections(self, collections, optimize_graph, restrictions)
 
     def get_executor(self, **submit_kwargs: Any) -> ClientExecutor:
         """A ``concurrent.futures.Executor`` running on this cluster."""

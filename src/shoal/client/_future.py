@@ -108,6 +108,10 @@ class Future:
 
     __slots__ = ("__weakref__", "_state", "client", "key")
 
+    #: dask reads a Future inside a graph as a reference to its key (dask's
+    #: protocol for third-party futures), so persisted collections compose.
+    __dask_future__ = True
+
     def __init__(self, key: str, client: Client, state: FutureState | None = None) -> None:
         self.key = key
         self.client = client
@@ -170,6 +174,9 @@ class Future:
             self.client._release_future(self.key)
         except Exception:  # noqa: BLE001, S110 - at interpreter shutdown anything goes
             pass
+
+    def __dask_tokenize__(self) -> str:
+        return self.key
 
     def __repr__(self) -> str:
         return f"<Future: {self.status}, key: {self.key}>"
