@@ -151,12 +151,6 @@ def dask_get(client: Client, graph: Any, keys: Any, **_: Any) -> Any:
 # ------------------------------------------------------------ collections
 
 
-def _collections_expr(collections: list[Any], optimize_graph: bool) -> Any:
-    from dask.base import collections_to_expr
-
-    return collections_to_expr(collections, optimize_graph).optimize()
-
-
 def compute(client: Client, collections: list[Any], optimize_graph: bool = True,
             restrictions: dict[str, Any] | None = None) -> list[Future]:
     """One future per collection, holding its finalized value."""
@@ -175,12 +169,14 @@ def persist(client: Client, collections: list[Any], optimize_graph: bool = True,
             restrictions: dict[str, Any] | None = None) -> list[Any]:
     """Each collection rebuilt over futures of its output keys, computing on the cluster."""
     from dask._expr import CompositeExpr, _ExprSequence
-    from dask.base import _rebuild_composite_collection
+    from dask.base import _rebuild_composite_collection, collections_to_expr
 
-    expr = _collections_expr(collections, optimize_graph)
+    expr = collections_to_expr(list(collections), optimize_graph)
     exprs = list(expr.operands) if isinstance(expr, _ExprSequence) else [expr]
-    per_collection = [_flatten(k) for k in expr.__dask_keys__()] if len(collections) > 1 \
-        else [_flatten(expr.__dask_keys__())]
+    expr = expr.optimize()
+    if any(isinstance(e, CompositeExpr) for e in exprs):  # as dask.persist does
+        exprs = list(expr.operands) if isinstance(expr, _ExprSequence) else [expr]
+    per_collection = [_flatten(k) for k in expr.__dask_keys__()]
     wanted = [k for keys in per_collection for k in keys]
     futures = submit_graph(client, expr, wanted, restrictions)
     out = []

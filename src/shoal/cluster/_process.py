@@ -29,6 +29,9 @@ from typing import IO, Any
 
 PR_SET_PDEATHSIG = 1
 ANNOUNCE_TOKEN_ENV = "SHOAL_ANNOUNCE_TOKEN"
+#: How long a stopped child's last output may take to be copied (a grandchild
+#: still holding the pipe must not hold us up).
+OUTPUT_DRAIN_TIMEOUT = 2.0
 
 
 def die_with_parent() -> None:
@@ -100,11 +103,19 @@ class ChildProcess:
                 self.proc.wait(timeout)
             except subprocess.TimeoutExpired:
                 self.kill()
+        self._finish_output()
 
     def kill(self) -> None:
         if self.proc.poll() is None:
             self.proc.kill()
         self.proc.wait()
+        self._finish_output()
+
+    def _finish_output(self) -> None:
+        """Let the last lines the child wrote reach us before its pipes are dropped."""
+        deadline = time.monotonic() + OUTPUT_DRAIN_TIMEOUT
+        for thread in self._threads:
+            thread.join(max(0.0, deadline - time.monotonic()))
 
 
 def _forward(line: bytes, stream: str) -> None:
