@@ -19,7 +19,10 @@ from .client import (
 )
 from .client._dask import futures_of
 from .client._progress import progress
+from .client._worker_client import get_client, worker_client
 from .cluster import LocalCluster
+from .worker import get_worker
+from .worker._context import rejoin, secede
 
 __version__ = "0.1.0"
 
@@ -34,6 +37,11 @@ __all__ = [
     "as_completed",
     "default_client",
     "futures_of",
+    "get_client",
+    "get_worker",
     "progress",
+    "rejoin",
+    "secede",
     "wait",
+    "worker_client",
 ]

@@ -29,6 +29,7 @@ from ._events import (
     ClientReleasesKeys,
     ClientWantsKeys,
     Event,
+    LongRunning,
     MissingData,
     RemoveClient,
     RemoveWorker,
@@ -217,6 +218,8 @@ class Scheduler:
             return AddKeys("add-keys", address, msg["keys"])
         if op == "steal-response":
             return StealResponse("steal-response", address, msg["key"], msg["state"])
+        if op == "long-running":
+            return LongRunning("long-running", address, msg["key"])
         if op == "heartbeat":
             ws = self.state.workers.get(address)
             if ws is not None:

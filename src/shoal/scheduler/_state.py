@@ -32,6 +32,7 @@ from ._events import (
     ClientWantsKeys,
     Event,
     Instruction,
+    LongRunning,
     MissingData,
     RemoveClient,
     RemoveWorker,
@@ -112,6 +113,7 @@ class SchedulerState:
             MissingData: self._missing_data,
             AddKeys: self._add_keys,
             StealResponse: self._steal_response,
+            LongRunning: self._long_running,
         }
         # counters read by metrics
         self.counts = {"finished": 0, "erred": 0, "recomputed": 0, "lost": 0}
@@ -482,6 +484,11 @@ class SchedulerState:
 
     def _steal_response(self, ev: StealResponse) -> None:
         self.stealing.response(ev.worker, ev.key, ev.state)
+
+    def _long_running(self, ev: LongRunning) -> None:
+        ts, ws = self.tasks.get(ev.key), self.workers.get(ev.worker)
+        if ts is not None and ws is not None and ts.processing_on is ws:
+            self.placement.secede(ts, ws, ev.stimulus_id)
 
     # --------------------------------------------------------- transitions
 

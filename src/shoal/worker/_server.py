@@ -26,7 +26,8 @@ import psutil
 from ..comm import BatchedSend, CommClosedError, ConnectionPool, RPCServer, connect
 from ..comm._core import Comm
 from ..protocol import SerializationError, Serialized, ToPickle, deserialize, serialize
-from ._execute import Executor, Outcome, run_task
+from ._context import run_in_context, task_worker, wake_rejoins
+from ._execute import Executor, Outcome
 from ._memory import (
     MemoryThresholds,
     memory_limit_for,
@@ -45,6 +46,7 @@ from ._state import (
     FreeKeys,
     Gather,
     GatherDone,
+    Rejoined,
     Send,
     SetPaused,
     StealRequest,
@@ -63,7 +65,10 @@ _current_worker: list[Worker] = []
 
 
 def get_worker() -> Worker:
-    """The worker of this process (inside a task or a ``Client.run`` call)."""
+    """The worker running this task (or of this process, in a ``Client.run`` call)."""
+    worker = task_worker()
+    if worker is not None:
+        return worker
     if not _current_worker:
         raise ValueError("get_worker() is only available inside a shoal worker")
     return _current_worker[-1]
@@ -113,6 +118,10 @@ class Worker:
         )
         self.pool = ConnectionPool()
         self.functions: dict[str, Any] = {}
+        self.rejoin_waiters: dict[str, Any] = {}  # key -> threading.Event (see _context)
+        #: called (in a thread) when the worker closes, e.g. to close the
+        #: client its tasks used (blocking calls: not on this loop)
+        self.on_close: list[Callable[[], Any]] = []
         self.data: DataStore
         self.state: WorkerState
         self.stream: BatchedSend | None = None
@@ -215,6 +224,7 @@ class Worker:
             del self.data[key]
         self.state = WorkerState(self.address, self.nthreads, self.resources)
         self.functions.clear()
+        wake_rejoins(self)  # their tasks are forgotten: nothing will grant a slot
 
     def _spawn(self, coro: Any) -> None:
         task = asyncio.get_running_loop().create_task(coro)
@@ -231,6 +241,10 @@ class Worker:
         if self.stream is not None:
             self._send({"op": "goodbye"})
             await self.stream.close(timeout)
+        wake_rejoins(self)
+        loop = asyncio.get_running_loop()
+        for hook in self.on_close:
+            await loop.run_in_executor(None, hook)
         self.executor.shutdown()
         self.pool.close()
         for task in list(self._tasks):
@@ -306,6 +320,8 @@ class Worker:
                 self._spawn(self._gather(inst))
             elif kind is Forget:
                 self.data.discard(inst.key)
+            elif kind is Rejoined:
+                wake_rejoins(self, [inst.key])
         if runs:
             self.executor.submit_many(runs)
 
@@ -332,7 +348,7 @@ class Worker:
                 )
             )
             return None
-        return lambda: run_task(key, func, args, inputs, sizeof)
+        return lambda: run_in_context(self, key, func, args, inputs)
 
     def _executed(self, outcomes: list[Outcome]) -> None:
         events: list[Any] = []
