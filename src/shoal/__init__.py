@@ -18,6 +18,7 @@ from .client import (
     wait,
 )
 from .client._dask import futures_of
+from .client._fire_and_forget import fire_and_forget
 from .client._progress import progress
 from .client._worker_client import get_client, worker_client
 from .cluster import LocalCluster
@@ -36,6 +37,7 @@ __all__ = [
     "TaskError",
     "as_completed",
     "default_client",
+    "fire_and_forget",
     "futures_of",
     "get_client",
     "get_worker",

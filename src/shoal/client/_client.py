@@ -21,7 +21,7 @@ from ..comm import BatchedSend, CommClosedError, ConnectionPool, connect
 from ..comm._core import Comm
 from ..protocol import SerializationError, Serialized, deserialize, serialize
 from ..protocol._task import KEEP, KeyRef, replace
-from . import _dask
+from . import _dask, _datasets
 from ._future import FINAL, Future, FutureState
 from ._integrations import ClientExecutor
 from ._loop import LoopRunner
@@ -77,6 +77,7 @@ class Client:
         self._loop_thread: int | None = None
         self._reader: asyncio.Task | None = None
         self._counter = itertools.count()
+        self._dataset_confirmations: dict[str, asyncio.Future] = {}
         if asynchronous:
             self._started: Any = None
         else:
@@ -272,6 +273,9 @@ class Client:
         op = msg.get("op")
         if op == "error":
             logger.error("scheduler: %s", msg.get("message"))
+            return
+        if op == "dataset-published":
+            _datasets.confirm(self, msg)
             return
         if op not in ("key-in-memory", "task-erred", "cancelled-keys", "lost-key"):
             logger.warning("unknown message from the scheduler: %r", op)
@@ -582,6 +586,33 @@ class Client:
                 **restrictions: Any) -> Any:
         """The collections, computing on the cluster, their pieces held as futures."""
         return _dask.persist_collections(self, collections, optimize_graph, restrictions)
+
+    # ------------------------------------------------------------ datasets
+
+    def publish_dataset(self, *args: Any, name: str | None = None, override: bool = False,
+                        **kwargs: Any) -> Any:
+        """Keep data (and the results its futures name) on the scheduler under a name."""
+        if args and name is None:
+            raise TypeError("publish_dataset needs name= for a positional dataset")
+        named: dict[str, Any] = dict(kwargs)
+        if args:
+            named[str(name)] = args[0] if len(args) == 1 else list(args)
+        return self.sync(lambda: _datasets.publish(self, named, override))
+
+    def get_dataset(self, name: str, default: Any = _datasets._MISSING) -> Any:
+        """A published dataset, its futures this client's own."""
+        return self.sync(lambda: _datasets.get(self, name, default))
+
+    def list_datasets(self) -> Any:
+        return self.sync(lambda: self.pool.request(self.scheduler_address, "list_datasets"))
+
+    def unpublish_dataset(self, name: str) -> Any:
+        return self.sync(lambda: _datasets.unpublish(self, name))
+
+    @property
+    def datasets(self) -> _datasets.Datasets:
+        """The published datasets as a mapping: ``client.datasets["x"] = futures``."""
+        return _datasets.Datasets(self)
 
     def get_executor(self, **submit_kwargs: Any) -> ClientExecutor:
         """A ``concurrent.futures.Executor`` running on this cluster."""

@@ -21,6 +21,7 @@ from ..comm import BatchedSend, CommClosedError, ConnectionPool, RemoteError, RP
 from ..comm._core import Comm
 from ..protocol import Serialized
 from ._adaptive import adaptive_target
+from ._datasets import Datasets
 from ._events import (
     AddClient,
     AddKeys,
@@ -43,7 +44,7 @@ from ._events import (
     UpdateGraph,
 )
 from ._retire import Retirement
-from ._state import DEFAULT_ALLOWED_FAILURES, SchedulerState
+from ._state import DEFAULT_ALLOWED_FAILURES, FIRE_AND_FORGET, SchedulerState
 
 logger = logging.getLogger(__name__)
 
@@ -78,6 +79,9 @@ class Scheduler:
                 "gather": self.gather,
                 "retire_workers": self.retire_workers,
                 "adaptive_target": self.adaptive_target,
+                "get_dataset": lambda name: self.datasets.get(name),
+                "list_datasets": lambda: self.datasets.names(),
+                "unpublish_dataset": lambda name: self.datasets.unpublish(name),
                 "ping": lambda: "pong",
             },
             {"register-worker": self.add_worker, "register-client": self.add_client},
@@ -87,6 +91,7 @@ class Scheduler:
         self.client_streams: dict[str, BatchedSend] = {}
         self.worker_info: dict[str, dict[str, Any]] = {}
         self.retirement = Retirement(self)
+        self.datasets = Datasets(self)
         self.address = ""
         self.http_address: str | None = None
         self.started = time.time()
@@ -282,6 +287,10 @@ class Scheduler:
                 op = msg.get("op")
                 if op == "close-client":
                     return
+                if op == "publish-dataset":
+                    self.datasets.publish(client, msg.get("name"), msg.get("data"),
+                                          msg.get("keys"), bool(msg.get("override")))
+                    continue
                 ev = self._client_event(client, op, msg)
                 if ev is None:
                     self._reply_bad(client, op)
@@ -297,6 +306,8 @@ class Scheduler:
             return ClientReleasesKeys(stim, client, msg["keys"])
         if op == "client-wants-keys":
             return ClientWantsKeys(stim, client, msg["keys"])
+        if op == "fire-and-forget":
+            return ClientWantsKeys(stim, FIRE_AND_FORGET, msg["keys"])
         if op == "cancel-keys":
             return CancelKeys(stim, client, msg["keys"])
         if op == "update-data":

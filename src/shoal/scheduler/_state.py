@@ -71,6 +71,9 @@ _STALE: dict[str, frozenset[str]] = {
 #: blamed for the deaths and failed.
 DEFAULT_ALLOWED_FAILURES = 3
 
+#: The pseudo-client that wants fire-and-forget tasks until they finish.
+FIRE_AND_FORGET = "fire-and-forget"
+
 
 class InvalidTransition(RuntimeError):
     """A transition not in :data:`LEGAL_TRANSITIONS` was attempted."""
@@ -295,7 +298,8 @@ class SchedulerState:
         self._on_memory(ts, recs)
 
     def _want(self, ts: TaskState, client: str) -> None:
-        if client in ts.who_wants:
+        if client in ts.who_wants or (client == FIRE_AND_FORGET
+                                      and ts.state in ("memory", "erred")):
             return
         ts.who_wants.add(client)
         if ts.state == "memory":
@@ -385,6 +389,7 @@ class SchedulerState:
         self._release_inputs(ts, recs)
         if ts.who_wants:
             self._report_memory(ts, ts.who_wants, inline)
+            ts.who_wants.discard(FIRE_AND_FORGET)
         if not self._wanted(ts):
             recs[ts.key] = "forgotten" if not ts.dependents else "released"
 
@@ -454,6 +459,10 @@ class SchedulerState:
         ts.waiters = EMPTY
         if ts.who_wants:
             self._report_erred(ts, ts.who_wants)
+        if FIRE_AND_FORGET in ts.who_wants:
+            ts.who_wants.discard(FIRE_AND_FORGET)
+            if not self._wanted(ts):
+                recs[ts.key] = "forgotten" if not ts.dependents else "released"
 
     def _missing_data(self, ev: MissingData) -> None:
         ts = self.tasks.get(ev.key)
