@@ -383,7 +383,11 @@ class Client:
     # ------------------------------------------------------------ results
 
     async def _result(self, future: Future, timeout: float | None) -> Any:
-        values = await asyncio.wait_for(self._gather_states([future._state]), timeout)
+        try:
+            values = await asyncio.wait_for(self._gather_states([future._state]), timeout)
+        except TimeoutError:
+            raise TimeoutError(f"{future.key!r} had no result within the timeout of "
+                               f"{timeout}s") from None
         return values[future.key]
 
     async def _wait_final(self, states: Iterable[FutureState]) -> None:
@@ -572,6 +576,17 @@ class Client:
             return answer["retired"]
 
         return self.sync(run)
+
+    @classmethod
+    def current(cls, allow_global: bool = True) -> Client:
+        """The default client (the newest running one), as in dask.distributed."""
+        return default_client()
+
+    @property
+    def futures(self) -> dict[str, FutureState]:
+        """What this client knows of each key it holds futures for."""
+        with self._lock:
+            return dict(self._states)
 
     def get(self, graph: Any, keys: Any, **kwargs: Any) -> Any:
         """Run a dask graph: ``dask.compute(x, scheduler=client.get)``."""

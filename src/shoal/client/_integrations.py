@@ -19,7 +19,12 @@ if TYPE_CHECKING:
 
 
 class ClientExecutor(concurrent.futures.Executor):
-    """A ``concurrent.futures.Executor`` that runs on a shoal cluster."""
+    """A ``concurrent.futures.Executor`` that runs on a shoal cluster.
+
+    Its futures stay pending until the result is back, so ``cancel()`` works
+    until then (and cancels the task on the cluster), as does
+    ``shutdown(cancel_futures=True)``.
+    """
 
     def __init__(self, client: Client, **submit_kwargs: Any) -> None:
         self.client = client
@@ -36,18 +41,34 @@ class ClientExecutor(concurrent.futures.Executor):
             shoal_future = self.client.submit(fn, *args, pure=False, **self.submit_kwargs,
                                               **kwargs)
             cf: concurrent.futures.Future = concurrent.futures.Future()
-            cf.set_running_or_notify_cancel()
             self._futures.add(cf)
 
         def copy(done: Future) -> None:
-            self._futures.discard(cf)
             if done.status == "finished":
                 self._resolve(done, cf)
             else:
-                cf.set_exception(done._state.make_exception())
+                self._settle(cf, exception=done._state.make_exception())
 
+        def on_cf_done(_: concurrent.futures.Future) -> None:
+            with self._lock:
+                self._futures.discard(cf)
+            if cf.cancelled():
+                shoal_future.cancel()
+
+        cf.add_done_callback(on_cf_done)
         shoal_future.add_done_callback(copy)
         return cf
+
+    @staticmethod
+    def _settle(cf: concurrent.futures.Future, result: Any = None,
+                exception: BaseException | None = None) -> None:
+        """Finish ``cf`` unless it was cancelled meanwhile."""
+        if not cf.set_running_or_notify_cancel():
+            return
+        if exception is not None:
+            cf.set_exception(exception)
+        else:
+            cf.set_result(result)
 
     def _resolve(self, done: Future, cf: concurrent.futures.Future) -> None:
         """On the client's loop (where done-callbacks run): fetch, then hand over."""
@@ -57,9 +78,9 @@ class ClientExecutor(concurrent.futures.Executor):
             if t.cancelled():
                 cf.cancel()
             elif t.exception() is not None:
-                cf.set_exception(t.exception())
+                self._settle(cf, exception=t.exception())
             else:
-                cf.set_result(t.result())
+                self._settle(cf, t.result())
 
         task.add_done_callback(hand_over)
 

@@ -42,8 +42,10 @@ class LoopRunner:
         try:
             return future.result(timeout)
         except concurrent.futures.TimeoutError:
+            if future.done():  # the call itself timed out: its own message says how
+                raise
             future.cancel()
-            raise TimeoutError(f"no result within {timeout}s") from None
+            raise TimeoutError(f"no result within the timeout of {timeout}s") from None
 
     def call_soon(self, callback: Callable[..., Any], *args: Any) -> None:
         if not self.loop.is_closed():
