@@ -4,20 +4,18 @@ scheduler with each task of the graph, on a multi-process cluster."""
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from shoal import Client, LocalCluster
+from shoal import Client
 
 dask = pytest.importorskip("dask")
 
 
 @pytest.fixture
-def client(proc_cluster: LocalCluster) -> Iterator[Client]:
-    with Client(proc_cluster, timeout=20) as c:
-        yield c
+def client(proc_client: Client) -> Client:
+    return proc_client
 
 
 def where(_: object = None) -> int:

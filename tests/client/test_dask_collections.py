@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import gc
 import os
-from collections.abc import Iterator
 
 import pytest
 
@@ -23,9 +22,8 @@ def cluster(proc_cluster: LocalCluster) -> LocalCluster:
 
 
 @pytest.fixture
-def client(proc_cluster: LocalCluster) -> Iterator[Client]:
-    with Client(proc_cluster, timeout=20) as c:
-        yield c
+def client(proc_client: Client) -> Client:
+    return proc_client
 
 
 def where() -> int:

@@ -8,20 +8,18 @@ from __future__ import annotations
 import concurrent.futures
 import traceback
 import types
-from collections.abc import Iterator
 
 import pytest
 
-from shoal import Client, LocalCluster, as_completed, wait
+from shoal import Client, as_completed, wait
 from tests.polling import wait_for
 
 NEVER = {"resources": {"no-such-resource": 1}}  # no worker can run these
 
 
 @pytest.fixture
-def client(proc_cluster: LocalCluster) -> Iterator[Client]:
-    with Client(proc_cluster, timeout=20) as c:
-        yield c
+def client(proc_client: Client) -> Client:
+    return proc_client
 
 
 def inc(x: int) -> int:

@@ -4,11 +4,9 @@ subtasks never deadlocks the cluster."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
 import pytest
 
-from shoal import Client, LocalCluster, get_client, get_worker, rejoin, secede, wait, worker_client
+from shoal import Client, get_client, get_worker, rejoin, secede, wait, worker_client
 from shoal.worker._state import (
     ComputeTask,
     Execute,
@@ -22,9 +20,8 @@ from shoal.worker._state import (
 
 
 @pytest.fixture
-def client(proc_cluster: LocalCluster) -> Iterator[Client]:
-    with Client(proc_cluster, timeout=20) as c:
-        yield c
+def client(proc_client: Client) -> Client:
+    return proc_client
 
 
 def inc(x: int) -> int:
