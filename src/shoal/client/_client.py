@@ -21,7 +21,7 @@ from ..comm import BatchedSend, CommClosedError, ConnectionPool, connect
 from ..comm._core import Comm
 from ..protocol import SerializationError, Serialized, deserialize, serialize
 from ..protocol._task import KEEP, KeyRef, replace
-from . import _dask, _datasets
+from . import _cluster, _dask, _datasets
 from ._future import FINAL, Future, FutureState
 from ._integrations import ClientExecutor
 from ._loop import LoopRunner
@@ -542,14 +542,19 @@ class Client:
     # ------------------------------------------------------------ cluster-wide calls
 
     def run(self, function: Callable[..., Any], *args: Any,
-            workers: list[str] | None = None) -> Any:
-        """Call ``function(*args)`` on every worker: ``{address: result}``."""
+            workers: list[str] | None = None, **kwargs: Any) -> Any:
+        """Call ``function(*args, **kwargs)`` on every worker: ``{address: result}``.
+
+        A ``dask_worker`` parameter of ``function`` receives the Worker object.
+        """
         ser = serialize(function)
         ser_args = serialize(args)
+        ser_kwargs = serialize(kwargs)
 
         async def run() -> dict[str, Any]:
             answers = await self.pool.request(self.scheduler_address, "broadcast", worker_op="run",
-                                              workers=workers, function=ser, args=ser_args)
+                                              workers=workers, function=ser, args=ser_args,
+                                              kwargs=ser_kwargs)
             out = {}
             for address, answer in answers.items():
                 if answer.get("status") != "ok":
@@ -558,6 +563,24 @@ class Client:
             return out
 
         return self.sync(run)
+
+    def run_on_scheduler(self, function: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+        """Call ``function`` in the scheduler's process (``dask_scheduler=`` if it asks)."""
+        return _cluster.run_on_scheduler(self, function, args, kwargs)
+
+    def wait_for_workers(self, n_workers: int, timeout: float | None = None) -> Any:
+        """Block until at least ``n_workers`` workers are connected."""
+        return _cluster.wait_for_workers(self, n_workers, timeout)
+
+    def has_what(self, workers: list[str] | None = None) -> Any:
+        """``{worker: [keys it holds]}``."""
+        return _cluster.has_what(self, workers)
+
+    def nthreads(self, workers: list[str] | None = None) -> Any:
+        """``{worker: number of threads}``."""
+        return _cluster.nthreads(self, workers)
+
+    ncores = nthreads
 
     def scheduler_info(self) -> Any:
         return self.sync(lambda: self.pool.request(self.scheduler_address, "scheduler_info"))

@@ -19,7 +19,8 @@ from typing import Any
 
 from ..comm import BatchedSend, CommClosedError, ConnectionPool, RemoteError, RPCServer
 from ..comm._core import Comm
-from ..protocol import Serialized
+from ..protocol import Serialized, ToPickle, deserialize
+from ..protocol._call import call_injecting
 from ._adaptive import adaptive_target
 from ._datasets import Datasets
 from ._events import (
@@ -79,6 +80,8 @@ class Scheduler:
                 "gather": self.gather,
                 "retire_workers": self.retire_workers,
                 "adaptive_target": self.adaptive_target,
+                "has_what": self.has_what,
+                "run_function": self.run_function,
                 "get_dataset": lambda name: self.datasets.get(name),
                 "list_datasets": lambda: self.datasets.names(),
                 "unpublish_dataset": lambda name: self.datasets.unpublish(name),
@@ -323,6 +326,18 @@ class Scheduler:
 
     def who_has(self, keys: list[str]) -> dict[str, list[str]]:
         return self.state.who_has(keys)
+
+    def has_what(self) -> dict[str, list[str]]:
+        return {a: [ts.key for ts in ws.has_what] for a, ws in self.state.workers.items()}
+
+    async def run_function(self, function: Serialized, args: Any = None,
+                           kwargs: Any = None) -> dict[str, Any]:
+        """``Client.run_on_scheduler``: call a client's function in this process."""
+        result = call_injecting(deserialize(function), deserialize(args) if args else (),
+                                deserialize(kwargs) if kwargs else {}, dask_scheduler=self)
+        if asyncio.iscoroutine(result):
+            result = await result
+        return {"status": "ok", "result": ToPickle(result)}
 
     def scheduler_info(self) -> dict[str, Any]:
         workers = {}

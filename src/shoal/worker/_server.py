@@ -26,6 +26,7 @@ import psutil
 from ..comm import BatchedSend, CommClosedError, ConnectionPool, RPCServer, connect
 from ..comm._core import Comm
 from ..protocol import SerializationError, Serialized, ToPickle, deserialize, serialize
+from ..protocol._call import call_injecting
 from ._context import run_in_context, task_worker, wake_rejoins
 from ._execute import Executor, Outcome
 from ._memory import (
@@ -423,10 +424,12 @@ class Worker:
             self.state.adopt(key, nbytes[key])
         return {"status": "ok", "nbytes": nbytes}
 
-    async def run_function(self, function: Serialized, args: Any = None) -> dict[str, Any]:
+    async def run_function(self, function: Serialized, args: Any = None,
+                           kwargs: Any = None) -> dict[str, Any]:
         func = deserialize(function)
         call_args = deserialize(args) if args is not None else ()
-        result = func(*call_args)
+        call_kwargs = deserialize(kwargs) if kwargs is not None else {}
+        result = call_injecting(func, call_args, call_kwargs, dask_worker=self)
         if asyncio.iscoroutine(result):
             result = await result
         return {"status": "ok", "result": ToPickle(result)}
