@@ -4,7 +4,12 @@
 >>> with LocalCluster(n_workers=2) as cluster, Client(cluster) as client:
 ...     client.submit(sum, [1, 2, 3]).result()
 6
+
+The names of ``distributed.__all__`` that shoal implements are importable
+from here under the same names; docs/coming-from-dask.md lists the others.
 """
+
+from builtins import TimeoutError  # the one dask.distributed exports too
 
 from .client import (
     ALL_COMPLETED,
@@ -19,11 +24,18 @@ from .client import (
 )
 from .client._dask import futures_of
 from .client._fire_and_forget import fire_and_forget
+from .client._future import CancelledError
 from .client._progress import progress
 from .client._worker_client import get_client, worker_client
 from .cluster import LocalCluster
-from .worker import get_worker
+from .cluster._adapt import Adaptive
+from .scheduler import KilledWorkerError, Scheduler
+from .worker import Worker, get_worker
 from .worker._context import rejoin, secede
+
+#: dask.distributed's names for the same things.
+KilledWorker = KilledWorkerError
+local_client = worker_client
 
 __version__ = "0.1.0"
 
@@ -31,16 +43,24 @@ __all__ = [
     "ALL_COMPLETED",
     "FIRST_COMPLETED",
     "FIRST_EXCEPTION",
+    "Adaptive",
+    "CancelledError",
     "Client",
     "Future",
+    "KilledWorker",
+    "KilledWorkerError",
     "LocalCluster",
+    "Scheduler",
     "TaskError",
+    "TimeoutError",
+    "Worker",
     "as_completed",
     "default_client",
     "fire_and_forget",
     "futures_of",
     "get_client",
     "get_worker",
+    "local_client",
     "progress",
     "rejoin",
     "secede",
