@@ -212,9 +212,14 @@ class Client:
     def _register_future(self, key: str, state: FutureState | None) -> FutureState:
         with self._lock:
             existing = self._states.get(key)
-            if existing is not None:
+            if existing is not None and existing.status != "cancelled":
                 self._refcount[key] += 1
                 return existing
+            if existing is not None:  # submitted again after a cancel: a new life
+                self._refcount[key] += 1
+                state = state or FutureState(key)
+                self._states[key] = state
+                return state
             state = state or FutureState(key)
             self._states[key] = state
             self._refcount[key] = 1
@@ -567,6 +572,10 @@ class Client:
     def run_on_scheduler(self, function: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
         """Call ``function`` in the scheduler's process (``dask_scheduler=`` if it asks)."""
         return _cluster.run_on_scheduler(self, function, args, kwargs)
+
+    def restart(self, timeout: float = 30.0) -> Any:
+        """Cancel every task and start every worker afresh (they need a nanny)."""
+        return _cluster.restart(self, timeout)
 
     def wait_for_workers(self, n_workers: int, timeout: float | None = None) -> Any:
         """Block until at least ``n_workers`` workers are connected."""

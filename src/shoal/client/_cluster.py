@@ -1,5 +1,6 @@
 """Questions and calls about the cluster as a whole, for ``Client``:
-``run_on_scheduler``, ``wait_for_workers``, ``has_what``, ``nthreads``."""
+``run_on_scheduler``, ``wait_for_workers``, ``has_what``, ``nthreads``,
+``restart``."""
 
 from __future__ import annotations
 
@@ -63,5 +64,13 @@ def nthreads(client: Client, workers: list[str] | None) -> Any:
     async def ask() -> dict[str, int]:
         info = await client.pool.request(client.scheduler_address, "scheduler_info")
         return _only({a: w["nthreads"] for a, w in info["workers"].items()}, workers)
+
+    return client.sync(ask)
+
+
+def restart(client: Client, timeout: float) -> Any:
+    async def ask() -> list[str]:
+        answer = await client.pool.request(client.scheduler_address, "restart", timeout=timeout)
+        return answer["workers"]
 
     return client.sync(ask)

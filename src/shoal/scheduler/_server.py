@@ -44,6 +44,7 @@ from ._events import (
     UpdateData,
     UpdateGraph,
 )
+from ._restart import restart
 from ._retire import Retirement
 from ._state import DEFAULT_ALLOWED_FAILURES, FIRE_AND_FORGET, SchedulerState
 
@@ -81,6 +82,7 @@ class Scheduler:
                 "retire_workers": self.retire_workers,
                 "adaptive_target": self.adaptive_target,
                 "has_what": self.has_what,
+                "restart": lambda timeout=30.0: restart(self, timeout),
                 "run_function": self.run_function,
                 "get_dataset": lambda name: self.datasets.get(name),
                 "list_datasets": lambda: self.datasets.names(),

@@ -36,6 +36,7 @@ from ._memory import (
     process_memory,
     spill_until_below,
 )
+from ._nanny import NANNY_PID_ENV
 from ._sizeof import sizeof
 from ._state import (
     AcquireReplicas,
@@ -60,6 +61,8 @@ logger = logging.getLogger(__name__)
 HEARTBEAT_INTERVAL = 0.5
 DEFAULT_DEATH_TIMEOUT = 60.0
 INLINE_RESULT_BYTES = 16 * 1024
+#: Exit status of a worker restarted on request (any non-zero makes its nanny restart it).
+EXIT_RESTART = 75
 
 
 _current_worker: list[Worker] = []
@@ -189,6 +192,7 @@ class Worker:
             "host": socket.gethostname(),
             "keys": {},
             "http_address": self.http_address,
+            "nanny": NANNY_PID_ENV in os.environ,
         }
 
     async def _read_scheduler(self, comm: Comm) -> None:
@@ -198,6 +202,7 @@ class Worker:
             "acquire-replicas": self._acquire_replicas,
             "steal-request": self._steal_request,
             "close": self._close_request,
+            "restart": self._restart_request,
         }
         try:
             while True:
@@ -262,6 +267,18 @@ class Worker:
 
     def _close_request(self, **_: Any) -> None:
         self._spawn(self.close())
+
+    def _restart_request(self, **_: Any) -> None:
+        """``Client.restart``: exit so that the nanny starts a fresh process."""
+        if NANNY_PID_ENV not in os.environ:  # the scheduler only asks workers with a nanny
+            logger.warning("asked to restart, but no nanny would start this worker again")
+            return
+
+        async def restart() -> None:
+            await self.close()
+            os._exit(EXIT_RESTART)  # non-zero: the nanny restarts it
+
+        self._spawn(restart())
 
     # ------------------------------------------------------------ messages in
 
