@@ -4,12 +4,13 @@ leave nothing behind."""
 
 from __future__ import annotations
 
+import contextlib
 import gc
 import os
 
 import pytest
 
-from shoal import Client, LocalCluster, futures_of
+from shoal import Client, LocalCluster, futures_of, wait
 from tests.polling import wait_for
 
 dask = pytest.importorskip("dask")
@@ -98,3 +99,40 @@ def test_a_graph_is_one_message_and_leaves_nothing_held_without_the_cyclic_gc(cl
     finally:
         gc.enable()
         client._send = real_send
+
+
+
+def boom(x: int) -> int:
+    raise ValueError(x)
+
+
+NEVER = {"resources": {"no-such-resource": 1}}  # no worker can run these
+
+#: Each of these once left its futures in a reference cycle: held on the
+#: cluster until the cyclic GC ran.
+CASES = {
+    "a failed result": (lambda c: c.submit(boom, 1).result(), ValueError),
+    "a failed gather": (lambda c: c.gather([c.submit(boom, 2)]), ValueError),
+    "a failed compute": (lambda c: dask.delayed(boom)(3).compute(), ValueError),
+    "a result timeout": (lambda c: c.submit(sum, [1], **NEVER).result(timeout=0.1),
+                         TimeoutError),
+    "a wait timeout": (lambda c: wait([c.submit(sum, [2], **NEVER)], timeout=0.1),
+                       TimeoutError),
+    "an exception timeout": (lambda c: c.submit(sum, [3], **NEVER).exception(timeout=0.1),
+                             TimeoutError),
+    "an executor future": (lambda c: c.get_executor().submit(sum, [4]).result(), None),
+}
+
+
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_errors_timeouts_and_executors_leave_nothing_held_without_the_cyclic_gc(client, case):
+    call, error = CASES[case]
+    gc.collect()
+    gc.disable()
+    try:
+        with pytest.raises(error) if error else contextlib.nullcontext():
+            call(client)
+        wait_for(lambda: client.scheduler_info()["tasks"] == 0, timeout=20,
+                 what=f"the futures of {case} to be released")
+    finally:
+        gc.enable()

@@ -24,7 +24,7 @@ from ..protocol._task import KEEP, KeyRef, replace
 from . import _cluster, _dask, _datasets
 from ._future import FINAL, Future, FutureState
 from ._integrations import ClientExecutor
-from ._loop import LoopRunner
+from ._loop import LoopRunner, bounded
 from ._tokenize import FunctionCache, task_key
 
 logger = logging.getLogger(__name__)
@@ -388,11 +388,9 @@ class Client:
     # ------------------------------------------------------------ results
 
     async def _result(self, future: Future, timeout: float | None) -> Any:
-        try:
-            values = await asyncio.wait_for(self._gather_states([future._state]), timeout)
-        except TimeoutError:
-            raise TimeoutError(f"{future.key!r} had no result within the timeout of "
-                               f"{timeout}s") from None
+        values = await bounded(self._gather_states([future._state]), timeout,
+                               lambda: f"{future.key!r} had no result within the timeout "
+                               f"of {timeout}s")
         return values[future.key]
 
     async def _wait_final(self, states: Iterable[FutureState]) -> None:

@@ -14,6 +14,7 @@ from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
 from ..protocol import SerializationError, Serialized, deserialize
+from ._loop import bounded
 from ._traceback import traceback_from_text
 
 if TYPE_CHECKING:
@@ -159,11 +160,9 @@ class Future:
             state = self._state
 
             async def wait() -> None:
-                try:
-                    await asyncio.wait_for(state.event.wait(), timeout)
-                except TimeoutError:
-                    raise TimeoutError(f"{state.key!r} was not done within the timeout of "
-                                       f"{timeout}s") from None
+                await bounded(state.event.wait(), timeout,
+                              lambda: f"{state.key!r} was not done within the timeout of "
+                              f"{timeout}s")
 
             self.client.sync(wait)
 

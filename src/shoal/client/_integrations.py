@@ -49,10 +49,11 @@ class ClientExecutor(concurrent.futures.Executor):
             else:
                 self._settle(cf, exception=done._state.make_exception())
 
-        def on_cf_done(_: concurrent.futures.Future) -> None:
+        def on_cf_done(done: concurrent.futures.Future) -> None:
+            # ``done``, not ``cf``: the callback stays on cf, and must not make a cycle
             with self._lock:
-                self._futures.discard(cf)
-            if cf.cancelled():
+                self._futures.discard(done)
+            if done.cancelled():
                 shoal_future.cancel()
 
         cf.add_done_callback(on_cf_done)

@@ -8,6 +8,7 @@ from collections.abc import AsyncIterator, Iterable, Iterator
 from typing import Any, NamedTuple
 
 from ._future import FINAL, Future
+from ._loop import bounded
 
 FIRST_COMPLETED = "FIRST_COMPLETED"
 FIRST_EXCEPTION = "FIRST_EXCEPTION"
@@ -30,12 +31,9 @@ def wait(futures: Iterable[Future] | Future, timeout: float | None = None,
     client = futures[0].client
 
     async def run() -> DoneAndNotDone:
-        try:
-            await asyncio.wait_for(_wait(futures, return_when), timeout)
-        except TimeoutError:
-            waiting = sum(not f.done() for f in futures)
-            raise TimeoutError(f"{waiting} of {len(futures)} futures were not done within "
-                               f"the timeout of {timeout}s") from None
+        await bounded(_wait(futures, return_when), timeout,
+                      lambda: f"{sum(not f.done() for f in futures)} of {len(futures)} futures "
+                      f"were not done within the timeout of {timeout}s")
         done = {f for f in futures if f.done()}
         return DoneAndNotDone(done, set(futures) - done)
 
