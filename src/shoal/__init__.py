@@ -22,6 +22,7 @@ from .client import (
     default_client,
     wait,
 )
+from .client._coordination import Event, Lock, Semaphore
 from .client._dask import futures_of
 from .client._fire_and_forget import fire_and_forget
 from .client._future import CancelledError
@@ -32,6 +33,7 @@ from .cluster._adapt import Adaptive
 from .scheduler import KilledWorkerError, Scheduler
 from .worker import Worker, get_worker
 from .worker._context import rejoin, secede
+from .worker._output import print, warn  # dask.distributed's names: shadow the built-ins
 
 #: dask.distributed's names for the same things.
 KilledWorker = KilledWorkerError
@@ -46,11 +48,14 @@ __all__ = [
     "Adaptive",
     "CancelledError",
     "Client",
+    "Event",
     "Future",
     "KilledWorker",
     "KilledWorkerError",
     "LocalCluster",
+    "Lock",
     "Scheduler",
+    "Semaphore",
     "TaskError",
     "TimeoutError",
     "Worker",
@@ -61,9 +66,11 @@ __all__ = [
     "get_client",
     "get_worker",
     "local_client",
+    "print",
     "progress",
     "rejoin",
     "secede",
     "wait",
+    "warn",
     "worker_client",
 ]

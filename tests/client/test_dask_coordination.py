@@ -1,13 +1,16 @@
-"""``fire_and_forget`` and published datasets on a multi-process cluster:
-results that outlive the futures and the client that made them."""
+"""Coordination on a multi-process cluster: ``fire_and_forget`` and published
+datasets (results that outlive the futures and the client that made them),
+``Event``, ``Lock``, ``Semaphore``, and ``shoal.print``/``shoal.warn``."""
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 
 import pytest
 
-from shoal import Client, fire_and_forget, futures_of
+import shoal
+from shoal import Client, Event, Lock, Semaphore, fire_and_forget, futures_of, wait
 from tests.polling import wait_for
 
 
@@ -61,3 +64,63 @@ def test_published_datasets_outlive_their_publisher_until_unpublished(proc_clust
             reader.get_dataset("array")
         wait_for(lambda: tasks_on(reader) == 0, timeout=20,
                  what="the unpublished results to be released")
+
+
+def wait_for_event(event: Event) -> bool:
+    return event.wait(timeout=30)
+
+
+def under_lock(lock: Lock, value: int) -> int:
+    with lock:
+        return value
+
+
+def speak(value: int) -> int:
+    shoal.print("printed through the scheduler", value)
+    shoal.warn("warned through the scheduler")
+    return value
+
+
+def test_event_set_in_the_client_releases_a_waiting_task(proc_client):
+    event = Event("go", client=proc_client)
+    assert not event.is_set() and event.wait(timeout=0.1) is False
+    waiting = proc_client.submit(wait_for_event, event)
+    event.set()
+    assert waiting.result() is True and event.is_set()
+    event.clear()
+    assert not event.is_set()
+
+
+def test_lock_and_semaphore_bound_their_holders_cluster_wide(proc_client):
+    lock = Lock("the-lock", client=proc_client)
+    assert lock.acquire() and lock.locked()
+    assert Lock("the-lock", client=proc_client).acquire(timeout=0.1) is False
+    blocked = proc_client.submit(under_lock, lock, 7)
+    with pytest.raises(TimeoutError):
+        wait([blocked], timeout=0.3)  # it cannot take the lock while we hold it
+    lock.release()
+    assert blocked.result() == 7 and not lock.locked()
+    assert proc_client.gather(proc_client.map(under_lock, [lock] * 4, range(4))) == [0, 1, 2, 3]
+    sem = Semaphore(2, "two", client=proc_client)
+    assert sem.acquire() and sem.acquire() and sem.get_value() == 2
+    assert sem.acquire(timeout=0.1) is False
+    sem.release()
+    sem.release()
+    assert sem.get_value() == 0
+    with pytest.raises(RuntimeError, match="no lease"):
+        sem.release()
+
+
+def test_shoal_print_and_warn_in_a_task_reach_the_client(proc_client, capsys):
+    seen: list[str] = []
+
+    def printed() -> bool:
+        seen.append(capsys.readouterr().out)
+        return "printed through the scheduler 3" in "".join(seen)
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        assert proc_client.submit(speak, 3).result() == 3
+        wait_for(printed, timeout=20, what="the task's print on the client")
+        wait_for(lambda: any("warned through" in str(w.message) for w in caught), timeout=20,
+                 what="the task's warning on the client")

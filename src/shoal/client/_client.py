@@ -25,6 +25,7 @@ from . import _cluster, _dask, _datasets
 from ._future import FINAL, Future, FutureState
 from ._integrations import ClientExecutor
 from ._loop import LoopRunner, bounded
+from ._output import show_task_output
 from ._tokenize import FunctionCache, task_key
 
 logger = logging.getLogger(__name__)
@@ -281,6 +282,9 @@ class Client:
             return
         if op == "dataset-published":
             _datasets.confirm(self, msg)
+            return
+        if op == "task-output":
+            show_task_output(msg)
             return
         if op not in ("key-in-memory", "task-erred", "cancelled-keys", "lost-key"):
             logger.warning("unknown message from the scheduler: %r", op)

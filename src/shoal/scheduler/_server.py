@@ -22,6 +22,7 @@ from ..comm._core import Comm
 from ..protocol import Serialized, ToPickle, deserialize
 from ..protocol._call import call_injecting
 from ._adaptive import adaptive_target
+from ._coordination import Coordination
 from ._datasets import Datasets
 from ._events import (
     AddClient,
@@ -73,6 +74,7 @@ class Scheduler:
         self.state = SchedulerState(
             DEFAULT_ALLOWED_FAILURES if allowed_failures is None else allowed_failures
         )
+        self.coordination = Coordination()
         self.rpc = RPCServer(
             {
                 "who_has": self.who_has,
@@ -84,6 +86,7 @@ class Scheduler:
                 "has_what": self.has_what,
                 "restart": lambda timeout=30.0: restart(self, timeout),
                 "run_function": self.run_function,
+                **self.coordination.handlers(),
                 "get_dataset": lambda name: self.datasets.get(name),
                 "list_datasets": lambda: self.datasets.names(),
                 "unpublish_dataset": lambda name: self.datasets.unpublish(name),
@@ -230,6 +233,11 @@ class Scheduler:
             return StealResponse("steal-response", address, msg["key"], msg["state"])
         if op == "long-running":
             return LongRunning("long-running", address, msg["key"])
+        if op == "task-output":  # shoal.print / shoal.warn in a task: for every client
+            self._to_clients({"op": "task-output", "kind": str(msg.get("kind")),
+                              "text": str(msg.get("text")), "worker": address,
+                              "category": str(msg.get("category") or "UserWarning")})
+            return None
         if op == "heartbeat":
             ws = self.state.workers.get(address)
             if ws is not None:
@@ -318,6 +326,13 @@ class Scheduler:
         if op == "update-data":
             return UpdateData(stim, client, msg["who_has"], msg["nbytes"])
         return None
+
+    def _to_clients(self, msg: dict[str, Any]) -> None:
+        for stream in list(self.client_streams.values()):
+            try:
+                stream.send(msg)
+            except CommClosedError:
+                pass
 
     def _reply_bad(self, client: str, op: Any) -> None:
         stream = self.client_streams.get(client)
