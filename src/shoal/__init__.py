@@ -27,6 +27,7 @@ from .client._dask import futures_of
 from .client._fire_and_forget import fire_and_forget
 from .client._future import CancelledError
 from .client._progress import progress
+from .client._shared import Queue, Variable
 from .client._worker_client import get_client, worker_client
 from .cluster import LocalCluster
 from .cluster._adapt import Adaptive
@@ -54,10 +55,12 @@ __all__ = [
     "KilledWorkerError",
     "LocalCluster",
     "Lock",
+    "Queue",
     "Scheduler",
     "Semaphore",
     "TaskError",
     "TimeoutError",
+    "Variable",
     "Worker",
     "as_completed",
     "default_client",

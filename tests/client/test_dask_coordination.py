@@ -1,6 +1,7 @@
 """Coordination on a multi-process cluster: ``fire_and_forget`` and published
 datasets (results that outlive the futures and the client that made them),
-``Event``, ``Lock``, ``Semaphore``, and ``shoal.print``/``shoal.warn``."""
+``Event``, ``Lock``, ``Semaphore``, ``Variable``, ``Queue``, and
+``shoal.print``/``shoal.warn``."""
 
 from __future__ import annotations
 
@@ -10,7 +11,17 @@ from pathlib import Path
 import pytest
 
 import shoal
-from shoal import Client, Event, Lock, Semaphore, fire_and_forget, futures_of, wait
+from shoal import (
+    Client,
+    Event,
+    Lock,
+    Queue,
+    Semaphore,
+    Variable,
+    fire_and_forget,
+    futures_of,
+    wait,
+)
 from tests.polling import wait_for
 
 
@@ -124,3 +135,45 @@ def test_shoal_print_and_warn_in_a_task_reach_the_client(proc_client, capsys):
         wait_for(printed, timeout=20, what="the task's print on the client")
         wait_for(lambda: any("warned through" in str(w.message) for w in caught), timeout=20,
                  what="the task's warning on the client")
+
+
+def put_results(queue: Queue, n: int) -> int:
+    client = shoal.get_client()
+    for i in range(n):
+        queue.put(client.submit(inc, i, pure=False))
+    return n
+
+
+def inc(x: int) -> int:
+    return x + 1
+
+
+def test_variable_holds_a_value_or_a_future_for_every_client(proc_cluster):
+    with Client(proc_cluster, timeout=20) as writer:
+        plain = Variable("plain", client=writer)
+        with pytest.raises(TimeoutError, match=r"no value was set within the timeout of 0\.1s"):
+            plain.get(timeout=0.1)
+        plain.set({"a": 1})
+        Variable("result", client=writer).set(writer.submit(sum, [1, 2, 3]))
+    with Client(proc_cluster, timeout=20) as reader:  # the writer and its future are gone
+        assert Variable("plain", client=reader).get() == {"a": 1}
+        result = Variable("result", client=reader)
+        assert result.get().result() == 6
+        result.delete()
+        Variable("plain", client=reader).delete()
+        wait_for(lambda: tasks_on(reader) == 0, timeout=20,
+                 what="the deleted variable's result to be released")
+
+
+def test_queue_passes_futures_from_tasks_to_the_client_in_order(proc_client):
+    queue = Queue("results", client=proc_client)
+    assert proc_client.submit(put_results, queue, 4).result() == 4
+    assert queue.qsize() == 4
+    first = queue.get()
+    assert first.result() == 1
+    assert [f.result() for f in queue.get(batch=True)] == [2, 3, 4]
+    with pytest.raises(TimeoutError, match="no item arrived"):
+        queue.get(timeout=0.1)
+    del first
+    wait_for(lambda: tasks_on(proc_client) == 0, timeout=20,
+             what="the queued results to be released once their futures are gone")

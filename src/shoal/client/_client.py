@@ -78,7 +78,7 @@ class Client:
         self._loop_thread: int | None = None
         self._reader: asyncio.Task | None = None
         self._counter = itertools.count()
-        self._dataset_confirmations: dict[str, asyncio.Future] = {}
+        self._confirmations: dict[str, asyncio.Future] = {}  # see _datasets.store
         if asynchronous:
             self._started: Any = None
         else:
@@ -280,7 +280,7 @@ class Client:
         if op == "error":
             logger.error("scheduler: %s", msg.get("message"))
             return
-        if op == "dataset-published":
+        if op == "confirmed":
             _datasets.confirm(self, msg)
             return
         if op == "task-output":

@@ -1,10 +1,14 @@
-"""Publishing named data for other clients (``publish_dataset`` and friends).
+"""Publishing named data for other clients (``publish_dataset`` and friends),
+and how any value with futures inside travels through the scheduler.
 
 The data is pickled here with every Future inside it (also inside persisted
-collections) recorded as its key; the scheduler keeps the bytes and holds
-those keys (see ``scheduler/_datasets.py``).  A client that gets the dataset
-unpickles it with fresh Futures of its own and tells the scheduler it wants
-those keys.  ``client.datasets`` is the same as a mutable mapping.
+collections) recorded as its key, and sent on the client's ordered stream
+(behind the graph that made those futures); the scheduler keeps the bytes,
+holds the keys and confirms.  A client that receives such a value unpickles
+it with fresh Futures of its own, takes its own hold on the keys, then lets
+the scheduler drop the hold it kept for the transfer.  ``client.datasets``
+is the datasets as a mutable mapping.  (Variables and queues use the same
+path: ``_shared.py``.)
 """
 
 from __future__ import annotations
@@ -58,35 +62,48 @@ def loads(data: bytes, client: Client) -> Any:
     return _FuturesOf(io.BytesIO(data), client).load()
 
 
-async def publish(client: Client, datasets: dict[str, Any], override: bool) -> None:
-    for name, value in datasets.items():
-        data, keys = dumps(value)
-        confirmed = asyncio.get_running_loop().create_future()
-        client._dataset_confirmations[name] = confirmed
-        client._send({"op": "publish-dataset", "name": name, "data": data, "keys": keys,
-                      "override": override})
-        error = await confirmed
-        if error:
-            raise ValueError(error)
+async def store(client: Client, op: str, name: str, value: Any, **extra: Any) -> None:
+    """Send ``value`` (futures as keys) on the stream; wait for the scheduler's word."""
+    data, keys = dumps(value)
+    request = f"{op}-{next(client._counter)}"
+    confirmed = asyncio.get_running_loop().create_future()
+    client._confirmations[request] = confirmed
+    client._send({"op": op, "name": name, "data": data, "keys": keys, "request": request,
+                  **extra})
+    error = await confirmed
+    if error:
+        raise ValueError(error)
 
 
 def confirm(client: Client, msg: dict[str, Any]) -> None:
-    """The scheduler's answer to a publish, from the client's stream."""
-    waiter = client._dataset_confirmations.pop(str(msg.get("name")), None)
+    """The scheduler's answer to :func:`store`, from the client's stream."""
+    waiter = client._confirmations.pop(str(msg.get("request")), None)
     if waiter is not None and not waiter.done():
         waiter.set_result(msg.get("error"))
 
 
-async def get(client: Client, name: str, default: Any = _MISSING) -> Any:
-    answer = await client.pool.request(client.scheduler_address, "get_dataset", name=name)
-    if answer["status"] != "ok":
-        if default is not _MISSING:
-            return default
-        raise KeyError(f"no dataset named {name!r} is published")
+def receive(client: Client, answer: dict[str, Any]) -> Any:
+    """A value the scheduler handed out: our own futures, our own hold (on the loop)."""
     value = loads(answer["data"], client)
     if answer["keys"]:
         client._send({"op": "client-wants-keys", "keys": answer["keys"]})
+    client._send({"op": "release-hold", "hold": answer["hold"]})
     return value
+
+
+async def publish(client: Client, datasets: dict[str, Any], override: bool) -> None:
+    for name, value in datasets.items():
+        await store(client, "publish-dataset", name, value, override=override)
+
+
+async def get(client: Client, name: str, default: Any = _MISSING) -> Any:
+    answer = await client.pool.request(client.scheduler_address, "get_dataset", name=name,
+                                       client=client.id)
+    if not answer["found"]:
+        if default is not _MISSING:
+            return default
+        raise KeyError(f"no dataset named {name!r} is published")
+    return receive(client, answer)
 
 
 async def unpublish(client: Client, name: str) -> None:

@@ -55,6 +55,8 @@ def _forget_everything(scheduler: Scheduler) -> None:
         for client in ts.who_wants:
             wanted.setdefault(client, []).append(ts.key)
     scheduler.datasets.published.clear()
+    scheduler.shared.clear()
+    scheduler.holds.clear()  # their keys are released below, as any client's
     for client, keys in wanted.items():
         stream = scheduler.client_streams.get(client)
         if stream is not None:

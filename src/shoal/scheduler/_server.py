@@ -45,8 +45,10 @@ from ._events import (
     UpdateData,
     UpdateGraph,
 )
+from ._holds import Holds
 from ._restart import restart
 from ._retire import Retirement
+from ._shared import Shared
 from ._state import DEFAULT_ALLOWED_FAILURES, FIRE_AND_FORGET, SchedulerState
 
 logger = logging.getLogger(__name__)
@@ -75,6 +77,9 @@ class Scheduler:
             DEFAULT_ALLOWED_FAILURES if allowed_failures is None else allowed_failures
         )
         self.coordination = Coordination()
+        self.holds = Holds(self)
+        self.datasets = Datasets(self)
+        self.shared = Shared(self)
         self.rpc = RPCServer(
             {
                 "who_has": self.who_has,
@@ -87,7 +92,8 @@ class Scheduler:
                 "restart": lambda timeout=30.0: restart(self, timeout),
                 "run_function": self.run_function,
                 **self.coordination.handlers(),
-                "get_dataset": lambda name: self.datasets.get(name),
+                **self.shared.handlers(),
+                "get_dataset": lambda name, client: self.datasets.get(name, client),
                 "list_datasets": lambda: self.datasets.names(),
                 "unpublish_dataset": lambda name: self.datasets.unpublish(name),
                 "ping": lambda: "pong",
@@ -99,7 +105,6 @@ class Scheduler:
         self.client_streams: dict[str, BatchedSend] = {}
         self.worker_info: dict[str, dict[str, Any]] = {}
         self.retirement = Retirement(self)
-        self.datasets = Datasets(self)
         self.address = ""
         self.http_address: str | None = None
         self.started = time.time()
@@ -292,6 +297,7 @@ class Scheduler:
         if stream is not None:
             stream.abort()
         self.handle(RemoveClient(self.stimulus("remove-client"), client))
+        self.holds.client_gone(client)
 
     async def _read_client(self, comm: Comm, client: str) -> None:
         while True:
@@ -302,7 +308,14 @@ class Scheduler:
                     return
                 if op == "publish-dataset":
                     self.datasets.publish(client, msg.get("name"), msg.get("data"),
-                                          msg.get("keys"), bool(msg.get("override")))
+                                          msg.get("keys"), bool(msg.get("override")),
+                                          msg.get("request"))
+                    continue
+                if op in ("variable-set", "queue-put"):
+                    self.shared.store(client, msg)
+                    continue
+                if op == "release-hold":
+                    self.holds.release_for(client, msg.get("hold"))
                     continue
                 ev = self._client_event(client, op, msg)
                 if ev is None:
@@ -326,6 +339,15 @@ class Scheduler:
         if op == "update-data":
             return UpdateData(stim, client, msg["who_has"], msg["nbytes"])
         return None
+
+    def confirm(self, client: str, request: Any, error: str | None) -> None:
+        """Answer a request that came on ``client``'s stream, on that stream."""
+        stream = self.client_streams.get(client)
+        if stream is not None:
+            try:
+                stream.send({"op": "confirmed", "request": request, "error": error})
+            except CommClosedError:
+                pass
 
     def _to_clients(self, msg: dict[str, Any]) -> None:
         for stream in list(self.client_streams.values()):
