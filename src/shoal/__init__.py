@@ -24,6 +24,7 @@ from .client import (
 )
 from .client._coordination import Event, Lock, Semaphore
 from .client._dask import futures_of
+from .client._diagnostics import get_task_stream, performance_report
 from .client._fire_and_forget import fire_and_forget
 from .client._future import CancelledError
 from .client._progress import progress
@@ -67,8 +68,10 @@ __all__ = [
     "fire_and_forget",
     "futures_of",
     "get_client",
+    "get_task_stream",
     "get_worker",
     "local_client",
+    "performance_report",
     "print",
     "progress",
     "rejoin",

@@ -596,6 +596,12 @@ class Client:
     def scheduler_info(self) -> Any:
         return self.sync(lambda: self.pool.request(self.scheduler_address, "scheduler_info"))
 
+    def get_task_stream(self, start: float = 0.0) -> list[dict[str, Any]]:
+        """Tasks that finished since ``start`` (a ``time.time()``): key, worker, startstops."""
+        from ._diagnostics import task_stream
+
+        return task_stream(self, start)
+
     def who_has(self, futures: Iterable[Future] | None = None) -> Any:
         keys = [f.key for f in futures] if futures is not None else list(self._states)
         return self.sync(lambda: self.pool.request(self.scheduler_address, "who_has", keys=keys))

@@ -23,6 +23,7 @@ from ..protocol import Serialized, ToPickle, deserialize
 from ..protocol._call import call_injecting
 from ._adaptive import adaptive_target
 from ._coordination import Coordination
+from ._dashboard import recent_stream
 from ._datasets import Datasets
 from ._events import (
     AddClient,
@@ -89,6 +90,8 @@ class Scheduler:
                 "retire_workers": self.retire_workers,
                 "adaptive_target": self.adaptive_target,
                 "has_what": self.has_what,
+                "get_task_stream": lambda since=0.0: recent_stream(self.task_stream,
+                                                                   float(since)),
                 "restart": lambda timeout=30.0: restart(self, timeout),
                 "run_function": self.run_function,
                 **self.coordination.handlers(),
