@@ -1,5 +1,5 @@
 """The smaller dask.distributed behaviours, on a multi-process cluster:
-Future.cancelled/release/traceback, as_completed.batches/update and
+Future.cancelled/release/traceback/_repr_html_, as_completed.batches/update and
 raise_errors=False, Client.current, client.futures, executor cancellation,
 and timeout messages that name the timeout."""
 
@@ -73,6 +73,12 @@ def test_current_client_and_its_futures(client):
     future = client.submit(inc, 41)
     assert future.key in client.futures
     assert future.result() == 42
+    page = future._repr_html_()
+    assert future.key in page and "finished" in page
+    assert any(worker in page for worker in client.scheduler_info()["workers"])
+    failed = client.submit(divide_by_zero, 3)
+    wait([failed])
+    assert "ZeroDivisionError" in failed._repr_html_()
 
 
 def test_executor_futures_can_be_cancelled_while_queued(client):

@@ -197,6 +197,11 @@ class Future:
     def __dask_tokenize__(self) -> str:
         return self.key
 
+    def _repr_html_(self) -> str:
+        from ._repr import future_html
+
+        return future_html(self)
+
     def __repr__(self) -> str:
         return f"<Future: {self.status}, key: {self.key}>"
 
