@@ -24,6 +24,7 @@ from ..protocol._task import KEEP, KeyRef, replace
 from . import _cluster, _dask, _datasets
 from ._future import FINAL, Future, FutureState
 from ._integrations import ClientExecutor
+from ._joblib import register_if_available as register_joblib_backend
 from ._loop import LoopRunner, bounded
 from ._output import show_task_output
 from ._tokenize import FunctionCache, task_key
@@ -128,6 +129,7 @@ class Client:
         _current.append(self)
         if self._set_as_default and not self.asynchronous:
             _dask.set_default(self)
+        register_joblib_backend()
 
     def close(self, timeout: float = 10.0) -> Any:
         if self.asynchronous:
