@@ -8,7 +8,8 @@ thread so later lines (a restarted worker announces again) never block the
 child.  Every other line, whatever it looks like, is output of the child or
 of its tasks (``print()``): it is copied to the parent's ``sys.stdout``, and
 the child's stderr (warnings, logs) to ``sys.stderr``, as dask does for a
-LocalCluster, so it reaches a notebook too.  On Linux each child
+LocalCluster, so it reaches a notebook too.  Children import with the
+parent's ``sys.path`` (see :func:`parent_path`).  On Linux each child
 asks the kernel to kill it when its parent dies (``PR_SET_PDEATHSIG``), so a
 parent killed with SIGKILL leaves no strays; otherwise the child's own parent
 watch (see the nanny) is the fallback.
@@ -52,7 +53,8 @@ class ChildProcess:
         self._token = secrets.token_hex(16).encode()
         self.proc = subprocess.Popen(
             self.args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL,
-            env={**os.environ, **(env or {}), ANNOUNCE_TOKEN_ENV: self._token.decode()},
+            env={**os.environ, "PYTHONPATH": parent_path(), **(env or {}),
+                 ANNOUNCE_TOKEN_ENV: self._token.decode()},
             preexec_fn=die_with_parent,  # noqa: PLW1509 - only a prctl call, async-signal-safe
         )
         self.announcements: list[dict[str, Any]] = []
@@ -116,6 +118,15 @@ class ChildProcess:
         deadline = time.monotonic() + OUTPUT_DRAIN_TIMEOUT
         for thread in self._threads:
             thread.join(max(0.0, deadline - time.monotonic()))
+
+
+def parent_path() -> str:
+    """This process's import path for a child, as dask's LocalCluster gives its
+    workers: a module next to the user's script (or in the notebook's
+    directory) imports on the workers whatever their working directory."""
+    entries = [os.path.abspath(p or os.getcwd()) for p in sys.path]
+    entries += [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]
+    return os.pathsep.join(dict.fromkeys(p for p in entries if os.path.isdir(p)))
 
 
 def _forward(line: bytes, stream: str) -> None:
