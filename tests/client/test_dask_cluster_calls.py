@@ -5,6 +5,7 @@ run_on_scheduler, wait_for_workers, has_what, nthreads/ncores, and
 from __future__ import annotations
 
 import os
+import sys
 
 import pytest
 
@@ -40,3 +41,43 @@ def test_wait_for_workers_has_what_and_nthreads(proc_client):
     assert [w for w, keys in held.items() if future.key in keys] == holders
     assert proc_client.has_what(workers=holders) == {holders[0]: held[holders[0]]}
     assert proc_client.nthreads() == {w: 1 for w in held} == proc_client.ncores()
+
+
+def add_to_path(entry: str) -> None:
+    sys.path.insert(0, entry)
+
+
+def remove_from_path(entry: str) -> None:
+    sys.path.remove(entry)
+
+
+def test_get_versions_and_its_check_name_what_differs(proc_client, tmp_path):
+    found = proc_client.get_versions(check=True, packages=("shoal-test-only-package",))
+    assert found["client"]["python"] == found["scheduler"]["python"]
+    assert set(found["workers"]) == set(proc_client.nthreads())
+    assert found["client"]["packages"]["shoal"] is not None
+    dist = tmp_path / "site" / "shoal_test_only_package-9.9.dist-info"
+    dist.mkdir(parents=True)
+    (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: shoal-test-only-package\n"
+                                   "Version: 9.9\n")
+    proc_client.run(add_to_path, str(tmp_path / "site"))  # on the workers only
+    with pytest.raises(ValueError, match="shoal-test-only-package"):
+        proc_client.get_versions(check=True, packages=("shoal-test-only-package",))
+    proc_client.run(remove_from_path, str(tmp_path / "site"))
+
+
+def test_upload_file_makes_a_module_importable_on_every_worker(proc_client, tmp_path):
+    module = tmp_path / "uploaded_helper_module.py"
+    module.write_text("VALUE = 41\n\ndef answer():\n    return VALUE + 1\n")
+    paths = proc_client.upload_file(str(module))
+    assert set(paths) == set(proc_client.nthreads())
+
+    def use() -> int:
+        import uploaded_helper_module
+
+        return uploaded_helper_module.answer()
+
+    assert set(proc_client.run(use).values()) == {42}
+    module.write_text("VALUE = 99\n\ndef answer():\n    return VALUE + 1\n")
+    proc_client.upload_file(str(module))  # uploaded again: reloaded
+    assert set(proc_client.run(use).values()) == {100}

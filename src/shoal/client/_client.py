@@ -585,6 +585,15 @@ class Client:
         """Block until at least ``n_workers`` workers are connected."""
         return _cluster.wait_for_workers(self, n_workers, timeout)
 
+    def get_versions(self, check: bool = False, packages: tuple[str, ...] = ()) -> Any:
+        """Python and package versions of the client, scheduler and workers; with
+        ``check=True``, a ValueError naming what differs."""
+        return _cluster.get_versions(self, check, tuple(packages))
+
+    def upload_file(self, filename: str) -> Any:
+        """Send a ``.py`` (imported) or ``.zip``/``.egg``/``.whl`` file to every worker."""
+        return _cluster.upload_file(self, filename)
+
     def has_what(self, workers: list[str] | None = None) -> Any:
         """``{worker: [keys it holds]}``."""
         return _cluster.has_what(self, workers)

@@ -1,6 +1,7 @@
 """Questions and calls about the cluster as a whole, for ``Client``:
 ``run_on_scheduler``, ``wait_for_workers``, ``has_what``, ``nthreads``,
-``restart``."""
+``restart``, ``get_versions``, ``upload_file`` (to the workers connected now;
+workers that join later do not get the file)."""
 
 from __future__ import annotations
 
@@ -74,3 +75,74 @@ def restart(client: Client, timeout: float) -> Any:
         return answer["workers"]
 
     return client.sync(ask)
+
+
+#: What ``get_versions`` reports besides Python and shoal.
+VERSIONED_PACKAGES = ("cloudpickle", "msgpack", "dask", "numpy", "pandas")
+
+
+def versions(packages: tuple[str, ...] = ()) -> dict[str, Any]:
+    """This process's Python and package versions (None: not installed)."""
+    import importlib.metadata
+    import platform
+
+    found: dict[str, str | None] = {}
+    for name in ("shoal", *VERSIONED_PACKAGES, *packages):
+        try:
+            found[name] = importlib.metadata.version(name)
+        except importlib.metadata.PackageNotFoundError:
+            found[name] = None
+    return {"python": platform.python_version(), "packages": found}
+
+
+def _flat(found: dict[str, Any]) -> dict[str, Any]:
+    return {"python": found["python"], **found["packages"]}
+
+
+def get_versions(client: Client, check: bool, packages: tuple[str, ...]) -> dict[str, Any]:
+    out = {"client": versions(packages),
+           "scheduler": client.run_on_scheduler(versions, packages),
+           "workers": client.run(versions, packages)}
+    if check:
+        where = {"scheduler": out["scheduler"], **out["workers"]}
+        mine = _flat(out["client"])
+        mismatched = sorted({name for v in where.values() for name, version in _flat(v).items()
+                             if version != mine.get(name)})
+        if mismatched:
+            raise ValueError(f"versions differ between the client and the cluster for "
+                             f"{mismatched}: {where}")
+    return out
+
+
+def _install_file(name: str, data: bytes, directory: str) -> str:
+    """On a worker: save an uploaded file, make it importable, (re)import it."""
+    import importlib
+    import os
+    import sys
+
+    os.makedirs(directory, exist_ok=True)
+    path = os.path.join(directory, name)
+    with open(path, "wb") as f:
+        f.write(data)
+    if directory not in sys.path:
+        sys.path.insert(0, directory)
+    importlib.invalidate_caches()
+    module = name.rsplit(".", 1)[0]
+    if name.endswith(".py"):
+        if module in sys.modules:
+            importlib.reload(sys.modules[module])
+        else:
+            importlib.import_module(module)
+    elif name.endswith((".zip", ".egg", ".whl")) and path not in sys.path:
+        sys.path.insert(0, path)
+    return path
+
+
+def upload_file(client: Client, filename: str) -> dict[str, str]:
+    import os
+    import tempfile
+
+    with open(filename, "rb") as f:
+        data = f.read()
+    directory = os.path.join(tempfile.gettempdir(), f"shoal-uploads-{client.id[-12:]}")
+    return client.run(_install_file, os.path.basename(filename), data, directory)
