@@ -594,6 +594,14 @@ class Client:
         """Send a ``.py`` (imported) or ``.zip``/``.egg``/``.whl`` file to every worker."""
         return _cluster.upload_file(self, filename)
 
+    def get_scheduler_logs(self, n: int | None = None) -> Any:
+        """The scheduler's newest ``n`` log lines: ``[(level, line), ...]``."""
+        return _cluster.logs(self, n, None, scheduler=True)
+
+    def get_worker_logs(self, n: int | None = None, workers: list[str] | None = None) -> Any:
+        """``{worker: [(level, line), ...]}``, each worker's newest ``n`` log lines."""
+        return _cluster.logs(self, n, workers, scheduler=False)
+
     def has_what(self, workers: list[str] | None = None) -> Any:
         """``{worker: [keys it holds]}``."""
         return _cluster.has_what(self, workers)

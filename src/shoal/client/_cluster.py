@@ -146,3 +146,20 @@ def upload_file(client: Client, filename: str) -> dict[str, str]:
         data = f.read()
     directory = os.path.join(tempfile.gettempdir(), f"shoal-uploads-{client.id[-12:]}")
     return client.run(_install_file, os.path.basename(filename), data, directory)
+
+
+def logs(client: Client, n: int | None, workers: list[str] | None, scheduler: bool) -> Any:
+    async def ask() -> Any:
+        if scheduler:
+            answer = await client.pool.request(client.scheduler_address, "get_logs", n=n)
+            return [tuple(line) for line in answer["logs"]]
+        answers = await client.pool.request(client.scheduler_address, "broadcast",
+                                            worker_op="get_logs", workers=workers, n=n)
+        out = {}
+        for address, answer in answers.items():
+            if answer.get("status") != "ok":
+                raise RuntimeError(f"no logs from {address}: {answer.get('message')}")
+            out[address] = [tuple(line) for line in answer["logs"]]
+        return out
+
+    return client.sync(ask)

@@ -17,6 +17,8 @@ import os
 import time
 from typing import Any
 
+from .._logbuffer import get_logs
+from .._logbuffer import install as install_log_buffer
 from ..comm import BatchedSend, CommClosedError, ConnectionPool, RemoteError, RPCServer
 from ..comm._core import Comm
 from ..protocol import Serialized, ToPickle, deserialize
@@ -90,6 +92,7 @@ class Scheduler:
                 "retire_workers": self.retire_workers,
                 "adaptive_target": self.adaptive_target,
                 "has_what": self.has_what,
+                "get_logs": get_logs,
                 "get_task_stream": lambda since=0.0: recent_stream(self.task_stream,
                                                                    float(since)),
                 "restart": lambda timeout=30.0: restart(self, timeout),
@@ -118,6 +121,7 @@ class Scheduler:
         self.task_stream: list[dict[str, Any]] = []
 
     async def start(self) -> Scheduler:
+        install_log_buffer()
         self.address = await self.rpc.listen(self.listen_address)
         if self.http_port is not None:
             from ._http import start_http

@@ -23,6 +23,8 @@ from typing import Any
 
 import psutil
 
+from .._logbuffer import get_logs
+from .._logbuffer import install as install_log_buffer
 from ..comm import BatchedSend, CommClosedError, ConnectionPool, RPCServer, connect
 from ..comm._core import Comm
 from ..protocol import SerializationError, Serialized, ToPickle, deserialize, serialize
@@ -117,6 +119,7 @@ class Worker:
                 "run": self.run_function,
                 "ping": lambda: "pong",
                 "info": self.info,
+                "get_logs": get_logs,
             },
             {},
         )
@@ -140,6 +143,7 @@ class Worker:
     # ------------------------------------------------------------ lifecycle
 
     async def start(self) -> Worker:
+        install_log_buffer()
         self.address = await self.rpc.listen(self.listen_address)
         if self.name is None:
             self.name = self.address
