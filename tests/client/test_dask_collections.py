@@ -7,6 +7,7 @@ from __future__ import annotations
 import contextlib
 import gc
 import os
+import time
 
 import pytest
 
@@ -136,3 +137,22 @@ def test_errors_timeouts_and_executors_leave_nothing_held_without_the_cyclic_gc(
                  what=f"the futures of {case} to be released")
     finally:
         gc.enable()
+
+
+def test_a_dataframe_shuffle_runs_on_the_cluster_as_tasks_not_through_local_disk(client):
+    pd = pytest.importorskip("pandas")
+    pytest.importorskip("pyarrow")
+    dd = pytest.importorskip("dask.dataframe")
+    from dask.utils import get_default_shuffle_method
+
+    assert get_default_shuffle_method() == "tasks"
+    frame = dd.from_pandas(pd.DataFrame({"k": [i % 7 for i in range(700)],
+                                         "v": range(700)}), npartitions=6)
+    start = time.time()
+    shuffled = frame.shuffle("k")
+    keys_per_partition = shuffled.map_partitions(
+        lambda part: pd.Series([sorted(set(part.k))])).compute().tolist()
+    assert sorted(k for keys in keys_per_partition for k in keys) == list(range(7))
+    assert sorted(shuffled.compute().v) == list(range(700))
+    ran = {r["prefix"] for r in client.get_task_stream(start=start)}
+    assert any("shuffle" in prefix for prefix in ran), ran
