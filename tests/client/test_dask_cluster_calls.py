@@ -9,6 +9,8 @@ import sys
 
 import pytest
 
+from shoal import wait
+
 
 def scheduler_facts(dask_scheduler, extra: int = 0) -> tuple[str, int, int]:
     return dask_scheduler.address, os.getpid(), len(dask_scheduler.state.workers) + extra
@@ -81,3 +83,12 @@ def test_upload_file_makes_a_module_importable_on_every_worker(proc_client, tmp_
     module.write_text("VALUE = 99\n\ndef answer():\n    return VALUE + 1\n")
     proc_client.upload_file(str(module))  # uploaded again: reloaded
     assert set(proc_client.run(use).values()) == {100}
+
+
+def test_replicate_puts_copies_on_more_workers(proc_client):
+    futures = proc_client.map(sum, [[i, 1] for i in range(4)])
+    wait(futures, timeout=20)
+    proc_client.replicate(futures, n=2)
+    holders = proc_client.who_has(futures)
+    assert all(len(holders[f.key]) == 2 for f in futures)
+    assert proc_client.gather(futures) == [1, 2, 3, 4]

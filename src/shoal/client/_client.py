@@ -602,6 +602,17 @@ class Client:
         """``{worker: [(level, line), ...]}``, each worker's newest ``n`` log lines."""
         return _cluster.logs(self, n, workers, scheduler=False)
 
+    def replicate(self, futures: Iterable[Future], n: int | None = None,
+                  timeout: float = 30.0) -> Any:
+        """Keep ``n`` copies (all workers if None) of each future's result."""
+        keys = [f.key for f in futures]
+
+        async def ask() -> None:
+            await self.pool.request(self.scheduler_address, "replicate", keys=keys, n=n,
+                                    timeout=timeout)
+
+        return self.sync(ask)
+
     def has_what(self, workers: list[str] | None = None) -> Any:
         """``{worker: [keys it holds]}``."""
         return _cluster.has_what(self, workers)

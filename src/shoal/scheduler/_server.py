@@ -49,6 +49,7 @@ from ._events import (
     UpdateGraph,
 )
 from ._holds import Holds
+from ._replicate import replicate
 from ._restart import restart
 from ._retire import Retirement
 from ._shared import Shared
@@ -92,6 +93,7 @@ class Scheduler:
                 "retire_workers": self.retire_workers,
                 "adaptive_target": self.adaptive_target,
                 "has_what": self.has_what,
+                "replicate": lambda keys, n=None, timeout=30.0: replicate(self, keys, n, timeout),
                 "get_logs": get_logs,
                 "get_task_stream": lambda since=0.0: recent_stream(self.task_stream,
                                                                    float(since)),
