@@ -103,3 +103,16 @@ def test_timeouts_name_the_timeout(client):
     with pytest.raises(TimeoutError, match=r"0\.2s"):
         stuck.exception(timeout=0.2)
     stuck.cancel()
+
+
+class Counter:
+    def __init__(self) -> None:
+        self.n = 0
+
+
+def test_actor_true_is_refused_instead_of_passed_to_the_function(client):
+    with pytest.raises(NotImplementedError, match="actors"):
+        client.submit(Counter, actor=True)
+    with pytest.raises(NotImplementedError, match="actors"):
+        client.map(Counter, [], actor=True)
+    assert isinstance(client.submit(Counter, actor=False).result(), Counter)

@@ -315,6 +315,7 @@ class Client:
         """Run ``func(*args, **kwargs)`` on the cluster; futures in args become inputs."""
         if not callable(func):
             raise TypeError(f"submit needs a callable, got {type(func).__name__}")
+        _refuse_actors(kwargs)
         token, ser_func = self._functions.get(func)
         task, deps_futures = self._task(token, args, kwargs, key, pure)
         _restrict(task, workers, allow_other_workers, retries, priority, resources)
@@ -331,6 +332,7 @@ class Client:
         """``submit`` for each element of the iterables, shipping ``func`` once."""
         if not callable(func):
             raise TypeError(f"map needs a callable, got {type(func).__name__}")
+        _refuse_actors(kwargs)
         token, ser_func = self._functions.get(func)
         columns = [list(it) for it in iterables]
         keys = key if isinstance(key, list) else None
@@ -730,6 +732,12 @@ def _restrict(task: dict[str, Any], workers: Iterable[str] | str | None, allow_o
         task["priority"] = priority
     if resources:
         task["resources"] = resources
+
+
+def _refuse_actors(kwargs: dict[str, Any]) -> None:
+    """``actor=`` is dask.distributed's keyword (not the function's): not supported yet."""
+    if kwargs.pop("actor", False):
+        raise NotImplementedError("actors (actor=True) are not supported by shoal yet")
 
 
 def default_client() -> Client:
