@@ -21,7 +21,9 @@ from ..comm import BatchedSend, CommClosedError, ConnectionPool, connect
 from ..comm._core import Comm
 from ..protocol import SerializationError, Serialized, deserialize, serialize
 from ..protocol._task import KEEP, KeyRef, replace
-from . import _cluster, _dask, _datasets
+from . import _dask
+from ._cluster import ClusterCalls
+from ._datasets import DatasetCalls, confirm
 from ._future import FINAL, Future, FutureState
 from ._integrations import ClientExecutor
 from ._joblib import register_if_available as register_joblib_backend
@@ -35,7 +37,7 @@ DEFAULT_TIMEOUT = 30.0
 _current: list[Client] = []
 
 
-class Client:
+class Client(ClusterCalls, DatasetCalls):
     """Connect to a scheduler (or start a LocalCluster) and run work on it.
 
     ``Client()`` starts a LocalCluster sized to this machine and closes it on
@@ -283,7 +285,7 @@ class Client:
             logger.error("scheduler: %s", msg.get("message"))
             return
         if op == "confirmed":
-            _datasets.confirm(self, msg)
+            confirm(self, msg)
             return
         if op == "task-output":
             show_task_output(msg)
@@ -575,64 +577,8 @@ class Client:
 
         return self.sync(run)
 
-    def run_on_scheduler(self, function: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
-        """Call ``function`` in the scheduler's process (``dask_scheduler=`` if it asks)."""
-        return _cluster.run_on_scheduler(self, function, args, kwargs)
-
-    def restart(self, timeout: float = 30.0) -> Any:
-        """Cancel every task and start every worker afresh (they need a nanny)."""
-        return _cluster.restart(self, timeout)
-
-    def wait_for_workers(self, n_workers: int, timeout: float | None = None) -> Any:
-        """Block until at least ``n_workers`` workers are connected."""
-        return _cluster.wait_for_workers(self, n_workers, timeout)
-
-    def get_versions(self, check: bool = False, packages: tuple[str, ...] = ()) -> Any:
-        """Python and package versions of the client, scheduler and workers; with
-        ``check=True``, a ValueError naming what differs."""
-        return _cluster.get_versions(self, check, tuple(packages))
-
-    def upload_file(self, filename: str) -> Any:
-        """Send a ``.py`` (imported) or ``.zip``/``.egg``/``.whl`` file to every worker."""
-        return _cluster.upload_file(self, filename)
-
-    def get_scheduler_logs(self, n: int | None = None) -> Any:
-        """The scheduler's newest ``n`` log lines: ``[(level, line), ...]``."""
-        return _cluster.logs(self, n, None, scheduler=True)
-
-    def get_worker_logs(self, n: int | None = None, workers: list[str] | None = None) -> Any:
-        """``{worker: [(level, line), ...]}``, each worker's newest ``n`` log lines."""
-        return _cluster.logs(self, n, workers, scheduler=False)
-
-    def replicate(self, futures: Iterable[Future], n: int | None = None,
-                  timeout: float = 30.0) -> Any:
-        """Keep ``n`` copies (all workers if None) of each future's result."""
-        keys = [f.key for f in futures]
-
-        async def ask() -> None:
-            await self.pool.request(self.scheduler_address, "replicate", keys=keys, n=n,
-                                    timeout=timeout)
-
-        return self.sync(ask)
-
-    def has_what(self, workers: list[str] | None = None) -> Any:
-        """``{worker: [keys it holds]}``."""
-        return _cluster.has_what(self, workers)
-
-    def nthreads(self, workers: list[str] | None = None) -> Any:
-        """``{worker: number of threads}``."""
-        return _cluster.nthreads(self, workers)
-
-    ncores = nthreads
-
     def scheduler_info(self) -> Any:
         return self.sync(lambda: self.pool.request(self.scheduler_address, "scheduler_info"))
-
-    def get_task_stream(self, start: float = 0.0) -> list[dict[str, Any]]:
-        """Tasks that finished since ``start`` (a ``time.time()``): key, worker, startstops."""
-        from ._diagnostics import task_stream
-
-        return task_stream(self, start)
 
     def who_has(self, futures: Iterable[Future] | None = None) -> Any:
         keys = [f.key for f in futures] if futures is not None else list(self._states)
@@ -673,33 +619,6 @@ class Client:
                 **restrictions: Any) -> Any:
         """The collections, computing on the cluster, their pieces held as futures."""
         return _dask.persist_collections(self, collections, optimize_graph, restrictions)
-
-    # ------------------------------------------------------------ datasets
-
-    def publish_dataset(self, *args: Any, name: str | None = None, override: bool = False,
-                        **kwargs: Any) -> Any:
-        """Keep data (and the results its futures name) on the scheduler under a name."""
-        if args and name is None:
-            raise TypeError("publish_dataset needs name= for a positional dataset")
-        named: dict[str, Any] = dict(kwargs)
-        if args:
-            named[str(name)] = args[0] if len(args) == 1 else list(args)
-        return self.sync(lambda: _datasets.publish(self, named, override))
-
-    def get_dataset(self, name: str, default: Any = _datasets._MISSING) -> Any:
-        """A published dataset, its futures this client's own."""
-        return self.sync(lambda: _datasets.get(self, name, default))
-
-    def list_datasets(self) -> Any:
-        return self.sync(lambda: self.pool.request(self.scheduler_address, "list_datasets"))
-
-    def unpublish_dataset(self, name: str) -> Any:
-        return self.sync(lambda: _datasets.unpublish(self, name))
-
-    @property
-    def datasets(self) -> _datasets.Datasets:
-        """The published datasets as a mapping: ``client.datasets["x"] = futures``."""
-        return _datasets.Datasets(self)
 
     def get_executor(self, **submit_kwargs: Any) -> ClientExecutor:
         """A ``concurrent.futures.Executor`` running on this cluster."""

@@ -1,19 +1,21 @@
-"""Questions and calls about the cluster as a whole, for ``Client``:
-``run_on_scheduler``, ``wait_for_workers``, ``has_what``, ``nthreads``,
-``restart``, ``get_versions``, ``upload_file`` (to the workers connected now;
+"""Questions and calls about the cluster as a whole, for ``Client`` (which
+mixes in :class:`ClusterCalls`): ``run_on_scheduler``, ``wait_for_workers``,
+``has_what``, ``nthreads``, ``restart``, ``get_versions``, ``replicate``,
+logs, the task stream, and ``upload_file`` (to the workers connected now;
 workers that join later do not get the file)."""
 
 from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable, Iterable
+from typing import TYPE_CHECKING, Any, cast
 
 from ..protocol import deserialize, serialize
 
 if TYPE_CHECKING:
     from ._client import Client
+    from ._future import Future
 
 #: How often ``wait_for_workers`` asks the scheduler.
 WORKER_POLL_INTERVAL = 0.1
@@ -163,3 +165,67 @@ def logs(client: Client, n: int | None, workers: list[str] | None, scheduler: bo
         return out
 
     return client.sync(ask)
+
+
+class ClusterCalls:
+    """The Client methods of this module (a mixin of ``Client``)."""
+
+    @property
+    def _me(self) -> Client:
+        return cast("Client", self)
+
+    def run_on_scheduler(self, function: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+        """Call ``function`` in the scheduler's process (``dask_scheduler=`` if it asks)."""
+        return run_on_scheduler(self._me, function, args, kwargs)
+
+    def restart(self, timeout: float = 30.0) -> Any:
+        """Cancel every task and start every worker afresh (they need a nanny)."""
+        return restart(self._me, timeout)
+
+    def wait_for_workers(self, n_workers: int, timeout: float | None = None) -> Any:
+        """Block until at least ``n_workers`` workers are connected."""
+        return wait_for_workers(self._me, n_workers, timeout)
+
+    def get_versions(self, check: bool = False, packages: tuple[str, ...] = ()) -> Any:
+        """Python and package versions of the client, scheduler and workers; with
+        ``check=True``, a ValueError naming what differs."""
+        return get_versions(self._me, check, tuple(packages))
+
+    def upload_file(self, filename: str) -> Any:
+        """Send a ``.py`` (imported) or ``.zip``/``.egg``/``.whl`` file to every worker."""
+        return upload_file(self._me, filename)
+
+    def get_scheduler_logs(self, n: int | None = None) -> Any:
+        """The scheduler's newest ``n`` log lines: ``[(level, line), ...]``."""
+        return logs(self._me, n, None, scheduler=True)
+
+    def get_worker_logs(self, n: int | None = None, workers: list[str] | None = None) -> Any:
+        """``{worker: [(level, line), ...]}``, each worker's newest ``n`` log lines."""
+        return logs(self._me, n, workers, scheduler=False)
+
+    def replicate(self, futures: Iterable[Future], n: int | None = None,
+                  timeout: float = 30.0) -> Any:
+        """Keep ``n`` copies (all workers if None) of each future's result."""
+        client, keys = self._me, [f.key for f in futures]
+
+        async def ask() -> None:
+            await client.pool.request(client.scheduler_address, "replicate", keys=keys, n=n,
+                                      timeout=timeout)
+
+        return client.sync(ask)
+
+    def has_what(self, workers: list[str] | None = None) -> Any:
+        """``{worker: [keys it holds]}``."""
+        return has_what(self._me, workers)
+
+    def nthreads(self, workers: list[str] | None = None) -> Any:
+        """``{worker: number of threads}``."""
+        return nthreads(self._me, workers)
+
+    ncores = nthreads
+
+    def get_task_stream(self, start: float = 0.0) -> list[dict[str, Any]]:
+        """Tasks that finished since ``start`` (a ``time.time()``): key, worker, startstops."""
+        from ._diagnostics import task_stream
+
+        return task_stream(self._me, start)

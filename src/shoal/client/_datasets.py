@@ -17,7 +17,7 @@ import asyncio
 import io
 import pickle
 from collections.abc import Iterator, MutableMapping
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 import cloudpickle
 
@@ -132,3 +132,40 @@ class Datasets(MutableMapping):
 
     def __len__(self) -> int:
         return len(self.client.list_datasets())
+
+
+class DatasetCalls:
+    """The Client methods of this module (a mixin of ``Client``)."""
+
+    @property
+    def _me(self) -> Client:
+        return cast("Client", self)
+
+    def publish_dataset(self, *args: Any, name: str | None = None, override: bool = False,
+                        **kwargs: Any) -> Any:
+        """Keep data (and the results its futures name) on the scheduler under a name."""
+        if args and name is None:
+            raise TypeError("publish_dataset needs name= for a positional dataset")
+        named: dict[str, Any] = dict(kwargs)
+        if args:
+            named[str(name)] = args[0] if len(args) == 1 else list(args)
+        client = self._me
+        return client.sync(lambda: publish(client, named, override))
+
+    def get_dataset(self, name: str, default: Any = _MISSING) -> Any:
+        """A published dataset, its futures this client's own."""
+        client = self._me
+        return client.sync(lambda: get(client, name, default))
+
+    def list_datasets(self) -> Any:
+        client = self._me
+        return client.sync(lambda: client.pool.request(client.scheduler_address, "list_datasets"))
+
+    def unpublish_dataset(self, name: str) -> Any:
+        client = self._me
+        return client.sync(lambda: unpublish(client, name))
+
+    @property
+    def datasets(self) -> Datasets:
+        """The published datasets as a mapping: ``client.datasets["x"] = futures``."""
+        return Datasets(self._me)
