@@ -27,6 +27,7 @@ from .client._dask import futures_of
 from .client._diagnostics import get_task_stream, performance_report
 from .client._fire_and_forget import fire_and_forget
 from .client._future import CancelledError
+from .client._integrations import CompatibleExecutor
 from .client._progress import progress
 from .client._shared import Queue, Variable
 from .client._worker_client import get_client, worker_client
@@ -50,6 +51,7 @@ __all__ = [
     "Adaptive",
     "CancelledError",
     "Client",
+    "CompatibleExecutor",
     "Event",
     "Future",
     "KilledWorker",

@@ -116,3 +116,10 @@ def test_actor_true_is_refused_instead_of_passed_to_the_function(client):
     with pytest.raises(NotImplementedError, match="actors"):
         client.map(Counter, [], actor=True)
     assert isinstance(client.submit(Counter, actor=False).result(), Counter)
+
+
+def test_compatible_executor_points_to_get_executor():
+    from shoal import CompatibleExecutor
+
+    with pytest.raises(RuntimeError, match=r"Client\.get_executor"):
+        CompatibleExecutor()

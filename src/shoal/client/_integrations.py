@@ -11,7 +11,7 @@ import asyncio
 import concurrent.futures
 import threading
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NoReturn
 
 if TYPE_CHECKING:
     from ._client import Client
@@ -94,3 +94,8 @@ class ClientExecutor(concurrent.futures.Executor):
                 cf.cancel()
         if wait:
             concurrent.futures.wait(pending)
+
+
+def CompatibleExecutor(*args: Any, **kwargs: Any) -> NoReturn:  # capitalised: dask's name
+    """dask.distributed's old name: like there, it only says where the executor is now."""
+    raise RuntimeError("CompatibleExecutor has moved to the Client.get_executor() method")
