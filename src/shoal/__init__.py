@@ -22,7 +22,7 @@ from .client import (
     default_client,
     wait,
 )
-from .client._coordination import Event, Lock, Semaphore
+from .client._coordination import Event, Lock, MultiLock, Semaphore
 from .client._dask import futures_of
 from .client._diagnostics import get_task_stream, performance_report
 from .client._fire_and_forget import fire_and_forget
@@ -58,6 +58,7 @@ __all__ = [
     "KilledWorkerError",
     "LocalCluster",
     "Lock",
+    "MultiLock",
     "Queue",
     "Scheduler",
     "Semaphore",

@@ -1,6 +1,6 @@
 """Coordination on a multi-process cluster: ``fire_and_forget`` and published
 datasets (results that outlive the futures and the client that made them),
-``Event``, ``Lock``, ``Semaphore``, ``Variable``, ``Queue``, and
+``Event``, ``Lock``, ``Semaphore``, ``MultiLock``, ``Variable``, ``Queue``, and
 ``shoal.print``/``shoal.warn``."""
 
 from __future__ import annotations
@@ -15,6 +15,7 @@ from shoal import (
     Client,
     Event,
     Lock,
+    MultiLock,
     Queue,
     Semaphore,
     Variable,
@@ -177,3 +178,18 @@ def test_queue_passes_futures_from_tasks_to_the_client_in_order(proc_client):
     del first
     wait_for(lambda: tasks_on(proc_client) == 0, timeout=20,
              what="the queued results to be released once their futures are gone")
+
+
+def test_multilock_takes_all_its_names_or_none(proc_client):
+    both = MultiLock(["left", "right"], client=proc_client)
+    assert both.acquire() and both.locked()
+    right = MultiLock(["right", "other"], client=proc_client)
+    assert right.acquire(timeout=0.1) is False  # "right" is taken
+    assert right.acquire(num_locks=1, timeout=5)  # "other" alone is free
+    right.release()
+    both.release()
+    assert not both.locked()
+    with MultiLock(["right", "other"], client=proc_client) as taken:
+        assert taken.locked()
+    with pytest.raises(RuntimeError, match="holds no locks"):
+        both.release()

@@ -1,4 +1,5 @@
-"""``Event``, ``Lock`` and ``Semaphore``: coordination by name across the cluster.
+"""``Event``, ``Lock``, ``Semaphore`` and ``MultiLock``: coordination by name
+across the cluster.
 
 Each is a name on the scheduler (see ``scheduler/_coordination.py``); these
 objects are handles that talk to it through a client: the one given, or
@@ -35,6 +36,23 @@ class _Named:
         return f"<{type(self).__name__}: {self.name}>"
 
 
+class _Held:
+    """``with``: acquire on entry, release on exit."""
+
+    def acquire(self) -> bool:
+        raise NotImplementedError
+
+    def release(self) -> Any:
+        raise NotImplementedError
+
+    def __enter__(self) -> Self:
+        self.acquire()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.release()
+
+
 class Event(_Named):
     """A flag many can wait on: ``set``, ``clear``, ``wait(timeout)``, ``is_set``."""
 
@@ -55,7 +73,7 @@ class Event(_Named):
         return (Event, (self.name,))
 
 
-class Semaphore(_Named):
+class Semaphore(_Held, _Named):
     """At most ``max_leases`` holders at once, cluster-wide."""
 
     def __init__(self, max_leases: int = 1, name: str | None = None,
@@ -83,13 +101,6 @@ class Semaphore(_Named):
         """How many leases are held."""
         return int(self._ask("semaphore_value")["value"])
 
-    def __enter__(self) -> Self:
-        self.acquire()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.release()
-
     def __reduce__(self) -> Any:
         return (Semaphore, (self.max_leases, self.name))
 
@@ -108,3 +119,46 @@ class Lock(Semaphore):
 
     def __reduce__(self) -> Any:
         return (Lock, (self.name,))
+
+
+class MultiLock(_Held):
+    """Several named locks taken together (all, or ``num_locks`` of them) or not at all."""
+
+    def __init__(self, names: list[str] | None = None, client: Client | None = None) -> None:
+        self.names = list(names or [])
+        self._handle = _Named(None, client)
+        self._lease: str | None = None
+
+    def acquire(self, blocking: bool = True, timeout: float | None = None,
+                num_locks: int | None = None) -> bool:
+        if self._lease is not None:
+            raise RuntimeError(f"{self!r} is already acquired")
+        lease = f"multilock-{uuid.uuid4().hex}"
+        client = self._handle.client
+        answer = client.sync(lambda: client.pool.request(
+            client.scheduler_address, "multilock_acquire", names=self.names, lease=lease,
+            num_locks=num_locks, timeout=timeout if blocking else 0))
+        if answer["acquired"]:
+            self._lease = lease
+        return bool(answer["acquired"])
+
+    def release(self) -> None:
+        if self._lease is None:
+            raise RuntimeError(f"{self!r} holds no locks to release")
+        lease, self._lease = self._lease, None
+        client = self._handle.client
+        client.sync(lambda: client.pool.request(client.scheduler_address, "multilock_release",
+                                                lease=lease))
+
+    def locked(self) -> bool:
+        """Whether any of the names is held (by anyone)."""
+        client = self._handle.client
+        answer = client.sync(lambda: client.pool.request(client.scheduler_address,
+                                                         "multilock_held", names=self.names))
+        return bool(answer["held"])
+
+    def __reduce__(self) -> Any:
+        return (MultiLock, (self.names,))
+
+    def __repr__(self) -> str:
+        return f"<MultiLock: {self.names}>"

@@ -1,4 +1,5 @@
-"""Named events and semaphores (locks are semaphores of one) on the scheduler.
+"""Named events, semaphores (locks are semaphores of one) and multi-locks
+on the scheduler.
 
 Clients and tasks anywhere in the cluster coordinate through them by name,
 as with dask.distributed's ``Event``, ``Lock`` and ``Semaphore``.  A waiting
@@ -40,13 +41,19 @@ class Coordination:
     def __init__(self) -> None:
         self.events: dict[str, asyncio.Event] = {}
         self.semaphores: dict[str, _Semaphore] = {}
+        self.multilocks: dict[str, str] = {}  # name -> the lease holding it
+        self._multilock_leases: dict[str, list[str]] = {}  # lease -> names it holds
+        self._multilock_changed = asyncio.Condition()
 
     def handlers(self) -> dict[str, Any]:
         return {"event_set": self.event_set, "event_clear": self.event_clear,
                 "event_wait": self.event_wait, "event_is_set": self.event_is_set,
                 "semaphore_acquire": self.semaphore_acquire,
                 "semaphore_release": self.semaphore_release,
-                "semaphore_value": self.semaphore_value}
+                "semaphore_value": self.semaphore_value,
+                "multilock_acquire": self.multilock_acquire,
+                "multilock_release": self.multilock_release,
+                "multilock_held": self.multilock_held}
 
     def _event(self, name: Any) -> asyncio.Event:
         return self.events.setdefault(_name(name), asyncio.Event())
@@ -103,3 +110,41 @@ class Coordination:
     def semaphore_value(self, name: str) -> dict[str, Any]:
         sem = self.semaphores.get(_name(name))
         return {"status": "ok", "value": len(sem.holders) if sem is not None else 0}
+
+    async def multilock_acquire(self, names: list[str], lease: str, num_locks: int | None = None,
+                                timeout: float | None = None) -> dict[str, Any]:
+        """Take ``num_locks`` (all if None) of ``names`` at once, or none of them."""
+        wanted = [_name(n) for n in names] if isinstance(names, list) else []
+        if not wanted:
+            raise TypeError("a MultiLock needs a list of names")
+        count = len(wanted) if num_locks is None else num_locks
+        if isinstance(count, bool) or not isinstance(count, int) or not 0 < count <= len(wanted):
+            raise TypeError(f"num_locks must be between 1 and {len(wanted)}, got {num_locks!r}")
+        lease = _name(lease)
+
+        def free() -> list[str]:
+            return [n for n in wanted if n not in self.multilocks]
+
+        try:
+            async with asyncio.timeout(_timeout(timeout)), self._multilock_changed:
+                await self._multilock_changed.wait_for(lambda: len(free()) >= count)
+                taken = free()[:count]
+                for name in taken:
+                    self.multilocks[name] = lease
+                self._multilock_leases[lease] = taken
+        except TimeoutError:
+            return {"status": "ok", "acquired": False}
+        return {"status": "ok", "acquired": True}
+
+    async def multilock_release(self, lease: str) -> dict[str, Any]:
+        names = self._multilock_leases.pop(_name(lease), None)
+        if names is None:
+            return {"status": "error", "message": f"{lease!r} holds no multi-lock"}
+        async with self._multilock_changed:
+            for name in names:
+                self.multilocks.pop(name, None)
+            self._multilock_changed.notify_all()
+        return {"status": "ok"}
+
+    def multilock_held(self, names: list[str]) -> dict[str, Any]:
+        return {"status": "ok", "held": [n for n in names if n in self.multilocks]}
