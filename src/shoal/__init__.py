@@ -4,7 +4,12 @@
 >>> with LocalCluster(n_workers=2) as cluster, Client(cluster) as client:
 ...     client.submit(sum, [1, 2, 3]).result()
 6
+
+The names of ``distributed.__all__`` that shoal implements are importable
+from here under the same names; docs/coming-from-dask.md lists the others.
 """
+
+from builtins import TimeoutError  # the one dask.distributed exports too
 
 from .client import (
     ALL_COMPLETED,
@@ -17,8 +22,25 @@ from .client import (
     default_client,
     wait,
 )
+from .client._coordination import Event, Lock, MultiLock, Semaphore
+from .client._dask import futures_of
+from .client._diagnostics import get_task_stream, performance_report
+from .client._fire_and_forget import fire_and_forget
+from .client._future import CancelledError
+from .client._integrations import CompatibleExecutor
 from .client._progress import progress
+from .client._shared import Queue, Variable
+from .client._worker_client import get_client, worker_client
 from .cluster import LocalCluster
+from .cluster._adapt import Adaptive
+from .scheduler import KilledWorkerError, Scheduler
+from .worker import Worker, get_worker
+from .worker._context import rejoin, secede
+from .worker._output import print, warn  # dask.distributed's names: shadow the built-ins
+
+#: dask.distributed's names for the same things.
+KilledWorker = KilledWorkerError
+local_client = worker_client
 
 __version__ = "0.1.0"
 
@@ -26,12 +48,38 @@ __all__ = [
     "ALL_COMPLETED",
     "FIRST_COMPLETED",
     "FIRST_EXCEPTION",
+    "Adaptive",
+    "CancelledError",
     "Client",
+    "CompatibleExecutor",
+    "Event",
     "Future",
+    "KilledWorker",
+    "KilledWorkerError",
     "LocalCluster",
+    "Lock",
+    "MultiLock",
+    "Queue",
+    "Scheduler",
+    "Semaphore",
     "TaskError",
+    "TimeoutError",
+    "Variable",
+    "Worker",
     "as_completed",
     "default_client",
+    "fire_and_forget",
+    "futures_of",
+    "get_client",
+    "get_task_stream",
+    "get_worker",
+    "local_client",
+    "performance_report",
+    "print",
     "progress",
+    "rejoin",
+    "secede",
     "wait",
+    "warn",
+    "worker_client",
 ]

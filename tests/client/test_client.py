@@ -7,6 +7,7 @@ import concurrent.futures
 import gc
 import operator
 import threading
+import traceback
 
 import pytest
 
@@ -65,7 +66,7 @@ def test_exception_is_reraised_with_remote_traceback(client):
     assert "fail" in "".join(info.value.__notes__)
     assert future.status == "error"
     assert isinstance(future.exception(), ZeroDivisionError)
-    assert "raise ZeroDivisionError" in future.traceback()
+    assert "raise ZeroDivisionError" in "".join(traceback.format_tb(future.traceback()))
 
 
 def test_error_propagates_to_dependents(client):

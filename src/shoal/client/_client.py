@@ -21,9 +21,14 @@ from ..comm import BatchedSend, CommClosedError, ConnectionPool, connect
 from ..comm._core import Comm
 from ..protocol import SerializationError, Serialized, deserialize, serialize
 from ..protocol._task import KEEP, KeyRef, replace
+from . import _dask
+from ._cluster import ClusterCalls
+from ._datasets import DatasetCalls, confirm
 from ._future import FINAL, Future, FutureState
-from ._integrations import ClientExecutor, dask_get
-from ._loop import LoopRunner
+from ._integrations import ClientExecutor
+from ._joblib import register_if_available as register_joblib_backend
+from ._loop import LoopRunner, bounded
+from ._output import show_task_output
 from ._tokenize import FunctionCache, task_key
 
 logger = logging.getLogger(__name__)
@@ -32,7 +37,7 @@ DEFAULT_TIMEOUT = 30.0
 _current: list[Client] = []
 
 
-class Client:
+class Client(ClusterCalls, DatasetCalls):
     """Connect to a scheduler (or start a LocalCluster) and run work on it.
 
     ``Client()`` starts a LocalCluster sized to this machine and closes it on
@@ -47,12 +52,14 @@ class Client:
         timeout: float = DEFAULT_TIMEOUT,
         name: str | None = None,
         direct_to_workers: bool = True,
+        set_as_default: bool = True,
         **cluster_kwargs: Any,
     ) -> None:
         self.id = f"{name or 'Client'}-{uuid.uuid4().hex}"
         self.asynchronous = asynchronous
         self.timeout = timeout
         self.direct_to_workers = direct_to_workers
+        self._set_as_default = set_as_default
         self.cluster: Any = None
         self._own_cluster = False
         self._address_arg = address
@@ -74,6 +81,7 @@ class Client:
         self._loop_thread: int | None = None
         self._reader: asyncio.Task | None = None
         self._counter = itertools.count()
+        self._confirmations: dict[str, asyncio.Future] = {}  # see _datasets.store
         if asynchronous:
             self._started: Any = None
         else:
@@ -121,6 +129,9 @@ class Client:
         self._reader = asyncio.get_running_loop().create_task(self._read_scheduler(comm))
         self.status = "running"
         _current.append(self)
+        if self._set_as_default and not self.asynchronous:
+            _dask.set_default(self)
+        register_joblib_backend()
 
     def close(self, timeout: float = 10.0) -> Any:
         if self.asynchronous:
@@ -140,6 +151,7 @@ class Client:
         self.status = "closed"
         if self in _current:
             _current.remove(self)
+        _dask.unset_default(self)
         if self._stream is not None:
             try:
                 self._stream.send({"op": "close-client"})
@@ -205,9 +217,14 @@ class Client:
     def _register_future(self, key: str, state: FutureState | None) -> FutureState:
         with self._lock:
             existing = self._states.get(key)
-            if existing is not None:
+            if existing is not None and existing.status != "cancelled":
                 self._refcount[key] += 1
                 return existing
+            if existing is not None:  # submitted again after a cancel: a new life
+                self._refcount[key] += 1
+                state = state or FutureState(key)
+                self._states[key] = state
+                return state
             state = state or FutureState(key)
             self._states[key] = state
             self._refcount[key] = 1
@@ -267,6 +284,12 @@ class Client:
         if op == "error":
             logger.error("scheduler: %s", msg.get("message"))
             return
+        if op == "confirmed":
+            confirm(self, msg)
+            return
+        if op == "task-output":
+            show_task_output(msg)
+            return
         if op not in ("key-in-memory", "task-erred", "cancelled-keys", "lost-key"):
             logger.warning("unknown message from the scheduler: %r", op)
             return
@@ -294,6 +317,7 @@ class Client:
         """Run ``func(*args, **kwargs)`` on the cluster; futures in args become inputs."""
         if not callable(func):
             raise TypeError(f"submit needs a callable, got {type(func).__name__}")
+        _refuse_actors(kwargs)
         token, ser_func = self._functions.get(func)
         task, deps_futures = self._task(token, args, kwargs, key, pure)
         _restrict(task, workers, allow_other_workers, retries, priority, resources)
@@ -310,6 +334,7 @@ class Client:
         """``submit`` for each element of the iterables, shipping ``func`` once."""
         if not callable(func):
             raise TypeError(f"map needs a callable, got {type(func).__name__}")
+        _refuse_actors(kwargs)
         token, ser_func = self._functions.get(func)
         columns = [list(it) for it in iterables]
         keys = key if isinstance(key, list) else None
@@ -373,7 +398,9 @@ class Client:
     # ------------------------------------------------------------ results
 
     async def _result(self, future: Future, timeout: float | None) -> Any:
-        values = await asyncio.wait_for(self._gather_states([future._state]), timeout)
+        values = await bounded(self._gather_states([future._state]), timeout,
+                               lambda: f"{future.key!r} had no result within the timeout "
+                               f"of {timeout}s")
         return values[future.key]
 
     async def _wait_final(self, states: Iterable[FutureState]) -> None:
@@ -528,14 +555,19 @@ class Client:
     # ------------------------------------------------------------ cluster-wide calls
 
     def run(self, function: Callable[..., Any], *args: Any,
-            workers: list[str] | None = None) -> Any:
-        """Call ``function(*args)`` on every worker: ``{address: result}``."""
+            workers: list[str] | None = None, **kwargs: Any) -> Any:
+        """Call ``function(*args, **kwargs)`` on every worker: ``{address: result}``.
+
+        A ``dask_worker`` parameter of ``function`` receives the Worker object.
+        """
         ser = serialize(function)
         ser_args = serialize(args)
+        ser_kwargs = serialize(kwargs)
 
         async def run() -> dict[str, Any]:
             answers = await self.pool.request(self.scheduler_address, "broadcast", worker_op="run",
-                                              workers=workers, function=ser, args=ser_args)
+                                              workers=workers, function=ser, args=ser_args,
+                                              kwargs=ser_kwargs)
             out = {}
             for address, answer in answers.items():
                 if answer.get("status") != "ok":
@@ -563,9 +595,30 @@ class Client:
 
         return self.sync(run)
 
+    @classmethod
+    def current(cls, allow_global: bool = True) -> Client:
+        """The default client (the newest running one), as in dask.distributed."""
+        return default_client()
+
+    @property
+    def futures(self) -> dict[str, FutureState]:
+        """What this client knows of each key it holds futures for."""
+        with self._lock:
+            return dict(self._states)
+
     def get(self, graph: Any, keys: Any, **kwargs: Any) -> Any:
         """Run a dask graph: ``dask.compute(x, scheduler=client.get)``."""
-        return dask_get(self, graph, keys, **kwargs)
+        return _dask.dask_get(self, graph, keys, **kwargs)
+
+    def compute(self, collections: Any, sync: bool = False, optimize_graph: bool = True,
+                **restrictions: Any) -> Any:
+        """Futures of dask collections' values (their results if ``sync``)."""
+        return _dask.compute_collections(self, collections, sync, optimize_graph, restrictions)
+
+    def persist(self, collections: Any, optimize_graph: bool = True,
+                **restrictions: Any) -> Any:
+        """The collections, computing on the cluster, their pieces held as futures."""
+        return _dask.persist_collections(self, collections, optimize_graph, restrictions)
 
     def get_executor(self, **submit_kwargs: Any) -> ClientExecutor:
         """A ``concurrent.futures.Executor`` running on this cluster."""
@@ -598,6 +651,12 @@ def _restrict(task: dict[str, Any], workers: Iterable[str] | str | None, allow_o
         task["priority"] = priority
     if resources:
         task["resources"] = resources
+
+
+def _refuse_actors(kwargs: dict[str, Any]) -> None:
+    """``actor=`` is dask.distributed's keyword (not the function's): not supported yet."""
+    if kwargs.pop("actor", False):
+        raise NotImplementedError("actors (actor=True) are not supported by shoal yet")
 
 
 def default_client() -> Client:

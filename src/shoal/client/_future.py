@@ -10,9 +10,12 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 from collections.abc import Callable
+from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
 from ..protocol import SerializationError, Serialized, deserialize
+from ._loop import bounded
+from ._traceback import traceback_from_text
 
 if TYPE_CHECKING:
     from ._client import Client
@@ -106,11 +109,16 @@ class FutureState:
 class Future:
     """A result being computed, or held, by the cluster."""
 
-    __slots__ = ("__weakref__", "_state", "client", "key")
+    __slots__ = ("__weakref__", "_released", "_state", "client", "key")
+
+    #: dask reads a Future inside a graph as a reference to its key (dask's
+    #: protocol for third-party futures), so persisted collections compose.
+    __dask_future__ = True
 
     def __init__(self, key: str, client: Client, state: FutureState | None = None) -> None:
         self.key = key
         self.client = client
+        self._released = False
         self._state = client._register_future(key, state)
 
     @property
@@ -119,6 +127,15 @@ class Future:
 
     def done(self) -> bool:
         return self._state.status in FINAL
+
+    def cancelled(self) -> bool:
+        return self._state.status == "cancelled"
+
+    def release(self) -> None:
+        """Let go of the result now rather than when this Future is collected."""
+        if not self._released:
+            self._released = True
+            self.client._release_future(self.key)
 
     def result(self, timeout: float | None = None) -> Any:
         """The value; raises the task's exception if it failed."""
@@ -130,17 +147,22 @@ class Future:
         self._wait_sync(timeout)
         return self._state.make_exception() if self._state.status != "finished" else None
 
-    def traceback(self, timeout: float | None = None) -> str | None:
-        """The remote traceback, as text, if the task failed."""
+    def traceback(self, timeout: float | None = None) -> TracebackType | None:
+        """The remote traceback if the task failed, as a traceback object
+        (``traceback.format_tb`` shows the worker's frames)."""
         self._wait_sync(timeout)
-        return self._state.traceback or None if self._state.status == "error" else None
+        if self._state.status != "error" or not self._state.traceback:
+            return None
+        return traceback_from_text(self._state.traceback)
 
     def _wait_sync(self, timeout: float | None) -> None:
         if not self.done():
             state = self._state
 
             async def wait() -> None:
-                await asyncio.wait_for(state.event.wait(), timeout)
+                await bounded(state.event.wait(), timeout,
+                              lambda: f"{state.key!r} was not done within the timeout of "
+                              f"{timeout}s")
 
             self.client.sync(wait)
 
@@ -167,9 +189,18 @@ class Future:
 
     def __del__(self) -> None:
         try:
-            self.client._release_future(self.key)
+            if not self._released:
+                self.client._release_future(self.key)
         except Exception:  # noqa: BLE001, S110 - at interpreter shutdown anything goes
             pass
+
+    def __dask_tokenize__(self) -> str:
+        return self.key
+
+    def _repr_html_(self) -> str:
+        from ._repr import future_html
+
+        return future_html(self)
 
     def __repr__(self) -> str:
         return f"<Future: {self.status}, key: {self.key}>"

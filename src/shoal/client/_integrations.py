@@ -1,11 +1,8 @@
-"""Using a Client where Python expects a scheduler or an executor.
+"""Using a Client where Python expects an executor.
 
-* ``client.get(graph, keys)`` runs a dask task graph, so
-  ``dask.compute(x, scheduler=client.get)`` (or ``dask.config.set(scheduler=client.get)``)
-  computes dask collections on a shoal cluster. dask is not a dependency:
-  it is imported only when a graph is run.
-* ``client.get_executor()`` is a ``concurrent.futures.Executor``, for code
-  written against the standard library.
+``client.get_executor()`` is a ``concurrent.futures.Executor``, for code
+written against the standard library.  (dask graphs and collections are in
+:mod:`._dask`.)
 """
 
 from __future__ import annotations
@@ -13,72 +10,21 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import threading
-from collections.abc import Callable, Hashable, Iterator, Mapping
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, NoReturn
 
 if TYPE_CHECKING:
     from ._client import Client
     from ._future import Future
 
 
-def key_name(key: Hashable) -> str:
-    """A dask key as a shoal key: ``("x-abc", 0, 1)`` -> ``"x-abc-0-1"``."""
-    if isinstance(key, tuple):
-        return "-".join(str(part) for part in key)
-    return str(key)
-
-
-def _run_node(node: Any, inputs: dict[Hashable, Any]) -> Any:
-    """On a worker: evaluate one dask graph node given its inputs' values."""
-    return node(inputs)
-
-
-def _toposort(graph: Mapping[Hashable, Any]) -> list[Hashable]:
-    order: list[Hashable] = []
-    state: dict[Hashable, int] = {}  # 1: on the stack, 2: done
-    for root in graph:
-        if state.get(root):
-            continue
-        state[root] = 1
-        stack: list[tuple[Hashable, Iterator[Hashable]]] = [(root, iter(graph[root].dependencies))]
-        while stack:
-            key, deps = stack[-1]
-            dep = next(deps, None)
-            if dep is None:
-                stack.pop()
-                state[key] = 2
-                order.append(key)
-            elif dep in graph and not state.get(dep):
-                state[dep] = 1
-                stack.append((dep, iter(graph[dep].dependencies)))
-            elif state.get(dep) == 1:
-                raise ValueError(f"the graph has a cycle through {dep!r}")
-    return order
-
-
-def dask_get(client: Client, graph: Mapping[Hashable, Any], keys: Any, **_: Any) -> Any:
-    """Run a dask graph on the cluster and return the values of ``keys`` (nested)."""
-    try:
-        from dask._task_spec import convert_legacy_graph
-    except ImportError as exc:
-        raise ImportError("running dask graphs needs dask installed (pip install dask)") from exc
-    if not isinstance(graph, Mapping):  # newer dask hands over an expression
-        graph = graph.__dask_graph__()
-    nodes = convert_legacy_graph(dict(graph))
-    futures: dict[Hashable, Future] = {}
-    for key in _toposort(nodes):
-        node = nodes[key]
-        inputs = {dep: futures[dep] for dep in node.dependencies}
-        futures[key] = client.submit(_run_node, node, inputs, key=key_name(key))
-
-    def shape(k: Any) -> Any:
-        return [shape(x) for x in k] if isinstance(k, list) else futures[k]
-
-    return client.gather(shape(keys))
-
-
 class ClientExecutor(concurrent.futures.Executor):
-    """A ``concurrent.futures.Executor`` that runs on a shoal cluster."""
+    """A ``concurrent.futures.Executor`` that runs on a shoal cluster.
+
+    Its futures stay pending until the result is back, so ``cancel()`` works
+    until then (and cancels the task on the cluster), as does
+    ``shutdown(cancel_futures=True)``.
+    """
 
     def __init__(self, client: Client, **submit_kwargs: Any) -> None:
         self.client = client
@@ -95,18 +41,35 @@ class ClientExecutor(concurrent.futures.Executor):
             shoal_future = self.client.submit(fn, *args, pure=False, **self.submit_kwargs,
                                               **kwargs)
             cf: concurrent.futures.Future = concurrent.futures.Future()
-            cf.set_running_or_notify_cancel()
             self._futures.add(cf)
 
         def copy(done: Future) -> None:
-            self._futures.discard(cf)
             if done.status == "finished":
                 self._resolve(done, cf)
             else:
-                cf.set_exception(done._state.make_exception())
+                self._settle(cf, exception=done._state.make_exception())
 
+        def on_cf_done(done: concurrent.futures.Future) -> None:
+            # ``done``, not ``cf``: the callback stays on cf, and must not make a cycle
+            with self._lock:
+                self._futures.discard(done)
+            if done.cancelled():
+                shoal_future.cancel()
+
+        cf.add_done_callback(on_cf_done)
         shoal_future.add_done_callback(copy)
         return cf
+
+    @staticmethod
+    def _settle(cf: concurrent.futures.Future, result: Any = None,
+                exception: BaseException | None = None) -> None:
+        """Finish ``cf`` unless it was cancelled meanwhile."""
+        if not cf.set_running_or_notify_cancel():
+            return
+        if exception is not None:
+            cf.set_exception(exception)
+        else:
+            cf.set_result(result)
 
     def _resolve(self, done: Future, cf: concurrent.futures.Future) -> None:
         """On the client's loop (where done-callbacks run): fetch, then hand over."""
@@ -116,9 +79,9 @@ class ClientExecutor(concurrent.futures.Executor):
             if t.cancelled():
                 cf.cancel()
             elif t.exception() is not None:
-                cf.set_exception(t.exception())
+                self._settle(cf, exception=t.exception())
             else:
-                cf.set_result(t.result())
+                self._settle(cf, t.result())
 
         task.add_done_callback(hand_over)
 
@@ -131,3 +94,8 @@ class ClientExecutor(concurrent.futures.Executor):
                 cf.cancel()
         if wait:
             concurrent.futures.wait(pending)
+
+
+def CompatibleExecutor(*args: Any, **kwargs: Any) -> NoReturn:  # capitalised: dask's name
+    """dask.distributed's old name: like there, it only says where the executor is now."""
+    raise RuntimeError("CompatibleExecutor has moved to the Client.get_executor() method")

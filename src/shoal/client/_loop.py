@@ -42,8 +42,14 @@ class LoopRunner:
         try:
             return future.result(timeout)
         except concurrent.futures.TimeoutError:
+            if future.done():  # the call itself timed out: its own message says how
+                raise
             future.cancel()
-            raise TimeoutError(f"no result within {timeout}s") from None
+            raise TimeoutError(f"no result within the timeout of {timeout}s") from None
+        finally:
+            # an exception raised here holds this frame, which held the future,
+            # which holds the exception: a cycle only the cyclic GC would free
+            del future
 
     def call_soon(self, callback: Callable[..., Any], *args: Any) -> None:
         if not self.loop.is_closed():
@@ -67,3 +73,18 @@ class LoopRunner:
         self.thread.join(timeout)
         if not self.thread.is_alive():
             self.loop.close()
+
+
+async def bounded(awaitable: Awaitable[T], timeout: float | None, what: Callable[[], str]) -> T:
+    """``await awaitable`` within ``timeout`` seconds, else ``TimeoutError(what())``.
+
+    The error is raised after the ``except`` block, with no context: a
+    context would hold the cancelled wait's frames, and through them the
+    task that the error is stored in, a cycle only the cyclic GC frees.
+    """
+    try:
+        async with asyncio.timeout(timeout):
+            return await awaitable
+    except TimeoutError:
+        pass
+    raise TimeoutError(what())

@@ -118,3 +118,15 @@ def cluster_html(cluster: Any) -> str:
         rows.append(("workers", started))
         return _table(type(cluster).__name__, rows)
     return _table(type(cluster).__name__, rows + _resource_rows(info))
+
+
+def future_html(future: Any) -> str:
+    """A Future as dask shows it: its key, status, and where and how big its result is."""
+    state = future._state
+    rows = [("key", html.escape(future.key)), ("status", html.escape(state.status))]
+    if state.status == "finished":
+        rows.append(("held by", html.escape(", ".join(state.workers) or "(sent inline)")))
+        rows.append(("size", format_bytes(state.nbytes)))
+    elif state.status == "error" and state.exception_text:
+        rows.append(("error", html.escape(state.exception_text)))
+    return _table("shoal Future", rows)

@@ -1,22 +1,32 @@
-"""Task keys and the one-time serialization of functions.
+"""Task keys and the serialization of functions.
 
 ``pure=True`` keys are derived from the function and the arguments, so the
 same call submitted twice (by one client or several) names the same result
-and is computed once.  A function is pickled once per client and named by
-the hash of its bytes; workers cache it under that name, which is what makes
-``map`` pay for the function once.
+and is computed once.  A function is named by the hash of its pickled bytes;
+workers cache it under that name, which is what makes ``map`` pay for the
+function once.
+
+Only functions that pickle *by reference* (importable by module and name)
+are remembered by identity: their bytes cannot change.  A function pickled
+by value (defined in ``__main__``, a lambda, a closure) carries the globals
+and cells it reads, which the user may change between two submits, so it is
+pickled again every time and named by its content.  The identity cache
+holds its functions weakly and is bounded in bytes: it keeps nothing alive.
 """
 
 from __future__ import annotations
 
 import hashlib
+import sys
 import uuid
+import weakref
 from collections import OrderedDict
 from typing import Any
 
 from ..protocol import Serialized, serialize
 
-_MAX_CACHED_FUNCTIONS = 512
+#: Upper bound of the pickled bytes the identity cache keeps.
+MAX_CACHED_FUNCTION_BYTES = 16 * 2**20
 
 
 def funcname(func: Any) -> str:
@@ -24,26 +34,64 @@ def funcname(func: Any) -> str:
     return name.replace("<", "").replace(">", "") or "task"
 
 
-class FunctionCache:
-    """Pickled functions by identity, with their content tokens."""
+def pickled_by_reference(func: Any) -> bool:
+    """Whether pickling ``func`` records only its module and name (so it cannot change)."""
+    module_name = getattr(func, "__module__", None)
+    qualname = getattr(func, "__qualname__", None)
+    if not module_name or module_name == "__main__" or not qualname or "<" in qualname:
+        return False
+    found: Any = sys.modules.get(module_name)
+    for part in qualname.split("."):
+        found = getattr(found, part, None)
+    return found is func
 
-    def __init__(self) -> None:
-        self._cache: OrderedDict[int, tuple[Any, str, Serialized]] = OrderedDict()
+
+def _token(func: Any, ser: Serialized) -> str:
+    digest = hashlib.sha1(usedforsecurity=False)
+    for frame in ser.frames:
+        digest.update(frame)
+    return f"{funcname(func)}-{digest.hexdigest()}"
+
+
+class FunctionCache:
+    """Pickled functions with their content tokens (see the module docstring)."""
+
+    def __init__(self, max_bytes: int = MAX_CACHED_FUNCTION_BYTES) -> None:
+        self.max_bytes = max_bytes
+        self.nbytes = 0
+        self._cache: OrderedDict[int, tuple[weakref.ref, str, Serialized]] = OrderedDict()
 
     def get(self, func: Any) -> tuple[str, Serialized]:
         entry = self._cache.get(id(func))
-        if entry is not None and entry[0] is func:
+        if entry is not None and entry[0]() is func:
             self._cache.move_to_end(id(func))
             return entry[1], entry[2]
         ser = serialize(func)  # raises SerializationError with the function's name
-        digest = hashlib.sha1(usedforsecurity=False)
-        for frame in ser.frames:
-            digest.update(frame)
-        token = f"{funcname(func)}-{digest.hexdigest()}"
-        self._cache[id(func)] = (func, token, ser)  # holding func keeps its id unique
-        if len(self._cache) > _MAX_CACHED_FUNCTIONS:
-            self._cache.popitem(last=False)
+        token = _token(func, ser)
+        if pickled_by_reference(func):
+            self._remember(func, token, ser)
         return token, ser
+
+    def _remember(self, func: Any, token: str, ser: Serialized) -> None:
+        if ser.nbytes > self.max_bytes:
+            return
+        try:
+            ref = weakref.ref(func)  # a dead entry just misses, until it is evicted
+        except TypeError:  # not weakly referenceable: not cached
+            return
+        self._forget(id(func))
+        self._cache[id(func)] = (ref, token, ser)
+        self.nbytes += ser.nbytes
+        while self.nbytes > self.max_bytes:
+            self._forget(next(iter(self._cache)))
+
+    def _forget(self, key: int) -> None:
+        entry = self._cache.pop(key, None)
+        if entry is not None:
+            self.nbytes -= entry[2].nbytes
+
+    def __len__(self) -> int:
+        return len(self._cache)
 
 
 def task_key(func_token: str, args: Serialized, pure: bool) -> str:

@@ -8,6 +8,7 @@ from collections.abc import AsyncIterator, Iterable, Iterator
 from typing import Any, NamedTuple
 
 from ._future import FINAL, Future
+from ._loop import bounded
 
 FIRST_COMPLETED = "FIRST_COMPLETED"
 FIRST_EXCEPTION = "FIRST_EXCEPTION"
@@ -30,7 +31,9 @@ def wait(futures: Iterable[Future] | Future, timeout: float | None = None,
     client = futures[0].client
 
     async def run() -> DoneAndNotDone:
-        await asyncio.wait_for(_wait(futures, return_when), timeout)
+        await bounded(_wait(futures, return_when), timeout,
+                      lambda: f"{sum(not f.done() for f in futures)} of {len(futures)} futures "
+                      f"were not done within the timeout of {timeout}s")
         done = {f for f in futures if f.done()}
         return DoneAndNotDone(done, set(futures) - done)
 
@@ -56,8 +59,10 @@ async def _wait(futures: list[Future], return_when: str) -> None:
 class as_completed:
     """Iterate over futures in the order they finish (sync or ``async for``).
 
-    ``with_results=True`` yields ``(future, result)`` pairs; more futures can
-    be added while iterating with :meth:`add`.
+    ``with_results=True`` yields ``(future, result)`` pairs (``(future,
+    exception)`` for a failed one when ``raise_errors=False``); more futures
+    can be added while iterating with :meth:`add` or :meth:`update`;
+    :meth:`batches` yields lists of all that finished meanwhile.
     """
 
     def __init__(self, futures: Iterable[Future] = (), with_results: bool = False,
@@ -75,6 +80,22 @@ class as_completed:
         self._outstanding += 1
         self._client = future.client
         future.add_done_callback(self._on_done)
+
+    def update(self, futures: Iterable[Future]) -> None:
+        for future in futures:
+            self.add(future)
+
+    def batches(self) -> Iterator[list[Any]]:
+        """Lists of everything done since the last one (at least one each)."""
+        while self._outstanding:
+            batch = [self._queue.get()]
+            while True:
+                try:
+                    batch.append(self._queue.get_nowait())
+                except queue.Empty:
+                    break
+            self._outstanding -= len(batch)
+            yield [self._item(f) for f in batch]
 
     def _on_done(self, future: Future) -> None:
         if self._aqueue is not None:
@@ -123,7 +144,9 @@ class as_completed:
         if not self.with_results:
             return future
         if future.status != "finished":
-            raise future._state.make_exception()
+            if self.raise_errors:
+                raise future._state.make_exception()
+            return future, future._state.make_exception()
         return future, await future.result()
 
 

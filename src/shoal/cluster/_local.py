@@ -227,6 +227,26 @@ class LocalCluster:
         assert self.pool is not None
         return await self.pool.request(self.scheduler_address, "scheduler_info")
 
+    def get_logs(self, scheduler: bool = True, workers: bool = True) -> Any:
+        """``{"Scheduler": text, worker name: text}``: the recent log lines of each."""
+
+        async def collect() -> dict[str, str]:
+            assert self.pool is not None
+            out: dict[str, str] = {}
+            if scheduler:
+                answer = await self.pool.request(self.scheduler_address, "get_logs")
+                out["Scheduler"] = "\n".join(line for _, line in answer["logs"])
+            if workers:
+                info = await self.scheduler_info()
+                answers = await self.pool.request(self.scheduler_address, "broadcast",
+                                                  worker_op="get_logs")
+                for address, answer in answers.items():
+                    name = info["workers"].get(address, {}).get("name", address)
+                    out[str(name)] = "\n".join(line for _, line in answer.get("logs", []))
+            return out
+
+        return self._call(collect)
+
     def wait_for_workers(self, n: int, timeout: float = 30.0) -> Any:
         async def wait() -> None:
             loop = asyncio.get_running_loop()

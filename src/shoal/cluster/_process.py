@@ -1,9 +1,15 @@
 """Child processes that announce themselves and never outlive their parent.
 
-A shoal process started with ``--announce`` prints one JSON line on stdout
-once it is serving (its address, pid, ...).  The parent reads that line with
-a timeout, then keeps draining the pipe in a thread so later lines (a
-restarted worker announces again) never block the child.  On Linux each child
+A shoal process started with ``--announce`` prints one line on stdout once
+it is serving: a secret the parent gave it (``SHOAL_ANNOUNCE_TOKEN``, never
+visible to the tasks it runs), then JSON (its address, pid, ...).  The
+parent reads that line with a timeout, then keeps draining the pipe in a
+thread so later lines (a restarted worker announces again) never block the
+child.  Every other line, whatever it looks like, is output of the child or
+of its tasks (``print()``): it is copied to the parent's ``sys.stdout``, and
+the child's stderr (warnings, logs) to ``sys.stderr``, as dask does for a
+LocalCluster, so it reaches a notebook too.  Children import with the
+parent's ``sys.path`` (see :func:`parent_path`).  On Linux each child
 asks the kernel to kill it when its parent dies (``PR_SET_PDEATHSIG``), so a
 parent killed with SIGKILL leaves no strays; otherwise the child's own parent
 watch (see the nanny) is the fallback.
@@ -14,7 +20,7 @@ from __future__ import annotations
 import ctypes
 import json
 import os
-import selectors
+import secrets
 import signal
 import subprocess
 import sys
@@ -23,6 +29,10 @@ import time
 from typing import IO, Any
 
 PR_SET_PDEATHSIG = 1
+ANNOUNCE_TOKEN_ENV = "SHOAL_ANNOUNCE_TOKEN"
+#: How long a stopped child's last output may take to be copied (a grandchild
+#: still holding the pipe must not hold us up).
+OUTPUT_DRAIN_TIMEOUT = 2.0
 
 
 def die_with_parent() -> None:
@@ -40,14 +50,22 @@ class ChildProcess:
 
     def __init__(self, args: list[str], env: dict[str, str] | None = None) -> None:
         self.args = [sys.executable, "-m", "shoal.cli", *args, "--announce"]
+        self._token = secrets.token_hex(16).encode()
         self.proc = subprocess.Popen(
-            self.args, stdout=subprocess.PIPE, stdin=subprocess.DEVNULL,
-            env={**os.environ, **(env or {})},
+            self.args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL,
+            env={**os.environ, "PYTHONPATH": parent_path(), **(env or {}),
+                 ANNOUNCE_TOKEN_ENV: self._token.decode()},
             preexec_fn=die_with_parent,  # noqa: PLW1509 - only a prctl call, async-signal-safe
         )
         self.announcements: list[dict[str, Any]] = []
-        self._first = threading.Event()
-        self._drainer: threading.Thread | None = None
+        self._announced = threading.Event()
+        self._threads = [
+            threading.Thread(target=self._drain, daemon=True, name=f"shoal-stdout-{self.pid}"),
+            threading.Thread(target=_copy_lines, args=(self.proc.stderr, "stderr"),
+                             daemon=True, name=f"shoal-stderr-{self.pid}"),
+        ]
+        for thread in self._threads:
+            thread.start()
 
     @property
     def pid(self) -> int:
@@ -55,31 +73,26 @@ class ChildProcess:
 
     def wait_announced(self, timeout: float) -> dict[str, Any]:
         """The first announcement; raises if the child dies or stays silent."""
-        stdout = self.proc.stdout
-        assert stdout is not None
         deadline = time.monotonic() + timeout
-        line = _readline(stdout, deadline)
-        if not line:
-            try:
-                code = self.proc.wait(0.5)
-            except subprocess.TimeoutExpired:
-                code = None
-            self.kill()
-            why = f"exited with code {code}" if code is not None else f"was silent for {timeout}s"
-            raise RuntimeError(f"`shoal {' '.join(self.args[3:])}` {why} before it was ready")
-        info = json.loads(line)
-        self.announcements.append(info)
-        self._drainer = threading.Thread(target=self._drain, daemon=True)
-        self._drainer.start()
-        return info
+        while not self._announced.wait(min(0.1, max(0.0, deadline - time.monotonic()))):
+            code = self.proc.poll()
+            if code is not None or time.monotonic() >= deadline:
+                self.kill()
+                why = (f"exited with code {code}" if code is not None
+                       else f"was silent for {timeout}s")
+                raise RuntimeError(f"`shoal {' '.join(self.args[3:])}` {why} before it was ready")
+        return self.announcements[0]
 
     def _drain(self) -> None:
+        """Announcements are recorded; every other line is the child's output."""
         assert self.proc.stdout is not None
-        for line in self.proc.stdout:
-            try:
-                self.announcements.append(json.loads(line))
-            except ValueError:
-                pass
+        with self.proc.stdout:
+            for line in self.proc.stdout:
+                if line.startswith(self._token + b" "):
+                    self.announcements.append(json.loads(line[len(self._token) + 1:]))
+                    self._announced.set()
+                else:
+                    _forward(line, "stdout")
 
     def alive(self) -> bool:
         return self.proc.poll() is None
@@ -92,32 +105,53 @@ class ChildProcess:
                 self.proc.wait(timeout)
             except subprocess.TimeoutExpired:
                 self.kill()
-        self._close_pipe()
+        self._finish_output()
 
     def kill(self) -> None:
         if self.proc.poll() is None:
             self.proc.kill()
         self.proc.wait()
-        self._close_pipe()
+        self._finish_output()
 
-    def _close_pipe(self) -> None:
-        if self._drainer is None and self.proc.stdout is not None:
-            self.proc.stdout.close()
+    def _finish_output(self) -> None:
+        """Let the last lines the child wrote reach us before its pipes are dropped."""
+        deadline = time.monotonic() + OUTPUT_DRAIN_TIMEOUT
+        for thread in self._threads:
+            thread.join(max(0.0, deadline - time.monotonic()))
 
 
-def _readline(stream: IO[bytes], deadline: float) -> bytes:
-    selector = selectors.DefaultSelector()
-    selector.register(stream, selectors.EVENT_READ)
+def parent_path() -> str:
+    """This process's import path for a child, as dask's LocalCluster gives its
+    workers: a module next to the user's script (or in the notebook's
+    directory) imports on the workers whatever their working directory."""
+    entries = [os.path.abspath(p or os.getcwd()) for p in sys.path]
+    entries += [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]
+    return os.pathsep.join(dict.fromkeys(p for p in entries if os.path.isdir(p)))
+
+
+def _forward(line: bytes, stream: str) -> None:
+    """Copy a child's output line to this process's stdout or stderr (looked up now:
+    a notebook replaces them)."""
+    out = getattr(sys, stream)
     try:
-        remaining = deadline - time.monotonic()
-        if remaining <= 0 or not selector.select(remaining):
-            return b""
-        return stream.readline()
-    finally:
-        selector.close()
+        out.write(line.decode(errors="replace"))
+        out.flush()
+    except (OSError, ValueError):  # our own stream is closed: the line has nowhere to go
+        pass
+
+
+def _copy_lines(pipe: IO[bytes], stream: str) -> None:
+    with pipe:
+        for line in pipe:
+            _forward(line, stream)
 
 
 def announce(**info: Any) -> None:
-    """Print the one-line announcement a parent waits for."""
-    sys.stdout.write(json.dumps(info) + "\n")
+    """Print the one-line announcement a parent waits for, after the parent's secret.
+
+    The secret leaves the environment here, before any task runs, so no task
+    output can pass for an announcement.
+    """
+    token = os.environ.pop(ANNOUNCE_TOKEN_ENV, "")
+    sys.stdout.write(f"{token} {json.dumps(info)}\n" if token else json.dumps(info) + "\n")
     sys.stdout.flush()

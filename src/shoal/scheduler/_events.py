@@ -139,6 +139,14 @@ class StealResponse(Event):
 
 
 @dataclass(slots=True)
+class LongRunning(Event):
+    """A task on ``worker`` seceded: it runs on, but no longer holds a thread slot."""
+
+    worker: str
+    key: str
+
+
+@dataclass(slots=True)
 class Instruction:
     pass
 

@@ -115,6 +115,7 @@ class WorkerState:
         "has_what",
         "http_address",
         "last_seen",
+        "long_running",
         "memory_limit",
         "metrics",
         "name",
@@ -136,6 +137,7 @@ class WorkerState:
         self.memory_limit = memory_limit
         self.resources = dict(resources or {})
         self.processing: dict[TaskState, float] = {}  # task -> estimated seconds
+        self.long_running: set[TaskState] = set()  # of those, seceded: no thread slot held
         self.has_what: set[TaskState] = set()
         self.nbytes = 0
         self.occupancy = 0.0
@@ -146,6 +148,11 @@ class WorkerState:
         self.avg_duration: float | None = None
         self.metrics: dict[str, Any] = {}
 
+    @property
+    def busy(self) -> int:
+        """Tasks processing here that hold a thread slot."""
+        return len(self.processing) - len(self.long_running)
+
     def __repr__(self) -> str:
         return f"<WorkerState {self.address} {len(self.processing)} processing>"
 
@@ -153,6 +160,7 @@ class WorkerState:
         for ts in self.processing:
             assert ts.processing_on is self and ts.state == "processing"
         assert self.nbytes == sum(ts.nbytes for ts in self.has_what), f"{self.address}: nbytes"
+        assert self.long_running <= self.processing.keys(), f"{self.address}: long-running"
 
     def info(self) -> dict[str, Any]:
         return {

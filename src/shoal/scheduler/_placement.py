@@ -157,7 +157,7 @@ class Placement:
         for ws in self.state.workers.values():
             if ws.status != "running":
                 continue
-            load = len(ws.processing)
+            load = ws.busy
             if load >= self.slots(ws):
                 continue
             relative = load / ws.nthreads
@@ -190,7 +190,15 @@ class Placement:
     def unassign(self, ts: TaskState, ws: WorkerState) -> None:
         self.state.stealing.forget(ts)
         duration = ws.processing.pop(ts, 0.0)
+        ws.long_running.discard(ts)
         ws.occupancy = max(0.0, ws.occupancy - duration)
+
+    def secede(self, ts: TaskState, ws: WorkerState, stimulus: str) -> None:
+        """``ts`` left its thread slot on ``ws``: the slot takes other work."""
+        ws.long_running.add(ts)
+        ws.occupancy = max(0.0, ws.occupancy - ws.processing[ts])
+        ws.processing[ts] = 0.0
+        self.fill(ws, stimulus)
 
     def _enqueue(self, ts: TaskState) -> None:
         ts.state = "queued"
@@ -206,7 +214,7 @@ class Placement:
             return
         heap = self._heap
         slots = self.slots(ws)
-        while heap and len(ws.processing) < slots:
+        while heap and ws.busy < slots:
             _, _, ts = heapq.heappop(heap)
             if ts not in self.queued:
                 continue

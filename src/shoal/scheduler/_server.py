@@ -17,10 +17,16 @@ import os
 import time
 from typing import Any
 
+from .._logbuffer import get_logs
+from .._logbuffer import install as install_log_buffer
 from ..comm import BatchedSend, CommClosedError, ConnectionPool, RemoteError, RPCServer
 from ..comm._core import Comm
-from ..protocol import Serialized
+from ..protocol import Serialized, ToPickle, deserialize
+from ..protocol._call import call_injecting
 from ._adaptive import adaptive_target
+from ._coordination import Coordination
+from ._dashboard import recent_stream
+from ._datasets import Datasets
 from ._events import (
     AddClient,
     AddKeys,
@@ -29,6 +35,7 @@ from ._events import (
     ClientReleasesKeys,
     ClientWantsKeys,
     Event,
+    LongRunning,
     MissingData,
     RemoveClient,
     RemoveWorker,
@@ -41,8 +48,12 @@ from ._events import (
     UpdateData,
     UpdateGraph,
 )
+from ._holds import Holds
+from ._replicate import replicate
+from ._restart import restart
 from ._retire import Retirement
-from ._state import DEFAULT_ALLOWED_FAILURES, SchedulerState
+from ._shared import Shared
+from ._state import DEFAULT_ALLOWED_FAILURES, FIRE_AND_FORGET, SchedulerState
 
 logger = logging.getLogger(__name__)
 
@@ -69,6 +80,10 @@ class Scheduler:
         self.state = SchedulerState(
             DEFAULT_ALLOWED_FAILURES if allowed_failures is None else allowed_failures
         )
+        self.coordination = Coordination()
+        self.holds = Holds(self)
+        self.datasets = Datasets(self)
+        self.shared = Shared(self)
         self.rpc = RPCServer(
             {
                 "who_has": self.who_has,
@@ -77,6 +92,18 @@ class Scheduler:
                 "gather": self.gather,
                 "retire_workers": self.retire_workers,
                 "adaptive_target": self.adaptive_target,
+                "has_what": self.has_what,
+                "replicate": lambda keys, n=None, timeout=30.0: replicate(self, keys, n, timeout),
+                "get_logs": get_logs,
+                "get_task_stream": lambda since=0.0: recent_stream(self.task_stream,
+                                                                   float(since)),
+                "restart": lambda timeout=30.0: restart(self, timeout),
+                "run_function": self.run_function,
+                **self.coordination.handlers(),
+                **self.shared.handlers(),
+                "get_dataset": lambda name, client: self.datasets.get(name, client),
+                "list_datasets": lambda: self.datasets.names(),
+                "unpublish_dataset": lambda name: self.datasets.unpublish(name),
                 "ping": lambda: "pong",
             },
             {"register-worker": self.add_worker, "register-client": self.add_client},
@@ -96,6 +123,7 @@ class Scheduler:
         self.task_stream: list[dict[str, Any]] = []
 
     async def start(self) -> Scheduler:
+        install_log_buffer()
         self.address = await self.rpc.listen(self.listen_address)
         if self.http_port is not None:
             from ._http import start_http
@@ -217,6 +245,13 @@ class Scheduler:
             return AddKeys("add-keys", address, msg["keys"])
         if op == "steal-response":
             return StealResponse("steal-response", address, msg["key"], msg["state"])
+        if op == "long-running":
+            return LongRunning("long-running", address, msg["key"])
+        if op == "task-output":  # shoal.print / shoal.warn in a task: for every client
+            self._to_clients({"op": "task-output", "kind": str(msg.get("kind")),
+                              "text": str(msg.get("text")), "worker": address,
+                              "category": str(msg.get("category") or "UserWarning")})
+            return None
         if op == "heartbeat":
             ws = self.state.workers.get(address)
             if ws is not None:
@@ -271,6 +306,7 @@ class Scheduler:
         if stream is not None:
             stream.abort()
         self.handle(RemoveClient(self.stimulus("remove-client"), client))
+        self.holds.client_gone(client)
 
     async def _read_client(self, comm: Comm, client: str) -> None:
         while True:
@@ -279,6 +315,17 @@ class Scheduler:
                 op = msg.get("op")
                 if op == "close-client":
                     return
+                if op == "publish-dataset":
+                    self.datasets.publish(client, msg.get("name"), msg.get("data"),
+                                          msg.get("keys"), bool(msg.get("override")),
+                                          msg.get("request"))
+                    continue
+                if op in ("variable-set", "queue-put"):
+                    self.shared.store(client, msg)
+                    continue
+                if op == "release-hold":
+                    self.holds.release_for(client, msg.get("hold"))
+                    continue
                 ev = self._client_event(client, op, msg)
                 if ev is None:
                     self._reply_bad(client, op)
@@ -294,11 +341,29 @@ class Scheduler:
             return ClientReleasesKeys(stim, client, msg["keys"])
         if op == "client-wants-keys":
             return ClientWantsKeys(stim, client, msg["keys"])
+        if op == "fire-and-forget":
+            return ClientWantsKeys(stim, FIRE_AND_FORGET, msg["keys"])
         if op == "cancel-keys":
             return CancelKeys(stim, client, msg["keys"])
         if op == "update-data":
             return UpdateData(stim, client, msg["who_has"], msg["nbytes"])
         return None
+
+    def confirm(self, client: str, request: Any, error: str | None) -> None:
+        """Answer a request that came on ``client``'s stream, on that stream."""
+        stream = self.client_streams.get(client)
+        if stream is not None:
+            try:
+                stream.send({"op": "confirmed", "request": request, "error": error})
+            except CommClosedError:
+                pass
+
+    def _to_clients(self, msg: dict[str, Any]) -> None:
+        for stream in list(self.client_streams.values()):
+            try:
+                stream.send(msg)
+            except CommClosedError:
+                pass
 
     def _reply_bad(self, client: str, op: Any) -> None:
         stream = self.client_streams.get(client)
@@ -309,6 +374,18 @@ class Scheduler:
 
     def who_has(self, keys: list[str]) -> dict[str, list[str]]:
         return self.state.who_has(keys)
+
+    def has_what(self) -> dict[str, list[str]]:
+        return {a: [ts.key for ts in ws.has_what] for a, ws in self.state.workers.items()}
+
+    async def run_function(self, function: Serialized, args: Any = None,
+                           kwargs: Any = None) -> dict[str, Any]:
+        """``Client.run_on_scheduler``: call a client's function in this process."""
+        result = call_injecting(deserialize(function), deserialize(args) if args else (),
+                                deserialize(kwargs) if kwargs else {}, dask_scheduler=self)
+        if asyncio.iscoroutine(result):
+            result = await result
+        return {"status": "ok", "result": ToPickle(result)}
 
     def scheduler_info(self) -> dict[str, Any]:
         workers = {}

@@ -32,6 +32,7 @@ from ._events import (
     ClientWantsKeys,
     Event,
     Instruction,
+    LongRunning,
     MissingData,
     RemoveClient,
     RemoveWorker,
@@ -69,6 +70,9 @@ _STALE: dict[str, frozenset[str]] = {
 #: How many times a task may be running on a worker that dies before it is
 #: blamed for the deaths and failed.
 DEFAULT_ALLOWED_FAILURES = 3
+
+#: The pseudo-client that wants fire-and-forget tasks until they finish.
+FIRE_AND_FORGET = "fire-and-forget"
 
 
 class InvalidTransition(RuntimeError):
@@ -112,6 +116,7 @@ class SchedulerState:
             MissingData: self._missing_data,
             AddKeys: self._add_keys,
             StealResponse: self._steal_response,
+            LongRunning: self._long_running,
         }
         # counters read by metrics
         self.counts = {"finished": 0, "erred": 0, "recomputed": 0, "lost": 0}
@@ -293,7 +298,8 @@ class SchedulerState:
         self._on_memory(ts, recs)
 
     def _want(self, ts: TaskState, client: str) -> None:
-        if client in ts.who_wants:
+        if client in ts.who_wants or (client == FIRE_AND_FORGET
+                                      and ts.state in ("memory", "erred")):
             return
         ts.who_wants.add(client)
         if ts.state == "memory":
@@ -383,6 +389,7 @@ class SchedulerState:
         self._release_inputs(ts, recs)
         if ts.who_wants:
             self._report_memory(ts, ts.who_wants, inline)
+            ts.who_wants.discard(FIRE_AND_FORGET)
         if not self._wanted(ts):
             recs[ts.key] = "forgotten" if not ts.dependents else "released"
 
@@ -452,6 +459,10 @@ class SchedulerState:
         ts.waiters = EMPTY
         if ts.who_wants:
             self._report_erred(ts, ts.who_wants)
+        if FIRE_AND_FORGET in ts.who_wants:
+            ts.who_wants.discard(FIRE_AND_FORGET)
+            if not self._wanted(ts):
+                recs[ts.key] = "forgotten" if not ts.dependents else "released"
 
     def _missing_data(self, ev: MissingData) -> None:
         ts = self.tasks.get(ev.key)
@@ -482,6 +493,11 @@ class SchedulerState:
 
     def _steal_response(self, ev: StealResponse) -> None:
         self.stealing.response(ev.worker, ev.key, ev.state)
+
+    def _long_running(self, ev: LongRunning) -> None:
+        ts, ws = self.tasks.get(ev.key), self.workers.get(ev.worker)
+        if ts is not None and ws is not None and ts.processing_on is ws:
+            self.placement.secede(ts, ws, ev.stimulus_id)
 
     # --------------------------------------------------------- transitions
 

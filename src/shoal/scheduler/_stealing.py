@@ -33,11 +33,11 @@ class Stealing:
         workers = [ws for ws in self.state.workers.values() if ws.status == "running"]
         if len(workers) < 2:
             return
-        idle = [ws for ws in workers if len(ws.processing) < ws.nthreads]
+        idle = [ws for ws in workers if ws.busy < ws.nthreads]
         if not idle:
             return
         victim = max(workers, key=lambda ws: (ws.occupancy / ws.nthreads, ws.address))
-        surplus = len(victim.processing) - victim.nthreads
+        surplus = victim.busy - victim.nthreads
         if surplus <= 0:
             return
         wait = victim.occupancy / victim.nthreads
@@ -45,9 +45,9 @@ class Stealing:
         for ts in reversed(list(victim.processing)[-surplus:]):
             if budget <= 0:
                 break
-            if ts in self.in_flight:
+            if ts in self.in_flight or ts in victim.long_running:
                 continue
-            thief = min(idle, key=lambda ws: (len(ws.processing) / ws.nthreads, ws.address))
+            thief = min(idle, key=lambda ws: (ws.busy / ws.nthreads, ws.address))
             if thief is victim or not self.state.placement.valid(ts, thief):
                 continue
             if self._transfer_seconds(ts, thief) >= wait:

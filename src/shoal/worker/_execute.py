@@ -2,12 +2,15 @@
 
 Threads pull tasks from a queue and hand results back to the event loop in
 batches: a completion only wakes the loop when none is pending already, so a
-burst of tiny tasks costs one wake-up, not one per task.
+burst of tiny tasks costs one wake-up, not one per task.  A task that waits
+on others (``secede``) gives its thread up: a new thread takes its place and
+the rest of its batch, and the old one ends with that task.
 """
 
 from __future__ import annotations
 
 import asyncio
+import itertools
 import queue
 import threading
 import time
@@ -105,12 +108,33 @@ class Executor:
         self._done: deque[Outcome] = deque()
         self._wake_pending = False
         self._lock = threading.Lock()
-        self.threads = [
-            threading.Thread(target=self._work, name=f"{name}-executor-{i}", daemon=True)
-            for i in range(nthreads)
-        ]
-        for thread in self.threads:
-            thread.start()
+        self.name = name
+        self._local = threading.local()
+        self._numbers = itertools.count()
+        self.threads: list[threading.Thread] = []
+        for _ in range(nthreads):
+            self._add_thread()
+
+    def _add_thread(self) -> None:
+        thread = threading.Thread(target=self._work, daemon=True,
+                                  name=f"{self.name}-executor-{next(self._numbers)}")
+        with self._lock:
+            self.threads.append(thread)
+        thread.start()
+
+    def secede_current_thread(self) -> None:
+        """From a task: hand the rest of this thread's batch to a new thread."""
+        pending: deque | None = getattr(self._local, "pending", None)
+        if pending is None or getattr(self._local, "seceded", False):
+            return
+        self._local.seceded = True
+        with self._lock:
+            self.threads.remove(threading.current_thread())
+        self._deliver(self._local.outcomes)  # what this batch finished is not held back
+        if pending:
+            self._queue.put(list(pending))
+            pending.clear()
+        self._add_thread()
 
     def submit_many(self, runs: list[Callable[[], Outcome]]) -> None:
         """Queue tasks, split over at most one queue item per thread.
@@ -123,23 +147,37 @@ class Executor:
             self._queue.put(runs[i::chunks])
 
     def _work(self) -> None:
-        while True:
+        pending: deque[Callable[[], Outcome]] = deque()
+        outcomes: list[Outcome] = []
+        self._local.pending, self._local.outcomes = pending, outcomes
+        while not getattr(self._local, "seceded", False):
             runs = self._queue.get()
             if runs is None:
                 return
-            outcomes = [run() for run in runs]
-            with self._lock:
-                self._done.extend(outcomes)
-                wake = not self._wake_pending
-                self._wake_pending = True
+            pending.extend(runs)
             # while waiting for the next tasks, hold on to none of these (their
             # inputs and results): spilled or released, they must be freed
-            del runs, outcomes
-            if wake:
-                try:
-                    self.loop.call_soon_threadsafe(self._drain)
-                except RuntimeError:  # the loop is closed: we are shutting down
-                    return
+            del runs
+            while pending:
+                outcomes.append(pending.popleft()())
+            if not self._deliver(outcomes):
+                return
+
+    def _deliver(self, outcomes: list[Outcome]) -> bool:
+        """Hand outcomes to the loop (and empty the list); False once the loop is closed."""
+        if not outcomes:
+            return True
+        with self._lock:
+            self._done.extend(outcomes)
+            wake = not self._wake_pending
+            self._wake_pending = True
+        outcomes.clear()
+        if wake:
+            try:
+                self.loop.call_soon_threadsafe(self._drain)
+            except RuntimeError:  # the loop is closed: we are shutting down
+                return False
+        return True
 
     def _drain(self) -> None:
         with self._lock:
@@ -150,5 +188,7 @@ class Executor:
             self.on_done(outcomes)
 
     def shutdown(self) -> None:
-        for _ in self.threads:
+        with self._lock:
+            count = len(self.threads)
+        for _ in range(count):
             self._queue.put(None)

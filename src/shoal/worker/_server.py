@@ -23,11 +23,15 @@ from typing import Any
 
 import psutil
 
+from .._logbuffer import get_logs
+from .._logbuffer import install as install_log_buffer
 from ..comm import BatchedSend, CommClosedError, ConnectionPool, RPCServer, connect
 from ..comm._core import Comm
 from ..protocol import SerializationError, Serialized, ToPickle, deserialize, serialize
+from ..protocol._call import call_injecting
 from ._allocator import tune_allocator
-from ._execute import Executor, Outcome, run_task
+from ._context import run_in_context, task_worker, wake_rejoins
+from ._execute import Executor, Outcome
 from ._memory import MemoryThresholds, memory_limit_for, process_memory
 from ._monitor import MemoryCheck, MemoryMonitor
 from ._nanny import NANNY_PID_ENV
@@ -42,6 +46,7 @@ from ._state import (
     FreeKeys,
     Gather,
     GatherDone,
+    Rejoined,
     Send,
     SetPaused,
     StealRequest,
@@ -55,13 +60,18 @@ logger = logging.getLogger(__name__)
 HEARTBEAT_INTERVAL = 0.5
 DEFAULT_DEATH_TIMEOUT = 60.0
 INLINE_RESULT_BYTES = 16 * 1024
+#: Exit status of a worker restarted on request (any non-zero makes its nanny restart it).
+EXIT_RESTART = 75
 
 
 _current_worker: list[Worker] = []
 
 
 def get_worker() -> Worker:
-    """The worker of this process (inside a task or a ``Client.run`` call)."""
+    """The worker running this task (or of this process, in a ``Client.run`` call)."""
+    worker = task_worker()
+    if worker is not None:
+        return worker
     if not _current_worker:
         raise ValueError("get_worker() is only available inside a shoal worker")
     return _current_worker[-1]
@@ -108,11 +118,16 @@ class Worker:
                 "run": self.run_function,
                 "ping": lambda: "pong",
                 "info": self.info,
+                "get_logs": get_logs,
             },
             {},
         )
         self.pool = ConnectionPool()
         self.functions: dict[str, Any] = {}
+        self.rejoin_waiters: dict[str, Any] = {}  # key -> threading.Event (see _context)
+        #: called (in a thread) when the worker closes, e.g. to close the
+        #: client its tasks used (blocking calls: not on this loop)
+        self.on_close: list[Callable[[], Any]] = []
         self.data: DataStore
         self.state: WorkerState
         self.stream: BatchedSend | None = None
@@ -127,6 +142,7 @@ class Worker:
     # ------------------------------------------------------------ lifecycle
 
     async def start(self) -> Worker:
+        install_log_buffer()
         self.address = await self.rpc.listen(self.listen_address)
         if self.name is None:
             self.name = self.address
@@ -192,6 +208,7 @@ class Worker:
             "host": socket.gethostname(),
             "keys": {},
             "http_address": self.http_address,
+            "nanny": NANNY_PID_ENV in os.environ,
         }
 
     async def _read_scheduler(self, comm: Comm) -> None:
@@ -201,6 +218,7 @@ class Worker:
             "acquire-replicas": self._acquire_replicas,
             "steal-request": self._steal_request,
             "close": self._close_request,
+            "restart": self._restart_request,
         }
         try:
             while True:
@@ -228,6 +246,7 @@ class Worker:
             del self.data[key]
         self.state = WorkerState(self.address, self.nthreads, self.resources)
         self.functions.clear()
+        wake_rejoins(self)  # their tasks are forgotten: nothing will grant a slot
 
     def _spawn(self, coro: Any) -> None:
         task = asyncio.get_running_loop().create_task(coro)
@@ -244,6 +263,10 @@ class Worker:
         if self.stream is not None:
             self._send({"op": "goodbye"})
             await self.stream.close(timeout)
+        wake_rejoins(self)
+        loop = asyncio.get_running_loop()
+        for hook in self.on_close:
+            await loop.run_in_executor(None, hook)
         self.executor.shutdown()
         self.pool.close()
         for task in list(self._tasks):
@@ -262,6 +285,18 @@ class Worker:
 
     def _close_request(self, **_: Any) -> None:
         self._spawn(self.close())
+
+    def _restart_request(self, **_: Any) -> None:
+        """``Client.restart``: exit so that the nanny starts a fresh process."""
+        if NANNY_PID_ENV not in os.environ:  # the scheduler only asks workers with a nanny
+            logger.warning("asked to restart, but no nanny would start this worker again")
+            return
+
+        async def restart() -> None:
+            await self.close()
+            os._exit(EXIT_RESTART)  # non-zero: the nanny restarts it
+
+        self._spawn(restart())
 
     # ------------------------------------------------------------ messages in
 
@@ -321,6 +356,8 @@ class Worker:
                 self._spawn(self._gather(inst))
             elif kind is Forget:
                 self.data.discard(inst.key)
+            elif kind is Rejoined:
+                wake_rejoins(self, [inst.key])
         if runs:
             self.executor.submit_many(runs)
 
@@ -347,7 +384,7 @@ class Worker:
                 )
             )
             return None
-        return lambda: run_task(key, func, args, inputs, sizeof)
+        return lambda: run_in_context(self, key, func, args, inputs)
 
     def _executed(self, outcomes: list[Outcome]) -> None:
         events: list[Any] = []
@@ -429,10 +466,12 @@ class Worker:
             self.state.adopt(key, nbytes[key])
         return {"status": "ok", "nbytes": nbytes}
 
-    async def run_function(self, function: Serialized, args: Any = None) -> dict[str, Any]:
+    async def run_function(self, function: Serialized, args: Any = None,
+                           kwargs: Any = None) -> dict[str, Any]:
         func = deserialize(function)
         call_args = deserialize(args) if args is not None else ()
-        result = func(*call_args)
+        call_kwargs = deserialize(kwargs) if kwargs is not None else {}
+        result = call_injecting(func, call_args, call_kwargs, dask_worker=self)
         if asyncio.iscoroutine(result):
             result = await result
         return {"status": "ok", "result": ToPickle(result)}

@@ -107,6 +107,16 @@ class SetPaused:
     paused: bool
 
 
+@dataclass(slots=True)
+class Secede:
+    key: str  # this task left its thread slot: it waits on tasks it submitted
+
+
+@dataclass(slots=True)
+class Rejoin:
+    key: str  # this seceded task wants a thread slot back
+
+
 # ------------------------------------------------------------ instructions
 
 
@@ -132,6 +142,11 @@ class Forget:
     """Drop a value from the data store."""
 
     key: str
+
+
+@dataclass(slots=True)
+class Rejoined:
+    key: str  # this seceded task holds a thread slot again: let it go on
 
 
 class WTask:
@@ -177,6 +192,10 @@ class WorkerState:
         self.tasks: dict[str, WTask] = {}
         self.ready: list[tuple[tuple, int, WTask]] = []
         self.executing: set[WTask] = set()
+        #: executing, but out of the thread slots (see ``secede``), and those
+        #: of them waiting for a slot back
+        self.seceded: set[WTask] = set()
+        self.rejoining: list[WTask] = []
         self.in_flight_workers: dict[str, set[WTask]] = {}
         self.busy_workers: set[str] = set()
         self.fetching: set[WTask] = set()  # tasks in state "fetch"
@@ -366,8 +385,33 @@ class WorkerState:
         self._done_with_inputs(ts)
         self._release(ts)
 
+    def _Secede(self, ev: Secede) -> None:
+        ts = self.tasks.get(ev.key)
+        if ts is None or ts not in self.executing:
+            return
+        self.executing.discard(ts)
+        self.seceded.add(ts)
+        self.out.append(Send({"op": "long-running", "key": ts.key}))
+
+    def _Rejoin(self, ev: Rejoin) -> None:
+        ts = self.tasks.get(ev.key)
+        if ts is not None and ts in self.seceded and ts not in self.rejoining:
+            self.rejoining.append(ts)
+        elif ts is None or ts not in self.seceded:
+            self.out.append(Rejoined(ev.key))  # nothing to wait for
+
+    def _grant_rejoins(self) -> None:
+        while self.rejoining and len(self.executing) < self.nthreads:
+            ts = self.rejoining.pop(0)
+            self.seceded.discard(ts)
+            self.executing.add(ts)
+            self.out.append(Rejoined(ts.key))
+
     def _finish_execution(self, ts: WTask) -> None:
         self.executing.discard(ts)
+        self.seceded.discard(ts)
+        if ts in self.rejoining:
+            self.rejoining.remove(ts)
         if ts.resources:
             for name, amount in ts.resources.items():
                 self.available_resources[name] = self.available_resources.get(name, 0) + amount
@@ -436,6 +480,7 @@ class WorkerState:
     # ------------------------------------------------------------ driving
 
     def _ensure_computing(self) -> None:
+        self._grant_rejoins()
         ready = self.ready
         limit = self.nthreads + self.prefetch
         while ready and len(self.executing) < limit and not self.paused:
@@ -499,5 +544,7 @@ class WorkerState:
         for peer, waiting in self.fetch_by_peer.items():
             assert all(t.state == "fetch" and peer in t.who_has for t in waiting), peer
         assert len(self.executing) <= self.nthreads * (1 + PREFETCH_PER_THREAD)
-        for ts in self.executing:
+        for ts in self.executing | self.seceded:
             assert ts.state in ("executing", "cancelled")
+        assert not self.executing & self.seceded
+        assert all(ts in self.seceded for ts in self.rejoining)

@@ -1,0 +1,231 @@
+"""Questions and calls about the cluster as a whole, for ``Client`` (which
+mixes in :class:`ClusterCalls`): ``run_on_scheduler``, ``wait_for_workers``,
+``has_what``, ``nthreads``, ``restart``, ``get_versions``, ``replicate``,
+logs, the task stream, and ``upload_file`` (to the workers connected now;
+workers that join later do not get the file)."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable, Iterable
+from typing import TYPE_CHECKING, Any, cast
+
+from ..protocol import deserialize, serialize
+
+if TYPE_CHECKING:
+    from ._client import Client
+    from ._future import Future
+
+#: How often ``wait_for_workers`` asks the scheduler.
+WORKER_POLL_INTERVAL = 0.1
+
+
+def run_on_scheduler(client: Client, function: Callable[..., Any], args: tuple,
+                     kwargs: dict[str, Any]) -> Any:
+    ser, ser_args, ser_kwargs = serialize(function), serialize(args), serialize(kwargs)
+
+    async def run() -> Any:
+        answer = await client.pool.request(client.scheduler_address, "run_function",
+                                           function=ser, args=ser_args, kwargs=ser_kwargs)
+        return deserialize(answer["result"])
+
+    return client.sync(run)
+
+
+def wait_for_workers(client: Client, n_workers: int, timeout: float | None) -> Any:
+    if n_workers < 0:
+        raise ValueError(f"n_workers must be 0 or more, got {n_workers}")
+
+    async def wait() -> None:
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            info = await client.pool.request(client.scheduler_address, "scheduler_info")
+            if len(info["workers"]) >= n_workers:
+                return
+            if deadline is not None and time.monotonic() >= deadline:
+                raise TimeoutError(f"only {len(info['workers'])} of {n_workers} workers "
+                                   f"joined within the timeout of {timeout}s")
+            await asyncio.sleep(WORKER_POLL_INTERVAL)  # a polling period, not a sync
+
+    return client.sync(wait)
+
+
+def _only(mapping: dict[str, Any], workers: list[str] | None) -> dict[str, Any]:
+    return mapping if workers is None else {w: v for w, v in mapping.items() if w in workers}
+
+
+def has_what(client: Client, workers: list[str] | None) -> Any:
+    async def ask() -> dict[str, list[str]]:
+        answer = await client.pool.request(client.scheduler_address, "has_what")
+        return _only(answer, workers)
+
+    return client.sync(ask)
+
+
+def nthreads(client: Client, workers: list[str] | None) -> Any:
+    async def ask() -> dict[str, int]:
+        info = await client.pool.request(client.scheduler_address, "scheduler_info")
+        return _only({a: w["nthreads"] for a, w in info["workers"].items()}, workers)
+
+    return client.sync(ask)
+
+
+def restart(client: Client, timeout: float) -> Any:
+    async def ask() -> list[str]:
+        answer = await client.pool.request(client.scheduler_address, "restart", timeout=timeout)
+        return answer["workers"]
+
+    return client.sync(ask)
+
+
+#: What ``get_versions`` reports besides Python and shoal.
+VERSIONED_PACKAGES = ("cloudpickle", "msgpack", "dask", "numpy", "pandas")
+
+
+def versions(packages: tuple[str, ...] = ()) -> dict[str, Any]:
+    """This process's Python and package versions (None: not installed)."""
+    import importlib.metadata
+    import platform
+
+    found: dict[str, str | None] = {}
+    for name in ("shoal", *VERSIONED_PACKAGES, *packages):
+        try:
+            found[name] = importlib.metadata.version(name)
+        except importlib.metadata.PackageNotFoundError:
+            found[name] = None
+    return {"python": platform.python_version(), "packages": found}
+
+
+def _flat(found: dict[str, Any]) -> dict[str, Any]:
+    return {"python": found["python"], **found["packages"]}
+
+
+def get_versions(client: Client, check: bool, packages: tuple[str, ...]) -> dict[str, Any]:
+    out = {"client": versions(packages),
+           "scheduler": client.run_on_scheduler(versions, packages),
+           "workers": client.run(versions, packages)}
+    if check:
+        where = {"scheduler": out["scheduler"], **out["workers"]}
+        mine = _flat(out["client"])
+        mismatched = sorted({name for v in where.values() for name, version in _flat(v).items()
+                             if version != mine.get(name)})
+        if mismatched:
+            raise ValueError(f"versions differ between the client and the cluster for "
+                             f"{mismatched}: {where}")
+    return out
+
+
+def _install_file(name: str, data: bytes, directory: str) -> str:
+    """On a worker: save an uploaded file, make it importable, (re)import it."""
+    import importlib
+    import os
+    import sys
+
+    os.makedirs(directory, exist_ok=True)
+    path = os.path.join(directory, name)
+    with open(path, "wb") as f:
+        f.write(data)
+    if directory not in sys.path:
+        sys.path.insert(0, directory)
+    importlib.invalidate_caches()
+    module = name.rsplit(".", 1)[0]
+    if name.endswith(".py"):
+        if module in sys.modules:
+            importlib.reload(sys.modules[module])
+        else:
+            importlib.import_module(module)
+    elif name.endswith((".zip", ".egg", ".whl")) and path not in sys.path:
+        sys.path.insert(0, path)
+    return path
+
+
+def upload_file(client: Client, filename: str) -> dict[str, str]:
+    import os
+    import tempfile
+
+    with open(filename, "rb") as f:
+        data = f.read()
+    directory = os.path.join(tempfile.gettempdir(), f"shoal-uploads-{client.id[-12:]}")
+    return client.run(_install_file, os.path.basename(filename), data, directory)
+
+
+def logs(client: Client, n: int | None, workers: list[str] | None, scheduler: bool) -> Any:
+    async def ask() -> Any:
+        if scheduler:
+            answer = await client.pool.request(client.scheduler_address, "get_logs", n=n)
+            return [tuple(line) for line in answer["logs"]]
+        answers = await client.pool.request(client.scheduler_address, "broadcast",
+                                            worker_op="get_logs", workers=workers, n=n)
+        out = {}
+        for address, answer in answers.items():
+            if answer.get("status") != "ok":
+                raise RuntimeError(f"no logs from {address}: {answer.get('message')}")
+            out[address] = [tuple(line) for line in answer["logs"]]
+        return out
+
+    return client.sync(ask)
+
+
+class ClusterCalls:
+    """The Client methods of this module (a mixin of ``Client``)."""
+
+    @property
+    def _me(self) -> Client:
+        return cast("Client", self)
+
+    def run_on_scheduler(self, function: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+        """Call ``function`` in the scheduler's process (``dask_scheduler=`` if it asks)."""
+        return run_on_scheduler(self._me, function, args, kwargs)
+
+    def restart(self, timeout: float = 30.0) -> Any:
+        """Cancel every task and start every worker afresh (they need a nanny)."""
+        return restart(self._me, timeout)
+
+    def wait_for_workers(self, n_workers: int, timeout: float | None = None) -> Any:
+        """Block until at least ``n_workers`` workers are connected."""
+        return wait_for_workers(self._me, n_workers, timeout)
+
+    def get_versions(self, check: bool = False, packages: tuple[str, ...] = ()) -> Any:
+        """Python and package versions of the client, scheduler and workers; with
+        ``check=True``, a ValueError naming what differs."""
+        return get_versions(self._me, check, tuple(packages))
+
+    def upload_file(self, filename: str) -> Any:
+        """Send a ``.py`` (imported) or ``.zip``/``.egg``/``.whl`` file to every worker."""
+        return upload_file(self._me, filename)
+
+    def get_scheduler_logs(self, n: int | None = None) -> Any:
+        """The scheduler's newest ``n`` log lines: ``[(level, line), ...]``."""
+        return logs(self._me, n, None, scheduler=True)
+
+    def get_worker_logs(self, n: int | None = None, workers: list[str] | None = None) -> Any:
+        """``{worker: [(level, line), ...]}``, each worker's newest ``n`` log lines."""
+        return logs(self._me, n, workers, scheduler=False)
+
+    def replicate(self, futures: Iterable[Future], n: int | None = None,
+                  timeout: float = 30.0) -> Any:
+        """Keep ``n`` copies (all workers if None) of each future's result."""
+        client, keys = self._me, [f.key for f in futures]
+
+        async def ask() -> None:
+            await client.pool.request(client.scheduler_address, "replicate", keys=keys, n=n,
+                                      timeout=timeout)
+
+        return client.sync(ask)
+
+    def has_what(self, workers: list[str] | None = None) -> Any:
+        """``{worker: [keys it holds]}``."""
+        return has_what(self._me, workers)
+
+    def nthreads(self, workers: list[str] | None = None) -> Any:
+        """``{worker: number of threads}``."""
+        return nthreads(self._me, workers)
+
+    ncores = nthreads
+
+    def get_task_stream(self, start: float = 0.0) -> list[dict[str, Any]]:
+        """Tasks that finished since ``start`` (a ``time.time()``): key, worker, startstops."""
+        from ._diagnostics import task_stream
+
+        return task_stream(self._me, start)

@@ -1,0 +1,65 @@
+"""``Variable`` and ``Queue``: values shared by name across the cluster.
+
+Handles on a name kept by the scheduler (see ``scheduler/_shared.py``),
+through the given client or ``get_client()``; values may hold futures (also
+persisted collections), which the receiver gets as its own.  They pickle as
+their name, so tasks can be given one.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from . import _datasets
+from ._coordination import _Named
+
+
+class _Shared(_Named):
+    def _store(self, op: str, value: Any) -> None:
+        client = self.client
+        client.sync(lambda: _datasets.store(client, op, self.name, value))
+
+    def _receive(self, op: str, timeout: float | None, missing: str) -> Any:
+        client = self.client
+
+        async def get() -> Any:
+            answer = await client.pool.request(client.scheduler_address, op, name=self.name,
+                                               client=client.id, timeout=timeout)
+            if not answer["found"]:
+                raise TimeoutError(f"{self!r}: {missing} within the timeout of {timeout}s")
+            return _datasets.receive(client, answer)
+
+        return client.sync(get)
+
+    def __reduce__(self) -> Any:
+        return (type(self), (self.name,))
+
+
+class Variable(_Shared):
+    """One value by name: ``set``, ``get(timeout)`` (waits until set), ``delete``."""
+
+    def set(self, value: Any) -> None:
+        self._store("variable-set", value)
+
+    def get(self, timeout: float | None = None) -> Any:
+        return self._receive("variable_get", timeout, "no value was set")
+
+    def delete(self) -> None:
+        self._ask("variable_delete")
+
+
+class Queue(_Shared):
+    """A first-in first-out queue by name: ``put``, ``get(timeout)``, ``qsize``."""
+
+    def put(self, value: Any) -> None:
+        self._store("queue-put", value)
+
+    def get(self, timeout: float | None = None, batch: bool | int = False) -> Any:
+        """The oldest item (waiting up to ``timeout``); ``batch=n``: a list of n."""
+        if batch is False:
+            return self._receive("queue_get", timeout, "no item arrived")
+        count = self.qsize() if batch is True else int(batch)
+        return [self._receive("queue_get", timeout, "no item arrived") for _ in range(count)]
+
+    def qsize(self) -> int:
+        return int(self._ask("queue_size")["size"])

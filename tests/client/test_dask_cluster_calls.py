@@ -1,0 +1,94 @@
+"""Cluster-wide calls of a dask.distributed Client, on a multi-process cluster:
+run_on_scheduler, wait_for_workers, has_what, nthreads/ncores, and
+``client.run`` handing ``dask_worker=`` to functions that ask for it."""
+
+from __future__ import annotations
+
+import os
+import sys
+
+import pytest
+
+from shoal import wait
+
+
+def scheduler_facts(dask_scheduler, extra: int = 0) -> tuple[str, int, int]:
+    return dask_scheduler.address, os.getpid(), len(dask_scheduler.state.workers) + extra
+
+
+def worker_address(prefix: str, dask_worker=None) -> str:
+    return prefix + dask_worker.address
+
+
+def test_run_on_scheduler_injects_the_scheduler(proc_client):
+    address, pid, workers = proc_client.run_on_scheduler(scheduler_facts, extra=10)
+    assert address == proc_client.scheduler_address
+    assert pid != os.getpid() and workers == 12
+
+
+def test_client_run_injects_dask_worker_and_passes_keywords(proc_client):
+    answers = proc_client.run(worker_address, prefix="at ")
+    assert answers == {address: f"at {address}" for address in answers}
+    assert len(answers) == 2
+
+
+def test_wait_for_workers_has_what_and_nthreads(proc_client):
+    proc_client.wait_for_workers(2, timeout=20)
+    with pytest.raises(TimeoutError, match=r"2 of 5 workers .* 0\.3s"):
+        proc_client.wait_for_workers(5, timeout=0.3)
+    future = proc_client.submit(sum, [4, 5])
+    assert future.result() == 9
+    holders = proc_client.who_has([future])[future.key]
+    held = proc_client.has_what()
+    assert [w for w, keys in held.items() if future.key in keys] == holders
+    assert proc_client.has_what(workers=holders) == {holders[0]: held[holders[0]]}
+    assert proc_client.nthreads() == {w: 1 for w in held} == proc_client.ncores()
+
+
+def add_to_path(entry: str) -> None:
+    sys.path.insert(0, entry)
+
+
+def remove_from_path(entry: str) -> None:
+    sys.path.remove(entry)
+
+
+def test_get_versions_and_its_check_name_what_differs(proc_client, tmp_path):
+    found = proc_client.get_versions(check=True, packages=("shoal-test-only-package",))
+    assert found["client"]["python"] == found["scheduler"]["python"]
+    assert set(found["workers"]) == set(proc_client.nthreads())
+    assert found["client"]["packages"]["shoal"] is not None
+    dist = tmp_path / "site" / "shoal_test_only_package-9.9.dist-info"
+    dist.mkdir(parents=True)
+    (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: shoal-test-only-package\n"
+                                   "Version: 9.9\n")
+    proc_client.run(add_to_path, str(tmp_path / "site"))  # on the workers only
+    with pytest.raises(ValueError, match="shoal-test-only-package"):
+        proc_client.get_versions(check=True, packages=("shoal-test-only-package",))
+    proc_client.run(remove_from_path, str(tmp_path / "site"))
+
+
+def test_upload_file_makes_a_module_importable_on_every_worker(proc_client, tmp_path):
+    module = tmp_path / "uploaded_helper_module.py"
+    module.write_text("VALUE = 41\n\ndef answer():\n    return VALUE + 1\n")
+    paths = proc_client.upload_file(str(module))
+    assert set(paths) == set(proc_client.nthreads())
+
+    def use() -> int:
+        import uploaded_helper_module
+
+        return uploaded_helper_module.answer()
+
+    assert set(proc_client.run(use).values()) == {42}
+    module.write_text("VALUE = 99\n\ndef answer():\n    return VALUE + 1\n")
+    proc_client.upload_file(str(module))  # uploaded again: reloaded
+    assert set(proc_client.run(use).values()) == {100}
+
+
+def test_replicate_puts_copies_on_more_workers(proc_client):
+    futures = proc_client.map(sum, [[i, 1] for i in range(4)])
+    wait(futures, timeout=20)
+    proc_client.replicate(futures, n=2)
+    holders = proc_client.who_has(futures)
+    assert all(len(holders[f.key]) == 2 for f in futures)
+    assert proc_client.gather(futures) == [1, 2, 3, 4]
