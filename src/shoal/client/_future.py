@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import logging
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
@@ -16,6 +17,8 @@ from ..protocol import SerializationError, Serialized, deserialize
 
 if TYPE_CHECKING:
     from ._client import Client
+
+logger = logging.getLogger(__name__)
 
 FINAL = ("finished", "error", "cancelled")
 
@@ -84,7 +87,7 @@ class FutureState:
         self.event.set()
         callbacks, self.callbacks = self.callbacks, []
         for callback in callbacks:
-            callback()
+            _call_guarded(callback, self.key)
 
     def make_exception(self) -> BaseException:
         if self.status == "cancelled":
@@ -101,6 +104,14 @@ class FutureState:
             if note not in getattr(exc, "__notes__", []):
                 exc.add_note(note)
         return exc
+
+
+def _call_guarded(callback: Callable[[], None], key: str) -> None:
+    """Run a user's done-callback: if it raises, say so and carry on delivering results."""
+    try:
+        callback()
+    except Exception:  # user code; its failure must not stop the client
+        logger.exception("a done-callback of the future for %r raised", key)
 
 
 class Future:
@@ -156,7 +167,7 @@ class Future:
 
         def attach() -> None:
             if state.status in FINAL:
-                call()
+                _call_guarded(call, self.key)
             else:
                 state.callbacks.append(call)
 
