@@ -22,6 +22,9 @@ __all__ = ["DEFAULT_MAX_BODY_BYTES", "LimitedBodyHandler", "http_server", "max_b
 #: Largest request body accepted by default (the JSON API's bodies are tiny).
 #: ``SHOAL_HTTP_MAX_BODY_BYTES`` or ``--http-max-body`` change it.
 DEFAULT_MAX_BODY_BYTES = 1024 * 1024
+#: A chunked body (no declared length) this many times the limit is cut off
+#: by closing the connection; up to there it is discarded and answered 413.
+CHUNKED_SLACK = 8
 #: A connection with no request for this long is closed.
 HTTP_IDLE_TIMEOUT = 60.0
 #: A request body that takes longer than this to arrive is abandoned.
@@ -87,6 +90,9 @@ class LimitedBodyHandler(RequestHandler):
 def http_server(app: Application) -> HTTPServer:
     """An HTTPServer for ``app`` with the timeouts above and its ``max_body_bytes``."""
     limit = int(app.settings.get("max_body_bytes", DEFAULT_MAX_BODY_BYTES))
+    # Past the limit a body is discarded as it arrives (and answered 413);
+    # tornado itself drops connections whose body is far past it.
     return HTTPServer(app, idle_connection_timeout=HTTP_IDLE_TIMEOUT,
-                      body_timeout=HTTP_BODY_TIMEOUT, max_body_size=max(limit, 1024),
+                      body_timeout=HTTP_BODY_TIMEOUT,
+                      max_body_size=CHUNKED_SLACK * max(limit, 1024),
                       max_buffer_size=max(limit, 1024 * 1024))

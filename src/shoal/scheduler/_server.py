@@ -355,6 +355,8 @@ class Scheduler:
             return
         op = msg.get("op") if isinstance(msg, dict) else None
         text = f"refused {op!r}: {exc}" if isinstance(op, str) else f"refused: {exc}"
+        if op == "update-graph":
+            self._keep_functions(client, msg)
         try:
             stream.send({"op": "error", "message": text, "field": exc.field})
             if op == "update-graph":
@@ -421,6 +423,17 @@ class Scheduler:
 
     def adaptive_target(self) -> dict[str, Any]:
         return {"status": "ok", "workers": adaptive_target(self.state)}
+
+
+    def _keep_functions(self, client: str, msg: dict[str, Any]) -> None:
+        """The client now takes a refused graph's functions as sent: keep them, if valid."""
+        functions = msg.get("functions")
+        try:
+            FROM_CLIENT["update-graph"].fields["functions"].check(functions, "functions")
+        except InvalidMessage:
+            return
+        if functions:
+            self.handle(UpdateGraph(self.stimulus("refused-graph"), client, [], functions, []))
 
 
 def _graph_keys(msg: dict[str, Any]) -> list[str]:
