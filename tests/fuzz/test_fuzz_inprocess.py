@@ -74,7 +74,7 @@ def _feed(data: bytes, cuts: list[int], limit: int) -> tuple[list, int]:
     """Push ``data`` through a real protocol object in chunks; what came out, and
     the most memory its buffers held at any point."""
     protocol = _Protocol(CommLimits(max_message_bytes=limit))
-    protocol.handshake_done()
+    protocol.max_message = limit  # as after the handshake
     peak = pos = 0
 
     def failed() -> bool:

@@ -108,9 +108,6 @@ class Comm(abc.ABC):
     @abc.abstractmethod
     def closed(self) -> bool: ...
 
-    def handshake_done(self) -> None:  # a hook most transports ignore
-        """The peer proved to speak our protocol: lift the pre-handshake limits."""
-
     def __repr__(self) -> str:
         state = "closed" if self.closed() else "open"
         return f"<{type(self).__name__} {self.local_address} -> {self.peer_address} {state}>"
@@ -183,7 +180,6 @@ async def exchange_handshake(comm: Comm, timeout: float) -> dict[str, Any]:
             f"{comm.peer_address} speaks shoal protocol {theirs.get('protocol')!r}, "
             f"this process speaks {PROTOCOL_VERSION}; upgrade one side so they match"
         )
-    comm.handshake_done()
     return theirs
 
 

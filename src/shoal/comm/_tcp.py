@@ -94,7 +94,7 @@ class _Protocol(asyncio.BufferedProtocol):
 
     def __init__(self, limits: CommLimits) -> None:
         self.limits = limits
-        #: Before the handshake only a handshake-sized message is accepted.
+        #: The first message is the handshake: only a handshake-sized one is accepted.
         self.max_message = HANDSHAKE_MAX_BYTES
         self.transport: asyncio.Transport | None = None
         self._staging = bytearray()
@@ -190,6 +190,7 @@ class _Protocol(asyncio.BufferedProtocol):
                     self._pending = TOTAL_HEADER_BYTES + total
                     break
                 self._deliver(memoryview(bytes(view[start:start + total])))
+                self.max_message = self.limits.max_message_bytes
                 pos = start + total
             if pos:
                 rest = bytes(view[pos:end])
@@ -280,10 +281,6 @@ class _Protocol(asyncio.BufferedProtocol):
         if self._drain is not None and not self._drain.done():
             await self._drain
 
-    def handshake_done(self) -> None:
-        """The peer is a shoal peer: accept messages up to the configured limit."""
-        self.max_message = self.limits.max_message_bytes
-
 
 class TCPComm(Comm):
     def __init__(self, protocol: _Protocol) -> None:
@@ -300,9 +297,6 @@ class TCPComm(Comm):
 
     async def read(self) -> Any:
         return await self.protocol.next_message(self.peer_address)
-
-    def handshake_done(self) -> None:
-        self.protocol.handshake_done()
 
     async def write(self, msg: Any) -> None:
         frames = dumps(msg)
