@@ -184,3 +184,13 @@ class Inputs:
                 buf[rng.randrange(len(buf))] = rng.getrandbits(8)
             return bytes(buf)
         return bytes(rng.getrandbits(8) for _ in range(rng.randint(1, 64)))
+
+
+def tame(msg: Any) -> Any:
+    """Legitimate but destructive requests, made harmless: the fuzzer must not retire
+    the worker it checks, nor broadcast random "functions" to it."""
+    if isinstance(msg, dict) and msg.get("op") == "retire_workers":
+        msg = {**msg, "n": 0, "workers": None}
+    if isinstance(msg, dict) and msg.get("op") in ("broadcast", "run"):
+        msg = {**msg, "op": "broadcast", "worker_op": "ping", "workers": None}
+    return msg

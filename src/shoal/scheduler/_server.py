@@ -230,7 +230,11 @@ class Scheduler:
                     if events:
                         self.handle(*events)
                     return
-                ev = self._worker_event(address, op, fields)
+                try:
+                    ev = self._worker_event(address, op, fields)
+                except Exception:  # a bug reading one message: log it, read the next
+                    logger.exception("reading %r from worker %s failed", op, address)
+                    continue
                 if ev is not None:
                     events.append(ev)
             if events:
@@ -271,7 +275,7 @@ class Scheduler:
     def _record_task(self, address: str, msg: dict[str, Any]) -> None:
         if msg.get("stop"):
             self.task_stream.append({"key": msg["key"], "worker": address,
-                                     "start": msg["start"], "stop": msg["stop"]})
+                                     "start": msg.get("start") or 0.0, "stop": msg["stop"]})
             if len(self.task_stream) > 10_000:
                 del self.task_stream[:5_000]
 
@@ -329,7 +333,11 @@ class Scheduler:
                     continue
                 if op == "close-client":
                     return
-                ev = self._client_event(client, op, fields)
+                try:
+                    ev = self._client_event(client, op, fields)
+                except Exception:  # a bug reading one message: log it, read the next
+                    logger.exception("reading %r from client %s failed", op, client)
+                    continue
                 if ev is not None:
                     self.handle(ev)
 
@@ -337,7 +345,7 @@ class Scheduler:
         stim = self.stimulus(op)
         if op == "update-graph":
             tasks = [_task_spec(t) for t in msg["tasks"]]
-            return UpdateGraph(stim, client, tasks, msg.get("functions", {}), msg["wanted"])
+            return UpdateGraph(stim, client, tasks, msg.get("functions") or {}, msg["wanted"])
         if op == "client-releases-keys":
             return ClientReleasesKeys(stim, client, msg["keys"])
         if op == "client-wants-keys":
@@ -389,6 +397,8 @@ class Scheduler:
         targets = workers if workers is not None else list(self.state.workers)
 
         async def one(address: str) -> Any:
+            if address not in self.state.workers:  # never relay to an arbitrary address
+                return {"status": "error", "message": f"{address!r} is not a worker here"}
             try:
                 return await self.pool.request(address, worker_op, **kwargs)
             except (CommClosedError, OSError, RemoteError) as exc:  # its entry in the answer

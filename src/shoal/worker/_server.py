@@ -302,20 +302,21 @@ class Worker:
             try:
                 self.functions[func] = deserialize(function)
             except SerializationError as exc:
-                self._send(
-                    {
-                        "op": "task-erred",
-                        "key": key,
-                        "exception": serialize(exc),
-                        "traceback": "",
-                        "exception_text": str(exc),
-                    }
-                )
+                self._refuse_task(key, exc)
                 return
+        unknown = sorted(set(resources or {}) - set(self.resources))
+        if unknown:
+            self._refuse_task(key, ValueError(f"worker {self.name} has no resource {unknown}"))
+            return
         self._handle(
             ComputeTask(key, func, args, tuple(priority), who_has or {}, nbytes or {}, resources,
                         report)
         )
+
+    def _refuse_task(self, key: str, exc: Exception) -> None:
+        """A task this worker cannot even start: it errs at once."""
+        self._send({"op": "task-erred", "key": key, "exception": serialize(exc),
+                    "traceback": "", "exception_text": str(exc)})
 
     def _free_keys(self, keys: list[str]) -> None:
         self._handle(FreeKeys(keys))
