@@ -17,7 +17,7 @@ import uuid
 from collections.abc import Callable, Iterable
 from typing import Any, Self
 
-from ..comm import BatchedSend, CommClosedError, ConnectionPool, connect
+from ..comm import BatchedSend, CommClosedError, ConnectionPool, connect, spawn
 from ..comm._core import Comm
 from ..protocol import SerializationError, Serialized, deserialize, serialize
 from ..protocol._task import KEEP, KeyRef, replace
@@ -118,7 +118,7 @@ class Client:
             raise ConnectionError(f"the scheduler at {address} refused this client: {answer}")
         self._comm = comm
         self._stream = BatchedSend(comm)
-        self._reader = asyncio.get_running_loop().create_task(self._read_scheduler(comm))
+        self._reader = spawn(self._read_scheduler(comm), f"{self.id} reading its scheduler")
         self.status = "running"
         _current.append(self)
 
