@@ -14,9 +14,12 @@ import socket
 from dataclasses import dataclass, field
 from typing import Any
 
+from shoal.client._loop import LoopRunner
 from shoal.comm import CommClosedError, connect
 from shoal.comm._core import Comm
 from shoal.protocol import PROTOCOL_VERSION, dumps, pack_frames_prelude
+from shoal.scheduler import Scheduler
+from shoal.worker import Worker
 
 #: A server that does not answer a ping within this long counts as hung.
 PING_TIMEOUT = 10.0
@@ -141,3 +144,38 @@ async def raw_bytes(address: str, data: bytes, handshake: bool = True) -> None:
         pass
     finally:
         sock.close()
+
+
+class InProcessCluster:
+    """A real scheduler (with HTTP) and workers on a background loop of this process."""
+
+    def __init__(self, n_workers: int = 2) -> None:
+        self.runner = LoopRunner("in-process-cluster")
+        self.scheduler, self.workers = self.runner.run(lambda: self._start(n_workers), 30)
+        self.address = self.scheduler.address
+
+    async def _start(self, n_workers: int) -> tuple[Scheduler, list[Worker]]:
+        scheduler = await Scheduler(http_port=0).start()
+        workers = [await Worker(scheduler.address, nthreads=1, name=f"w{i}",
+                                memory_limit="1GiB").start() for i in range(n_workers)]
+        return scheduler, workers
+
+    def run(self, func: Any, timeout: float = 60) -> Any:
+        return self.runner.run(func, timeout)
+
+    def healthy(self) -> None:
+        """Every server answers, every worker is still registered, the state is valid."""
+        async def check() -> None:
+            for address in (self.address, *(w.address for w in self.workers)):
+                assert await ping(address), f"{address} stopped answering"
+        self.run(check)
+        assert {w.address for w in self.workers} <= set(self.scheduler.state.workers)
+        self.scheduler.state.validate()
+
+    def close(self) -> None:
+        async def stop() -> None:
+            for w in self.workers:
+                await w.close()
+            await self.scheduler.close()
+        self.run(stop)
+        self.runner.stop()

@@ -15,7 +15,6 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from shoal.client._loop import LoopRunner
 from shoal.comm._core import CommLimits
 from shoal.comm._tcp import BIG_START_BYTES, STAGING_BYTES, STAGING_MIN_BYTES, _Protocol
 from shoal.protocol import FramingError, MessageError, dumps, loads
@@ -28,11 +27,9 @@ from shoal.protocol._ops import (
     check_message,
 )
 from shoal.protocol._schema import InvalidMessage
-from shoal.scheduler import Scheduler
-from shoal.worker import Worker
 
 from .generate import TABLES, Inputs, tame
-from .peers import Stream, ping, raw_bytes, request
+from .peers import InProcessCluster, Stream, raw_bytes, request
 
 #: Derandomized: the default suite must behave the same on every run
 #: (``python -m tests.fuzz`` is the open-ended search).
@@ -149,41 +146,26 @@ def test_every_well_formed_message_is_accepted(rng, table_name):
 # ------------------------------------------------------------ live servers, in process
 
 
-class Target:
-    """A real scheduler and worker on a background loop, with hostile peers."""
+class Target(InProcessCluster):
+    """The in-process cluster with two hostile peers: a fake worker and a fake client."""
 
     def __init__(self) -> None:
-        self.runner = LoopRunner("fuzz-target")
-        self.scheduler, self.worker = self.runner.run(self._start, timeout=30)
-        address = self.scheduler.address
-        self.fake_worker = Stream(address, {
+        super().__init__(n_workers=1)
+        self.worker = self.workers[0]
+        self.fake_worker = Stream(self.address, {
             "op": "register-worker", "address": "tcp://127.0.0.1:1", "name": "fuzz-worker",
             "nthreads": 2, "memory_limit": 0})
-        self.fake_client = Stream(address, {"op": "register-client", "client": "fuzz-client"})
-
-    async def _start(self) -> tuple[Scheduler, Worker]:
-        scheduler = await Scheduler(http_port=0).start()
-        worker = await Worker(scheduler.address, nthreads=1, memory_limit="1GiB").start()
-        return scheduler, worker
-
-    def run(self, func, timeout: float = 60):
-        return self.runner.run(func, timeout)
+        self.fake_client = Stream(self.address, {"op": "register-client", "client": "fuzz-client"})
 
     def alive(self) -> None:
-        async def check() -> None:
-            assert await ping(self.scheduler.address), "the scheduler stopped answering"
-            assert await ping(self.worker.address), "the worker stopped answering"
-        self.run(check)
-        self.scheduler.state.validate()
+        self.healthy()
 
     def close(self) -> None:
-        async def stop() -> None:
+        async def leave() -> None:
             self.fake_worker.close()
             self.fake_client.close()
-            await self.worker.close()
-            await self.scheduler.close()
-        self.run(stop)
-        self.runner.stop()
+        self.run(leave)
+        super().close()
 
 
 @pytest.fixture(scope="module")

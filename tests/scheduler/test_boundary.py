@@ -17,47 +17,16 @@ import pytest
 
 from shoal import Client
 from shoal.cli import main as cli_main
-from shoal.client._loop import LoopRunner
 from shoal.comm import connect
 from shoal.comm._rpc import MAX_BAD_MESSAGES
-from shoal.scheduler import Scheduler
 from shoal.worker import Worker
-from tests.fuzz.peers import Stream, ping, request
+from tests.fuzz.peers import InProcessCluster, Stream, request
 from tests.polling import wait_for
-
-
-class Cluster:
-    def __init__(self) -> None:
-        self.runner = LoopRunner("boundary")
-        self.scheduler, self.workers = self.runner.run(self._start, timeout=30)
-        self.address = self.scheduler.address
-
-    async def _start(self) -> tuple[Scheduler, list[Worker]]:
-        scheduler = await Scheduler(http_port=0).start()
-        workers = [await Worker(scheduler.address, nthreads=1, name=f"w{i}",
-                                memory_limit="1GiB").start() for i in range(2)]
-        return scheduler, workers
-
-    def run(self, func, timeout: float = 30):
-        return self.runner.run(func, timeout)
-
-    def healthy(self) -> None:
-        assert self.run(lambda: ping(self.address))
-        assert sorted(self.scheduler.state.workers) == sorted(w.address for w in self.workers)
-        self.scheduler.state.validate()
-
-    def close(self) -> None:
-        async def stop() -> None:
-            for w in self.workers:
-                await w.close()
-            await self.scheduler.close()
-        self.run(stop)
-        self.runner.stop()
 
 
 @pytest.fixture(scope="module")
 def cluster():
-    c = Cluster()
+    c = InProcessCluster()
     yield c
     c.close()
 
