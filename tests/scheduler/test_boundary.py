@@ -275,3 +275,10 @@ def test_stream_handler_errors_reach_the_peer(cluster):
 
     answer = cluster.run(main)
     assert answer["status"] == "error" and "in use" in answer["message"]
+
+
+def test_a_large_json_body_is_parsed_off_the_loop_and_judged(cluster):
+    body = json.dumps({"n": -1, "pad": "x" * 600_000}).encode()  # over PARSE_ON_THREAD_BYTES
+    status, text = _http(cluster, _post_head(len(body)), body)
+    assert status == 400 and '"n" must be a non-negative integer' in json.loads(text)["error"]
+    cluster.healthy()

@@ -10,6 +10,7 @@ connections and slow bodies time out.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 from typing import Any
@@ -22,6 +23,8 @@ __all__ = ["DEFAULT_MAX_BODY_BYTES", "LimitedBodyHandler", "http_server", "max_b
 #: Largest request body accepted by default (the JSON API's bodies are tiny).
 #: ``SHOAL_HTTP_MAX_BODY_BYTES`` or ``--http-max-body`` change it.
 DEFAULT_MAX_BODY_BYTES = 1024 * 1024
+#: Bodies larger than this are parsed off the event loop.
+PARSE_ON_THREAD_BYTES = 256 * 1024
 #: A chunked body (no declared length) this many times the limit is cut off
 #: by closing the connection; up to there it is discarded and answered 413.
 CHUNKED_SLACK = 8
@@ -71,13 +74,19 @@ class LimitedBodyHandler(RequestHandler):
             raise HTTPError(413, f"the body exceeds the limit of {self.max_body_bytes} bytes")
         return b"".join(self._chunks)
 
-    def json_body(self) -> dict[str, Any]:
-        """The body as a JSON object (``{}`` when empty); 400 or 413 when it is not one."""
+    async def json_body(self) -> dict[str, Any]:
+        """The body as a JSON object (``{}`` when empty); 400 or 413 when it is not one.
+
+        A large body is parsed on a thread, so the event loop keeps serving.
+        """
         raw = self.body()
         if not raw:
             return {}
         try:
-            body = json.loads(raw)
+            if len(raw) > PARSE_ON_THREAD_BYTES:
+                body = await asyncio.get_running_loop().run_in_executor(None, json.loads, raw)
+            else:
+                body = json.loads(raw)
         except RecursionError:
             raise HTTPError(400, "the body is not JSON: nested too deeply") from None
         except ValueError as exc:

@@ -221,8 +221,12 @@ class _Protocol(asyncio.BufferedProtocol):
         self._wake()
 
     def _fail(self, exc: Exception) -> None:
-        """Bad bytes: stop reading; the reader gets the error and closes the comm."""
-        self._inbox.append(exc)
+        """Bad bytes: stop reading; the reader gets the error and closes the comm.
+
+        The error is passed on without its traceback: the frames it holds
+        would keep views of the receive buffers exported.
+        """
+        self._inbox.append(type(exc)(str(exc)))
         self._wake()
         self._staged = 0
         self._big = None

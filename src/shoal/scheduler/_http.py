@@ -88,7 +88,7 @@ class Idle(_Base):
 
 class RetireWorkers(_Base):
     async def post(self) -> None:
-        body = self.json_body()
+        body = await self.json_body()
         workers, n = body.get("workers"), body.get("n")
         if workers is None and n is None:
             raise HTTPError(400, 'give "n" (a count) or "workers" (addresses or names)')
