@@ -249,7 +249,10 @@ class Client:
             while True:
                 batch = await comm.read()
                 for msg in batch if isinstance(batch, list) else [batch]:
-                    self._handle_report(msg)
+                    try:
+                        self._handle_report(msg)
+                    except Exception:  # one bad report must not stop the others
+                        logger.exception("cannot handle %.200r from the scheduler", msg)
         except CommClosedError:
             pass
         except asyncio.CancelledError:
