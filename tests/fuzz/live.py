@@ -133,8 +133,11 @@ async def _one_input(cluster: LiveCluster, rng: random.Random, inputs: Inputs,
 def _computes(address: str) -> bool:
     from shoal import Client
 
-    with Client(address, timeout=20) as client:
-        return client.submit(sum, [1, 2, 3], pure=False).result(timeout=60) == 6
+    try:
+        with Client(address, timeout=20) as client:
+            return client.submit(sum, [1, 2, 3], pure=False).result(timeout=60) == 6
+    except (TimeoutError, OSError):
+        return False
 
 
 def run_live(inputs: int, seconds: float, seed: int = 0) -> Tally:
