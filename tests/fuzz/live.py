@@ -140,6 +140,16 @@ def _computes(address: str) -> bool:
         return False
 
 
+async def _describe(cluster: LiveCluster) -> str:
+    """What the scheduler and the worker say they are doing, for the report."""
+    info = await request(cluster.address, {"op": "scheduler_info"}) or {}
+    workers = {a: {k: w.get(k) for k in ("status", "processing", "executing", "metrics")}
+               for a, w in (info.get("workers") or {}).items()}
+    worker = await request(cluster.worker_address, {"op": "info"}) or {}
+    return repr({"tasks": info.get("tasks"), "counts": info.get("counts"), "workers": workers,
+                 "worker_tasks": worker.get("tasks")})[:2000]
+
+
 def run_live(inputs: int, seconds: float, seed: int = 0) -> Tally:
     """Fuzz a fresh live cluster until ``inputs`` were sent or ``seconds`` passed."""
     tally = Tally()
@@ -148,7 +158,8 @@ def run_live(inputs: int, seconds: float, seed: int = 0) -> Tally:
         asyncio.run(_attack(cluster, tally, inputs, seconds, seed))
         if tally.crashes == 0 and not _computes(cluster.address):
             tally.stopped_serving += 1
-            tally.note("the cluster no longer computes sum([1, 2, 3])")
+            tally.note("the cluster no longer computes sum([1, 2, 3]): "
+                       + asyncio.run(_describe(cluster)))
     finally:
         cluster.stop()
     return tally
