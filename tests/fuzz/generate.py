@@ -186,11 +186,22 @@ class Inputs:
         return bytes(rng.getrandbits(8) for _ in range(rng.randint(1, 64)))
 
 
-def tame(msg: Any) -> Any:
-    """Legitimate but destructive requests, made harmless: the fuzzer must not retire
-    the worker it checks, nor broadcast random "functions" to it."""
-    if isinstance(msg, dict) and msg.get("op") == "retire_workers":
-        msg = {**msg, "n": 0, "workers": None}
-    if isinstance(msg, dict) and msg.get("op") in ("broadcast", "run"):
-        msg = {**msg, "op": "broadcast", "worker_op": "ping", "workers": None}
+def tame(msg: Any, protected: frozenset[str] = frozenset()) -> Any:
+    """Legitimate but destructive requests, made harmless.
+
+    The fuzzer must not retire the worker it checks (also not through a
+    flipped byte: ``workers: []`` stays empty), broadcast random "functions"
+    to it, or register a worker under a ``protected`` name or address (the
+    checked worker's: taking over an identity is for TLS to prevent, and it
+    would refuse the real worker when it reconnects).
+    """
+    if not isinstance(msg, dict):
+        return msg
+    op = msg.get("op")
+    if op == "retire_workers":
+        return {"op": "retire_workers", "workers": []}
+    if op in ("broadcast", "run"):
+        return {**msg, "op": "broadcast", "worker_op": "ping", "workers": None}
+    if op == "register-worker" and ({msg.get("name"), msg.get("address")} & protected):
+        return {**msg, "name": "impostor", "address": "tcp://127.0.0.1:2"}
     return msg

@@ -105,6 +105,7 @@ async def _check(cluster: LiveCluster, tally: Tally) -> bool:
 
 async def _one_input(cluster: LiveCluster, rng: random.Random, inputs: Inputs,
                      worker: Stream, client: Stream) -> None:
+    protected = frozenset({cluster.worker_address})
     roll = rng.random()
     if roll < 0.25:
         await worker.send([inputs.maybe_broken(FROM_WORKER) for _ in range(rng.randint(1, 3))])
@@ -112,13 +113,13 @@ async def _one_input(cluster: LiveCluster, rng: random.Random, inputs: Inputs,
         await client.send([inputs.maybe_broken(FROM_CLIENT) for _ in range(rng.randint(1, 3))])
     elif roll < 0.65:
         table = rng.choice([SCHEDULER_RPC, SCHEDULER_OPEN])
-        await request(cluster.address, tame(inputs.maybe_broken(table)), timeout=5)
+        await request(cluster.address, tame(inputs.maybe_broken(table), protected), timeout=5)
     elif roll < 0.75:
         await request(cluster.worker_address, tame(inputs.maybe_broken(WORKER_RPC)), timeout=5)
     elif roll < 0.85:
         target = rng.choice([cluster.address, cluster.worker_address])
         table = rng.choice([SCHEDULER_RPC, WORKER_RPC, FROM_CLIENT])
-        await raw_bytes(target, inputs.frames_bytes(tame(inputs.maybe_broken(table))),
+        await raw_bytes(target, inputs.frames_bytes(tame(inputs.maybe_broken(table), protected)),
                         handshake=rng.random() < 0.8)
     else:
         base = rng.choice([cluster.http, cluster.worker_http])

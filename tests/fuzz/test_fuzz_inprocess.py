@@ -196,7 +196,7 @@ def test_requests_to_scheduler_and_worker_survive_fuzzed_ops(target, rng):
     inputs = Inputs(rng, keys=["k-0", target.worker.address])
     table = rng.choice([SCHEDULER_RPC, SCHEDULER_OPEN, WORKER_RPC])
     address = target.worker.address if table is WORKER_RPC else target.scheduler.address
-    msg = tame(inputs.maybe_broken(table))
+    msg = tame(inputs.maybe_broken(table), frozenset({target.worker.address, target.worker.name}))
 
     async def attack() -> None:
         answer = await request(address, msg)
