@@ -282,3 +282,14 @@ def test_a_large_json_body_is_parsed_off_the_loop_and_judged(cluster):
     status, text = _http(cluster, _post_head(len(body)), body)
     assert status == 400 and '"n" must be a non-negative integer' in json.loads(text)["error"]
     cluster.healthy()
+
+
+def test_a_scatter_with_one_unpicklable_value_keeps_none_of_them(cluster):
+    from shoal.protocol import serialize
+
+    worker = cluster.workers[0]
+    answer = cluster.run(lambda: request(worker.address, {
+        "op": "update_data", "data": {"fine": serialize(1).compact(), "broken": b"\x80\x05junk"}}))
+    assert answer["status"] == "error" and "unpickle" in answer["message"]
+    assert "fine" not in worker.data and "fine" not in worker.state.tasks
+    cluster.healthy()

@@ -452,9 +452,10 @@ class Worker:
         return {"status": "ok", "data": data, "errors": errors}
 
     def update_data(self, data: dict[str, Serialized]) -> dict[str, Any]:
+        """Keep scattered values: all of them, or (if one cannot be unpickled) none."""
+        values = {key: deserialize(ser) for key, ser in data.items()}
         nbytes = {}
-        for key, ser in data.items():
-            value = deserialize(ser)
+        for key, value in values.items():
             nbytes[key] = sizeof(value)
             self.data.set_with_size(key, value, nbytes[key])
             self.state.adopt(key, nbytes[key])
