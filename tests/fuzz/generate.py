@@ -202,6 +202,7 @@ def tame(msg: Any, protected: frozenset[str] = frozenset()) -> Any:
         return {"op": "retire_workers", "workers": []}
     if op in ("broadcast", "run"):
         return {**msg, "op": "broadcast", "worker_op": "ping", "workers": None}
-    if op == "register-worker" and ({msg.get("name"), msg.get("address")} & protected):
+    if op == "register-worker" and any(msg.get(f) in protected for f in ("name", "address")
+                                       if isinstance(msg.get(f), str)):
         return {**msg, "name": "impostor", "address": "tcp://127.0.0.1:2"}
     return msg

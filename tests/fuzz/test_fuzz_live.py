@@ -10,6 +10,6 @@ from .live import run_live
 
 
 def test_live_scheduler_and_worker_survive_fuzzing_over_tcp_and_http():
-    tally = run_live(inputs=600, seconds=45, seed=20261201)
-    assert tally.inputs >= 100, tally.as_dict()
+    tally = run_live(inputs=3000, seconds=45, seed=20261201)
+    assert tally.inputs >= 300, tally.as_dict()
     assert (tally.crashes, tally.hangs, tally.stopped_serving) == (0, 0, 0), tally.as_dict()
