@@ -414,7 +414,8 @@ class Worker:
                 ts = self.state.tasks.get(key)
                 if isinstance(ser, (Serialized, bytes)) and ts is not None and ts.state == "flight":
                     received[key] = self._store_fetched(key, ser, inst.worker)
-        except (CommClosedError, OSError, InvalidMessage) as exc:
+        except (CommClosedError, OSError, ValueError) as exc:
+            # ValueError: a bad answer (InvalidMessage), or an address that is not one
             logger.info("fetching %d keys from %s failed: %s", len(inst.keys), inst.worker, exc)
             gone = not isinstance(exc, InvalidMessage)
         finally:
