@@ -10,7 +10,9 @@ and returns a :class:`Tally`.  The default suite runs it briefly
 from __future__ import annotations
 
 import asyncio
+import os
 import random
+import signal
 import socket
 import time
 import urllib.error
@@ -64,14 +66,15 @@ class LiveCluster:
     """One scheduler and one worker process, each with HTTP."""
 
     def __init__(self) -> None:
+        env = {"PYTHONFAULTHANDLER": "1"}  # a hung server shows its stacks (see _check)
         self.scheduler = ChildProcess(["--log-level", "ERROR", "scheduler", "--host", "127.0.0.1",
-                                       "--port", "0", "--http-port", "0"])
+                                       "--port", "0", "--http-port", "0"], env=env)
         info = self.scheduler.wait_announced(60)
         self.address, self.http = info["address"], info["http_address"]
         self.worker_http_port = _free_port()
         self.worker = ChildProcess(["--log-level", "ERROR", "worker", self.address, "--no-nanny",
                                     "--nthreads", "1", "--host", "127.0.0.1",
-                                    "--http-port", str(self.worker_http_port)])
+                                    "--http-port", str(self.worker_http_port)], env=env)
         self.worker_address = self.worker.wait_announced(60)["address"]
         self.worker_http = f"http://127.0.0.1:{self.worker_http_port}"
 
@@ -88,11 +91,15 @@ async def _check(cluster: LiveCluster, tally: Tally) -> bool:
             tally.crashes += 1
             tally.note(f"the {name} exited with {proc.proc.poll()}")
             healthy = False
-    for name, address in (("scheduler", cluster.address), ("worker", cluster.worker_address)):
+    for name, address, proc in (("scheduler", cluster.address, cluster.scheduler),
+                                ("worker", cluster.worker_address, cluster.worker)):
         start = time.monotonic()
         if not await ping(address):
             tally.hangs += 1
-            tally.note(f"the {name} did not answer a ping ({time.monotonic() - start:.1f}s)")
+            tally.note(f"the {name} did not answer a ping ({time.monotonic() - start:.1f}s); "
+                       "its stacks are on stderr")
+            if proc.alive():
+                os.kill(proc.pid, signal.SIGABRT)  # faulthandler prints every thread's stack
             healthy = False
     loop = asyncio.get_running_loop()
     for url in (cluster.http + "/health", cluster.worker_http + "/health"):
@@ -157,7 +164,7 @@ def run_live(inputs: int, seconds: float, seed: int = 0) -> Tally:
     cluster = LiveCluster()
     try:
         asyncio.run(_attack(cluster, tally, inputs, seconds, seed))
-        if tally.crashes == 0 and not _computes(cluster.address):
+        if tally.crashes == tally.hangs == 0 and not _computes(cluster.address):
             tally.stopped_serving += 1
             tally.note("the cluster no longer computes sum([1, 2, 3]): "
                        + asyncio.run(_describe(cluster)))
