@@ -196,14 +196,16 @@ def test_requests_to_scheduler_and_worker_survive_fuzzed_ops(target, rng):
     inputs = Inputs(rng, keys=["k-0", target.worker.address])
     table = rng.choice([SCHEDULER_RPC, SCHEDULER_OPEN, WORKER_RPC])
     address = target.worker.address if table is WORKER_RPC else target.scheduler.address
-    msg = tame(inputs.maybe_broken(table), frozenset({target.worker.address, target.worker.name}))
+    protected = frozenset({target.worker.address, target.worker.name})
+    msg = tame(inputs.maybe_broken(table), protected)
 
     async def attack() -> None:
         answer = await request(address, msg)
         if isinstance(answer, dict) and answer.get("status") == "error":
             assert answer.get("message")
         if rng.random() < 0.3:
-            await raw_bytes(address, inputs.frames_bytes(inputs.maybe_broken(table)))
+            await raw_bytes(address, inputs.frames_bytes(tame(inputs.maybe_broken(table),
+                                                              protected)))
 
     target.run(attack)
     target.alive()
