@@ -12,7 +12,10 @@ import time
 from typing import Any
 
 from .cluster._process import announce
-from .worker._memory import MemoryThresholds
+from .comm import CommLimits
+from .comm._http import DEFAULT_MAX_BODY_BYTES
+from .protocol._ops import MAX_NTHREADS
+from .worker._memory import MemoryThresholds, parse_bytes
 
 logger = logging.getLogger("shoal")
 
@@ -37,6 +40,58 @@ def _fraction(text: str) -> float | bool:
         raise argparse.ArgumentTypeError(f"{text!r} is not a fraction or false") from None
 
 
+def _nthreads(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number of threads") from None
+    if not 1 <= value <= MAX_NTHREADS:
+        raise argparse.ArgumentTypeError(f"must be from 1 to {MAX_NTHREADS}, got {value}")
+    return value
+
+
+def _size(text: str) -> int:
+    try:
+        return parse_bytes(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def _seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds") from None
+    if not 0 < value < float("inf"):
+        raise argparse.ArgumentTypeError(f"must be a positive number of seconds, got {text}")
+    return value
+
+
+#: The flags every server takes for what it accepts from its peers.
+LIMIT_FLAGS = ("max_message_size", "handshake_timeout", "read_idle_timeout", "http_max_body")
+
+
+def _add_limit_flags(parser: argparse.ArgumentParser) -> None:
+    env = CommLimits.from_env()
+    parser.add_argument("--max-message-size", type=_size, default=env.max_message_bytes,
+                        help="largest message a peer may send (e.g. 512MiB)")
+    parser.add_argument("--handshake-timeout", type=_seconds, default=env.handshake_timeout,
+                        help="drop a connection that has not said hello within this many seconds")
+    parser.add_argument("--read-idle-timeout", type=_seconds, default=env.read_idle_timeout,
+                        help="drop a peer that stops sending for this long mid-message")
+    parser.add_argument("--http-max-body", type=_size,
+                        default=int(os.environ.get("SHOAL_HTTP_MAX_BODY_BYTES")
+                                    or DEFAULT_MAX_BODY_BYTES),
+                        help="largest HTTP request body (larger ones get 413)")
+
+
+def _limits(args: argparse.Namespace) -> CommLimits:
+    try:
+        return CommLimits(args.max_message_size, args.handshake_timeout, args.read_idle_timeout)
+    except ValueError as exc:
+        raise SystemExit(f"shoal: {exc}") from None
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="shoal", description=__doc__)
     parser.add_argument("--log-level", default=os.environ.get("SHOAL_LOG_LEVEL", "INFO"))
@@ -50,6 +105,7 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--worker-ttl", type=float, default=10.0,
                    help="remove a worker silent for this many seconds")
     s.add_argument("--allowed-failures", type=int, default=None)
+    _add_limit_flags(s)
     s.add_argument("--announce", action="store_true", help=argparse.SUPPRESS)
 
     w = sub.add_parser("worker", help="run a worker (under a nanny by default)")
@@ -57,7 +113,7 @@ def _parser() -> argparse.ArgumentParser:
     w.add_argument("--name", default=None)
     w.add_argument("--host", default=None)
     w.add_argument("--port", type=int, default=0)
-    w.add_argument("--nthreads", type=int, default=os.cpu_count() or 1)
+    w.add_argument("--nthreads", type=_nthreads, default=os.cpu_count() or 1)
     w.add_argument("--memory-limit", default="auto",
                    help="bytes (4GiB), a fraction of the machine (0.5), auto, or none")
     defaults = MemoryThresholds()
@@ -73,6 +129,7 @@ def _parser() -> argparse.ArgumentParser:
     w.add_argument("--local-directory", default=None,
                    help="where the worker keeps spill files (default: the temp directory)")
     w.add_argument("--no-nanny", dest="nanny", action="store_false")
+    _add_limit_flags(w)
     w.add_argument("--announce", action="store_true", help=argparse.SUPPRESS)
 
     local = sub.add_parser("local", help="run a local cluster until interrupted")
@@ -128,7 +185,9 @@ def _scheduler(args: argparse.Namespace) -> int:
         http = None if args.http_port < 0 else args.http_port
         scheduler = await Scheduler(args.host, args.port, http_port=http,
                                     worker_ttl=args.worker_ttl,
-                                    allowed_failures=args.allowed_failures).start()
+                                    allowed_failures=args.allowed_failures,
+                                    limits=_limits(args),
+                                    http_max_body_bytes=args.http_max_body).start()
         logger.info("scheduler at %s, HTTP at %s", scheduler.address, scheduler.http_address)
         if args.announce:
             announce(address=scheduler.address, http_address=scheduler.http_address,
@@ -169,6 +228,7 @@ def _worker(args: argparse.Namespace) -> int:
             memory_limit=args.memory_limit, resources=_resources(args.resources),
             death_timeout=args.death_timeout, http_port=args.http_port,
             local_directory=args.local_directory,
+            limits=_limits(args), http_max_body_bytes=args.http_max_body,
             memory_thresholds=MemoryThresholds(args.memory_target, args.memory_spill,
                                                args.memory_pause, args.memory_terminate),
         ).start()
@@ -196,6 +256,8 @@ def _worker_argv(args: argparse.Namespace) -> list[str]:
             argv += [flag, str(value)]
     for item in args.resources:
         argv += ["--resources", item]
+    for name in LIMIT_FLAGS:
+        argv += ["--" + name.replace("_", "-"), str(getattr(args, name))]
     for name in ("target", "spill", "pause", "terminate"):
         argv += [f"--memory-{name}", str(getattr(args, f"memory_{name}")).lower()]
     if args.announce:

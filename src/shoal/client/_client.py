@@ -17,7 +17,7 @@ import uuid
 from collections.abc import Callable, Iterable
 from typing import Any, Self
 
-from ..comm import BatchedSend, CommClosedError, ConnectionPool, connect
+from ..comm import BatchedSend, CommClosedError, ConnectionPool, connect, spawn
 from ..comm._core import Comm
 from ..protocol import SerializationError, Serialized, deserialize, serialize
 from ..protocol._task import KEEP, KeyRef, replace
@@ -126,7 +126,7 @@ class Client(ClusterCalls, DatasetCalls):
             raise ConnectionError(f"the scheduler at {address} refused this client: {answer}")
         self._comm = comm
         self._stream = BatchedSend(comm)
-        self._reader = asyncio.get_running_loop().create_task(self._read_scheduler(comm))
+        self._reader = spawn(self._read_scheduler(comm), f"{self.id} reading its scheduler")
         self.status = "running"
         _current.append(self)
         if self._set_as_default and not self.asynchronous:
@@ -266,7 +266,10 @@ class Client(ClusterCalls, DatasetCalls):
             while True:
                 batch = await comm.read()
                 for msg in batch if isinstance(batch, list) else [batch]:
-                    self._handle_report(msg)
+                    try:
+                        self._handle_report(msg)
+                    except Exception:  # one bad report must not stop the others
+                        logger.exception("cannot handle %.200r from the scheduler", msg)
         except CommClosedError:
             pass
         except asyncio.CancelledError:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import logging
 from collections.abc import Callable
 from types import TracebackType
 from typing import TYPE_CHECKING, Any
@@ -19,6 +20,8 @@ from ._traceback import traceback_from_text
 
 if TYPE_CHECKING:
     from ._client import Client
+
+logger = logging.getLogger(__name__)
 
 FINAL = ("finished", "error", "cancelled")
 
@@ -87,7 +90,7 @@ class FutureState:
         self.event.set()
         callbacks, self.callbacks = self.callbacks, []
         for callback in callbacks:
-            callback()
+            _call_guarded(callback, self.key)
 
     def make_exception(self) -> BaseException:
         if self.status == "cancelled":
@@ -104,6 +107,14 @@ class FutureState:
             if note not in getattr(exc, "__notes__", []):
                 exc.add_note(note)
         return exc
+
+
+def _call_guarded(callback: Callable[[], None], key: str) -> None:
+    """Run a user's done-callback: if it raises, say so and carry on delivering results."""
+    try:
+        callback()
+    except Exception:  # user code; its failure must not stop the client
+        logger.exception("a done-callback of the future for %r raised", key)
 
 
 class Future:
@@ -178,7 +189,7 @@ class Future:
 
         def attach() -> None:
             if state.status in FINAL:
-                call()
+                _call_guarded(call, self.key)
             else:
                 state.callbacks.append(call)
 

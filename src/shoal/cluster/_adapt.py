@@ -11,6 +11,8 @@ import asyncio
 import logging
 from typing import Any, Protocol
 
+from ..comm import spawn
+
 logger = logging.getLogger(__name__)
 
 
@@ -52,7 +54,7 @@ class Adaptive:
         self.history: list[tuple[int, int]] = []  # (target, decided size)
 
     def start(self) -> None:
-        self._task = asyncio.get_running_loop().create_task(self._run())
+        self._task = spawn(self._run(), "adaptive scaling")
 
     def stop(self) -> None:
         if self._task is not None:

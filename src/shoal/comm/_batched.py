@@ -14,6 +14,7 @@ import logging
 from typing import Any
 
 from ._core import Comm, CommClosedError
+from ._supervise import spawn
 
 logger = logging.getLogger(__name__)
 
@@ -28,7 +29,7 @@ class BatchedSend:
         self._closing = False
         self.messages_sent = 0
         self.batches_sent = 0
-        self._task = asyncio.get_running_loop().create_task(self._run())
+        self._task = spawn(self._run(), f"batched stream to {comm.peer_address}")
 
     def send(self, *msgs: Any) -> None:
         if self._closing or self.comm.closed():

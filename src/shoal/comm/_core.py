@@ -11,15 +11,18 @@ from __future__ import annotations
 
 import abc
 import asyncio
+import os
 import sys
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass
 from typing import Any
 
-from ..protocol import PROTOCOL_VERSION, VersionMismatchError
+from ..protocol import MAX_MESSAGE_BYTES, PROTOCOL_VERSION, VersionMismatchError
 
 __all__ = [
     "Comm",
     "CommClosedError",
+    "CommLimits",
     "Listener",
     "connect",
     "listen",
@@ -28,6 +31,52 @@ __all__ = [
 ]
 
 DEFAULT_CONNECT_TIMEOUT = 10.0
+#: A peer that has not completed the handshake this long after connecting is dropped.
+DEFAULT_HANDSHAKE_TIMEOUT = 10.0
+#: A peer that stops sending in the middle of a message this long is dropped.
+#: (Between messages a connection may stay quiet: clients idle for hours,
+#: and a worker's silence is caught by the scheduler's ``worker_ttl``.)
+DEFAULT_READ_IDLE_TIMEOUT = 30.0
+
+
+@dataclass(frozen=True, slots=True)
+class CommLimits:
+    """What a process accepts from its peers on every connection.
+
+    The defaults can be set per process through the environment
+    (``SHOAL_MAX_MESSAGE_BYTES``, ``SHOAL_HANDSHAKE_TIMEOUT``,
+    ``SHOAL_READ_IDLE_TIMEOUT``), which child processes inherit; the
+    ``shoal scheduler`` and ``shoal worker`` commands take the same as flags.
+    """
+
+    max_message_bytes: int = MAX_MESSAGE_BYTES
+    handshake_timeout: float = DEFAULT_HANDSHAKE_TIMEOUT
+    read_idle_timeout: float = DEFAULT_READ_IDLE_TIMEOUT
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.max_message_bytes, int) or self.max_message_bytes < 1024:
+            raise ValueError(f"max_message_bytes must be an integer of at least 1024, "
+                             f"got {self.max_message_bytes!r}")
+        for name in ("handshake_timeout", "read_idle_timeout"):
+            value = getattr(self, name)
+            if not isinstance(value, (int, float)) or not 0 < value < float("inf"):
+                raise ValueError(f"{name} must be a positive number of seconds, got {value!r}")
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] = os.environ) -> CommLimits:
+        """The defaults, as overridden by ``SHOAL_*`` environment variables."""
+        fields = (("max_message_bytes", "SHOAL_MAX_MESSAGE_BYTES", int),
+                  ("handshake_timeout", "SHOAL_HANDSHAKE_TIMEOUT", float),
+                  ("read_idle_timeout", "SHOAL_READ_IDLE_TIMEOUT", float))
+        values: dict[str, Any] = {}
+        for name, variable, kind in fields:
+            text = environ.get(variable)
+            if text:
+                try:
+                    values[name] = kind(text)
+                except ValueError:
+                    raise ValueError(f"{variable}={text!r} is not a {kind.__name__}") from None
+        return cls(**values)
 
 
 class CommClosedError(ConnectionError):
@@ -77,8 +126,8 @@ class Listener(abc.ABC):
 
 
 CommHandler = Callable[[Comm], Awaitable[None]]
-Connector = Callable[[str, float], Awaitable[Comm]]
-ListenerFactory = Callable[[str, CommHandler], Listener]
+Connector = Callable[[str, float, CommLimits], Awaitable[Comm]]
+ListenerFactory = Callable[[str, CommHandler, CommLimits], Listener]
 _transports: dict[str, tuple[Connector, ListenerFactory]] = {}
 
 
@@ -134,19 +183,20 @@ async def exchange_handshake(comm: Comm, timeout: float) -> dict[str, Any]:
     return theirs
 
 
-async def connect(address: str, timeout: float = DEFAULT_CONNECT_TIMEOUT) -> Comm:
+async def connect(address: str, timeout: float = DEFAULT_CONNECT_TIMEOUT,
+                  limits: CommLimits | None = None) -> Comm:
     """Open a connection to ``address`` and complete the handshake."""
     connector, _ = _transport(address)
     try:
         async with asyncio.timeout(timeout):
-            comm = await connector(address, timeout)
+            comm = await connector(address, timeout, limits or CommLimits.from_env())
     except TimeoutError:
         raise CommClosedError(f"timed out after {timeout}s connecting to {address}") from None
     await exchange_handshake(comm, timeout)
     return comm
 
 
-def listen(address: str, handler: CommHandler) -> Listener:
+def listen(address: str, handler: CommHandler, limits: CommLimits | None = None) -> Listener:
     """A listener on ``address`` (port 0 picks a free one); call ``start()``."""
     _, factory = _transport(address)
-    return factory(address, handler)
+    return factory(address, handler, limits or CommLimits.from_env())

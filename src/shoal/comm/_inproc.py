@@ -11,7 +11,17 @@ import itertools
 from typing import Any
 
 from ..protocol import dumps, loads
-from ._core import Comm, CommClosedError, CommHandler, Listener, parse_address, register_transport
+from ._core import (
+    Comm,
+    CommClosedError,
+    CommHandler,
+    CommLimits,
+    Listener,
+    exchange_handshake,
+    parse_address,
+    register_transport,
+)
+from ._supervise import spawn
 
 _listeners: dict[str, InProcListener] = {}
 _ids = itertools.count(1)
@@ -54,8 +64,10 @@ class InProcComm(Comm):
 
 
 class InProcListener(Listener):
-    def __init__(self, address: str, handler: CommHandler) -> None:
+    def __init__(self, address: str, handler: CommHandler,
+                 limits: CommLimits | None = None) -> None:
         _, name = parse_address(address)
+        self.limits = limits or CommLimits()
         self.address = f"inproc://{name or 'server'}/{next(_ids)}"
         self.handler = handler
         self._tasks: set[asyncio.Task] = set()
@@ -67,18 +79,17 @@ class InProcListener(Listener):
         _listeners.pop(self.address, None)
 
     def accept(self, comm: Comm) -> None:
-        task = asyncio.get_running_loop().create_task(self._serve(comm))
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+        spawn(self._serve(comm), f"serve {comm.peer_address}", self._tasks)
 
     async def _serve(self, comm: Comm) -> None:
-        from ._core import exchange_handshake
+        try:
+            await exchange_handshake(comm, self.limits.handshake_timeout)
+            await self.handler(comm)
+        finally:
+            comm.abort()
 
-        await exchange_handshake(comm, 10)
-        await self.handler(comm)
 
-
-async def inproc_connect(address: str, timeout: float) -> Comm:
+async def inproc_connect(address: str, timeout: float, limits: CommLimits | None = None) -> Comm:
     listener = _listeners.get(address)
     if listener is None:
         raise CommClosedError(f"nothing listens on {address}")

@@ -1,13 +1,20 @@
 """TCP transport on asyncio's buffered protocols.
 
 Bytes arrive straight into our own buffers (``asyncio.BufferedProtocol``):
-small messages into a reusable staging area, several per system call; a large
-message (a 32 MiB array) into a buffer of exactly its size, allocated once
-its header is read, so it is copied once, from the socket to its final place.
-An earlier version sat on tornado's IOStream; profiling showed its per-message
-bookkeeping (re-registering the socket with epoll on every read and write)
-costing two to three times the round trip of this one, so the data path uses
-asyncio directly while tornado serves HTTP.
+small messages into a staging area, several per system call; a large message
+(a 32 MiB array) into a buffer of its own, so it is copied once, from the
+socket to its final place.  An earlier version sat on tornado's IOStream;
+profiling showed its per-message bookkeeping (re-registering the socket with
+epoll on every read and write) costing two to three times the round trip of
+this one, so the data path uses asyncio directly while tornado serves HTTP.
+
+Memory is committed as bytes arrive, never because a header claims it: the
+staging area starts small and grows only while a message needs it, and a
+large message's buffer starts at ``BIG_START_BYTES`` and doubles as it
+fills.  A header declaring a gigabyte therefore costs nothing until the
+gigabyte is sent, an idle connection costs a few kilobytes, and a peer that
+stops sending in the middle of a message is dropped after
+``CommLimits.read_idle_timeout``.
 """
 
 from __future__ import annotations
@@ -16,12 +23,13 @@ import asyncio
 import logging
 import os
 import socket
+import time
 from collections import deque
 from typing import Any
 
 from ..protocol import FramingError, MessageError, dumps, loads, pack_frames_prelude
 from ..protocol._framing import (
-    MAX_MESSAGE_BYTES,
+    HANDSHAKE_MAX_BYTES,
     TOTAL_HEADER_BYTES,
     unpack_frame_lengths,
     unpack_total,
@@ -31,16 +39,24 @@ from ._core import (
     Comm,
     CommClosedError,
     CommHandler,
+    CommLimits,
     Listener,
     exchange_handshake,
     parse_address,
     register_transport,
 )
+from ._supervise import spawn
 
 logger = logging.getLogger(__name__)
 
 #: Messages up to this size are parsed out of the staging buffer.
 STAGING_BYTES = 256 * 1024
+#: The staging buffer's size when a connection starts (and after a large burst).
+STAGING_MIN_BYTES = 4 * 1024
+#: A staging buffer grown beyond this is dropped once it is empty.
+STAGING_KEEP_BYTES = 64 * 1024
+#: A large message's buffer starts this big and doubles as bytes arrive.
+BIG_START_BYTES = 1024 * 1024
 #: Frames this large are written without being joined to their neighbours.
 LARGE_FRAME_BYTES = 64 * 1024
 #: ...and this large, straight from their memory (see TCPComm._send_direct).
@@ -62,16 +78,33 @@ def _address_of(sockname: Any) -> str:
     return f"tcp://{host}:{port}"
 
 
+def _grow(buf: bytearray, size: int) -> bytearray:
+    """``buf`` enlarged to ``size`` bytes (in place when nothing views it)."""
+    try:
+        buf.extend(bytes(size - len(buf)))
+        return buf
+    except BufferError:  # a memoryview of it is still alive: copy instead
+        new = bytearray(size)
+        new[: len(buf)] = buf
+        return new
+
+
 class _Protocol(asyncio.BufferedProtocol):
     """Frames incoming bytes into messages; holds them until ``read``."""
 
-    def __init__(self, max_message: int = MAX_MESSAGE_BYTES) -> None:
-        self.max_message = max_message
+    def __init__(self, limits: CommLimits) -> None:
+        self.limits = limits
+        #: The first message is the handshake: only a handshake-sized one is accepted.
+        self.max_message = HANDSHAKE_MAX_BYTES
         self.transport: asyncio.Transport | None = None
-        self._staging = bytearray(STAGING_BYTES)
+        self._staging = bytearray()
         self._staged = 0
+        self._pending = 0  # size of the incomplete message at the start of staging
         self._big: bytearray | None = None
+        self._big_total = 0
         self._big_filled = 0
+        self._last_bytes = 0.0
+        self._stall_timer: asyncio.TimerHandle | None = None
         self._inbox: deque[Any] = deque()
         self._waiter: asyncio.Future | None = None
         self._drain: asyncio.Future | None = None
@@ -90,24 +123,43 @@ class _Protocol(asyncio.BufferedProtocol):
 
     def get_buffer(self, sizehint: int) -> memoryview:
         if self._big is not None:
+            if self._big_filled == len(self._big):
+                self._big = _grow(self._big, min(self._big_total, 2 * len(self._big)))
             return memoryview(self._big)[self._big_filled:]
+        size = len(self._staging)
+        if self._staged == size or self._pending > size:
+            wanted = max(2 * size, self._pending, STAGING_MIN_BYTES)
+            self._staging = _grow(self._staging, min(wanted, STAGING_BYTES))
         return memoryview(self._staging)[self._staged:]
 
     def buffer_updated(self, nbytes: int) -> None:
+        self._last_bytes = time.monotonic()
         if self._big is not None:
             self._big_filled += nbytes
-            if self._big_filled == len(self._big):
+            if self._big_filled == self._big_total:
                 body, self._big = self._big, None
                 self._deliver(memoryview(body))
+            else:
+                self._watch_stall()
             return
         self._staged += nbytes
         try:
             self._parse_staging()
         except FramingError as exc:
             self._fail(exc)
+            return
+        if self._staged or self._big is not None:
+            self._watch_stall()
+        elif len(self._staging) > STAGING_KEEP_BYTES:
+            self._staging = bytearray()
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
+        self._big = None
+        self._staging = bytearray()
+        if self._stall_timer is not None:
+            self._stall_timer.cancel()
+            self._stall_timer = None
         self._wake()
         if self._drain is not None and not self._drain.done():
             self._drain.set_exception(CommClosedError("connection closed while writing"))
@@ -125,6 +177,7 @@ class _Protocol(asyncio.BufferedProtocol):
     def _parse_staging(self) -> None:
         view = memoryview(self._staging)
         pos, end = 0, self._staged
+        self._pending = 0
         try:
             while end - pos >= TOTAL_HEADER_BYTES:
                 total = unpack_total(view[pos:pos + TOTAL_HEADER_BYTES], self.max_message)
@@ -134,8 +187,10 @@ class _Protocol(asyncio.BufferedProtocol):
                     pos = end
                     break
                 if end - start < total:
+                    self._pending = TOTAL_HEADER_BYTES + total
                     break
                 self._deliver(memoryview(bytes(view[start:start + total])))
+                self.max_message = self.limits.max_message_bytes
                 pos = start + total
             if pos:
                 rest = bytes(view[pos:end])
@@ -145,9 +200,9 @@ class _Protocol(asyncio.BufferedProtocol):
             view.release()
 
     def _start_big(self, head: memoryview, total: int) -> None:
-        body = bytearray(total)
+        body = bytearray(max(len(head), min(total, BIG_START_BYTES)))
         body[: len(head)] = head
-        self._big, self._big_filled = body, len(head)
+        self._big, self._big_total, self._big_filled = body, total, len(head)
         if self._big_filled == total:
             self._big = None
             self._deliver(memoryview(body))
@@ -166,10 +221,15 @@ class _Protocol(asyncio.BufferedProtocol):
         self._wake()
 
     def _fail(self, exc: Exception) -> None:
-        """Bad bytes: stop reading; the reader gets the error and closes the comm."""
-        self._inbox.append(exc)
+        """Bad bytes: stop reading; the reader gets the error and closes the comm.
+
+        The error is passed on without its traceback: the frames it holds
+        would keep views of the receive buffers exported.
+        """
+        self._inbox.append(type(exc)(str(exc)))
         self._wake()
         self._staged = 0
+        self._big = None
         if self.transport is not None and not self.transport.is_closing():
             self.transport.pause_reading()
 
@@ -177,6 +237,34 @@ class _Protocol(asyncio.BufferedProtocol):
         waiter = self._waiter
         if waiter is not None and not waiter.done():
             waiter.set_result(None)
+
+    # ---------------------------------------------------------- stalls
+
+    def _watch_stall(self) -> None:
+        """A message is half read: make sure a timer checks that bytes keep coming."""
+        if self._stall_timer is None and not self.closed:
+            loop = asyncio.get_running_loop()
+            self._stall_timer = loop.call_later(self.limits.read_idle_timeout, self._check_stall)
+
+    def _check_stall(self) -> None:
+        self._stall_timer = None
+        if self.closed or (self._big is None and not self._staged):
+            return
+        quiet = time.monotonic() - self._last_bytes
+        timeout = self.limits.read_idle_timeout
+        if quiet < timeout:
+            loop = asyncio.get_running_loop()
+            self._stall_timer = loop.call_later(timeout - quiet, self._check_stall)
+            return
+        peer = "peer"
+        if self.transport is not None:
+            peer = _address_of(self.transport.get_extra_info("peername") or ("?", 0))
+        logger.warning("closing the connection from %s: it sent nothing for %.0fs in the "
+                       "middle of a message", peer, timeout)
+        self._fail(CommClosedError(f"{peer} stalled for {timeout:.0f}s in the middle of a "
+                                   "message"))
+        if self.transport is not None:
+            self.transport.abort()
 
     # ---------------------------------------------------------- for the comm
 
@@ -278,12 +366,14 @@ def _coalesce(prelude: bytes, frames: list) -> list:
     return chunks
 
 
-async def tcp_connect(address: str, timeout: float = DEFAULT_CONNECT_TIMEOUT) -> Comm:
+async def tcp_connect(address: str, timeout: float = DEFAULT_CONNECT_TIMEOUT,
+                      limits: CommLimits | None = None) -> Comm:
     host, port = split_host_port(address)
     loop = asyncio.get_running_loop()
+    chosen = limits or CommLimits.from_env()
     try:
         async with asyncio.timeout(timeout):
-            _, protocol = await loop.create_connection(_Protocol, host, port)
+            _, protocol = await loop.create_connection(lambda: _Protocol(chosen), host, port)
     except TimeoutError:
         raise CommClosedError(f"timed out after {timeout}s connecting to {address}") from None
     except OSError as exc:
@@ -292,9 +382,11 @@ async def tcp_connect(address: str, timeout: float = DEFAULT_CONNECT_TIMEOUT) ->
 
 
 class TCPListener(Listener):
-    def __init__(self, address: str, handler: CommHandler) -> None:
+    def __init__(self, address: str, handler: CommHandler,
+                 limits: CommLimits | None = None) -> None:
         self.host, self.port = split_host_port(address)
         self.handler = handler
+        self.limits = limits or CommLimits.from_env()
         self.address = address
         self.server: asyncio.AbstractServer | None = None
         self._tasks: set[asyncio.Task] = set()
@@ -307,23 +399,25 @@ class TCPListener(Listener):
         self.address = f"tcp://{self.host}:{self.port}"
 
     def _protocol(self) -> _Protocol:
-        protocol = _Protocol()
+        protocol = _Protocol(self.limits)
         protocol.on_connect = self._accepted
         return protocol
 
     def _accepted(self, protocol: _Protocol) -> None:
-        task = asyncio.get_running_loop().create_task(self._serve(TCPComm(protocol)))
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+        comm = TCPComm(protocol)
+        spawn(self._serve(comm), f"serve {comm.peer_address}", self._tasks)
 
     async def _serve(self, comm: TCPComm) -> None:
         try:
-            await exchange_handshake(comm, DEFAULT_CONNECT_TIMEOUT)
+            await exchange_handshake(comm, self.limits.handshake_timeout)
         except (ConnectionError, FramingError, MessageError) as exc:
             logger.warning("refused connection from %s: %s", comm.peer_address, exc)
             comm.abort()
             return
-        await self.handler(comm)
+        try:
+            await self.handler(comm)
+        finally:
+            comm.abort()
 
     def stop(self) -> None:
         if self.server is not None:

@@ -8,7 +8,10 @@ A message on the wire is::
     the frames, back to back
 
 The total length comes first so that a reader can refuse an oversized
-message before allocating anything for it.
+message before allocating anything for it.  A declared length is only a
+claim: readers commit memory as the bytes arrive (see ``comm/_tcp.py``), so
+the limit bounds what one honest message may carry, not what a lying header
+costs.
 """
 
 from __future__ import annotations
@@ -16,11 +19,17 @@ from __future__ import annotations
 import struct
 from collections.abc import Sequence
 
-__all__ = ["MAX_MESSAGE_BYTES", "FramingError", "pack_frames_prelude", "unpack_frame_lengths"]
+__all__ = ["HANDSHAKE_MAX_BYTES", "MAX_MESSAGE_BYTES", "FramingError", "pack_frames_prelude", "unpack_frame_lengths"]
 
-#: Largest message a peer may send; anything larger closes the connection.
-MAX_MESSAGE_BYTES = 4 * 1024**3
-MAX_FRAMES = 1_000_000
+#: Largest message a peer may send by default; anything larger closes the
+#: connection.  Configurable per process (``--max-message-size``, or the
+#: ``SHOAL_MAX_MESSAGE_BYTES`` environment variable; see ``comm.CommLimits``).
+MAX_MESSAGE_BYTES = 512 * 1024**2
+#: Largest message a peer may send before the handshake: a handshake is tiny.
+HANDSHAKE_MAX_BYTES = 64 * 1024
+#: Most frames one message may hold.  Out-of-band buffers are at least 64 KiB,
+#: so an honest message of MAX_MESSAGE_BYTES holds a few thousand.
+MAX_FRAMES = 100_000
 
 _TOTAL = struct.Struct("<Q")
 _COUNT = struct.Struct("<I")
@@ -51,7 +60,9 @@ def unpack_frame_lengths(body: memoryview) -> tuple[list[int], int]:
     """Frame lengths and the offset where frame data starts within ``body``."""
     (count,) = _COUNT.unpack_from(body, 0)
     end = _COUNT.size + 8 * count
-    if count > MAX_FRAMES or end > len(body):
+    if count > MAX_FRAMES:
+        raise FramingError(f"message announces {count} frames, more than the {MAX_FRAMES} allowed")
+    if end > len(body):
         raise FramingError(f"message announces {count} frames, more than it holds")
     lengths = list(struct.unpack_from(f"<{count}Q", body, _COUNT.size))
     if end + sum(lengths) != len(body):

@@ -2,7 +2,8 @@
 
 The Kubernetes operator and external tools use only this API (documented in
 docs/http-api.md).  Bad requests get a 4xx status with ``{"error": ...}``,
-unknown paths included.  ``/metrics`` is Prometheus exposition built at
+unknown paths included; bodies over the limit get 413 before they are read
+(:mod:`shoal.comm._http`).  ``/metrics`` is Prometheus exposition built at
 scrape time (:mod:`._metrics`); ``/`` is the live dashboard, a static page
 that polls ``/api/v1/dashboard`` (:mod:`._dashboard`).
 """
@@ -19,6 +20,7 @@ from tornado.httpserver import HTTPServer
 from tornado.netutil import bind_sockets
 from tornado.web import Application, HTTPError, RequestHandler, StaticFileHandler
 
+from ..comm._http import LimitedBodyHandler, http_server, max_body_bytes
 from . import _dashboard
 from ._adaptive import adaptive_target
 from ._metrics import SchedulerMonitor
@@ -38,7 +40,7 @@ def log_request(handler: RequestHandler) -> None:
                request.remote_ip, 1000 * request.request_time())
 
 
-class _Base(RequestHandler):
+class _Base(LimitedBodyHandler):
     def initialize(self, scheduler: Scheduler, monitor: SchedulerMonitor) -> None:
         self.scheduler = scheduler
         self.monitor = monitor
@@ -52,17 +54,6 @@ class _Base(RequestHandler):
         exc = kwargs.get("exc_info", (None, None))[1]
         message = getattr(exc, "log_message", None) or self._reason
         self.write_json({"error": message}, status_code)
-
-    def json_body(self) -> dict[str, Any]:
-        if not self.request.body:
-            return {}
-        try:
-            body = json.loads(self.request.body)
-        except ValueError as exc:
-            raise HTTPError(400, f"the body is not JSON: {exc}") from exc
-        if not isinstance(body, dict):
-            raise HTTPError(400, "the body must be a JSON object")
-        return body
 
 
 class Health(_Base):
@@ -97,7 +88,7 @@ class Idle(_Base):
 
 class RetireWorkers(_Base):
     async def post(self) -> None:
-        body = self.json_body()
+        body = await self.json_body()
         workers, n = body.get("workers"), body.get("n")
         if workers is None and n is None:
             raise HTTPError(400, 'give "n" (a count) or "workers" (addresses or names)')
@@ -176,7 +167,8 @@ def routes(scheduler: Scheduler,
     ]
 
 
-async def start_http(scheduler: Scheduler, host: str, port: int) -> tuple[HTTPServer, str]:
+async def start_http(scheduler: Scheduler, host: str, port: int,
+                     body_limit: int | None = None) -> tuple[HTTPServer, str]:
     monitor = SchedulerMonitor(scheduler)
     monitor.start()
     app = Application(
@@ -184,8 +176,9 @@ async def start_http(scheduler: Scheduler, host: str, port: int) -> tuple[HTTPSe
         default_handler_class=NotFound,
         default_handler_args={"scheduler": scheduler, "monitor": monitor},
         log_function=log_request,
+        max_body_bytes=max_body_bytes(body_limit),
     )
-    server = HTTPServer(app)
+    server = http_server(app)
     sockets = bind_sockets(port, address=host)
     server.add_sockets(sockets)
     bound = sockets[0].getsockname()[1]

@@ -6,6 +6,12 @@ returns are routed to the right stream.  Request/response operations
 (``who_has``, ``scheduler_info``, ``retire_workers``, ...) are answered on
 ordinary connections.  A worker that stops heart-beating for ``worker_ttl``
 seconds is removed as if its connection had dropped.
+
+Every message is checked against its op's shape (``protocol._ops``) where it
+enters, before it becomes an event: a bad one is refused with an error
+naming the field and affects only its sender (a task whose report is
+refused errs; a graph that is refused fails its own futures), and a peer
+that keeps sending them is disconnected.
 """
 
 from __future__ import annotations
@@ -19,10 +25,21 @@ from typing import Any
 
 from .._logbuffer import get_logs
 from .._logbuffer import install as install_log_buffer
-from ..comm import BatchedSend, CommClosedError, ConnectionPool, RemoteError, RPCServer
+from ..comm import (
+    BatchedSend,
+    CommClosedError,
+    CommLimits,
+    ConnectionPool,
+    RemoteError,
+    RPCServer,
+    Strikes,
+    spawn,
+)
 from ..comm._core import Comm
 from ..protocol import Serialized, ToPickle, deserialize
 from ..protocol._call import call_injecting
+from ..protocol._ops import FROM_CLIENT, FROM_WORKER, SCHEDULER_OPEN, SCHEDULER_RPC, check_message
+from ..protocol._schema import InvalidMessage
 from ._adaptive import adaptive_target
 from ._coordination import Coordination
 from ._dashboard import recent_stream
@@ -72,8 +89,11 @@ class Scheduler:
         worker_ttl: float = DEFAULT_WORKER_TTL,
         allowed_failures: int | None = None,
         listen_address: str | None = None,
+        limits: CommLimits | None = None,
+        http_max_body_bytes: int | None = None,
     ) -> None:
         self.listen_address = listen_address or f"tcp://{host}:{port}"
+        self.http_max_body_bytes = http_max_body_bytes
         self.host = host
         self.http_port = http_port
         self.worker_ttl = worker_ttl
@@ -107,6 +127,8 @@ class Scheduler:
                 "ping": lambda: "pong",
             },
             {"register-worker": self.add_worker, "register-client": self.add_client},
+            schemas={**SCHEDULER_RPC, **SCHEDULER_OPEN},
+            limits=limits,
         )
         self.pool = ConnectionPool()
         self.worker_streams: dict[str, BatchedSend] = {}
@@ -128,17 +150,15 @@ class Scheduler:
         if self.http_port is not None:
             from ._http import start_http
 
-            self._http, self.http_address = await start_http(self, self.host, self.http_port)
+            self._http, self.http_address = await start_http(self, self.host, self.http_port,
+                                                             self.http_max_body_bytes)
         self.status = "running"
         self._spawn(self._check_heartbeats())
         logger.info("scheduler at %s", self.address)
         return self
 
     def _spawn(self, coro: Any) -> asyncio.Task:
-        task = asyncio.get_running_loop().create_task(coro)
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
-        return task
+        return spawn(coro, f"scheduler: {getattr(coro, '__name__', coro)}", self._tasks)
 
     def stimulus(self, what: str) -> str:
         return f"{what}-{next(self._ids)}"
@@ -167,7 +187,13 @@ class Scheduler:
     # ------------------------------------------------------------ routing
 
     def handle(self, *events: Event) -> None:
-        for inst in self.state.handle(*events):
+        try:
+            instructions = self.state.handle(*events)
+        except Exception:  # a bug in one event must not stop the others
+            logger.exception("the state machine failed on %s",
+                             ", ".join(type(ev).__name__ for ev in events[:5]))
+            return
+        for inst in instructions:
             if type(inst) is ToWorker:
                 stream = self.worker_streams.get(inst.worker)
             elif type(inst) is ToClient:
@@ -195,11 +221,11 @@ class Scheduler:
         await comm.write({"status": "ok"})
         self.worker_streams[address] = BatchedSend(comm)
         self.worker_info[address] = {"http_address": http_address, **extra}
-        self.handle(AddWorker(self.stimulus("add-worker"), address, name, nthreads,
-                              memory_limit, resources or {}, http_address))
-        logger.info("worker %s (%s) joined with %d threads", name, address, nthreads)
         reason = "connection lost"
         try:
+            self.handle(AddWorker(self.stimulus("add-worker"), address, name, nthreads,
+                                  memory_limit, resources or {}, http_address))
+            logger.info("worker %s (%s) joined with %d threads", name, address, nthreads)
             await self._read_worker(comm, address)
             reason = "closed"
         except CommClosedError:
@@ -211,6 +237,7 @@ class Scheduler:
 
     async def _read_worker(self, comm: Comm, address: str) -> None:
         state = self.state
+        strikes = Strikes(f"worker {address}")
         while True:
             batch = await comm.read()
             ws = state.workers.get(address)
@@ -218,27 +245,48 @@ class Scheduler:
                 return
             ws.last_seen = time.time()
             events: list[Event] = []
-            for msg in batch if isinstance(batch, list) else [batch]:
-                if msg.get("op") == "goodbye":
+            for msg in batch if type(batch) is list else [batch]:
+                try:
+                    op, fields = check_message(FROM_WORKER, msg)
+                except InvalidMessage as exc:
+                    events.extend(self._refused_report(address, msg, exc))
+                    if strikes.refuse(exc):
+                        self.handle(*events)
+                        raise CommClosedError(f"too many bad messages from {address}") from exc
+                    continue
+                if op == "goodbye":
                     if events:
                         self.handle(*events)
                     return
-                ev = self._worker_event(address, msg)
+                try:
+                    ev = self._worker_event(address, op, fields)
+                except Exception:  # a bug reading one message: log it, read the next
+                    logger.exception("reading %r from worker %s failed", op, address)
+                    continue
                 if ev is not None:
                     events.append(ev)
             if events:
                 self.handle(*events)
                 self.retirement.poke()
 
-    def _worker_event(self, address: str, msg: dict[str, Any]) -> Event | None:
-        op = msg.get("op")
+    def _refused_report(self, address: str, msg: Any, exc: InvalidMessage) -> list[Event]:
+        """A refused report of a task fails that task (only if this worker runs it)."""
+        if not isinstance(msg, dict) or msg.get("op") not in ("task-finished", "task-erred"):
+            return []
+        key = msg.get("key")
+        if type(key) is not str:
+            return []
+        text = f"worker {address} sent an invalid report of this task: {exc}"
+        return [TaskErred(self.stimulus("invalid-report"), address, key, None, "", text)]
+
+    def _worker_event(self, address: str, op: str, msg: dict[str, Any]) -> Event | None:
         if op == "task-finished":
             self._record_task(address, msg)
             return TaskFinished("task-finished", address, msg["key"], msg["nbytes"],
-                                msg.get("start", 0.0), msg.get("stop", 0.0), msg.get("value"))
+                                msg.get("start") or 0.0, msg.get("stop") or 0.0, msg.get("value"))
         if op == "task-erred":
             return TaskErred("task-erred", address, msg["key"], msg.get("exception"),
-                             msg.get("traceback", ""), msg.get("exception_text", ""))
+                             msg.get("traceback") or "", msg.get("exception_text") or "")
         if op == "missing-data":
             return MissingData("missing-data", address, msg["key"], msg["errant_worker"])
         if op == "add-keys":
@@ -255,15 +303,14 @@ class Scheduler:
         if op == "heartbeat":
             ws = self.state.workers.get(address)
             if ws is not None:
-                ws.metrics = msg.get("metrics", {})
+                ws.metrics = msg.get("metrics") or {}
             return None
-        logger.warning("unknown message from worker %s: %r", address, op)
         return None
 
     def _record_task(self, address: str, msg: dict[str, Any]) -> None:
         if msg.get("stop"):
             self.task_stream.append({"key": msg["key"], "worker": address,
-                                     "start": msg["start"], "stop": msg["stop"]})
+                                     "start": msg.get("start") or 0.0, "stop": msg["stop"]})
             if len(self.task_stream) > 10_000:
                 del self.task_stream[:5_000]
 
@@ -295,8 +342,8 @@ class Scheduler:
             return
         await comm.write({"status": "ok", "address": self.address})
         self.client_streams[client] = BatchedSend(comm)
-        self.handle(AddClient(self.stimulus("add-client"), client))
         try:
+            self.handle(AddClient(self.stimulus("add-client"), client))
             await self._read_client(comm, client)
         except CommClosedError:
             pass
@@ -309,34 +356,43 @@ class Scheduler:
         self.holds.client_gone(client)
 
     async def _read_client(self, comm: Comm, client: str) -> None:
+        strikes = Strikes(f"client {client}")
         while True:
             batch = await comm.read()
-            for msg in batch if isinstance(batch, list) else [batch]:
-                op = msg.get("op")
+            for msg in batch if type(batch) is list else [batch]:
+                try:
+                    op, fields = check_message(FROM_CLIENT, msg)
+                except InvalidMessage as exc:
+                    self._refuse(client, msg, exc)
+                    if strikes.refuse(exc):
+                        return
+                    continue
                 if op == "close-client":
                     return
                 if op == "publish-dataset":
-                    self.datasets.publish(client, msg.get("name"), msg.get("data"),
-                                          msg.get("keys"), bool(msg.get("override")),
-                                          msg.get("request"))
+                    self.datasets.publish(client, fields.get("name"), fields.get("data"),
+                                          fields.get("keys"), bool(fields.get("override")),
+                                          fields.get("request"))
                     continue
                 if op in ("variable-set", "queue-put"):
-                    self.shared.store(client, msg)
+                    self.shared.store(client, fields)
                     continue
                 if op == "release-hold":
-                    self.holds.release_for(client, msg.get("hold"))
+                    self.holds.release_for(client, fields.get("hold"))
                     continue
-                ev = self._client_event(client, op, msg)
-                if ev is None:
-                    self._reply_bad(client, op)
-                else:
+                try:
+                    ev = self._client_event(client, op, fields)
+                except Exception:  # a bug reading one message: log it, read the next
+                    logger.exception("reading %r from client %s failed", op, client)
+                    continue
+                if ev is not None:
                     self.handle(ev)
 
-    def _client_event(self, client: str, op: Any, msg: dict[str, Any]) -> Event | None:
-        stim = self.stimulus(str(op))
+    def _client_event(self, client: str, op: str, msg: dict[str, Any]) -> Event | None:
+        stim = self.stimulus(op)
         if op == "update-graph":
             tasks = [_task_spec(t) for t in msg["tasks"]]
-            return UpdateGraph(stim, client, tasks, msg.get("functions", {}), msg["wanted"])
+            return UpdateGraph(stim, client, tasks, msg.get("functions") or {}, msg["wanted"])
         if op == "client-releases-keys":
             return ClientReleasesKeys(stim, client, msg["keys"])
         if op == "client-wants-keys":
@@ -365,10 +421,23 @@ class Scheduler:
             except CommClosedError:
                 pass
 
-    def _reply_bad(self, client: str, op: Any) -> None:
+    def _refuse(self, client: str, msg: Any, exc: InvalidMessage) -> None:
+        """Tell the client what was wrong; a refused graph fails its own futures."""
         stream = self.client_streams.get(client)
-        if stream is not None:
-            stream.send({"op": "error", "message": f"unknown operation {op!r}"})
+        if stream is None:
+            return
+        op = msg.get("op") if isinstance(msg, dict) else None
+        text = f"refused {op!r}: {exc}" if isinstance(op, str) else f"refused: {exc}"
+        if op == "update-graph":
+            self._keep_functions(client, msg)
+        try:
+            stream.send({"op": "error", "message": text, "field": exc.field})
+            if op == "update-graph":
+                for key in _graph_keys(msg):
+                    stream.send({"op": "task-erred", "key": key, "exception": None,
+                                 "traceback": "", "exception_text": text})
+        except CommClosedError:
+            pass
 
     # ------------------------------------------------------------ requests
 
@@ -405,6 +474,8 @@ class Scheduler:
         targets = workers if workers is not None else list(self.state.workers)
 
         async def one(address: str) -> Any:
+            if address not in self.state.workers:  # never relay to an arbitrary address
+                return {"status": "error", "message": f"{address!r} is not a worker here"}
             try:
                 return await self.pool.request(address, worker_op, **kwargs)
             except (CommClosedError, OSError, RemoteError) as exc:  # its entry in the answer
@@ -441,9 +512,33 @@ class Scheduler:
         return {"status": "ok", "workers": adaptive_target(self.state)}
 
 
+    def _keep_functions(self, client: str, msg: dict[str, Any]) -> None:
+        """The client now takes a refused graph's functions as sent: keep them, if valid."""
+        functions = msg.get("functions")
+        try:
+            FROM_CLIENT["update-graph"].fields["functions"].check(functions, "functions")
+        except InvalidMessage:
+            return
+        if functions:
+            self.handle(UpdateGraph(self.stimulus("refused-graph"), client, [], functions, []))
+
+
+def _graph_keys(msg: dict[str, Any]) -> list[str]:
+    """The keys a (refused) graph message names, as far as they are strings."""
+    keys: dict[str, None] = {}
+    tasks, wanted = msg.get("tasks"), msg.get("wanted")
+    for task in tasks if type(tasks) is list else []:
+        if type(task) is dict and type(task.get("key")) is str:
+            keys[task["key"]] = None
+    for key in wanted if type(wanted) is list else []:
+        if type(key) is str:
+            keys[key] = None
+    return list(keys)
+
+
 def _task_spec(t: dict[str, Any]) -> TaskSpec:
     return TaskSpec(
-        t["key"], t.get("func"), t.get("args"), t.get("deps") or [], t.get("priority", 0),
-        t.get("workers"), t.get("allow_other_workers", False), t.get("resources"),
-        t.get("retries", 0),
+        t["key"], t.get("func"), t.get("args"), t.get("deps") or [], t.get("priority") or 0,
+        t.get("workers"), t.get("allow_other_workers") or False, t.get("resources"),
+        t.get("retries") or 0,
     )

@@ -20,6 +20,7 @@ from tornado.netutil import bind_sockets
 from tornado.web import Application, HTTPError, RequestHandler
 
 from ..comm import split_host_port
+from ..comm._http import LimitedBodyHandler, http_server, max_body_bytes
 from ._metrics import WorkerMetrics
 
 if TYPE_CHECKING:
@@ -36,7 +37,7 @@ def log_request(handler: RequestHandler) -> None:
     logger.log(level, "%d %s %s", status, handler.request.method, handler.request.uri)
 
 
-class _Base(RequestHandler):
+class _Base(LimitedBodyHandler):
     def initialize(self, worker: Worker, metrics: WorkerMetrics) -> None:
         self.worker = worker
         self.metrics = metrics
@@ -76,15 +77,17 @@ def _shown_host(host: str) -> str:
         return "127.0.0.1"
 
 
-async def start_http(worker: Worker, port: int) -> tuple[HTTPServer, str]:
+async def start_http(worker: Worker, port: int,
+                     body_limit: int | None = None) -> tuple[HTTPServer, str]:
     """Serve the worker's HTTP endpoints on the interface its comm listens on."""
     args = {"worker": worker, "metrics": WorkerMetrics(worker)}
     app = Application(
         [(r"/health", Health, args), (r"/metrics", Metrics, args)],
         default_handler_class=NotFound, default_handler_args=args, log_function=log_request,
+        max_body_bytes=max_body_bytes(body_limit),
     )
     host, _ = split_host_port(worker.address or worker.listen_address)
-    server = HTTPServer(app)
+    server = http_server(app)
     sockets = bind_sockets(port, address=None if host in ALL_INTERFACES else host)
     server.add_sockets(sockets)
     bound = sockets[0].getsockname()[1]

@@ -9,6 +9,10 @@ When the scheduler goes away the worker drops everything it holds (the
 scheduler has already rescheduled it) and tries to reconnect until
 ``death_timeout`` passes, then exits: under a nanny or Kubernetes it is
 simply started again.
+
+Messages are checked against their op's shape (``protocol._ops``) where they
+enter: requests by the RPC server, the scheduler's stream here.  An error
+handling one message is logged and the next one is served.
 """
 
 from __future__ import annotations
@@ -25,10 +29,21 @@ import psutil
 
 from .._logbuffer import get_logs
 from .._logbuffer import install as install_log_buffer
-from ..comm import BatchedSend, CommClosedError, ConnectionPool, RPCServer, connect
+from ..comm import (
+    BatchedSend,
+    CommClosedError,
+    CommLimits,
+    ConnectionPool,
+    RPCServer,
+    Strikes,
+    connect,
+    spawn,
+)
 from ..comm._core import Comm
 from ..protocol import SerializationError, Serialized, ToPickle, deserialize, serialize
 from ..protocol._call import call_injecting
+from ..protocol._ops import FROM_SCHEDULER, MAX_NTHREADS, WORKER_RPC, check_message
+from ..protocol._schema import InvalidMessage
 from ._allocator import tune_allocator
 from ._context import run_in_context, task_worker, wake_rejoins
 from ._execute import Executor, Outcome
@@ -95,8 +110,15 @@ class Worker:
         local_directory: str | None = None,
         listen_address: str | None = None,
         http_port: int | None = None,
+        limits: CommLimits | None = None,
+        http_max_body_bytes: int | None = None,
     ) -> None:
+        if type(nthreads) is not int or not 1 <= nthreads <= MAX_NTHREADS:
+            raise ValueError(f"nthreads must be an integer from 1 to {MAX_NTHREADS}, "
+                             f"got {nthreads!r}")
         self.http_port = http_port
+        self.http_max_body_bytes = http_max_body_bytes
+        self.limits = limits
         self.http_address: str | None = None
         self._http: Any = None
         self.scheduler_address = scheduler_address
@@ -121,6 +143,8 @@ class Worker:
                 "get_logs": get_logs,
             },
             {},
+            schemas=WORKER_RPC,
+            limits=limits,
         )
         self.pool = ConnectionPool()
         self.functions: dict[str, Any] = {}
@@ -136,6 +160,8 @@ class Worker:
         self.memory: MemoryMonitor
         self._process = psutil.Process()
         self.bytes_fetched = 0
+        #: Inputs fetched from peers that cannot be unpickled here, with the reason.
+        self._undecodable: dict[str, str] = {}
         self._tasks: set[asyncio.Task] = set()
         self._stopped = asyncio.Event()
 
@@ -158,7 +184,8 @@ class Worker:
         if self.http_port is not None:  # health and metrics (worker/_http.py)
             from ._http import start_http
 
-            self._http, self.http_address = await start_http(self, self.http_port)
+            self._http, self.http_address = await start_http(self, self.http_port,
+                                                             self.http_max_body_bytes)
         await self._connect_scheduler()
         self.status = "running"
         _current_worker.append(self)
@@ -178,7 +205,7 @@ class Worker:
         delay = 0.05
         while True:
             try:
-                comm = await connect(self.scheduler_address, timeout=5)
+                comm = await connect(self.scheduler_address, timeout=5, limits=self.limits)
                 await comm.write(self._registration())
                 answer = await comm.read()
                 break
@@ -219,17 +246,24 @@ class Worker:
             "steal-request": self._steal_request,
             "close": self._close_request,
             "restart": self._restart_request,
+            "error": self._error_from_scheduler,
         }
+        strikes = Strikes(f"the scheduler at {self.scheduler_address}")
         try:
             while True:
                 batch = await comm.read()
-                for msg in batch if isinstance(batch, list) else [batch]:
-                    op = msg.pop("op", None)
-                    handler = handlers.get(op)
-                    if handler is None:
-                        logger.warning("unknown message from the scheduler: %r", op)
+                for msg in batch if type(batch) is list else [batch]:
+                    try:
+                        op, fields = check_message(FROM_SCHEDULER, msg)
+                    except InvalidMessage as exc:
+                        if strikes.refuse(exc):
+                            comm.abort()
+                            raise CommClosedError("too many bad messages") from exc
                         continue
-                    handler(**msg)
+                    try:
+                        handlers[op](**fields)
+                    except Exception:  # one message's failure stops no other
+                        logger.exception("handling %r from the scheduler failed", op)
         except CommClosedError:
             pass
         if self.status == "running":
@@ -247,11 +281,10 @@ class Worker:
         self.state = WorkerState(self.address, self.nthreads, self.resources)
         self.functions.clear()
         wake_rejoins(self)  # their tasks are forgotten: nothing will grant a slot
+        self._undecodable.clear()
 
     def _spawn(self, coro: Any) -> None:
-        task = asyncio.get_running_loop().create_task(coro)
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+        spawn(coro, f"worker: {getattr(coro, '__name__', coro)}", self._tasks)
 
     async def close(self, timeout: float = 5.0) -> None:
         if self.status in ("closing", "closed"):
@@ -297,6 +330,8 @@ class Worker:
             os._exit(EXIT_RESTART)  # non-zero: the nanny restarts it
 
         self._spawn(restart())
+    def _error_from_scheduler(self, message: str, **_: Any) -> None:
+        logger.error("the scheduler refused a message of worker %s: %s", self.name, message)
 
     # ------------------------------------------------------------ messages in
 
@@ -316,20 +351,21 @@ class Worker:
             try:
                 self.functions[func] = deserialize(function)
             except SerializationError as exc:
-                self._send(
-                    {
-                        "op": "task-erred",
-                        "key": key,
-                        "exception": serialize(exc),
-                        "traceback": "",
-                        "exception_text": str(exc),
-                    }
-                )
+                self._refuse_task(key, exc)
                 return
+        unknown = sorted(set(resources or {}) - set(self.resources))
+        if unknown:
+            self._refuse_task(key, ValueError(f"worker {self.name} has no resource {unknown}"))
+            return
         self._handle(
             ComputeTask(key, func, args, tuple(priority), who_has or {}, nbytes or {}, resources,
                         report)
         )
+
+    def _refuse_task(self, key: str, exc: Exception) -> None:
+        """A task this worker cannot even start: it errs at once."""
+        self._send({"op": "task-erred", "key": key, "exception": serialize(exc),
+                    "traceback": "", "exception_text": str(exc)})
 
     def _free_keys(self, keys: list[str]) -> None:
         self._handle(FreeKeys(keys))
@@ -356,6 +392,7 @@ class Worker:
                 self._spawn(self._gather(inst))
             elif kind is Forget:
                 self.data.discard(inst.key)
+                self._undecodable.pop(inst.key, None)
             elif kind is Rejoined:
                 wake_rejoins(self, [inst.key])
         if runs:
@@ -372,19 +409,22 @@ class Worker:
         """What an executor thread will call to run task ``key``."""
         ts = self.state.tasks[key]
         func = self.functions.get(ts.func)  # type: ignore[arg-type]
-        inputs = {dep.key: self.data[dep.key] for dep in ts.dependencies}
         args = ts.args
         if func is None:
-            self._handle(
-                ExecuteFailure(
-                    key,
-                    serialize(RuntimeError("function missing")),
-                    "",
-                    "the worker never received this task's function",
-                )
-            )
+            self._cannot_run(key, RuntimeError("function missing"),
+                             "the worker never received this task's function")
             return None
+        bad = next((d.key for d in ts.dependencies if d.key in self._undecodable), None)
+        if bad is not None:
+            reason = self._undecodable[bad]
+            self._cannot_run(key, SerializationError(reason),
+                             f"input {bad!r} of {key!r} cannot be used here: {reason}")
+            return None
+        inputs = {dep.key: self.data[dep.key] for dep in ts.dependencies}
         return lambda: run_in_context(self, key, func, args, inputs)
+
+    def _cannot_run(self, key: str, exc: Exception, text: str) -> None:
+        self._handle(ExecuteFailure(key, serialize(exc), "", text))
 
     def _executed(self, outcomes: list[Outcome]) -> None:
         events: list[Any] = []
@@ -418,27 +458,40 @@ class Worker:
         return ser.compact()
 
     async def _gather(self, inst: Gather) -> None:
+        """Fetch inputs from a peer; whatever happens, the state machine hears how it went."""
         received: dict[str, int] = {}
-        missing: list[str] = []
         gone = False
         try:
             answer = await self.pool.request(inst.worker, "get_data", keys=inst.keys)
-        except (CommClosedError, OSError) as exc:
-            logger.info("fetching %d keys from %s failed: %s", len(inst.keys), inst.worker, exc)
-            missing, gone = list(inst.keys), True
-        else:
+            data = answer.get("data") if type(answer) is dict else None
+            if type(data) is not dict:
+                raise InvalidMessage("data", f"{inst.worker} answered get_data with "
+                                     f"{str(answer)[:80]!r}")
             for key in inst.keys:
-                ser = answer["data"].get(key)
+                ser = data.get(key)
                 ts = self.state.tasks.get(key)
-                if ser is None:
-                    missing.append(key)
-                elif ts is not None and ts.state == "flight":
-                    value = deserialize(ser)
-                    nbytes = sizeof(value)
-                    self.data.set_with_size(key, value, nbytes)
-                    self.bytes_fetched += ser.nbytes
-                    received[key] = nbytes
-        self._handle(GatherDone(inst.worker, received, missing, gone))
+                if isinstance(ser, (Serialized, bytes)) and ts is not None and ts.state == "flight":
+                    received[key] = self._store_fetched(key, ser, inst.worker)
+        except (CommClosedError, OSError, ValueError) as exc:
+            # ValueError: a bad answer (InvalidMessage), or an address that is not one
+            logger.info("fetching %d keys from %s failed: %s", len(inst.keys), inst.worker, exc)
+            gone = not isinstance(exc, InvalidMessage)
+        finally:
+            missing = [k for k in inst.keys if k not in received]
+            self._handle(GatherDone(inst.worker, received, missing, gone))
+
+    def _store_fetched(self, key: str, ser: Serialized | bytes, peer: str) -> int:
+        """Keep a fetched input; one that cannot be unpickled here fails its dependents."""
+        try:
+            value = deserialize(ser)
+        except SerializationError as exc:
+            logger.warning("input %r fetched from %s cannot be unpickled: %s", key, peer, exc)
+            self._undecodable[key] = f"fetched from {peer}, {exc}"
+            return len(ser) if isinstance(ser, bytes) else ser.nbytes
+        nbytes = sizeof(value)
+        self.data.set_with_size(key, value, nbytes)
+        self.bytes_fetched += len(ser) if isinstance(ser, bytes) else ser.nbytes
+        return nbytes
 
     # ------------------------------------------------------------ served ops
 
@@ -458,9 +511,10 @@ class Worker:
         return {"status": "ok", "data": data, "errors": errors}
 
     def update_data(self, data: dict[str, Serialized]) -> dict[str, Any]:
+        """Keep scattered values: all of them, or (if one cannot be unpickled) none."""
+        values = {key: deserialize(ser) for key, ser in data.items()}
         nbytes = {}
-        for key, ser in data.items():
-            value = deserialize(ser)
+        for key, value in values.items():
             nbytes[key] = sizeof(value)
             self.data.set_with_size(key, value, nbytes[key])
             self.state.adopt(key, nbytes[key])

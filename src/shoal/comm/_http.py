@@ -1,0 +1,107 @@
+"""Limits shared by the scheduler's and the workers' HTTP servers.
+
+Bodies are streamed in (tornado's ``stream_request_body``) and refused with
+413 as soon as they pass ``max_body_bytes``: a declared Content-Length over
+the limit is refused before a byte of the body is read, so a large body
+neither fills memory nor blocks the event loop while it is parsed.  JSON too
+deeply nested for the parser is a 400, like any other bad JSON.  Idle
+connections and slow bodies time out.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+from typing import Any
+
+from tornado.httpserver import HTTPServer
+from tornado.web import Application, HTTPError, RequestHandler, stream_request_body
+
+__all__ = ["DEFAULT_MAX_BODY_BYTES", "LimitedBodyHandler", "http_server", "max_body_bytes"]
+
+#: Largest request body accepted by default (the JSON API's bodies are tiny).
+#: ``SHOAL_HTTP_MAX_BODY_BYTES`` or ``--http-max-body`` change it.
+DEFAULT_MAX_BODY_BYTES = 1024 * 1024
+#: Bodies larger than this are parsed off the event loop.
+PARSE_ON_THREAD_BYTES = 256 * 1024
+#: A chunked body (no declared length) this many times the limit is cut off
+#: by closing the connection; up to there it is discarded and answered 413.
+CHUNKED_SLACK = 8
+#: A connection with no request for this long is closed.
+HTTP_IDLE_TIMEOUT = 60.0
+#: A request body that takes longer than this to arrive is abandoned.
+HTTP_BODY_TIMEOUT = 30.0
+
+
+def max_body_bytes(configured: int | None = None) -> int:
+    """The limit to use: the one given, else the environment's, else the default."""
+    if configured is not None:
+        return configured
+    text = os.environ.get("SHOAL_HTTP_MAX_BODY_BYTES")
+    return int(text) if text else DEFAULT_MAX_BODY_BYTES
+
+
+@stream_request_body
+class LimitedBodyHandler(RequestHandler):
+    """A handler whose body arrives in chunks and is refused past the limit
+    (the application's ``max_body_bytes`` setting)."""
+
+    @property
+    def max_body_bytes(self) -> int:
+        return int(self.settings.get("max_body_bytes", DEFAULT_MAX_BODY_BYTES))
+
+    def prepare(self) -> None:
+        self._chunks: list[bytes] = []
+        self._received = 0
+        declared = self.request.headers.get("Content-Length")
+        if declared is not None:
+            if not declared.isdigit():
+                raise HTTPError(400, f"Content-Length {declared[:40]!r} is not a number")
+            if int(declared) > self.max_body_bytes:
+                raise HTTPError(413, f"a body of {declared} bytes exceeds the limit of "
+                                f"{self.max_body_bytes} bytes")
+
+    def data_received(self, chunk: bytes) -> None:
+        self._received += len(chunk)
+        if self._received <= self.max_body_bytes:
+            self._chunks.append(chunk)
+        else:
+            self._chunks.clear()  # a chunked body past the limit: refused once complete
+
+    def body(self) -> bytes:
+        if self._received > self.max_body_bytes:
+            raise HTTPError(413, f"the body exceeds the limit of {self.max_body_bytes} bytes")
+        return b"".join(self._chunks)
+
+    async def json_body(self) -> dict[str, Any]:
+        """The body as a JSON object (``{}`` when empty); 400 or 413 when it is not one.
+
+        A large body is parsed on a thread, so the event loop keeps serving.
+        """
+        raw = self.body()
+        if not raw:
+            return {}
+        try:
+            if len(raw) > PARSE_ON_THREAD_BYTES:
+                body = await asyncio.get_running_loop().run_in_executor(None, json.loads, raw)
+            else:
+                body = json.loads(raw)
+        except RecursionError:
+            raise HTTPError(400, "the body is not JSON: nested too deeply") from None
+        except ValueError as exc:
+            raise HTTPError(400, f"the body is not JSON: {exc}") from exc
+        if not isinstance(body, dict):
+            raise HTTPError(400, "the body must be a JSON object")
+        return body
+
+
+def http_server(app: Application) -> HTTPServer:
+    """An HTTPServer for ``app`` with the timeouts above and its ``max_body_bytes``."""
+    limit = int(app.settings.get("max_body_bytes", DEFAULT_MAX_BODY_BYTES))
+    # Past the limit a body is discarded as it arrives (and answered 413);
+    # tornado itself drops connections whose body is far past it.
+    return HTTPServer(app, idle_connection_timeout=HTTP_IDLE_TIMEOUT,
+                      body_timeout=HTTP_BODY_TIMEOUT,
+                      max_body_size=CHUNKED_SLACK * max(limit, 1024),
+                      max_buffer_size=max(limit, 1024 * 1024))

@@ -1,0 +1,238 @@
+"""Every op a peer may send, and the shape of its message: one catalogue.
+
+The scheduler and the worker check each message against these before
+acting on it (``check_message``); a message that does not fit is refused
+with an error naming the field.  The tables are grouped by who sends what
+to whom, which is also where each is checked:
+
+==================  ======================================================
+``SCHEDULER_RPC``   requests to the scheduler (answered on the same comm)
+``SCHEDULER_OPEN``  the first message of a worker's or client's stream
+``FROM_WORKER``     a worker's stream to the scheduler
+``FROM_CLIENT``     a client's stream to the scheduler
+``WORKER_RPC``      requests to a worker (peers, clients, the scheduler)
+``FROM_SCHEDULER``  the scheduler's stream to a worker
+==================  ======================================================
+
+Limits on sizes are the wire's (``MAX_MESSAGE_BYTES``); here are the types,
+ranges and required fields.  References (does that worker exist?) are the
+state machines' to judge, since only they know.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from ._schema import (
+    AnyOf,
+    Anything,
+    Blob,
+    Bool,
+    Int,
+    InvalidMessage,
+    ListOf,
+    MapOf,
+    Nullable,
+    Num,
+    Record,
+    Str,
+)
+
+__all__ = [
+    "FROM_CLIENT",
+    "FROM_SCHEDULER",
+    "FROM_WORKER",
+    "MAX_NTHREADS",
+    "MAX_RETRIES",
+    "SCHEDULER_OPEN",
+    "SCHEDULER_RPC",
+    "WORKER_RPC",
+    "check_message",
+]
+
+#: Most threads a worker may announce, and most retries a task may ask for.
+MAX_NTHREADS = 100_000
+MAX_RETRIES = 1_000
+
+KEY = Str(max_length=64 * 1024, min_length=1)
+KEYS = ListOf(KEY)
+ADDRESS = Str(max_length=1024, min_length=1)
+ADDRESSES = ListOf(ADDRESS)
+SIZE = Int(lo=0)
+RESOURCES = MapOf(Str(max_length=256, min_length=1), Num(lo=0))
+WHO_HAS = MapOf(KEY, ADDRESSES)
+NBYTES = MapOf(KEY, SIZE)
+SCALAR = Nullable(AnyOf(Num(), Bool(), Str()))
+EMPTY = Record({})
+NAME = Str(max_length=64 * 1024, min_length=1)
+TIMEOUT = Nullable(Num(lo=0))
+COUNT = Nullable(Int(lo=0))
+#: Values pickled with their futures as keys (datasets, variables, queues).
+STORED = {"name": NAME, "data": Blob(), "keys": KEYS, "request": Str(max_length=1024)}
+
+TASK = Record(
+    {
+        "key": KEY,
+        "func": Str(max_length=1024),
+        "args": Blob(),
+        "deps": KEYS,
+        "priority": Int(),
+        "workers": ADDRESSES,
+        "allow_other_workers": Bool(),
+        "resources": RESOURCES,
+        "retries": Int(lo=0, hi=MAX_RETRIES),
+    },
+    optional=("func", "args", "deps", "priority", "workers", "allow_other_workers",
+              "resources", "retries"),
+)
+
+SCHEDULER_RPC: dict[str, Record] = {
+    "who_has": Record({"keys": KEYS}),
+    "scheduler_info": EMPTY,
+    "broadcast": Record({"worker_op": Str(max_length=256, min_length=1),
+                         "workers": Nullable(ADDRESSES)},
+                        optional=("workers",), extra=Anything()),
+    "gather": Record({"keys": KEYS}),
+    "retire_workers": Record({"workers": ADDRESSES, "n": Int(lo=0), "close": Bool()},
+                             optional=("workers", "n", "close")),
+    "adaptive_target": EMPTY,
+    "has_what": EMPTY,
+    "replicate": Record({"keys": KEYS, "n": COUNT, "timeout": TIMEOUT},
+                        optional=("n", "timeout")),
+    "get_logs": Record({"n": COUNT}, optional=("n",)),
+    "get_task_stream": Record({"since": Num(lo=0)}, optional=("since",)),
+    "restart": Record({"timeout": TIMEOUT}, optional=("timeout",)),
+    "run_function": Record({"function": Blob(), "args": Blob(), "kwargs": Blob()},
+                           optional=("args", "kwargs")),
+    "event_set": Record({"name": NAME}),
+    "event_clear": Record({"name": NAME}),
+    "event_wait": Record({"name": NAME, "timeout": TIMEOUT}, optional=("timeout",)),
+    "event_is_set": Record({"name": NAME}),
+    "semaphore_acquire": Record({"name": NAME, "lease": NAME, "max_leases": Int(lo=1),
+                                 "timeout": TIMEOUT}, optional=("max_leases", "timeout")),
+    "semaphore_release": Record({"name": NAME, "lease": NAME}),
+    "semaphore_value": Record({"name": NAME}),
+    "multilock_acquire": Record({"names": ListOf(NAME), "lease": NAME, "num_locks": COUNT,
+                                 "timeout": TIMEOUT}, optional=("num_locks", "timeout")),
+    "multilock_release": Record({"lease": NAME}),
+    "multilock_held": Record({"names": ListOf(NAME)}),
+    "variable_get": Record({"name": NAME, "client": NAME, "timeout": TIMEOUT},
+                           optional=("timeout",)),
+    "variable_delete": Record({"name": NAME}),
+    "queue_get": Record({"name": NAME, "client": NAME, "timeout": TIMEOUT},
+                        optional=("timeout",)),
+    "queue_size": Record({"name": NAME}),
+    "get_dataset": Record({"name": NAME, "client": NAME}),
+    "list_datasets": EMPTY,
+    "unpublish_dataset": Record({"name": NAME}),
+    "ping": EMPTY,
+}
+
+SCHEDULER_OPEN: dict[str, Record] = {
+    "register-worker": Record(
+        {
+            "address": ADDRESS,
+            "name": AnyOf(Str(max_length=1024, min_length=1), Int()),
+            "nthreads": Int(lo=1, hi=MAX_NTHREADS),
+            "memory_limit": SIZE,
+            "resources": RESOURCES,
+            "http_address": Str(max_length=1024),
+            "pid": Int(lo=0),
+            "host": Str(max_length=1024),
+            "keys": NBYTES,
+            "nanny": Bool(),
+        },
+        optional=("resources", "http_address", "pid", "host", "keys", "nanny"),
+    ),
+    "register-client": Record({"client": Str(max_length=1024, min_length=1)}),
+}
+
+FROM_WORKER: dict[str, Record] = {
+    "task-finished": Record(
+        {"key": KEY, "nbytes": SIZE, "start": Num(lo=0), "stop": Num(lo=0), "value": Blob()},
+        optional=("start", "stop", "value"),
+    ),
+    "task-erred": Record(
+        {"key": KEY, "exception": Blob(), "traceback": Str(max_length=1 << 20),
+         "exception_text": Str(max_length=1 << 20)},
+        optional=("exception", "traceback", "exception_text"),
+    ),
+    "missing-data": Record({"key": KEY, "errant_worker": ADDRESS}),
+    "add-keys": Record({"keys": NBYTES}),
+    "steal-response": Record({"key": KEY, "state": Str(max_length=64)}),
+    "heartbeat": Record(
+        {"metrics": Record(
+            {"memory_process": SIZE, "memory_managed": SIZE, "memory_spilled": SIZE,
+             "executing": SIZE, "bytes_served": SIZE, "bytes_fetched": SIZE,
+             "paused": Bool(), "memory_state": Str(max_length=64), "cpu": Num(lo=0)},
+            optional=("memory_process", "memory_managed", "memory_spilled", "executing",
+                      "bytes_served", "bytes_fetched", "paused", "memory_state", "cpu"),
+            extra=SCALAR,
+        )},
+        optional=("metrics",),
+    ),
+    "long-running": Record({"key": KEY}),
+    "task-output": Record({"kind": Str(max_length=64), "text": Str(max_length=1 << 20),
+                           "category": Str(max_length=1024)}, optional=("category",)),
+    "goodbye": EMPTY,
+}
+
+FROM_CLIENT: dict[str, Record] = {
+    "update-graph": Record({"tasks": ListOf(TASK), "functions": MapOf(Str(max_length=1024), Blob()),
+                            "wanted": KEYS}, optional=("functions",)),
+    "client-releases-keys": Record({"keys": KEYS}),
+    "client-wants-keys": Record({"keys": KEYS}),
+    "cancel-keys": Record({"keys": KEYS}),
+    "update-data": Record({"who_has": WHO_HAS, "nbytes": NBYTES}),
+    "fire-and-forget": Record({"keys": KEYS}),
+    "publish-dataset": Record({**STORED, "override": Bool()}, optional=("override",)),
+    "variable-set": Record(STORED),
+    "queue-put": Record(STORED),
+    "release-hold": Record({"hold": AnyOf(Int(), Str(max_length=1024))}),
+    "close-client": EMPTY,
+}
+
+WORKER_RPC: dict[str, Record] = {
+    "get_data": Record({"keys": KEYS}),
+    "update_data": Record({"data": MapOf(KEY, Blob())}),
+    "run": Record({"function": Blob(), "args": Blob(), "kwargs": Blob()},
+                  optional=("args", "kwargs")),
+    "ping": EMPTY,
+    "info": EMPTY,
+    "get_logs": Record({"n": COUNT}, optional=("n",)),
+}
+
+FROM_SCHEDULER: dict[str, Record] = {
+    "compute-task": Record(
+        {"key": KEY, "func": Str(max_length=1024), "args": Blob(), "priority": ListOf(Int()),
+         "function": Blob(), "who_has": WHO_HAS, "nbytes": NBYTES, "resources": RESOURCES,
+         "report": Bool()},
+        optional=("func", "args", "function", "who_has", "nbytes", "resources", "report"),
+    ),
+    "free-keys": Record({"keys": KEYS}),
+    "acquire-replicas": Record({"who_has": WHO_HAS, "nbytes": NBYTES}),
+    "steal-request": Record({"key": KEY}),
+    "close": Record({"reason": Str()}, optional=("reason",)),
+    "restart": EMPTY,
+    "error": Record({"message": Str(max_length=1 << 20)}, extra=Anything()),
+}
+
+
+def check_message(table: Mapping[str, Record], msg: Any) -> tuple[str, dict[str, Any]]:
+    """``(op, fields)`` of a message that fits ``table``; else InvalidMessage.
+
+    ``fields`` is the message without its ``op`` (and without ``reply``, the
+    request flag every RPC accepts).
+    """
+    if type(msg) is not dict:
+        raise InvalidMessage("", f"a message must be a map, got {type(msg).__name__}")
+    op = msg.get("op")
+    if type(op) is not str:
+        raise InvalidMessage("op", f"expected an operation name, got {op!r}"[:120])
+    spec = table.get(op)
+    if spec is None:
+        raise InvalidMessage("op", f"unknown operation {op[:80]!r}")
+    fields = {k: v for k, v in msg.items() if k != "op" and k != "reply"}
+    spec.check(fields, "")
+    return op, fields

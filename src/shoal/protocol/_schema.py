@@ -1,0 +1,295 @@
+"""A small language for the shape of messages, checked where they enter.
+
+A peer can send anything msgpack can carry.  Each op's message is described
+by a :class:`Spec` tree (``Record``, ``ListOf``, ``Int(lo=1)``...) and
+checked before any state machine sees it, so a wrong type or a negative
+size is refused with an :class:`InvalidMessage` naming the field
+(``tasks[3].retries``) instead of failing somewhere deep inside.  The specs
+are plain data so that tests can generate valid and invalid messages from
+them (``tests/fuzz``).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from ._messages import MessageError
+from ._serialize import Serialized
+
+__all__ = [
+    "AnyOf",
+    "Anything",
+    "Blob",
+    "Bool",
+    "Int",
+    "InvalidMessage",
+    "ListOf",
+    "MapOf",
+    "Nullable",
+    "Num",
+    "Record",
+    "Spec",
+    "Str",
+]
+
+
+class InvalidMessage(MessageError):
+    """A message of the right encoding but the wrong shape; ``field`` says where."""
+
+    def __init__(self, field: str, problem: str) -> None:
+        super().__init__(f"{field}: {problem}" if field else problem)
+        self.field = field
+        self.problem = problem
+
+
+def _shown(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def _join(path: str, name: str) -> str:
+    return f"{path}.{name}" if path else name
+
+
+class Spec:
+    """The shape of one value; ``check`` raises InvalidMessage or returns None."""
+
+    __slots__ = ()
+
+    def check(self, value: Any, path: str) -> None:
+        raise NotImplementedError
+
+    def describe(self) -> str:
+        raise NotImplementedError
+
+
+class Anything(Spec):
+    """Any value (relayed as it is, e.g. a broadcast's arguments)."""
+
+    __slots__ = ()
+
+    def check(self, value: Any, path: str) -> None:
+        return None
+
+    def describe(self) -> str:
+        return "anything"
+
+
+class Str(Spec):
+    __slots__ = ("max_length", "min_length")
+
+    def __init__(self, max_length: int = 64 * 1024, min_length: int = 0) -> None:
+        self.max_length = max_length
+        self.min_length = min_length
+
+    def check(self, value: Any, path: str) -> None:
+        if type(value) is not str:
+            raise InvalidMessage(path, f"expected a string, got {_shown(value)}")
+        if not self.min_length <= len(value) <= self.max_length:
+            raise InvalidMessage(path, f"a string of {len(value)} characters is outside "
+                                 f"{self.min_length}..{self.max_length}")
+
+    def describe(self) -> str:
+        return "a string"
+
+
+class Bool(Spec):
+    __slots__ = ()
+
+    def check(self, value: Any, path: str) -> None:
+        if type(value) is not bool:
+            raise InvalidMessage(path, f"expected true or false, got {_shown(value)}")
+
+    def describe(self) -> str:
+        return "a boolean"
+
+
+class Int(Spec):
+    """An integer (never a boolean) within ``lo``..``hi``."""
+
+    __slots__ = ("hi", "lo")
+
+    def __init__(self, lo: int | None = None, hi: int | None = None) -> None:
+        self.lo = lo
+        self.hi = hi
+
+    def check(self, value: Any, path: str) -> None:
+        if type(value) is not int:
+            raise InvalidMessage(path, f"expected {self.describe()}, got {_shown(value)}")
+        if (self.lo is not None and value < self.lo) or (self.hi is not None and value > self.hi):
+            raise InvalidMessage(path, f"expected {self.describe()}, got {value}")
+
+    def describe(self) -> str:
+        if self.lo is not None and self.hi is not None:
+            return f"an integer from {self.lo} to {self.hi}"
+        if self.lo is not None:
+            return f"an integer of at least {self.lo}"
+        return "an integer"
+
+
+class Num(Spec):
+    """A finite number (integer or float, never a boolean) within ``lo``..``hi``."""
+
+    __slots__ = ("hi", "lo")
+
+    def __init__(self, lo: float | None = None, hi: float | None = None) -> None:
+        self.lo = lo
+        self.hi = hi
+
+    def check(self, value: Any, path: str) -> None:
+        kind = type(value)
+        if kind is not float and kind is not int:
+            raise InvalidMessage(path, f"expected {self.describe()}, got {_shown(value)}")
+        if (kind is float and not math.isfinite(value)) or (
+            (self.lo is not None and value < self.lo) or (self.hi is not None and value > self.hi)
+        ):
+            raise InvalidMessage(path, f"expected {self.describe()}, got {value}")
+
+    def describe(self) -> str:
+        if self.lo is not None:
+            return f"a finite number of at least {self.lo:g}"
+        return "a finite number"
+
+
+class Blob(Spec):
+    """Serialized data: out-of-band frames or plain bytes."""
+
+    __slots__ = ()
+
+    def check(self, value: Any, path: str) -> None:
+        if not isinstance(value, (Serialized, bytes, memoryview)):
+            raise InvalidMessage(path, f"expected serialized data, got {_shown(value)}")
+
+    def describe(self) -> str:
+        return "serialized data"
+
+
+class Nullable(Spec):
+    __slots__ = ("spec",)
+
+    def __init__(self, spec: Spec) -> None:
+        self.spec = spec
+
+    def check(self, value: Any, path: str) -> None:
+        if value is not None:
+            self.spec.check(value, path)
+
+    def describe(self) -> str:
+        return f"{self.spec.describe()} or null"
+
+
+class AnyOf(Spec):
+    __slots__ = ("specs",)
+
+    def __init__(self, *specs: Spec) -> None:
+        self.specs = specs
+
+    def check(self, value: Any, path: str) -> None:
+        for spec in self.specs:
+            try:
+                spec.check(value, path)
+                return
+            except InvalidMessage:
+                continue
+        raise InvalidMessage(path, f"expected {self.describe()}, got {_shown(value)}")
+
+    def describe(self) -> str:
+        return " or ".join(s.describe() for s in self.specs)
+
+
+class ListOf(Spec):
+    __slots__ = ("item", "max_length", "min_length")
+
+    def __init__(self, item: Spec, min_length: int = 0, max_length: int | None = None) -> None:
+        self.item = item
+        self.min_length = min_length
+        self.max_length = max_length
+
+    def check(self, value: Any, path: str) -> None:
+        if type(value) is not list:
+            raise InvalidMessage(path, f"expected a list, got {_shown(value)}")
+        if len(value) < self.min_length or (
+            self.max_length is not None and len(value) > self.max_length
+        ):
+            raise InvalidMessage(path, f"a list of {len(value)} items is outside "
+                                 f"{self.min_length}..{self.max_length or 'any'}")
+        check = self.item.check
+        if type(self.item) is Str:  # the common case, inlined: lists of keys
+            limit = self.item.max_length
+            for i, item in enumerate(value):
+                if type(item) is not str or len(item) > limit:
+                    check(item, f"{path}[{i}]")
+            return
+        for i, item in enumerate(value):
+            check(item, f"{path}[{i}]")
+
+    def describe(self) -> str:
+        return f"a list of {self.item.describe()}"
+
+
+class MapOf(Spec):
+    __slots__ = ("key", "value")
+
+    def __init__(self, key: Spec, value: Spec) -> None:
+        self.key = key
+        self.value = value
+
+    def check(self, value: Any, path: str) -> None:
+        if type(value) is not dict:
+            raise InvalidMessage(path, f"expected a map, got {_shown(value)}")
+        check_key, check_value = self.key.check, self.value.check
+        for k, v in value.items():
+            check_key(k, f"{path} key {_shown(k)}")
+            check_value(v, f"{path}[{_shown(k)}]")
+
+    def describe(self) -> str:
+        return f"a map of {self.key.describe()} to {self.value.describe()}"
+
+
+class Record(Spec):
+    """A map with named fields; ``optional`` ones may be missing (or null).
+
+    Fields not declared are refused, unless ``extra`` gives their shape.
+    """
+
+    __slots__ = ("extra", "fields", "optional")
+
+    def __init__(self, fields: Mapping[str, Spec], optional: Sequence[str] = (),
+                 extra: Spec | None = None) -> None:
+        self.fields = dict(fields)
+        self.optional = frozenset(optional)
+        self.extra = extra
+        unknown = self.optional - set(self.fields)
+        if unknown:
+            raise ValueError(f"optional fields {sorted(unknown)} are not declared")
+
+    @property
+    def required(self) -> frozenset[str]:
+        return frozenset(self.fields) - self.optional
+
+    def check(self, value: Any, path: str) -> None:
+        if type(value) is not dict:
+            raise InvalidMessage(path, f"expected a map, got {_shown(value)}")
+        fields = self.fields
+        seen = 0
+        for name, item in value.items():
+            spec = fields.get(name)
+            if spec is None:
+                if type(name) is not str:
+                    raise InvalidMessage(path, f"field names must be strings, got {_shown(name)}")
+                if self.extra is None:
+                    raise InvalidMessage(_join(path, name), "unknown field")
+                self.extra.check(item, _join(path, name))
+                continue
+            seen += 1
+            if item is not None or name not in self.optional:
+                spec.check(item, _join(path, name))
+        if seen < len(fields):
+            for name in fields:
+                if name not in value and name not in self.optional:
+                    raise InvalidMessage(_join(path, name), "missing")
+
+    def describe(self) -> str:
+        return "a map of " + ", ".join(sorted(self.fields))
