@@ -375,7 +375,7 @@ class Scheduler:
                                           fields.get("request"))
                     continue
                 if op in ("variable-set", "queue-put"):
-                    self.shared.store(client, fields)
+                    self.shared.store(client, msg)
                     continue
                 if op == "release-hold":
                     self.holds.release_for(client, fields.get("hold"))
