@@ -216,7 +216,7 @@ def summarise(spec: ClusterSpec, old: Mapping[str, Any], groups: dict[str, dict[
     first = spec.groups[0].name
     return {
         "phase": phase_of(conditions),
-        "message": "" if ready else "waiting for the scheduler",
+        "message": None if ready else "waiting for the scheduler",
         "conditions": conditions,
         "schedulerAddress": builders.scheduler_address(spec.name, spec.namespace),
         "dashboardAddress": builders.dashboard_address(spec.name, spec.namespace),
