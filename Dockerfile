@@ -22,6 +22,14 @@
 #                 (mount an emptyDir if it does).
 ARG BASE=python:3.11-slim
 
+# The dependency list (the core ones and the Kubernetes extra), read from
+# pyproject.toml in a stage of its own: the layer that installs them is
+# rebuilt when the list changes, not on every edit of pyproject.toml.
+FROM ${BASE} AS requirements
+COPY pyproject.toml /pyproject.toml
+RUN python3 -c "import tomllib; p = tomllib.load(open('/pyproject.toml', 'rb'))['project']; print('\n'.join(p['dependencies'] + p['optional-dependencies']['kubernetes']))" \
+    > /requirements.txt
+
 FROM ${BASE} AS runtime
 
 ENV PYTHONDONTWRITEBYTECODE=1 \
@@ -38,16 +46,14 @@ RUN groupadd --system --gid 10001 shoal \
     && useradd --system --uid 10001 --gid 10001 --home-dir /home/shoal \
        --create-home --shell /usr/sbin/nologin shoal
 
-# The dependencies first, read from pyproject.toml (the core ones and the
-# Kubernetes extra), so that a change to the sources alone reuses this layer.
-COPY pyproject.toml /tmp/shoal-pyproject.toml
+# The dependencies first, so that a change to the sources alone reuses this
+# layer.
+COPY --from=requirements /requirements.txt /tmp/shoal-requirements.txt
 RUN --mount=type=secret,id=pip-ca \
     if [ -f /run/secrets/pip-ca ]; then export PIP_CERT=/run/secrets/pip-ca; fi \
     && python3 -m venv /opt/shoal \
-    && python -c "import tomllib; p = tomllib.load(open('/tmp/shoal-pyproject.toml', 'rb'))['project']; print('\n'.join(p['dependencies'] + p['optional-dependencies']['kubernetes']))" \
-       > /tmp/shoal-requirements.txt \
     && pip install -r /tmp/shoal-requirements.txt \
-    && rm /tmp/shoal-pyproject.toml /tmp/shoal-requirements.txt
+    && rm /tmp/shoal-requirements.txt
 
 # The package itself is built in a stage of its own; only the files pip
 # installed for it (its RECORD: modules, bytecode, metadata, the `shoal`

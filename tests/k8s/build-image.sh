@@ -56,11 +56,9 @@ fail() { log "FAILED after $(elapsed "$started"): $*"; exit 1; }
 trap 'fail "line $LINENO: $BASH_COMMAND"' ERR
 
 install_packages() {
-    local p missing=()
-    for p in "${PACKAGES[@]}"; do
-        dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" \
-            || missing+=("$p")
-    done
+    local missing
+    mapfile -t missing < <(dpkg-query -W -f='${Status} ${Package}\n' "${PACKAGES[@]}" 2>&1 \
+                           | grep -v '^install ok installed ' | grep -o '[^ ]*$')
     [ ${#missing[@]} -eq 0 ] && return 0
     log "installing Debian packages: ${missing[*]}"
     apt-get -o DPkg::Lock::Timeout=600 update -qq
