@@ -186,6 +186,31 @@ def test_image_holds_this_checkout(image: ImageInfo) -> None:
     assert installed == here
 
 
+def test_bytecode_is_precompiled_and_current(image: ImageInfo) -> None:
+    # A read-only root cannot cache bytecode: every module the venv holds must
+    # come with a .pyc that matches its source, or each start recompiles it.
+    code = (
+        "import glob, importlib.util, os, struct, sys\n"
+        "stale = []\n"
+        "sources = glob.glob(sys.prefix + '/lib/python3*/site-packages/**/*.py', recursive=True)\n"
+        "for src in sources:\n"
+        "    pyc = importlib.util.cache_from_source(src)\n"
+        "    try:\n"
+        "        header = open(pyc, 'rb').read(16)\n"
+        "    except OSError:\n"
+        "        stale.append(src); continue\n"
+        "    flags, mtime, size = struct.unpack('<III', header[4:16])\n"
+        "    st = os.stat(src)\n"
+        "    if flags == 0 and (mtime, size) != (int(st.st_mtime) & 0xFFFFFFFF,"
+        " st.st_size & 0xFFFFFFFF):\n"
+        "        stale.append(src)\n"
+        "print(len(sources), stale[:20])\n"
+    )
+    checked, stale = podman_run(image, "python", "-c", code).stdout.split(maxsplit=1)
+    assert int(checked) > 0
+    assert stale.strip() == "[]"
+
+
 def test_name_is_the_operators_default_image(image: ImageInfo) -> None:
     from shoal.operator.spec import DEFAULT_IMAGE
 
