@@ -54,6 +54,9 @@ START_TIMEOUT = 120.0
 DRAIN_TIMEOUT = 60.0
 """Bound on pods being stopped by the kubelet at shutdown."""
 KUBECTL = "kubectl"
+CGROUP_ROOT = Path("/sys/fs/cgroup")
+CONTAINER_CGROUPS = ("*/k8s.io", "*/k8s.io/*")
+"""containerd's cgroups of the containers (and their parent), per v1 hierarchy."""
 PRELOADED = ("pause.tar", "agnhost.tar")
 """Image archives of the build cache loaded into every node at start."""
 
@@ -112,6 +115,7 @@ class KubeNode:
         self._lock_file: int | None = None
         self._pod_netns_before: set[str] = set()
         self._pod_logs_before: set[str] = set()
+        self._cgroups_before: set[Path] = set()
         self.start_seconds = 0.0
         self.stop_seconds = 0.0
 
@@ -159,7 +163,10 @@ class KubeNode:
             self._clean_leftovers()
             self._start()
         except BaseException:
-            self.stop(save_logs=True)
+            try:
+                self.stop(save_logs=True)
+            except Exception as cleanup:  # noqa: BLE001 - the start's own error matters more
+                print(f"KubeNode: cleanup after a failed start: {cleanup}", file=sys.stderr)
             raise
         self.start_seconds = time.monotonic() - started
 
@@ -171,6 +178,7 @@ class KubeNode:
         self._supervisor = sup = Supervisor(self.log_dir)
         self._pod_netns_before = network.pod_namespaces()
         self._pod_logs_before = _listdir(Path("/var/log/pods"))
+        self._cgroups_before = set(_container_cgroups())
         self._write_pki(lay)
         network.create(self.addrs)
 
@@ -305,21 +313,46 @@ class KubeNode:
         """Stop everything started, remove what it left, optionally keep the logs."""
         started = time.monotonic()
         sup = self._supervisor
+        left: list[str] = []
         try:
             if sup is not None:
                 self._drain(sup)
                 sup.stop_all()
             self._remove_containers_left()
             self._clean_node_state()
+            left = self.leftovers()
         finally:
             self.stop_seconds = time.monotonic() - started
-            if sup is not None and save_logs:
+            if sup is not None and (save_logs or left):
                 self.save_logs()
             if self.layout is not None:
                 shutil.rmtree(self.run_dir, ignore_errors=True)
             self._supervisor = None
             self.layout = None
             self._release_lock()
+        if left:
+            raise RuntimeError("the test cluster left behind: " + "; ".join(left))
+
+    def leftovers(self) -> list[str]:
+        """What this run made that is still there (empty once stopped cleanly)."""
+        found = []
+        if network.exists():
+            found.append(f"network namespace {network.NETNS} or link {network.HOST_LINK}")
+        pod_netns = network.pod_namespaces() - self._pod_netns_before
+        if pod_netns:
+            found.append(f"pod network namespaces {sorted(pod_netns)}")
+        if self.layout is not None and _mounts_under(self.run_dir):
+            found.append(f"mounts {_mounts_under(self.run_dir)}")
+        if self._supervisor is not None:
+            running = [c.name for c in self._supervisor.components if c.process.poll() is None]
+            if running:
+                found.append(f"processes {running}")
+        if self._new_cgroups():
+            found.append(f"cgroups {self._new_cgroups()}")
+        pod_logs = _listdir(Path("/var/log/pods")) - self._pod_logs_before
+        if pod_logs:
+            found.append(f"pod logs {sorted(pod_logs)}")
+        return found
 
     def save_logs(self, dest: Path | None = None) -> Path:
         """Copy every component's log to ``dest`` (default test-artifacts/k8s/<time>)."""
@@ -368,6 +401,14 @@ class KubeNode:
             _unmount_under(self.run_dir)
         for entry in _listdir(Path("/var/log/pods")) - self._pod_logs_before:
             shutil.rmtree(Path("/var/log/pods") / entry, ignore_errors=True)
+        for cgroup in sorted(self._new_cgroups(), key=lambda p: len(p.parts), reverse=True):
+            try:
+                cgroup.rmdir()  # only empty cgroups: no process is left in them
+            except OSError:
+                pass
+
+    def _new_cgroups(self) -> list[Path]:
+        return [p for p in _container_cgroups() if p not in self._cgroups_before]
 
     # ---------------------------------------------------------------- lock
 
@@ -381,6 +422,10 @@ class KubeNode:
             except BlockingIOError:
                 return False
             return True
+        if not locked():
+            holder = LOCK_PATH.read_text().strip() or "?"
+            print(f"KubeNode: waiting up to {LOCK_TIMEOUT:.0f}s for the test cluster of pid "
+                  f"{holder} to stop", file=sys.stderr, flush=True)
         try:
             wait_for(locked, timeout=LOCK_TIMEOUT, interval=0.5,
                      what=f"{LOCK_PATH} (another test cluster runs on this machine)")
@@ -403,9 +448,16 @@ class KubeNode:
             print("KubeNode: removing a network namespace left by an earlier run",
                   file=sys.stderr)
             network.destroy()
+        for name in network.pod_namespaces():  # containerd's CRI names them cni-<uuid>
+            network.kill_all_in(network.NETNS_DIR / name)
+            network.remove_namespace(name)
         for stale in Path(tempfile.gettempdir()).glob("shoal-k8s-*"):
             _unmount_under(stale)
             shutil.rmtree(stale, ignore_errors=True)
+
+
+def _container_cgroups() -> list[Path]:
+    return [p for pattern in CONTAINER_CGROUPS for p in CGROUP_ROOT.glob(pattern) if p.is_dir()]
 
 
 def _listdir(path: Path) -> set[str]:
@@ -415,8 +467,7 @@ def _listdir(path: Path) -> set[str]:
         return set()
 
 
-def _unmount_under(root: Path) -> None:
-    """Lazily unmount every mount below ``root``, deepest first."""
+def _mounts_under(root: Path) -> list[str]:
     prefix = str(root.resolve()) + "/"
     mounts = []
     with open("/proc/self/mountinfo") as f:
@@ -424,5 +475,33 @@ def _unmount_under(root: Path) -> None:
             point = line.split()[4].replace("\\040", " ")
             if point.startswith(prefix) or point == prefix.rstrip("/"):
                 mounts.append(point)
-    for point in sorted(mounts, key=len, reverse=True):
+    return mounts
+
+
+def _unmount_under(root: Path) -> None:
+    """Lazily unmount every mount below ``root``, deepest first."""
+    for point in sorted(_mounts_under(root), key=len, reverse=True):
         subprocess.run(["umount", "-l", point], check=False, capture_output=True, timeout=30)
+
+
+def main() -> None:
+    """``python -m tests.k8s.cluster``: a cluster to poke at by hand, until Ctrl-C."""
+    import signal
+
+    def interrupt(*_: object) -> None:
+        raise KeyboardInterrupt
+
+    with KubeNode() as node:
+        print(f"cluster up in {node.start_seconds:.1f}s\n"
+              f"  export KUBECONFIG={node.kubeconfig}\n  logs: {node.log_dir}", flush=True)
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(sig, interrupt)
+        try:
+            signal.pause()
+        except KeyboardInterrupt:
+            pass
+    print(f"stopped in {node.stop_seconds:.1f}s")
+
+
+if __name__ == "__main__":
+    main()

@@ -105,6 +105,9 @@ def test_service_gets_cluster_ip_endpoints_and_routes(kube_node: KubeNode,
             return None
     served = wait_for(hostname_through_cluster_ip, timeout=WAIT, what="web via its ClusterIP")
     assert served == pod["metadata"]["name"]
+    with urllib.request.urlopen(f"http://{pod['status']['podIP']}:8080/hostname",
+                                timeout=10) as direct:  # the pod IP itself, from the host
+        assert direct.read().decode() == pod["metadata"]["name"]
 
 
 def test_dns_answers_cluster_names_and_nothing_else(kube_node: KubeNode,
@@ -188,3 +191,34 @@ def _can_i_list_pods(node: KubeNode, token: str, ns: str) -> subprocess.Complete
          f"--certificate-authority={node.layout.pki / 'ca.crt'}", f"--token={token}",
          "auth", "can-i", "list", "pods", "-n", ns],
         capture_output=True, text=True, timeout=60, check=False)
+
+
+def test_a_missing_image_fails_at_once_and_is_never_fetched(kube_node: KubeNode,
+                                                            kube_namespace: str) -> None:
+    """The node has no route off this machine: a pull errs instead of reaching out."""
+    pod = {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "unpullable"},
+           "spec": {"containers": [{"name": "main", "image": "ghcr.io/shoal-test/absent:1",
+                                    "imagePullPolicy": "Always"}]}}
+    kube_node.kubectl("apply", "-n", kube_namespace, "-f", "-", input=json.dumps(pod))
+
+    def pull_failed() -> str | None:
+        status = kube_node.kubectl_json("get", "pod", "unpullable", "-n", kube_namespace)
+        for container in status["status"].get("containerStatuses") or []:
+            reason = (container["state"].get("waiting") or {}).get("reason")
+            if reason in ("ErrImagePull", "ImagePullBackOff"):
+                return reason
+        return None
+    wait_for(pull_failed, timeout=WAIT, what="the pull of an absent image to fail")
+    images = kube_node.ctr("images", "list", "-q").stdout
+    assert "ghcr.io/shoal-test/absent" not in images
+
+
+def test_logs_and_exec_go_through_the_kubelet(kube_node: KubeNode,
+                                              agnhost: tuple[str, dict]) -> None:
+    ns, pod = agnhost
+    name = pod["metadata"]["name"]
+    logs = kube_node.kubectl("logs", "-n", ns, name).stdout
+    assert "8080" in logs
+    suffix = kube_node.kubectl("exec", "-n", ns, name, "--", "/agnhost", "dns-suffix").stdout
+    assert suffix.strip().split(",") == [f"{ns}.svc.cluster.local", "svc.cluster.local",
+                                         "cluster.local"]
