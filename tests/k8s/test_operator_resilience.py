@@ -2,9 +2,10 @@
 
 - a worker pod deleted by hand is replaced, and the results it held are
   recomputed from lineage (nothing a client holds is lost);
-- the scheduler pod deleted by hand: its Deployment starts a new one, the
-  same worker pods reconnect to it and the cluster is Running again; the
-  old scheduler's tasks and results are gone (clients compute anew);
+- the scheduler pod deleted by hand: its Deployment starts a new one; the
+  old scheduler stops its workers as it shuts down, the operator replaces
+  them, and the cluster is Running again with fresh workers; the old
+  scheduler's tasks and results are gone (clients connect and submit anew);
 - the operator killed (SIGKILL) in the middle of scaling up and of scaling
   down: it restarts, recounts, and ends with exactly the wanted pods, each
   owned by its ShoalCluster and known to the scheduler, no result lost;
@@ -79,8 +80,10 @@ def test_the_scheduler_pod_deleted_by_hand(kube_node: KubeNode, kube_namespace: 
     wait_for(new_scheduler, timeout=tier.POD_START, interval=tier.POLL,
              what="a new scheduler pod from the Deployment")
     tier.wait_running(kube_node, ns, name, workers=2)
-    # The same worker pods reconnect to the new scheduler: none was replaced.
-    assert tier.wait_scheduler_knows(kube_node, ns, name, timeout=120) == workers
+    # A scheduler that is stopped tells its workers to stop too: their pods
+    # complete, and the operator replaces them with workers of the new scheduler.
+    replaced = tier.wait_scheduler_knows(kube_node, ns, name, timeout=120)
+    assert len(replaced) == 2 and replaced.isdisjoint(workers), (workers, replaced)
     with Client(tier.scheduler_comm(kube_node, ns, name), timeout=30) as client:
         assert client.gather(client.submit(sum, [1, 2, 3])) == 6
 
