@@ -116,6 +116,7 @@ class KubeNode:
         self._pod_netns_before: set[str] = set()
         self._pod_logs_before: set[str] = set()
         self._cgroups_before: set[Path] = set()
+        self.lock_wait_seconds = 0.0
         self.start_seconds = 0.0
         self.stop_seconds = 0.0
 
@@ -159,6 +160,8 @@ class KubeNode:
             raise ClusterUnavailable(reason)
         started = time.monotonic()
         self._take_lock()
+        self.lock_wait_seconds = time.monotonic() - started
+        started += self.lock_wait_seconds
         try:
             self._clean_leftovers()
             self._start()

@@ -60,7 +60,15 @@ def kube_node(request: pytest.FixtureRequest) -> Iterator[KubeNode]:
     except ClusterUnavailable as exc:
         _unavailable(str(exc))
     yield node
-    node.stop(save_logs=request.session.testsfailed > 0)
+    try:
+        node.stop(save_logs=request.session.testsfailed > 0)
+    finally:
+        reporter = request.config.pluginmanager.get_plugin("terminalreporter")
+        if reporter is not None:
+            reporter.write_line(
+                f"real-cluster tier: waited {node.lock_wait_seconds:.1f}s for the machine's "
+                f"cluster lock, started in {node.start_seconds:.1f}s, "
+                f"stopped in {node.stop_seconds:.1f}s")
 
 
 @pytest.fixture
