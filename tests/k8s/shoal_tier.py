@@ -380,3 +380,17 @@ def wait_scheduler_knows(node: KubeNode, namespace: str, cluster: str,
         return names if names and scheduler_workers(url) == names else None
     return wait_for(same, timeout=timeout, interval=POLL,
                     what=f"the scheduler of {namespace}/{cluster} to know exactly its pods")
+
+
+def start_cluster(node: KubeNode, namespace: str, name: str, workers: int = 2,
+                  **group: Any) -> dict[str, Any]:
+    """Apply :func:`cluster_spec` and wait until it is Running; answers its status."""
+    apply(node, namespace, cluster_spec(name, workers, **group))
+    return wait_running(node, namespace, name, workers)
+
+
+def client_for(node: KubeNode, namespace: str, name: str, timeout: float = 30) -> Any:
+    """A Client of the cluster's scheduler, at its pod IP, from the test process."""
+    from shoal import Client
+
+    return Client(scheduler_comm(node, namespace, name), timeout=timeout)

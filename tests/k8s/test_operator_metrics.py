@@ -12,7 +12,6 @@ from collections.abc import Iterator
 
 import pytest
 
-from shoal import Client
 from tests.k8s import shoal_tier as tier
 from tests.k8s.cluster import KubeNode
 
@@ -28,9 +27,8 @@ def operator(kube_node: KubeNode, request: pytest.FixtureRequest) -> Iterator[ti
 def test_metrics_of_every_pod(kube_node: KubeNode, kube_namespace: str,
                               operator: tier.Operator) -> None:
     ns, name = kube_namespace, "observed"
-    tier.apply(kube_node, ns, tier.cluster_spec(name, workers=2))
-    tier.wait_running(kube_node, ns, name, workers=2)
-    with Client(tier.scheduler_comm(kube_node, ns, name), timeout=30) as client:
+    tier.start_cluster(kube_node, ns, name, workers=2)
+    with tier.client_for(kube_node, ns, name) as client:
         assert len(client.gather(client.map(lambda x: x, range(TASKS)))) == TASKS
 
     operator_ip = operator.pod(kube_node)["status"]["podIP"]

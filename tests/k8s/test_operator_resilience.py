@@ -45,10 +45,9 @@ def owned_by(obj: dict[str, Any], owner: dict[str, Any]) -> bool:
 def test_a_worker_pod_deleted_by_hand_is_replaced_and_recomputed(
         kube_node: KubeNode, kube_namespace: str, operator: tier.Operator) -> None:
     ns, name = kube_namespace, "victim"
-    tier.apply(kube_node, ns, tier.cluster_spec(name, workers=2))
-    tier.wait_running(kube_node, ns, name, workers=2)
+    tier.start_cluster(kube_node, ns, name, workers=2)
     url = tier.scheduler_http(kube_node, ns, name)
-    with Client(tier.scheduler_comm(kube_node, ns, name), timeout=60) as client:
+    with tier.client_for(kube_node, ns, name, timeout=60) as client:
         held = tier.HeldResults(client, 30)
         before = tier.wait_scheduler_knows(kube_node, ns, name)
         victim = max(before, key=lambda pod: held.on({pod}))
@@ -67,8 +66,7 @@ def test_a_worker_pod_deleted_by_hand_is_replaced_and_recomputed(
 def test_the_scheduler_pod_deleted_by_hand(kube_node: KubeNode, kube_namespace: str,
                                            operator: tier.Operator) -> None:
     ns, name = kube_namespace, "headless"
-    tier.apply(kube_node, ns, tier.cluster_spec(name, workers=2))
-    tier.wait_running(kube_node, ns, name, workers=2)
+    tier.start_cluster(kube_node, ns, name, workers=2)
     workers = tier.wait_scheduler_knows(kube_node, ns, name)
     old = tier.scheduler_pod(kube_node, ns, name)
     kube_node.kubectl("delete", "pod", old["metadata"]["name"], "-n", ns, "--wait=true")
@@ -84,7 +82,7 @@ def test_the_scheduler_pod_deleted_by_hand(kube_node: KubeNode, kube_namespace: 
     # complete, and the operator replaces them with workers of the new scheduler.
     replaced = tier.wait_scheduler_knows(kube_node, ns, name, timeout=120)
     assert len(replaced) == 2 and replaced.isdisjoint(workers), (workers, replaced)
-    with Client(tier.scheduler_comm(kube_node, ns, name), timeout=30) as client:
+    with tier.client_for(kube_node, ns, name) as client:
         assert client.gather(client.submit(sum, [1, 2, 3])) == 6
 
 
@@ -115,9 +113,8 @@ def assert_exactly(node: KubeNode, namespace: str, name: str, n: int) -> None:
 def test_the_operator_killed_while_scaling(kube_node: KubeNode, kube_namespace: str,
                                            operator: tier.Operator) -> None:
     ns, name = kube_namespace, "steady"
-    tier.apply(kube_node, ns, tier.cluster_spec(name, workers=1))
-    tier.wait_running(kube_node, ns, name, workers=1)
-    with Client(tier.scheduler_comm(kube_node, ns, name), timeout=60) as client:
+    tier.start_cluster(kube_node, ns, name, workers=1)
+    with tier.client_for(kube_node, ns, name, timeout=60) as client:
         held = tier.HeldResults(client, 20)
         kube_node.kubectl("scale", f"shoalcluster/{name}", "--replicas=4", "-n", ns)
         kill_operator(kube_node, operator)
@@ -216,8 +213,7 @@ def test_an_invalid_spec_is_refused(kube_node: KubeNode, kube_namespace: str,
 def test_deleting_a_cluster_removes_every_child(kube_node: KubeNode, kube_namespace: str,
                                                 operator: tier.Operator) -> None:
     ns, name = kube_namespace, "doomed"
-    tier.apply(kube_node, ns, tier.cluster_spec(name, workers=2))
-    tier.wait_running(kube_node, ns, name, workers=2)
+    tier.start_cluster(kube_node, ns, name, workers=2)
     cluster = tier.get(kube_node, ns, "shoalcluster", name)
     assert cluster is not None and not cluster["metadata"].get("finalizers")
     selector = f"shoal.dev/cluster={name}"
