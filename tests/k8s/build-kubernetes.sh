@@ -130,6 +130,12 @@ for c in "${COMPONENTS[@]}"; do
     log "built $c in $(( $(date +%s) - t0 ))s"
 done
 
+# The tests use the machine's kubectl; without one, the same tree's (v1.20).
+if ! command -v kubectl >/dev/null 2>&1; then
+    log "no kubectl on PATH: go build kubectl"
+    go build -o "$CACHE/bin/kubectl" -ldflags "$LDFLAGS" ./cmd/kubectl || fail "go build kubectl"
+fi
+
 # --- images -----------------------------------------------------------------
 log "building the pause and agnhost binaries"
 gcc -Os -static -o "$CACHE/bin/pause" "$SRC/build/pause/linux/pause.c" \

@@ -53,7 +53,8 @@ START_TIMEOUT = 120.0
 """Bound on each step of start-up (API ready, node Ready, ...)."""
 DRAIN_TIMEOUT = 60.0
 """Bound on pods being stopped by the kubelet at shutdown."""
-KUBECTL = "kubectl"
+KUBECTL = shutil.which("kubectl") or str(CACHE / "bin" / "kubectl")
+"""The machine's kubectl, else the one build-kubernetes.sh built from the same tree."""
 CGROUP_ROOT = Path("/sys/fs/cgroup")
 CONTAINER_CGROUPS = ("*/k8s.io", "*/k8s.io/*")
 """containerd's cgroups of the containers (and their parent), per v1 hierarchy."""
@@ -143,6 +144,12 @@ class KubeNode:
     def ctr(self, *args: str) -> subprocess.CompletedProcess[str]:
         """Run ``ctr`` against the node's containerd, namespace ``k8s.io``."""
         return self._ctr(*args)
+
+    def check_alive(self) -> None:
+        """Raise ComponentFailed (with its log's tail) if any component has exited."""
+        if self._supervisor is None:
+            raise ComponentFailed("the cluster is not running")
+        self._supervisor.check_alive()
 
     def __enter__(self) -> Self:
         self.start()

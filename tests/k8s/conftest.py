@@ -76,8 +76,10 @@ def kube_namespace(kube_node: KubeNode, request: pytest.FixtureRequest) -> Itera
     """A fresh namespace, deleted after the test."""
     stem = re.sub(r"[^a-z0-9-]+", "-", request.node.name.lower()).strip("-")[:40].strip("-")
     name = f"{stem}-{secrets.token_hex(3)}"
+    kube_node.check_alive()
     kube_node.kubectl("create", "namespace", name)
     yield name
+    kube_node.check_alive()
     report = getattr(request.node, "rep_call", None)
     if report is not None and report.failed:
         dump_namespace(kube_node, name, ARTIFACTS / name)

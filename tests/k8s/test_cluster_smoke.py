@@ -15,7 +15,7 @@ import urllib.request
 import pytest
 
 from tests.k8s import dns, network
-from tests.k8s.cluster import KubeNode
+from tests.k8s.cluster import KUBECTL, KubeNode
 from tests.polling import wait_for
 
 WAIT = 90.0
@@ -127,13 +127,10 @@ def test_dns_answers_cluster_names_and_nothing_else(kube_node: KubeNode,
     assert dns.query(kube_node.node_ip, "example.com", tcp=True)[0] == "NXDOMAIN"
 
 
-def test_pods_resolve_short_service_names(kube_node: KubeNode,
-                                          agnhost: tuple[str, dict]) -> None:
-    """From inside a pod: /etc/resolv.conf search domains, DNS, then the ClusterIP."""
-    ns, pod = agnhost
-    cluster_ip = kube_node.kubectl_json("get", "service", "web", "-n", ns)["spec"]["clusterIP"]
-    url = (f"http://{cluster_ip}/dial?request=hostname&host=web&port=80"
-           "&protocol=http&tries=1")
+def _dial_from_pod(pod: dict, host: str, port: int, request: str) -> list[str]:
+    """Have agnhost in ``pod`` make an HTTP request to ``host:port`` (names resolved there)."""
+    url = (f"http://{pod['status']['podIP']}:8080/dial?request={request}&host={host}"
+           f"&port={port}&protocol=http&tries=1")
 
     def dialled() -> list[str] | None:
         try:
@@ -141,8 +138,21 @@ def test_pods_resolve_short_service_names(kube_node: KubeNode,
                 return json.load(r).get("responses") or None
         except OSError:
             return None
-    assert wait_for(dialled, timeout=WAIT, what="a pod to reach web by its short name") == [
-        pod["metadata"]["name"]]
+    return wait_for(dialled, timeout=WAIT, what=f"a pod to reach {host}:{port}")
+
+
+def test_pods_resolve_short_service_names(kube_node: KubeNode,
+                                          agnhost: tuple[str, dict]) -> None:
+    """From inside a pod: resolv.conf search domains, DNS, then the ClusterIP (hairpin)."""
+    _ns, pod = agnhost
+    assert _dial_from_pod(pod, "web", 80, "hostname") == [pod["metadata"]["name"]]
+
+
+def test_pods_reach_the_api_server_through_its_service(agnhost: tuple[str, dict]) -> None:
+    """What in-cluster clients use: kubernetes.default:443, routed to the host's API server."""
+    _ns, pod = agnhost
+    responses = _dial_from_pod(pod, "kubernetes.default", 443, "version")
+    assert responses == ["Client sent an HTTP request to an HTTPS server.\n"]
 
 
 def test_deleting_a_deployment_collects_its_replicaset_and_pods(
@@ -187,7 +197,7 @@ def _can_i_list_pods(node: KubeNode, token: str, ns: str) -> subprocess.Complete
     """kubectl with only the token: no admin client certificate to fall back on."""
     assert node.layout is not None
     return subprocess.run(
-        ["kubectl", "--kubeconfig=/dev/null", f"--server={node.server}",
+        [KUBECTL, "--kubeconfig=/dev/null", f"--server={node.server}",
          f"--certificate-authority={node.layout.pki / 'ca.crt'}", f"--token={token}",
          "auth", "can-i", "list", "pods", "-n", ns],
         capture_output=True, text=True, timeout=60, check=False)
