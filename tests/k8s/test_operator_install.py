@@ -5,7 +5,9 @@
   against the real server, so this also proves the lower end of the
   supported range);
 - ``kubectl apply -k manifests/`` (kustomize built into kubectl), which is
-  then removed again.
+  then removed again;
+- ``helm install`` in single-namespace mode (``rbac.namespaced=true``): a
+  Role and no cluster-scoped permission, serving its namespace only.
 
 Either way the operator runs as a pod from the project's image, under its
 own ServiceAccount and the RBAC that came with it and nothing else (the
@@ -112,3 +114,32 @@ def test_kubectl_apply_k_installs_a_working_operator(
                           input="\n---\n".join(yaml.safe_dump(o) for o in rest), timeout=180)
         wait_for(lambda: tier.get(kube_node, None, "namespace", "shoal-system") is None,
                  timeout=120, what="namespace shoal-system deleted", interval=tier.POLL)
+
+
+def test_helm_install_in_single_namespace_mode(kube_node: KubeNode, kube_namespace: str,
+                                               no_helm_operator: None) -> None:
+    served = kube_namespace
+    other = f"{served[:50]}-other"
+    values = {**tier.HELM_VALUES, "rbac": {"namespaced": True}}
+    tier.helm(kube_node, {"action": "install", "release": tier.RELEASE, "namespace": served,
+                          "chart": str(tier.CHART), "values": values})
+    kube_node.kubectl("create", "namespace", other)
+    try:
+        tier.wait_rollout(kube_node, served, tier.RELEASE)
+        (pod,) = [p for p in tier.pods(kube_node, served, tier.OPERATOR_SELECTOR)
+                  if tier.pod_ready(p)]
+        assert_hardened_and_healthy(pod, tier.RELEASE)
+        account = f"system:serviceaccount:{served}:{tier.RELEASE}"
+        assert can_i(kube_node, account, "create", "pods", "-n", served)
+        assert not can_i(kube_node, account, "create", "pods", "-n", other)
+        assert not can_i(kube_node, account, "list", "namespaces")
+        assert not can_i(kube_node, account, "list", "customresourcedefinitions")
+        tier.apply(kube_node, other, tier.cluster_spec("unserved", workers=1))
+        serve_one_cluster(kube_node, served, "served")
+        # The other namespace's cluster was never touched: no status, no children.
+        assert tier.status(kube_node, other, "unserved") == {}
+        assert tier.pods(kube_node, other, "shoal.dev/cluster=unserved") == []
+    finally:
+        tier.helm(kube_node, {"action": "uninstall", "release": tier.RELEASE,
+                              "namespace": served})
+        kube_node.kubectl("delete", "namespace", other, "--wait=false")  # as kube_namespace

@@ -5,7 +5,8 @@ of ``manifests/examples/notebook-rbac.yaml`` (and nothing else), like a
 user's Jupyter pod would. Its script, run with ``python -c``:
 
 1. connects a Client to an existing ShoalCluster by its Service's DNS name
-   and computes;
+   and computes, then attaches to it with ``KubeCluster.from_name`` (whose
+   ``close()`` leaves it running);
 2. creates a cluster with ``KubeCluster`` (in-cluster credentials), computes
    on it, ``scale(2)``s it, ``adapt(1, 2)``s it and waits for the autoscaler
    to bring it back to one idle worker, then ``close()``s it.
@@ -46,6 +47,12 @@ SCRIPT = textwrap.dedent('''
     with Client(address, timeout=60) as client:
         print("dns-client", sum(client.gather(client.map(lambda x: x * x, range(100)))),
               flush=True)
+    attached = KubeCluster.from_name("nb", timeout=60)
+    with Client(attached, timeout=60) as client:
+        print("attached", attached.scheduler_address, client.gather(client.submit(len, "abc")),
+              flush=True)
+    attached.close()  # from_name: leaves the cluster running
+    print("still-there", attached.status()["phase"], flush=True)
 
     small = {"requests": {"cpu": "50m", "memory": "128Mi"}}
     cluster = KubeCluster(name="from-notebook", n_workers=1, resources=small,
@@ -122,6 +129,8 @@ def test_a_notebook_pod_computes_and_drives_kubecluster(
     assert phase == "Succeeded", logs
     lines = dict(line.split(" ", 1) for line in logs.splitlines() if " " in line)
     assert lines["dns-client"] == "328350", logs
+    assert lines["attached"] == f"tcp://nb-scheduler.{ns}.svc.cluster.local:8786 3"
+    assert lines["still-there"] == "Running"
     assert lines["created"] == f"tcp://from-notebook-scheduler.{ns}.svc.cluster.local:8786"
     assert lines["kube-client"] == "5050"
     assert lines["scaled"] == "2" and lines["adapted"] == "1"

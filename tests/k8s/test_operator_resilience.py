@@ -135,7 +135,7 @@ def second_namespace(kube_node: KubeNode, kube_namespace: str) -> Iterator[str]:
     name = f"{kube_namespace[:50]}-b"
     kube_node.kubectl("create", "namespace", name)
     yield name
-    kube_node.kubectl("delete", "namespace", name, "--wait=true", "--timeout=120s", timeout=150)
+    kube_node.kubectl("delete", "namespace", name, "--wait=false")  # as kube_namespace
 
 
 def test_two_clusters_in_two_namespaces(kube_node: KubeNode, kube_namespace: str,
