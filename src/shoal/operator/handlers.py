@@ -149,7 +149,8 @@ async def autoscaled_desired(spec: ClusterSpec, uid: str, desired: dict[str, int
     target = await scheduler_api.adaptive_target(spec.name, spec.namespace)
     fixed = {g.name: desired[g.name] for g in spec.groups if not g.autoscaled}
     autoscaler.window = metrics.config.scale_down_window
-    wanted = autoscaler.desired(uid, time.time(), split_target(target, spec.groups, fixed))
+    wanted = autoscaler.desired(uid, time.time(), split_target(target, spec.groups, fixed),
+                                current=desired)
     return {**desired, **wanted}
 
 
