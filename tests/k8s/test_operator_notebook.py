@@ -9,7 +9,8 @@ user's Jupyter pod would. Its script, run with ``python -c``:
    ``close()`` leaves it running);
 2. creates a cluster with ``KubeCluster`` (in-cluster credentials), computes
    on it, ``scale(2)``s it, ``adapt(1, 2)``s it and waits for the autoscaler
-   to bring it back to one idle worker, then ``close()``s it.
+   to bring it back to one idle worker (not before a stabilisation window),
+   then ``close()``s it.
 
 The pod prints one line per step; the test checks them and that the
 KubeCluster's ShoalCluster is gone afterwards.
@@ -64,10 +65,12 @@ SCRIPT = textwrap.dedent('''
         cluster.scale(2)
         bounded(lambda: len(client.scheduler_info()["workers"]) == 2, "two workers")
         print("scaled", len(client.scheduler_info()["workers"]), flush=True)
+        adapted = time.monotonic()
         cluster.adapt(minimum=1, maximum=2)
         bounded(lambda: len(client.scheduler_info()["workers"]) == 1, "adapt down to 1")
         groups = cluster.status()["workerGroups"]
-        print("adapted", groups["default"]["desired"], flush=True)
+        print("adapted", groups["default"]["desired"], round(time.monotonic() - adapted),
+              flush=True)
     cluster.close()
 
     def gone():
@@ -133,7 +136,10 @@ def test_a_notebook_pod_computes_and_drives_kubecluster(
     assert lines["still-there"] == "Running"
     assert lines["created"] == f"tcp://from-notebook-scheduler.{ns}.svc.cluster.local:8786"
     assert lines["kube-client"] == "5050"
-    assert lines["scaled"] == "2" and lines["adapted"] == "1"
+    desired, after = lines["adapted"].split()
+    assert lines["scaled"] == "2" and desired == "1"
+    # Idle, it shrinks to the minimum, but only once a stabilisation window has passed.
+    assert int(after) >= tier.SCALE_DOWN_WINDOW - 2 * tier.RECONCILE_INTERVAL, after
     assert "closed" in logs
     tier.wait_gone(kube_node, ns, "shoalcluster", "from-notebook")
     wait_for(lambda: not tier.pods(kube_node, ns, "shoal.dev/cluster=from-notebook"),
