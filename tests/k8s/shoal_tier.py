@@ -344,9 +344,20 @@ class HeldResults:
     So :meth:`lost` counts exactly the results that did not survive.
     """
 
-    def __init__(self, client: Any, n: int, size: int = 100_000) -> None:
+    def __init__(self, client: Any, n: int, size: int = 100_000,
+                 spread_over: list[str] | None = None) -> None:
+        """``n`` results; with ``spread_over`` (worker names), an equal share on each."""
         self.client = client
-        self.futures = client.map(_made_here(), range(n), size=size, pure=False)
+        made_here = _made_here()
+        if spread_over:
+            by_index: dict[int, Any] = {}
+            for k, worker in enumerate(spread_over):
+                share = list(range(n))[k::len(spread_over)]
+                futures = client.map(made_here, share, size=size, pure=False, workers=[worker])
+                by_index.update(zip(share, futures, strict=True))
+            self.futures = [by_index[i] for i in range(n)]
+        else:
+            self.futures = client.map(made_here, range(n), size=size, pure=False)
         self.made_on = {i: host for i, host, _ in client.gather(self.futures)}
 
     def on(self, pods: set[str]) -> int:

@@ -36,11 +36,12 @@ def test_kubectl_scale_up_and_down_loses_nothing(kube_node: KubeNode, kube_names
     tier.start_cluster(kube_node, ns, name, workers=2)
     url = tier.scheduler_http(kube_node, ns, name)
     with tier.client_for(kube_node, ns, name) as client:
-        held = tier.HeldResults(client, 40)
+        first = tier.HeldResults(client, 10)
         scale(kube_node, ns, name, 3)
         tier.wait_running(kube_node, ns, name, workers=3)
         before = tier.wait_scheduler_knows(kube_node, ns, name)
-        assert len(before) == 3
+        assert len(before) == 3 and first.lost() == []
+        held = tier.HeldResults(client, 30, spread_over=sorted(before))  # 10 on each
         scale(kube_node, ns, name, 1)
         status = tier.wait_running(kube_node, ns, name, workers=1)
         after = tier.wait_scheduler_knows(kube_node, ns, name)
@@ -49,8 +50,8 @@ def test_kubectl_scale_up_and_down_loses_nothing(kube_node: KubeNode, kube_names
         assert len(after) == 1 and after < before and len(retired) == 2
         assert status["replicas"] == 1 and status["workerGroups"]["default"]["desired"] == 1
         moved = held.on(retired)
-        assert moved > 0, "no result was held by a retired worker: nothing was proven"
-        assert held.lost() == []
+        assert moved == 20, held.made_on
+        assert held.lost() == [] and first.lost() == []
         assert tier.recomputed(url) == 0
         tier.log(f"scale 2->3->1: {moved} of 40 held results moved off the retired workers, "
                  "0 lost")
