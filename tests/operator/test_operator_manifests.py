@@ -16,7 +16,8 @@ import yaml
 from shoal.operator import builders, crds
 from shoal.operator.spec import parse_cluster_spec
 
-K8S_VERSIONS = ["1.30.0", "1.33.0"]
+# The oldest schemas kubernetes-validate ships that we check, and its newest.
+K8S_VERSIONS = ["1.30.0", kubernetes_validate.latest_version()]
 ROOT = Path(__file__).resolve().parents[2]
 EXAMPLES = sorted((ROOT / "manifests" / "examples").glob("*.yaml"))
 
