@@ -79,7 +79,7 @@ def test_create_makes_labelled_owned_valid_children(operator: Harness, make_clus
 
 
 def empty_strings(value: Any, path: str = "status") -> list[str]:
-    """Paths of "" values: the tier's 1.20 API server refuses them in custom resources."""
+    """Paths of "" values: some 1.20 API servers (built with Go >= 1.19) refuse them."""
     if value == "":
         return [path]
     if isinstance(value, dict):

@@ -7,9 +7,11 @@ type, ``lastTransitionTime`` only moves when the status flips.
 
 Optional fields with nothing to say are left out (or set to None, which a
 merge-patch turns into "remove the field"), never written as empty strings:
-the API server built for the test tier (Kubernetes 1.20 from Debian's
-sources) decodes ``""`` in a custom resource as null and then refuses it
-against the CRD's ``type: string`` schema.
+a Kubernetes 1.20 API server built with Go 1.19 or newer (as the test tier's
+was, until its build patched the validator) takes ``""`` in a custom
+resource for null and refuses it against the CRD's ``type: string``. That
+was the 422 of the first status patch; leaving the field out works on every
+server.
 """
 
 from __future__ import annotations
