@@ -63,12 +63,18 @@ def kube_node(request: pytest.FixtureRequest) -> Iterator[KubeNode]:
     try:
         node.stop(save_logs=request.session.testsfailed > 0)
     finally:
-        reporter = request.config.pluginmanager.get_plugin("terminalreporter")
-        if reporter is not None:
-            reporter.write_line(
-                f"real-cluster tier: waited {node.lock_wait_seconds:.1f}s for the machine's "
-                f"cluster lock, started in {node.start_seconds:.1f}s, "
-                f"stopped in {node.stop_seconds:.1f}s")
+        _TIMINGS.append(f"real-cluster tier: waited {node.lock_wait_seconds:.1f}s for the "
+                        f"machine's cluster lock, started in {node.start_seconds:.1f}s, "
+                        f"stopped in {node.stop_seconds:.1f}s")
+
+
+_TIMINGS: list[str] = []
+"""Filled at the cluster's teardown, printed in the terminal summary (not captured)."""
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    for line in _TIMINGS:
+        terminalreporter.write_line(line)
 
 
 @pytest.fixture

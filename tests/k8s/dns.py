@@ -109,7 +109,8 @@ class ClusterResolver(BaseResolver):  # type: ignore[misc]
 
     def resolve(self, request: DNSRecord, handler: DNSHandler) -> DNSRecord:
         reply = request.reply()
-        reply.header.ra = 0
+        reply.header.ra = 0  # no recursion, ever
+        reply.header.aa = 1
         qname = request.q.qname
         labels = [str(label, "ascii", "replace").lower() for label in qname.label]
         n = len(self.domain)
