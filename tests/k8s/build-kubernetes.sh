@@ -108,6 +108,19 @@ EOF
     touch "$SRC/.shoal-prepared"
 fi
 
+# Go >= 1.19 makes reflect.DeepEqual(reflect.Zero(T), reflect.ValueOf(v)) true
+# for every zero value, so the vendored OpenAPI validators took "" for null and
+# the API server refused every empty string in a custom resource ("Invalid
+# value: null: must be of type string"). Upstream (built with Go 1.15) only ever
+# matched nil there: say so. Idempotent.
+for validator in vendor/k8s.io/kube-openapi/pkg/validation/validate/type.go \
+                 vendor/github.com/go-openapi/validate/type.go; do
+    sed -i 's/if data == nil || reflect.DeepEqual(reflect.Zero(reflect.TypeOf(data)), reflect.ValueOf(data)) {/if data == nil {/' \
+        "$SRC/$validator"
+    grep -q 'reflect.DeepEqual(reflect.Zero(reflect.TypeOf(data))' "$SRC/$validator" \
+        && fail "could not patch $validator"
+done
+
 # --- build ------------------------------------------------------------------
 export GOPATH="$CACHE/gopath" GO111MODULE=off GOCACHE="$CACHE/gocache" GOFLAGS=""
 cd "$SRC"
@@ -118,9 +131,15 @@ if [ ! -f "$SRC/.shoal-generated" ]; then
     touch "$SRC/.shoal-generated"
 fi
 
-VPKG=k8s.io/kubernetes/vendor/k8s.io/component-base/version
-LDFLAGS="-s -w -X $VPKG.gitVersion=$K8S_VERSION -X $VPKG.gitMajor=1 -X $VPKG.gitMinor=20"
-LDFLAGS="$LDFLAGS -X $VPKG.gitTreeState=clean -X $VPKG.buildDate=1970-01-01T00:00:00Z"
+# The version both of --version (component-base) and of GET /version (client-go's
+# copy, which Helm's kubeVersion check and kubectl's skew warning read).
+LDFLAGS="-s -w"
+for VPKG in k8s.io/kubernetes/vendor/k8s.io/component-base/version \
+            k8s.io/kubernetes/vendor/k8s.io/client-go/pkg/version; do
+    LDFLAGS="$LDFLAGS -X $VPKG.gitVersion=$K8S_VERSION -X $VPKG.gitMajor=1 -X $VPKG.gitMinor=20"
+    LDFLAGS="$LDFLAGS -X $VPKG.gitTreeState=clean -X $VPKG.buildDate=1970-01-01T00:00:00Z"
+    LDFLAGS="$LDFLAGS -X $VPKG.gitCommit=faecb196815e248d3ecfb03c680a4507229c2a56"
+done
 for c in "${COMPONENTS[@]}"; do
     t0=$(date +%s)
     log "go build $c"

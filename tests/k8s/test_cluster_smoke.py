@@ -232,3 +232,34 @@ def test_logs_and_exec_go_through_the_kubelet(kube_node: KubeNode,
     suffix = kube_node.kubectl("exec", "-n", ns, name, "--", "/agnhost", "dns-suffix").stdout
     assert suffix.strip().split(",") == [f"{ns}.svc.cluster.local", "svc.cluster.local",
                                          "cluster.local"]
+
+
+def test_the_api_server_reports_its_version(kube_node: KubeNode) -> None:
+    """GET /version (what Helm's kubeVersion check reads), not only --version."""
+    version = json.loads(kube_node.kubectl("get", "--raw", "/version").stdout)
+    assert (version["gitVersion"], version["major"], version["minor"]) == ("v1.20.2", "1", "20")
+
+
+def test_custom_resources_keep_empty_strings(kube_node: KubeNode, kube_namespace: str) -> None:
+    """Built with Go 1.19, the validators took "" for null unless patched (see the build)."""
+    group = f"{kube_namespace}.shoal.test"
+    crd = {
+        "apiVersion": "apiextensions.k8s.io/v1", "kind": "CustomResourceDefinition",
+        "metadata": {"name": f"gadgets.{group}"},
+        "spec": {"group": group, "scope": "Namespaced",
+                 "names": {"plural": "gadgets", "singular": "gadget", "kind": "Gadget"},
+                 "versions": [{"name": "v1", "served": True, "storage": True, "schema": {
+                     "openAPIV3Schema": {"type": "object", "properties": {"spec": {
+                         "type": "object", "properties": {"note": {"type": "string"}}}}}}}]},
+    }
+    kube_node.kubectl("apply", "-f", "-", input=json.dumps(crd))
+    try:
+        kube_node.kubectl("wait", "--for=condition=Established", f"crd/gadgets.{group}",
+                          "--timeout=60s")
+        gadget = {"apiVersion": f"{group}/v1", "kind": "Gadget", "metadata": {"name": "g"},
+                  "spec": {"note": ""}}
+        kube_node.kubectl("apply", "-n", kube_namespace, "-f", "-", input=json.dumps(gadget))
+        stored = kube_node.kubectl_json("get", f"gadgets.{group}", "g", "-n", kube_namespace)
+        assert stored["spec"] == {"note": ""}
+    finally:
+        kube_node.kubectl("delete", "crd", f"gadgets.{group}", "--wait=false")
