@@ -121,7 +121,25 @@ def test_helm_values_in_the_guide_exist() -> None:
 
 def test_the_guide_says_how_it_is_tested() -> None:
     text = GUIDE.read_text(encoding="utf-8")
-    for phrase in ("kubernetes-validate", "kmock", "helm-sdkpy", "No Kubernetes cluster"):
+    for phrase in ("kubernetes-validate", "kmock", "helm-sdkpy", "tests/k8s",
+                   "Kubernetes 1.20 and newer", "kubeVersion: >=1.20.0-0"):
         assert phrase in text
+
+
+def test_the_guide_lists_every_real_cluster_scenario_module() -> None:
+    text = GUIDE.read_text(encoding="utf-8")
+    tier = REPO_ROOT / "tests" / "k8s"
+    scenarios = sorted(p.name for p in tier.glob("test_*.py")
+                       if p.name.startswith(("test_operator_", "test_examples_")))
+    assert scenarios
+    for name in scenarios:
+        assert f"`{name}`" in text, f"docs/kubernetes.md does not say what {name} proves"
+    listed = re.findall(r"^\| `(test_[a-z_]+\.py)` \|", text, re.MULTILINE)
+    assert sorted(listed) == scenarios
+
+
+def test_the_chart_declares_the_supported_range() -> None:
+    chart = yaml.safe_load((REPO_ROOT / "helm" / "shoal-operator" / "Chart.yaml").read_text())
+    assert chart["kubeVersion"] == ">=1.20.0-0"
 
 

@@ -81,6 +81,8 @@ class ProcessKubelet:
                 env[var["name"]] = var["value"].replace(self.service, f"127.0.0.1:{self.comm_port}")
             elif var.get("valueFrom", {}).get("fieldRef", {}).get("fieldPath") == "metadata.name":
                 env[var["name"]] = pod_name
+            elif var.get("valueFrom", {}).get("fieldRef", {}).get("fieldPath") == "status.podIP":
+                env[var["name"]] = "127.0.0.1"  # every "pod" of this node is on loopback
         argv = []
         for arg in container["command"][1:] + container.get("args", []):
             for name, value in env.items():
@@ -90,6 +92,8 @@ class ProcessKubelet:
                  str(builders.HTTP_PORT): str(self.http_port), "0.0.0.0": "127.0.0.1"}
         if argv[0] == "scheduler":
             argv = [ports.get(a, a) for a in argv]
+        elif argv[0] == "worker":  # workers share this host: any free HTTP port
+            argv = ["0" if a == str(builders.WORKER_HTTP_PORT) else a for a in argv]
         executables = {"shoal": LAUNCH, "python": [sys.executable]}
         return [*executables[container["command"][0]], *argv], env
 

@@ -16,7 +16,8 @@ import yaml
 from shoal.operator import builders, crds
 from shoal.operator.spec import parse_cluster_spec
 
-K8S_VERSIONS = ["1.30.0", "1.33.0"]
+# The oldest schemas kubernetes-validate ships that we check, and its newest.
+K8S_VERSIONS = ["1.30.0", kubernetes_validate.latest_version()]
 ROOT = Path(__file__).resolve().parents[2]
 EXAMPLES = sorted((ROOT / "manifests" / "examples").glob("*.yaml"))
 
@@ -106,13 +107,19 @@ def test_worker_pod_carries_command_resources_and_template() -> None:
     (container,) = cpu["spec"]["containers"]
     assert container["command"] == [
         "shoal", "worker", "tcp://demo-scheduler.ns.svc.cluster.local:8786", "--name",
-        "$(POD_NAME)", "--nthreads", "4", "--memory-limit", str(8 * 2**30)]
+        "$(POD_NAME)", "--host", "$(POD_IP)", "--http-port", "8788", "--nthreads", "4",
+        "--memory-limit", str(8 * 2**30)]
+    pod_ip = {"name": "POD_IP", "valueFrom": {"fieldRef": {"fieldPath": "status.podIP"}}}
+    assert pod_ip in container["env"]
+    assert container["readinessProbe"]["httpGet"] == {"path": "/health", "port": "http"}
     assert container["resources"]["limits"]["memory"] == "8Gi"
     gpu = builders.worker_pod(spec, spec.group("gpu"), "demo-gpu-abcde")
     (container,) = gpu["spec"]["containers"]
     assert container["command"][-2:] == ["--resources", "GPU=1"]
     assert container["image"] == "shoal:1-cuda"
-    assert container["volumeMounts"] == [{"name": "scratch", "mountPath": "/scratch"}]
+    assert container["volumeMounts"] == [{"name": "tmp", "mountPath": "/tmp"},
+                                         {"name": "home", "mountPath": "/home/shoal"},
+                                         {"name": "scratch", "mountPath": "/scratch"}]
     assert gpu["spec"]["tolerations"][0]["key"] == "nvidia.com/gpu"
     assert gpu["metadata"]["labels"] == {
         "app.kubernetes.io/name": "shoal", "shoal.dev/cluster": "demo",
@@ -129,6 +136,35 @@ def test_scheduler_probes_and_service() -> None:
     assert {p["containerPort"] for p in container["ports"]} == {8786, 8787}
     assert deployment["spec"]["strategy"] == {"type": "Recreate"}
     assert builders.scheduler_service(spec)["spec"]["type"] == "LoadBalancer"
+
+
+@pytest.mark.parametrize("kind", ["scheduler", "worker", "runner"])
+def test_every_pod_is_non_root_with_a_read_only_root_filesystem(kind: str) -> None:
+    spec = parse_cluster_spec("demo", "ns", {"image": "shoal:1"})
+    pod = {"scheduler": lambda: builders.scheduler_deployment(spec)["spec"]["template"],
+           "worker": lambda: builders.worker_pod(spec, spec.groups[0], "demo-default-abcde"),
+           "runner": lambda: builders.runner_pod("job", "ns", spec, {"image": "shoal:1"}),
+           }[kind]()["spec"]
+    assert pod["securityContext"]["runAsNonRoot"] is True
+    assert pod["securityContext"]["runAsUser"] == 10001
+    assert pod["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}
+    (container,) = pod["containers"]
+    assert container["securityContext"] == {"allowPrivilegeEscalation": False,
+                                            "readOnlyRootFilesystem": True,
+                                            "capabilities": {"drop": ["ALL"]}}
+    mounts = {m["mountPath"]: m["name"] for m in container["volumeMounts"]}
+    assert mounts == {"/tmp": "tmp", "/home/shoal": "home"}
+    assert {v["name"]: v for v in pod["volumes"]}["tmp"] == {"name": "tmp", "emptyDir": {}}
+
+
+def test_a_template_can_relax_the_security_context() -> None:
+    relaxed = {"containers": [{"name": "worker",
+                               "securityContext": {"readOnlyRootFilesystem": False}}]}
+    spec = parse_cluster_spec("demo", "ns", {"workerGroups": [{"name": "w",
+                                                               "template": relaxed}]})
+    (container,) = builders.worker_pod(spec, spec.groups[0], "demo-w-abcde")["spec"]["containers"]
+    assert container["securityContext"]["readOnlyRootFilesystem"] is False
+    assert container["securityContext"]["allowPrivilegeEscalation"] is False
 
 
 def test_spec_hash_changes_with_the_pod_spec_only() -> None:

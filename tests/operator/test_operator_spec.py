@@ -107,6 +107,13 @@ def test_autoscaler_keeps_groups_and_clusters_apart() -> None:
     assert a.desired("u1", 3, {"g": 1}) == {"g": 1}
 
 
+def test_a_group_newly_autoscaled_waits_a_window_from_its_current_size() -> None:
+    a = Autoscaler(window=10)
+    assert a.desired("u", 0, {"g": 1}, current={"g": 4}) == {"g": 4}
+    assert a.desired("u", 9, {"g": 1}, current={"g": 4}) == {"g": 4}
+    assert a.desired("u", 11, {"g": 1}, current={"g": 4}) == {"g": 1}
+
+
 def test_split_target_fills_autoscaled_groups_in_order() -> None:
     spec = parse_cluster_spec("c", "ns", {"workerGroups": [
         {"name": "fixed", "replicas": 2},

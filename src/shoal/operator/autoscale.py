@@ -65,12 +65,22 @@ class Autoscaler:
     window: float = DEFAULT_SCALE_DOWN_WINDOW
     _groups: dict[tuple[str, str], Stabiliser] = field(default_factory=dict)
 
-    def desired(self, key: str, now: float, targets: dict[str, int]) -> dict[str, int]:
+    def desired(self, key: str, now: float, targets: dict[str, int],
+                current: dict[str, int] | None = None) -> dict[str, int]:
+        """The stabilised count of each group, from the scheduler's ``targets``.
+
+        A group seen for the first time (just switched to autoscaling, or an
+        operator that restarted) starts its history with its ``current``
+        count, as the HPA does: it is not scaled down before a whole window
+        has passed, whatever happened before the operator was looking.
+        """
         result = {}
         for group, target in targets.items():
             stabiliser = self._groups.get((key, group))
             if stabiliser is None or stabiliser.window != self.window:
                 stabiliser = self._groups[(key, group)] = Stabiliser(self.window)
+                if current and group in current:
+                    stabiliser.recommend(now, current[group])
             result[group] = stabiliser.recommend(now, target)
         return result
 

@@ -25,13 +25,18 @@ from shoal.operator.spec import ClusterSpec, WorkerGroup
 
 COMM_PORT = 8786
 HTTP_PORT = 8787
+WORKER_HTTP_PORT = 8788
 LABEL_NAME = "app.kubernetes.io/name"
 LABEL_CLUSTER = "shoal.dev/cluster"
 LABEL_COMPONENT = "shoal.dev/component"
 LABEL_GROUP = "shoal.dev/worker-group"
 LABEL_JOB = "shoal.dev/job"
 ANNOTATION_SPEC_HASH = "shoal.dev/spec-hash"
-MERGE_BY_NAME = ("containers", "initContainers", "volumes", "env")
+MERGE_BY_NAME = ("containers", "initContainers", "volumes", "volumeMounts", "env")
+# The image's user (see the Dockerfile); its root filesystem is mounted
+# read-only, so the only writable paths are these emptyDirs.
+IMAGE_UID = 10001
+SCRATCH_MOUNTS = {"tmp": "/tmp", "home": "/home/shoal"}
 
 Manifest = dict[str, Any]
 
@@ -95,6 +100,36 @@ def _container_resources(resources: Mapping[str, Any]) -> dict[str, Any]:
     return {k: dict(v) for k, v in resources.items() if k in ("requests", "limits") and v}
 
 
+def _hardened(container: dict[str, Any]) -> dict[str, Any]:
+    """``container`` with the restricted Pod Security Standard's settings and scratch mounts."""
+    container["securityContext"] = {"allowPrivilegeEscalation": False,
+                                     "readOnlyRootFilesystem": True,
+                                     "capabilities": {"drop": ["ALL"]}}
+    container["volumeMounts"] = [{"name": name, "mountPath": path}
+                                 for name, path in SCRATCH_MOUNTS.items()]
+    return container
+
+
+def pod_spec(container: dict[str, Any], overrides: Mapping[str, Any],
+             **fields: Any) -> dict[str, Any]:
+    """A pod running ``container`` as the image's non-root user, with ``overrides`` merged in.
+
+    Every shoal pod meets the ``restricted`` Pod Security Standard: non-root,
+    read-only root filesystem (``/tmp`` and ``HOME`` are emptyDirs), no
+    privilege escalation, no capabilities, the runtime's seccomp profile. A
+    template can change any of it (the merge is by name).
+    """
+    base = {
+        **fields,
+        "securityContext": {"runAsNonRoot": True, "runAsUser": IMAGE_UID,
+                            "runAsGroup": IMAGE_UID, "fsGroup": IMAGE_UID,
+                            "seccompProfile": {"type": "RuntimeDefault"}},
+        "containers": [_hardened(container)],
+        "volumes": [{"name": name, "emptyDir": {}} for name in SCRATCH_MOUNTS],
+    }
+    return merge_template(base, overrides)
+
+
 def scheduler_deployment(spec: ClusterSpec) -> Manifest:
     selector = labels(spec.name, "scheduler")
     container = {
@@ -115,19 +150,19 @@ def scheduler_deployment(spec: ClusterSpec) -> Manifest:
     resources = _container_resources(spec.scheduler.resources)
     if resources:
         container["resources"] = resources
-    pod_spec = merge_template({"containers": [container]}, spec.scheduler.template)
+    scheduler_pod = pod_spec(container, spec.scheduler.template)
     return {
         "apiVersion": "apps/v1",
         "kind": "Deployment",
         "metadata": {"name": scheduler_service_name(spec.name), "namespace": spec.namespace,
                      "labels": dict(selector),
-                     "annotations": {ANNOTATION_SPEC_HASH: spec_hash(pod_spec)}},
+                     "annotations": {ANNOTATION_SPEC_HASH: spec_hash(scheduler_pod)}},
         "spec": {
             "replicas": 1,
             # One scheduler at a time: two would split the workers between them.
             "strategy": {"type": "Recreate"},
             "selector": {"matchLabels": dict(selector)},
-            "template": {"metadata": {"labels": dict(selector)}, "spec": pod_spec},
+            "template": {"metadata": {"labels": dict(selector)}, "spec": scheduler_pod},
         },
     }
 
@@ -153,8 +188,11 @@ def scheduler_service(spec: ClusterSpec) -> Manifest:
 
 
 def worker_command(spec: ClusterSpec, group: WorkerGroup) -> list[str]:
+    # The worker listens on (and so advertises) its pod's IP: peers and clients
+    # connect to it there. Its HTTP port serves /health (the probes) and /metrics.
     command = ["shoal", "worker", scheduler_address(spec.name, spec.namespace),
-               "--name", "$(POD_NAME)", "--nthreads", str(group.nthreads)]
+               "--name", "$(POD_NAME)", "--host", "$(POD_IP)",
+               "--http-port", str(WORKER_HTTP_PORT), "--nthreads", str(group.nthreads)]
     if group.memory_bytes is not None:
         command += ["--memory-limit", str(group.memory_bytes)]
     for key, amount in sorted(group.worker_resources.items()):
@@ -177,8 +215,15 @@ def worker_pod_spec(spec: ClusterSpec, group: WorkerGroup) -> dict[str, Any]:
         "image": group.image,
         "imagePullPolicy": spec.image_pull_policy,
         "command": worker_command(spec, group),
+        "ports": [{"name": "http", "containerPort": WORKER_HTTP_PORT, "protocol": "TCP"}],
+        "readinessProbe": {"httpGet": {"path": "/health", "port": "http"},
+                           "periodSeconds": 5, "failureThreshold": 3},
+        "livenessProbe": {"httpGet": {"path": "/health", "port": "http"},
+                          "initialDelaySeconds": 10, "periodSeconds": 10,
+                          "failureThreshold": 6},
         "env": [
             {"name": "POD_NAME", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}},
+            {"name": "POD_IP", "valueFrom": {"fieldRef": {"fieldPath": "status.podIP"}}},
             {"name": "SHOAL_SCHEDULER_ADDRESS",
              "value": scheduler_address(spec.name, spec.namespace)},
             {"name": "SHOAL_CLUSTER_NAME", "value": spec.name},
@@ -191,13 +236,12 @@ def worker_pod_spec(spec: ClusterSpec, group: WorkerGroup) -> dict[str, Any]:
         container["resources"] = resources
     # OnFailure: a crashed worker restarts in place; a retired worker exits 0 and
     # stays down until the operator deletes its pod.
-    base = {"restartPolicy": "OnFailure", "containers": [container]}
-    return merge_template(base, group.template)
+    return pod_spec(container, group.template, restartPolicy="OnFailure")
 
 
-def spec_hash(pod_spec: Mapping[str, Any]) -> str:
+def spec_hash(spec: Mapping[str, Any]) -> str:
     """A short digest of a pod spec: workers with another digest are rolled over."""
-    return hashlib.sha256(json.dumps(pod_spec, sort_keys=True).encode()).hexdigest()[:16]
+    return hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()[:16]
 
 
 def new_worker_name(cluster: str, group: str) -> str:
@@ -207,7 +251,7 @@ def new_worker_name(cluster: str, group: str) -> str:
 
 def worker_pod(spec: ClusterSpec, group: WorkerGroup, name: str) -> Manifest:
     """One worker: the pod's name is the worker's name in the scheduler."""
-    pod_spec = worker_pod_spec(spec, group)
+    worker_spec = worker_pod_spec(spec, group)
     return {
         "apiVersion": "v1",
         "kind": "Pod",
@@ -215,9 +259,9 @@ def worker_pod(spec: ClusterSpec, group: WorkerGroup, name: str) -> Manifest:
             "name": name,
             "namespace": spec.namespace,
             "labels": labels(spec.name, "worker", group.name),
-            "annotations": {ANNOTATION_SPEC_HASH: spec_hash(pod_spec)},
+            "annotations": {ANNOTATION_SPEC_HASH: spec_hash(worker_spec)},
         },
-        "spec": pod_spec,
+        "spec": worker_spec,
     }
 
 
@@ -238,12 +282,11 @@ def runner_pod(job: str, namespace: str, cluster: ClusterSpec,
     resources = _container_resources(runner.get("resources") or {})
     if resources:
         container["resources"] = resources
-    pod_spec = merge_template({"restartPolicy": "Never", "containers": [container]},
-                              runner.get("template") or {})
+    runner_spec = pod_spec(container, runner.get("template") or {}, restartPolicy="Never")
     return {
         "apiVersion": "v1",
         "kind": "Pod",
         "metadata": {"name": f"{job}-runner", "namespace": namespace,
                      "labels": {**labels(cluster.name, "runner"), LABEL_JOB: job}},
-        "spec": pod_spec,
+        "spec": runner_spec,
     }

@@ -22,6 +22,8 @@ from typing import Any
 
 from shoal.operator.metrics import DEFAULT_HEALTH_PORT, DEFAULT_METRICS_PORT
 
+QUIET_LOGGERS = ("kopf.objects", "aiohttp.access")
+
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
@@ -107,6 +109,10 @@ def main(argv: list[str]) -> int:
         return 2
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if not args.verbose:
+        # One line per handler run and per probe would drown the operator's own lines.
+        for chatty in QUIET_LOGGERS:
+            logging.getLogger(chatty).setLevel(logging.WARNING)
     try:
         asyncio.run(run_operator(args))
     except kopf.LoginError as exc:

@@ -24,6 +24,11 @@ JOB_PLURAL = "shoaljobs"
 Schema = dict[str, Any]
 
 DNS_LABEL_PATTERN = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"
+# Kubernetes' quantity grammar (a number with an optional SI, binary or
+# exponent suffix), as the API server's own schemas state it.
+QUANTITY_PATTERN = (r"^(\+|-)?(([0-9]+(\.[0-9]*)?)|(\.[0-9]+))"
+                    r"(([KMGTPE]i)|[numkMGTPE]|([eE](\+|-)?(([0-9]+(\.[0-9]*)?)|(\.[0-9]+))))?$")
+ENV_NAME_PATTERN = r"^[-._a-zA-Z][-._a-zA-Z0-9]*$"
 # A pod is named CLUSTER-GROUP-XXXXX; keeping names short keeps it a DNS label.
 MAX_GROUP_NAME = 20
 
@@ -37,7 +42,8 @@ def _int(description: str, **extra: Any) -> Schema:
 
 
 def _quantity(description: str) -> Schema:
-    return {"x-kubernetes-int-or-string": True, "description": description}
+    return {"anyOf": [{"type": "integer"}, {"type": "string"}], "pattern": QUANTITY_PATTERN,
+            "x-kubernetes-int-or-string": True, "description": description}
 
 
 def resources_schema(what: str) -> Schema:
@@ -62,7 +68,7 @@ def env_schema(what: str) -> Schema:
             "type": "object",
             "required": ["name"],
             "properties": {
-                "name": _str("Variable name."),
+                "name": _str("Variable name.", minLength=1, pattern=ENV_NAME_PATTERN),
                 "value": _str("Literal value."),
                 "valueFrom": {
                     "type": "object",
@@ -79,9 +85,10 @@ def template_schema(what: str) -> Schema:
         "type": "object",
         "description": f"Pod spec overrides merged into the generated {what} pod spec "
         "(nodeSelector, tolerations, affinity, serviceAccountName, priorityClassName, "
-        "volumes, ...). Mappings merge recursively; `containers`, `initContainers` and "
-        "`volumes` merge item by item by `name` with the generated ones (the main "
-        f"container is named `{what}`); any other list replaces the generated value.",
+        "volumes, securityContext, ...). Mappings merge recursively; `containers`, "
+        "`initContainers`, `volumes`, `volumeMounts` and `env` merge item by item by `name` "
+        f"with the generated ones (the main container is named `{what}`); any other list "
+        "replaces the generated value.",
         "x-kubernetes-preserve-unknown-fields": True,
     }
 
@@ -181,6 +188,9 @@ def cluster_spec_schema() -> Schema:
                 "group named `default` with one worker.",
                 "minItems": 1,
                 "items": worker_group_schema(),
+                # Keyed by name: the API server refuses two groups of the same name.
+                "x-kubernetes-list-type": "map",
+                "x-kubernetes-list-map-keys": ["name"],
             },
         },
     }

@@ -149,7 +149,8 @@ async def autoscaled_desired(spec: ClusterSpec, uid: str, desired: dict[str, int
     target = await scheduler_api.adaptive_target(spec.name, spec.namespace)
     fixed = {g.name: desired[g.name] for g in spec.groups if not g.autoscaled}
     autoscaler.window = metrics.config.scale_down_window
-    wanted = autoscaler.desired(uid, time.time(), split_target(target, spec.groups, fixed))
+    wanted = autoscaler.desired(uid, time.time(), split_target(target, spec.groups, fixed),
+                                current=desired)
     return {**desired, **wanted}
 
 
@@ -216,7 +217,7 @@ def summarise(spec: ClusterSpec, old: Mapping[str, Any], groups: dict[str, dict[
     first = spec.groups[0].name
     return {
         "phase": phase_of(conditions),
-        "message": "" if ready else "waiting for the scheduler",
+        "message": None if ready else "waiting for the scheduler",
         "conditions": conditions,
         "schedulerAddress": builders.scheduler_address(spec.name, spec.namespace),
         "dashboardAddress": builders.dashboard_address(spec.name, spec.namespace),

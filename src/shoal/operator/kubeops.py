@@ -56,17 +56,26 @@ async def _run(method: str, path: str, body: Any = None, query: Mapping[str, Any
     except KubeApiError as exc:
         if exc.status in (400, 422):
             raise ObjectRefused(str(exc)) from exc
-        if exc.status in (404, 409):
+        if exc.status in (404, 409) or namespace_terminating(exc):
             raise
         raise kopf.TemporaryError(str(exc), delay=RETRY_DELAY) from exc
 
 
+def namespace_terminating(exc: KubeApiError) -> bool:
+    """The API server's 403 for objects created in a namespace that is being deleted."""
+    return exc.status == 403 and "because it is being terminated" in str(exc)
+
+
 async def create(obj: Mapping[str, Any]) -> bool:
-    """Create ``obj``; False when it already exists (a retry, a restart)."""
+    """Create ``obj``; False when it already exists (a retry, a restart).
+
+    Also False in a namespace being deleted: the owner goes with it, and so
+    would anything created now.
+    """
     try:
         await _run("POST", object_path(obj, with_name=False), obj)
     except KubeApiError as exc:
-        if exc.status == 409:
+        if exc.status == 409 or namespace_terminating(exc):
             return False
         raise kopf.TemporaryError(str(exc), delay=RETRY_DELAY) from exc
     return True

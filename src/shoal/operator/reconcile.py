@@ -27,6 +27,7 @@ from shoal.operator.spec import ClusterSpec, WorkerGroup
 from shoal.operator.status import pod_finished, pod_ready, terminating
 
 Pod = dict[str, Any]
+logger = logging.getLogger("shoal.operator")
 
 
 @dataclass
@@ -101,13 +102,16 @@ async def create_workers(spec: ClusterSpec, group: WorkerGroup, owner: Mapping[s
     for _ in range(count):
         pod = builders.worker_pod(spec, group, builders.new_worker_name(spec.name, group.name))
         kopf.adopt(pod, owner=kopf.Body(cast(kopf.RawBody, dict(owner))))
-        await kubeops.create(pod)
-        metrics.SCALING.labels(action).inc()
+        if await kubeops.create(pod):
+            logger.info(f"{spec.namespace}/{spec.name}: {action}: created worker pod "
+                        f"{pod['metadata']['name']}")
+            metrics.SCALING.labels(action).inc()
 
 
 async def delete_pods(spec: ClusterSpec, names: list[str], action: str) -> None:
     for name in names:
         if await kubeops.delete(_pod_path(spec.namespace, name)):
+            logger.info(f"{spec.namespace}/{spec.name}: {action}: deleted worker pod {name}")
             metrics.SCALING.labels(action).inc()
 
 
@@ -141,7 +145,8 @@ async def scale_down(spec: ClusterSpec, pods: GroupPods, excess: int, only_group
     await delete_pods(spec, unready, "retire")
     remaining = excess - len(unready)
     if remaining > 0:
-        logger.info(f"retiring {remaining} worker(s) through the scheduler")
+        logger.info(f"{spec.namespace}/{spec.name}: retiring {remaining} worker(s) through "
+                    "the scheduler")
         await retire(spec, pods.current, remaining, "retire", only_group)
 
 

@@ -4,6 +4,14 @@ Status is written by a merge-patch of the ``status`` subresource (not the
 handler's ``patch`` object), because the periodic reconcile loop runs outside
 any kopf handler. Conditions follow the Kubernetes convention: one entry per
 type, ``lastTransitionTime`` only moves when the status flips.
+
+Optional fields with nothing to say are left out (or set to None, which a
+merge-patch turns into "remove the field"), never written as empty strings:
+a Kubernetes 1.20 API server built with Go 1.19 or newer (as the test tier's
+was, until its build patched the validator) takes ``""`` in a custom
+resource for null and refuses it against the CRD's ``type: string``. That
+was the 422 of the first status patch; leaving the field out works on every
+server.
 """
 
 from __future__ import annotations
@@ -36,11 +44,14 @@ def set_condition(conditions: list[Condition] | None, kind: str, ok: bool | None
     result = [dict(c) for c in conditions or [] if c.get("type") != kind]
     previous = next((c for c in conditions or [] if c.get("type") == kind), None)
     moved = previous is None or previous.get("status") != status
-    result.append({
-        "type": kind, "status": status, "reason": reason, "message": message,
+    condition = {
+        "type": kind, "status": status, "reason": reason,
         "lastTransitionTime": now_iso() if moved or previous is None
         else previous.get("lastTransitionTime", now_iso()),
-    })
+    }
+    if message:  # an optional field: absent rather than "" (see the module docstring)
+        condition["message"] = message
+    result.append(condition)
     return sorted(result, key=lambda c: str(c["type"]))
 
 
