@@ -1,6 +1,10 @@
-"""Errors the scheduler reports for tasks it gave up on."""
+"""Errors the scheduler reports for tasks it gave up on, and its own bugs."""
 
 from __future__ import annotations
+
+
+class InvalidTransition(RuntimeError):
+    """A task-state change that is not in the transition table was attempted."""
 
 
 class KilledWorkerError(RuntimeError):

@@ -14,6 +14,7 @@ simply started again.
 from __future__ import annotations
 
 import asyncio
+import itertools
 import logging
 import os
 import socket
@@ -37,6 +38,7 @@ from ._memory import (
 from ._sizeof import sizeof
 from ._state import (
     AcquireReplicas,
+    AddData,
     ComputeTask,
     Execute,
     ExecuteFailure,
@@ -45,6 +47,7 @@ from ._state import (
     FreeKeys,
     Gather,
     GatherDone,
+    SchedulerLost,
     Send,
     SetPaused,
     StealRequest,
@@ -108,6 +111,7 @@ class Worker:
                 "run": self.run_function,
                 "ping": lambda: "pong",
                 "info": self.info,
+                "story": self.story,
             },
             {},
         )
@@ -123,6 +127,7 @@ class Worker:
         self.bytes_fetched = 0
         self._tasks: set[asyncio.Task] = set()
         self._stopped = asyncio.Event()
+        self._ids = itertools.count()
 
     # ------------------------------------------------------------ lifecycle
 
@@ -177,7 +182,7 @@ class Worker:
             "resources": self.resources,
             "pid": os.getpid(),
             "host": socket.gethostname(),
-            "keys": {},
+            "keys": self.state.held(),
             "http_address": self.http_address,
         }
 
@@ -211,10 +216,15 @@ class Worker:
                 self._spawn(self.close())
 
     def _reset(self) -> None:
+        """Keep the results (announced to the scheduler on rejoining), drop the rest."""
+        self._handle(SchedulerLost(self._stimulus("scheduler-lost")))
         for key in list(self.data):
-            del self.data[key]
-        self.state = WorkerState(self.address, self.nthreads, self.resources)
+            if key not in self.state.tasks:
+                self.data.discard(key)
         self.functions.clear()
+
+    def _stimulus(self, what: str) -> str:
+        return f"{what}-{next(self._ids)}"
 
     def _spawn(self, coro: Any) -> None:
         task = asyncio.get_running_loop().create_task(coro)
@@ -278,17 +288,17 @@ class Worker:
                 return
         self._handle(
             ComputeTask(key, func, args, tuple(priority), who_has or {}, nbytes or {}, resources,
-                        report)
+                        report, self._stimulus("compute-task"))
         )
 
     def _free_keys(self, keys: list[str]) -> None:
-        self._handle(FreeKeys(keys))
+        self._handle(FreeKeys(keys, self._stimulus("free-keys")))
 
     def _steal_request(self, key: str) -> None:
-        self._handle(StealRequest(key))
+        self._handle(StealRequest(key, self._stimulus("steal-request")))
 
     def _acquire_replicas(self, who_has: dict, nbytes: dict) -> None:
-        self._handle(AcquireReplicas(who_has, nbytes))
+        self._handle(AcquireReplicas(who_has, nbytes, self._stimulus("acquire-replicas")))
 
     # ------------------------------------------------------------ instructions
 
@@ -340,9 +350,11 @@ class Worker:
             if o.ok:
                 self.data.set_with_size(o.key, o.value, o.nbytes)
                 events.append(ExecuteSuccess(o.key, o.nbytes, o.start, o.stop,
-                                             self._inline(o.key, o.value, o.nbytes)))
+                                             self._inline(o.key, o.value, o.nbytes),
+                                             self._stimulus("executed")))
             else:
-                events.append(ExecuteFailure(o.key, o.exception, o.traceback, o.exception_text))
+                events.append(ExecuteFailure(o.key, o.exception, o.traceback, o.exception_text,
+                                             self._stimulus("execute-failed")))
         self._handle(*events)
 
     def _inline(self, key: str, value: Any, nbytes: int) -> Serialized | bytes | memoryview | None:
@@ -379,7 +391,8 @@ class Worker:
                     self.data.set_with_size(key, value, nbytes)
                     self.bytes_fetched += ser.nbytes
                     received[key] = nbytes
-        self._handle(GatherDone(inst.worker, received, missing, gone))
+        self._handle(GatherDone(inst.worker, received, missing, gone,
+                                self._stimulus("gather-done")))
 
     # ------------------------------------------------------------ served ops
 
@@ -404,8 +417,11 @@ class Worker:
             value = deserialize(ser)
             nbytes[key] = sizeof(value)
             self.data.set_with_size(key, value, nbytes[key])
-            self.state.adopt(key, nbytes[key])
+        self._handle(AddData(nbytes, self._stimulus("update-data")))
         return {"status": "ok", "nbytes": nbytes}
+
+    def story(self, keys: list[str]) -> dict[str, Any]:
+        return {"status": "ok", "story": self.state.story(*keys)}
 
     async def run_function(self, function: Serialized, args: Any = None) -> dict[str, Any]:
         func = deserialize(function)
@@ -472,4 +488,4 @@ class Worker:
                 rss,
                 limit,
             )
-            self._handle(SetPaused(paused))
+            self._handle(SetPaused(paused, self._stimulus("memory-pause")))
