@@ -8,11 +8,12 @@ scheduler it no longer wants the result, so the worker can free the memory.
 from __future__ import annotations
 
 import asyncio
-import concurrent.futures
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
+from .._exceptions import CancelledError, TaskError
 from ..protocol import SerializationError, Serialized, deserialize
+from ._loop import within
 
 if TYPE_CHECKING:
     from ._client import Client
@@ -20,13 +21,8 @@ if TYPE_CHECKING:
 FINAL = ("finished", "error", "cancelled")
 
 
-class CancelledError(concurrent.futures.CancelledError):
-    """The future was cancelled (a subclass, so asyncio does not take it for
-    the cancellation of the task that awaits it)."""
 
 
-class TaskError(RuntimeError):
-    """A task failed with an exception that could not be sent back as itself."""
 
 
 class FutureState:
@@ -140,7 +136,7 @@ class Future:
             state = self._state
 
             async def wait() -> None:
-                await asyncio.wait_for(state.event.wait(), timeout)
+                await within(state.event.wait(), timeout, f"{state.key!r} not done")
 
             self.client.sync(wait)
 

@@ -12,6 +12,8 @@ import threading
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
+from .._exceptions import ShoalTimeoutError
+
 T = TypeVar("T")
 
 
@@ -42,8 +44,10 @@ class LoopRunner:
         try:
             return future.result(timeout)
         except concurrent.futures.TimeoutError:
+            if future.done():  # the call's own timeout, with its own message
+                raise
             future.cancel()
-            raise TimeoutError(f"no result within {timeout}s") from None
+            raise ShoalTimeoutError(f"no result within timeout={timeout}s") from None
 
     def call_soon(self, callback: Callable[..., Any], *args: Any) -> None:
         if not self.loop.is_closed():
@@ -67,3 +71,13 @@ class LoopRunner:
         self.thread.join(timeout)
         if not self.thread.is_alive():
             self.loop.close()
+
+
+async def within(awaitable: Awaitable[T], timeout: float | None, what: str) -> T:
+    """``await awaitable``, or ShoalTimeoutError naming ``what`` and the timeout."""
+    try:
+        return await asyncio.wait_for(awaitable, timeout)
+    except TimeoutError as exc:
+        if timeout is None:
+            raise
+        raise ShoalTimeoutError(f"{what} within timeout={timeout}s") from exc

@@ -8,6 +8,7 @@ from collections.abc import AsyncIterator, Iterable, Iterator
 from typing import Any, NamedTuple
 
 from ._future import FINAL, Future
+from ._loop import within
 
 FIRST_COMPLETED = "FIRST_COMPLETED"
 FIRST_EXCEPTION = "FIRST_EXCEPTION"
@@ -30,7 +31,8 @@ def wait(futures: Iterable[Future] | Future, timeout: float | None = None,
     client = futures[0].client
 
     async def run() -> DoneAndNotDone:
-        await asyncio.wait_for(_wait(futures, return_when), timeout)
+        await within(_wait(futures, return_when), timeout,
+                     f"{len(futures)} futures not {return_when.lower().replace('_', ' ')}")
         done = {f for f in futures if f.done()}
         return DoneAndNotDone(done, set(futures) - done)
 

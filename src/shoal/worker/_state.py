@@ -27,6 +27,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from .._exceptions import InvalidTransition
 from .._story import DEFAULT_STORY_SIZE, Entry, Story
 
 #: Every legal move, ``(start, finish)``.
@@ -57,10 +58,6 @@ _ids = itertools.count()
 def _stimulus() -> str:
     """The id of an event built without one (in tests)."""
     return f"event-{next(_ids)}"
-
-
-class InvalidTransition(RuntimeError):
-    """A task-state change that is not in the transition table was attempted."""
 
 #: When tasks take less than this on average, up to PREFETCH_PER_THREAD more
 #: per thread are handed to the executor ahead, so a thread goes from one tiny
