@@ -242,12 +242,16 @@ class SchedulerState:
                 self._transition(ts, "erred", recs, stim, _failure(error))
             else:
                 self._transition(ts, "released", recs, stim, GONE)
-        for ts in list(ws.has_what):
+        lost = []
+        for ts in ws.has_what:
             ts.who_has.discard(ws)
             if not ts.who_has:
-                self.counts["lost"] += 1
-                recs[ts.key] = "released"
+                lost.append(ts)
         ws.has_what.clear()
+        self.counts["lost"] += len(lost)
+        for ts in lost:  # at once: no task may be placed meanwhile as if they were there
+            if ts.state == "memory":
+                self._transition(ts, "released", recs, stim)
         self._transitions(recs, stim)
         for other in self.workers.values():
             self._fill(other, recs, stim)
@@ -680,6 +684,7 @@ class SchedulerState:
             ts.processing_on = None
             if blame is not None:  # it may still be running there
                 self.out.append(ToWorker(ws.address, {"op": "free-keys", "keys": [ts.key]}))
+            self._fill(ws, recs, stim)
         elif start == "queued":
             self.placement.dequeue(ts)
         ts.exception, ts.traceback, ts.exception_text = exception, traceback, text
