@@ -32,7 +32,9 @@ from shoal.scheduler._events import (
     UpdateData,
     UpdateGraph,
 )
-from shoal.scheduler._state import SchedulerState
+from shoal.scheduler._state import TRANSITIONS, SchedulerState
+
+from ..stories import check_story, snapshot
 
 S = "prop"
 actions = st.lists(
@@ -99,9 +101,14 @@ class Driver:
         self.add_worker(0, 0)
 
     def handle(self, *events: Event) -> None:
+        before = snapshot(self.state.tasks)
+        recorded = len(self.state.story_log)
         for inst in self.state.handle(*events):
             if isinstance(inst, ToWorker):
                 self.workers.receive(self.state, inst)
+        new = list(self.state.story_log.entries)[recorded:]
+        assert all(e[3] == events[-1].stimulus_id for e in new)
+        check_story(before, snapshot(self.state.tasks), new, TRANSITIONS)
 
     def add_worker(self, a: int, b: int) -> None:
         self.n_workers += 1
