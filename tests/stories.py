@@ -9,6 +9,7 @@ would break the chain.
 
 from __future__ import annotations
 
+import itertools
 from typing import Any
 
 #: A task is created in this state, and leaves the table in one of REMOVED.
@@ -33,7 +34,7 @@ def check_story(before: dict[str, str], after: dict[str, str], entries: list[tup
                 f"{key}: {start} -> {after.get(key, 'removed')} with no story entry")
             continue
         assert chain[0][1] == start, f"{key}: story starts at {chain[0][1]}, state was {start}"
-        for prev, nxt in zip(chain, chain[1:]):
+        for prev, nxt in itertools.pairwise(chain):
             recreated = prev[2] in REMOVED and nxt[1] == INITIAL
             assert prev[2] == nxt[1] or recreated, f"{key}: story jumps {prev[2]} -> {nxt[1]}"
         for entry in chain:

@@ -191,6 +191,22 @@ def test_roots_beyond_the_slots_are_queued(state):
     assert computes(out, "w1")
 
 
+def test_result_nobody_asked_for_is_freed_on_its_worker(state):
+    out = state.handle(TaskFinished(S, "w1", "unknown", 8))
+    assert [(i.worker, i.msg) for i in out] == [("w1", {"op": "free-keys", "keys": ["unknown"]})]
+
+
+def test_worker_freed_by_erring_dependents_takes_queued_roots(state):
+    state.handle(UpdateData(S, "c", {"x": ["w1"]}, {"x": 8}))
+    state.handle(graph(spec("b", "x", workers=["w2"])))
+    state.handle(graph(*(spec(f"r{i}") for i in range(20))))  # roots queue behind it
+    queued = len(state.placement.queued)
+    assert queued and state.tasks["b"].processing_on.address == "w2"
+    out = state.handle(MissingData(S, "w2", "x", "w1"))  # x, unrecomputable, is gone
+    assert state.tasks["b"].state == "erred"
+    assert computes(out, "w2") and len(state.placement.queued) < queued
+
+
 def test_illegal_transition_is_refused(state):
     state.handle(graph(spec("a")))
     ts = state.tasks["a"]

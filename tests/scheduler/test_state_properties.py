@@ -17,10 +17,10 @@ from hypothesis import strategies as st
 
 from shoal.scheduler._events import (
     AddClient,
-    Event,
     AddWorker,
     CancelKeys,
     ClientReleasesKeys,
+    Event,
     MissingData,
     RemoveClient,
     RemoveWorker,
@@ -89,6 +89,9 @@ class Workers:
                 f"{w}: scheduler thinks {sorted(t.key for t in ws.has_what)}, holds {sorted(keys)}")
             running = {ts.key for ts in ws.processing}
             assert running <= self.running[w], f"{w} is not running {running - self.running[w]}"
+            for ts in ws.processing:
+                for name, amount in (ts.resource_restrictions or {}).items():
+                    assert ws.resources.get(name, 0) >= amount, f"{ts.key} on {w} lacks {name}"
 
 
 class Driver:
@@ -188,10 +191,16 @@ class Driver:
 
     def scatter(self, a: int, b: int) -> None:
         w = self._worker(a)
-        if w is not None:
+        if w is None:
+            return
+        pending = sorted(k for k, ts in self.state.tasks.items() if ts.state != "memory")
+        if b % 3 == 0 and pending:  # data arriving for a key that is being computed
+            key = pending[a % len(pending)]
+        else:
             self.n_keys += 1
-            self.workers.held[w].add(f"s{self.n_keys}")
-            self.handle(UpdateData(S, "c", {f"s{self.n_keys}": [w]}, {f"s{self.n_keys}": b}))
+            key = f"s{self.n_keys}"
+        self.workers.held[w].add(key)
+        self.handle(UpdateData(S, "c", {key: [w]}, {key: b}))
 
     def steal(self, a: int, b: int) -> None:
         requested = sorted(self.state.stealing.in_flight, key=lambda t: t.key)
