@@ -640,10 +640,14 @@ class SchedulerState:
             inline = arg.inline
         else:  # (workers, nbytes): scattered, or held by a rejoining worker
             workers, nbytes = arg
-            if start == "processing":
-                assert ts.processing_on is not None
-                self.placement.unassign(ts, ts.processing_on)
+            if start == "processing":  # the run is not needed any more
+                ws = ts.processing_on
+                assert ws is not None
+                self.placement.unassign(ts, ws)
                 ts.processing_on = None
+                if ws not in workers:
+                    self.out.append(ToWorker(ws.address, {"op": "free-keys", "keys": [ts.key]}))
+                self._fill(ws, recs, stim)
             elif start == "queued":
                 self.placement.dequeue(ts)
             ts.exception = ts.traceback = ts.exception_text = None
