@@ -32,14 +32,15 @@ from shoal.scheduler._events import (
     UpdateData,
     UpdateGraph,
 )
-from shoal.scheduler._state import TRANSITIONS, SchedulerState
+from shoal.scheduler._state import REJOIN_HOLDER, TRANSITIONS, SchedulerState
 
 from ..stories import check_story, snapshot
 
 S = "prop"
 actions = st.lists(
     st.tuples(
-        st.sampled_from(["add_worker", "remove_worker", "retire", "submit", "submit", "submit",
+        st.sampled_from(["add_worker", "rejoin", "remove_worker", "retire", "submit", "submit",
+                         "submit",
                          "finish", "finish", "finish", "finish", "finish", "err", "release",
                          "cancel", "missing", "scatter", "steal", "steal"]),
         st.integers(0, 1000),
@@ -120,6 +121,17 @@ class Driver:
         self.workers.join(name)
         self.handle(AddWorker(S, name, name, 1 + a % 2, 10**9, resources))
 
+    def rejoin(self, a: int, b: int) -> None:
+        """A worker joins holding data: some keys the scheduler knows, some it does not."""
+        self.n_workers += 1
+        name = f"w{self.n_workers}"
+        keys = sorted(self.state.tasks)
+        held = {keys[(a + i) % len(keys)]: b for i in range(b % 3)} if keys else {}
+        held[f"old{self.n_workers}"] = a
+        self.workers.join(name)
+        self.workers.held[name].update(held)
+        self.handle(AddWorker(S, name, name, 1, 10**9, keys=held))
+
     def _worker(self, i: int) -> str | None:
         workers = sorted(self.state.workers)
         return workers[i % len(workers)] if workers else None
@@ -196,6 +208,9 @@ class Driver:
         pending = sorted(k for k, ts in self.state.tasks.items() if ts.state != "memory")
         if b % 3 == 0 and pending:  # data arriving for a key that is being computed
             key = pending[a % len(pending)]
+            runner = self.state.tasks[key].processing_on
+            if runner is not None and runner.address == w:
+                return  # the same worker: its own run goes on, and is reported as usual
         else:
             self.n_keys += 1
             key = f"s{self.n_keys}"
@@ -228,6 +243,8 @@ class Driver:
 
     def release_everything(self) -> None:
         self.handle(RemoveClient(S, "c"))
+        unclaimed = [k for k, ts in self.state.tasks.items() if REJOIN_HOLDER in ts.who_wants]
+        self.handle(ClientReleasesKeys(S, REJOIN_HOLDER, unclaimed))
 
 
 def assert_empty(d: Driver) -> None:
