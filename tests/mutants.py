@@ -69,7 +69,7 @@ MUTANTS: list[tuple[str, str, str, str]] = [
      "worker: runs not cancelled when the scheduler is lost"),
     (W, "        if start == \"executing\":  # arg: the ExecuteSuccess\n            self._finish_execution(ts)", "        if start == \"executing\":  # arg: the ExecuteSuccess\n            pass",
      "worker: a finished run still counted as executing"),
-    (W, "            if ev.peer_gone:\n                self._forget_peer(ev.worker)", "            if False:\n                self._forget_peer(ev.worker)",
+    (W, "        if ev.peer_gone:  # whatever was asked of it, fetch nothing more from it", "        if False:",
      "worker: a dead peer kept as a source"),
 ]
 

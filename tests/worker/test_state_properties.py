@@ -34,7 +34,7 @@ from shoal.worker._state import (
 from ..stories import check_story, snapshot
 
 OPS = ["compute", "compute", "compute", "finish", "finish", "fail", "free", "gather_ok",
-       "gather_fail", "pause", "resume", "steal", "scatter", "replicate", "lost"]
+       "gather_fail", "gather_gone", "pause", "resume", "steal", "scatter", "replicate", "lost"]
 ops = st.lists(st.tuples(st.sampled_from(OPS), st.integers(0, 50)), min_size=5, max_size=80)
 
 
@@ -43,6 +43,7 @@ class Driver:
         self.ws = WorkerState("me", 2)
         self.store: set[str] = set()
         self.running: set[str] = set()  # handed to the executor, not yet reported
+        self.dead: set[str] = set()  # peers found gone, and not named again since
         self.n = 0
 
     def handle(self, *events) -> None:
@@ -58,6 +59,7 @@ class Driver:
                 self.store.discard(inst.key)
             elif isinstance(inst, Gather):
                 assert all(ws.tasks[k].state == "flight" for k in inst.keys)
+                assert inst.worker not in self.dead, f"fetching from {inst.worker}, known gone"
         ws.validate()
         check_story(before, snapshot(ws.tasks), list(ws.story_log.entries)[recorded:],
                     TRANSITIONS)
@@ -70,6 +72,7 @@ class Driver:
         if op == "compute":
             self.n += 1
             deps = {keys[i % len(keys)]: ["peer", "other"][: 1 + i % 2]} if keys and i % 3 else {}
+            self.dead.difference_update(*deps.values())
             self.handle(ComputeTask(f"t{self.n}", "f", None, (i,), deps, {k: 1 for k in deps}))
         elif op in ("finish", "fail") and self.running:
             key = sorted(self.running)[i % len(self.running)]
@@ -82,7 +85,7 @@ class Driver:
         elif op == "free" and keys:
             self.handle(FreeKeys([keys[i % len(keys)]]))
         elif op.startswith("gather") and ws.in_flight_workers:
-            self.gather(min(ws.in_flight_workers), op == "gather_ok")
+            self.gather(min(ws.in_flight_workers), op == "gather_ok", op == "gather_gone")
         elif op in ("pause", "resume"):
             self.handle(SetPaused(op == "pause"))
         elif op == "steal" and keys:
@@ -92,16 +95,20 @@ class Driver:
             self.store.add(key)
             self.handle(AddData({key: 3}))
         elif op == "replicate":
+            self.dead.discard("peer")
             self.handle(AcquireReplicas({f"r{i}": ["peer"]}, {f"r{i}": 2}))
         elif op == "lost":
             self.handle(SchedulerLost())
 
-    def gather(self, peer: str, ok: bool) -> None:
+    def gather(self, peer: str, ok: bool, gone: bool = False) -> None:
         keys = [t.key for t in self.ws.in_flight_workers[peer]]
         if ok:  # the server stores what arrives for keys still in flight
             self.store.update(k for k in keys if self.ws.tasks.get(k) is not None
                               and self.ws.tasks[k].state == "flight")
-        self.handle(GatherDone(peer, {k: 1 for k in keys} if ok else {}, [] if ok else keys))
+        if gone:
+            self.dead.add(peer)
+        self.handle(GatherDone(peer, {k: 1 for k in keys} if ok else {}, [] if ok else keys,
+                               peer_gone=gone))
 
     def release_everything(self) -> None:
         for _ in range(1000):

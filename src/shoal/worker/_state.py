@@ -411,6 +411,8 @@ class WorkerState:
     def _GatherDone(self, ev: GatherDone) -> None:
         keys = self.in_flight_workers.pop(ev.worker, set())
         self.busy_workers.discard(ev.worker)
+        if ev.peer_gone:  # whatever was asked of it, fetch nothing more from it
+            self._forget_peer(ev.worker)
         received = []
         for ts in keys:
             if ts.state != "flight" or self.tasks.get(ts.key) is not ts:
@@ -421,8 +423,6 @@ class WorkerState:
                 continue
             ts.who_has.discard(ev.worker)
             self._transition(ts, "fetch")
-            if ev.peer_gone:
-                self._forget_peer(ev.worker)
             if not ts.who_has:
                 self.out.append(
                     Send({"op": "missing-data", "key": ts.key, "errant_worker": ev.worker})
