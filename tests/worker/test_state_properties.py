@@ -156,3 +156,14 @@ def test_scheduler_lost_keeps_results_and_drops_the_rest():
     d.handle(ExecuteSuccess("b", 1, 0, 0))  # the run that was going: its result is dropped
     assert d.ws.held() == {"a": 8} and d.store == {"a"}
     assert any(e[3] == "scheduler-lost-1" for e in d.ws.story("b"))
+
+
+def test_a_peer_found_gone_is_not_asked_again():
+    """Even when the keys asked of it were released and asked for again meanwhile."""
+    d = Driver()
+    d.handle(AcquireReplicas({"r": ["peer"]}, {"r": 2}))  # in flight from peer
+    d.handle(FreeKeys(["r"]))
+    d.handle(AcquireReplicas({"r": ["peer"]}, {"r": 2}))  # again, while the first is out
+    d.dead.add("peer")
+    d.handle(GatherDone("peer", {}, ["r"], peer_gone=True))
+    assert "r" not in d.ws.tasks or d.ws.tasks["r"].state != "flight"

@@ -24,6 +24,7 @@ from typing import Any
 
 import psutil
 
+from .._story import DEFAULT_STORY_SIZE
 from ..comm import BatchedSend, CommClosedError, ConnectionPool, RPCServer, connect
 from ..comm._core import Comm
 from ..protocol import SerializationError, Serialized, ToPickle, deserialize, serialize
@@ -90,8 +91,10 @@ class Worker:
         spill_directory: str | None = None,
         listen_address: str | None = None,
         http_port: int | None = None,
+        story_size: int = DEFAULT_STORY_SIZE,
     ) -> None:
         self.http_port = http_port
+        self.story_size = story_size
         self.http_address: str | None = None
         self._http: Any = None
         self.scheduler_address = scheduler_address
@@ -137,7 +140,7 @@ class Worker:
             self.name = self.address
         target = self.thresholds.bytes_for("target", self.memory_limit)
         self.data = DataStore(target, self.spill_directory)
-        self.state = WorkerState(self.address, self.nthreads, self.resources)
+        self.state = WorkerState(self.address, self.nthreads, self.resources, self.story_size)
         self.executor = Executor(self.nthreads, self._executed, name=str(self.name))
         if self.http_port is not None:  # health and metrics (worker/_http.py)
             from ._http import start_http
