@@ -110,7 +110,7 @@ class Driver:
         for inst in self.state.handle(*events):
             if isinstance(inst, ToWorker):
                 self.workers.receive(self.state, inst)
-        new = list(self.state.story_log.entries)[recorded:]
+        new = self.state.story_log.since(recorded)
         assert all(e[3] == events[-1].stimulus_id for e in new)
         check_story(before, snapshot(self.state.tasks), new, TRANSITIONS)
 

@@ -61,7 +61,7 @@ class Driver:
                 assert all(ws.tasks[k].state == "flight" for k in inst.keys)
                 assert inst.worker not in self.dead, f"fetching from {inst.worker}, known gone"
         ws.validate()
-        check_story(before, snapshot(ws.tasks), list(ws.story_log.entries)[recorded:],
+        check_story(before, snapshot(ws.tasks), ws.story_log.since(recorded),
                     TRANSITIONS)
         in_memory = {k for k, t in ws.tasks.items() if t.state == "memory"}
         assert self.store == in_memory, f"store {sorted(self.store)} != memory {sorted(in_memory)}"

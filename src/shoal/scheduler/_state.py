@@ -130,7 +130,7 @@ class SchedulerState:
         self.stealing = Stealing(self)
         self.out: list[Instruction] = []
         self.story_log = Story(story_size)
-        self._record = self.story_log.entries.append
+        self._record = self.story_log.entries.extend
         self._now = clock()
         self._generation = itertools.count()
         self._handlers: dict[type, Callable[[Any], None]] = {

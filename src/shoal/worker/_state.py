@@ -241,7 +241,7 @@ class WorkerState:
         self.counts = {"executed": 0, "failed": 0, "fetched": 0}
         self.clock = clock
         self.story_log = Story(story_size)
-        self._record = self.story_log.entries.append
+        self._record = self.story_log.entries.extend
         self._now = clock()
         self._stim = ""
         moves: dict[str, Callable[[WTask, str, Any], None]] = {
