@@ -93,6 +93,9 @@ class Workers:
             for ts in ws.processing:
                 for name, amount in (ts.resource_restrictions or {}).items():
                     assert ws.resources.get(name, 0) >= amount, f"{ts.key} on {w} lacks {name}"
+        for ts, thief in state.stealing.in_flight.items():  # asked back only for a valid thief
+            for name, amount in (ts.resource_restrictions or {}).items():
+                assert thief.resources.get(name, 0) >= amount, f"{ts.key} stolen for {thief}"
 
 
 class Driver:
