@@ -53,6 +53,7 @@ _current: list[Client] = []
 
 #: The recipe of one key: its task message, its inputs' recipes, its function.
 Recipe = tuple[dict[str, Any], list["Recipe"], Serialized]
+_NO_INPUTS: list[Recipe] = []  # shared by every recipe without inputs, never changed
 
 
 class Client:
@@ -99,6 +100,7 @@ class Client:
         self.loop: asyncio.AbstractEventLoop | None = None
         self._loop_thread: int | None = None
         self._reader: asyncio.Task | None = None
+        self._reconnecting: asyncio.Task | None = None
         self._counter = itertools.count()
         if asynchronous:
             self._started: Any = None
@@ -176,8 +178,9 @@ class Client:
             except CommClosedError:
                 pass
             await self._stream.close(2.0)
-        if self._reader is not None:
-            self._reader.cancel()
+        for task in (self._reader, self._reconnecting):
+            if task is not None and task is not asyncio.current_task():
+                task.cancel()
         self.pool.close()
         for state in self._states.values():
             if state.status not in FINAL:
@@ -289,7 +292,7 @@ class Client:
             logger.warning("client %s lost its scheduler at %s; reconnecting", self.id,
                            self.scheduler_address)
             self.status = "reconnecting"
-            self._reader = asyncio.get_running_loop().create_task(self._reconnect())
+            self._reconnecting = asyncio.get_running_loop().create_task(self._reconnect())
 
     async def _reconnect(self) -> None:
         """Reconnect with a bounded backoff, then resubmit what is still wanted."""
@@ -311,6 +314,8 @@ class Client:
             await self._await_rejoining_workers(deadline)
             if self.status != "reconnecting":
                 return
+            if self._comm is None or self._comm.closed():
+                continue  # lost again while waiting: start over
             self.status = "running"
             self._resubmit()
             logger.warning("client %s reconnected to %s", self.id, self.scheduler_address)
@@ -467,7 +472,7 @@ class Client:
         with self._lock:
             for task in tasks:
                 deps = task.get("deps")
-                inputs = [recipes[d] for d in deps if d in recipes] if deps else []
+                inputs = [recipes[d] for d in deps if d in recipes] if deps else _NO_INPUTS
                 recipes[task["key"]] = (task, inputs, func)
 
         def send() -> None:
