@@ -1,6 +1,7 @@
 """Every error shoal raises, in one tree under :class:`ShoalError`.
 
-Catch ``ShoalError`` for anything shoal itself reports.  Where users already
+Catch ``ShoalError`` for any failure shoal reports (misuse of the API raises
+the usual ``TypeError``/``ValueError``).  Where users already
 catch a built-in error, the class mixes it in too (a timeout is also a
 ``TimeoutError``, a lost connection also a ``ConnectionError``), so code
 written for those keeps working.  The classes stay importable where they
@@ -18,6 +19,7 @@ from ``shoal``::
     │   └── MessageError
     ├── SerializationError              (TypeError)  a value that cannot be (un)pickled
     ├── RemoteError                     (RuntimeError)  a peer answered a request with an error
+    ├── DataUnavailableError            (RuntimeError)  results no worker could hand over
     ├── TaskError                       (RuntimeError)  a task failed
     │   ├── TaskFailed                  its own exception could not be sent back
     │   ├── KilledWorkerError           it was running on too many workers that died
@@ -81,6 +83,10 @@ class SerializationError(ShoalError, TypeError):
 
 class RemoteError(ShoalError, RuntimeError):
     """A request the peer answered with an error."""
+
+
+class DataUnavailableError(ShoalError, RuntimeError):
+    """Finished results that could not be fetched from any worker, after retries."""
 
 
 class TaskError(ShoalError, RuntimeError):
@@ -155,6 +161,7 @@ __all__ = [
     "CancelledError",
     "ClientClosedError",
     "CommClosedError",
+    "DataUnavailableError",
     "FramingError",
     "InvalidSpec",
     "InvalidTransition",

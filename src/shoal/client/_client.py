@@ -26,6 +26,8 @@ from typing import Any, Self
 
 from .._exceptions import (
     ClientClosedError,
+    DataUnavailableError,
+    RemoteError,
     SchedulerLostError,
     SchedulerRefusedError,
 )
@@ -518,7 +520,7 @@ class Client:
             if not todo:
                 return values
             await asyncio.sleep(0.05 * (_attempt + 1))  # back off while data is recomputed
-        raise RuntimeError(f"could not fetch {sorted(todo)[:5]} from any worker")
+        raise DataUnavailableError(f"could not fetch {sorted(todo)[:5]} from any worker")
 
     async def _fetch(self, states: dict[str, FutureState]) -> tuple[dict, list[str]]:
         by_worker: dict[str, list[str]] = {}
@@ -657,7 +659,7 @@ class Client:
             out = {}
             for address, answer in answers.items():
                 if answer.get("status") != "ok":
-                    raise RuntimeError(f"run failed on {address}: {answer.get('message')}")
+                    raise RemoteError(f"run failed on {address}: {answer.get('message')}")
                 out[address] = deserialize(answer["result"])
             return out
 

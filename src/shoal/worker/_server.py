@@ -24,6 +24,7 @@ from typing import Any
 
 import psutil
 
+from .._exceptions import ShoalTimeoutError
 from .._story import DEFAULT_STORY_SIZE
 from ..comm import BatchedSend, CommClosedError, ConnectionPool, RPCServer, connect
 from ..comm._core import Comm
@@ -163,9 +164,10 @@ class Worker:
                 break
             except (CommClosedError, OSError) as exc:
                 if time.monotonic() > deadline:
-                    raise TimeoutError(
+                    raise ShoalTimeoutError(
                         f"worker {self.name} could not reach the scheduler at "
-                        f"{self.scheduler_address} within {self.death_timeout}s: {exc}"
+                        f"{self.scheduler_address} within death_timeout={self.death_timeout}s: "
+                        f"{exc}"
                     ) from exc
                 await asyncio.sleep(delay)  # back off between connection attempts
                 delay = min(delay * 2, 1.0)
