@@ -8,11 +8,11 @@ scheduler it no longer wants the result, so the worker can free the memory.
 from __future__ import annotations
 
 import asyncio
-import concurrent.futures
 from collections.abc import Callable
 from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
+from .._exceptions import CancelledError, TaskError
 from ..protocol import SerializationError, Serialized, deserialize
 from ._loop import bounded
 from ._traceback import traceback_from_text
@@ -23,13 +23,8 @@ if TYPE_CHECKING:
 FINAL = ("finished", "error", "cancelled")
 
 
-class CancelledError(concurrent.futures.CancelledError):
-    """The future was cancelled (a subclass, so asyncio does not take it for
-    the cancellation of the task that awaits it)."""
 
 
-class TaskError(RuntimeError):
-    """A task failed with an exception that could not be sent back as itself."""
 
 
 class FutureState:
@@ -161,8 +156,7 @@ class Future:
 
             async def wait() -> None:
                 await bounded(state.event.wait(), timeout,
-                              lambda: f"{state.key!r} was not done within the timeout of "
-                              f"{timeout}s")
+                              lambda: f"{state.key!r} not done")
 
             self.client.sync(wait)
 

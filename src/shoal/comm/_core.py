@@ -15,6 +15,7 @@ import sys
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+from .._exceptions import CommClosedError
 from ..protocol import PROTOCOL_VERSION, VersionMismatchError
 
 __all__ = [
@@ -30,8 +31,6 @@ __all__ = [
 DEFAULT_CONNECT_TIMEOUT = 10.0
 
 
-class CommClosedError(ConnectionError):
-    """The connection is closed, or broke while in use."""
 
 
 class Comm(abc.ABC):

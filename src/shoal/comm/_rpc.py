@@ -17,6 +17,7 @@ from collections import defaultdict
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+from .._exceptions import RemoteError
 from ..protocol import FramingError, MessageError, SerializationError, ToPickle
 from ._core import Comm, CommClosedError, Listener, connect, listen
 
@@ -26,8 +27,6 @@ Handler = Callable[..., Any]
 StreamHandler = Callable[..., Awaitable[None]]
 
 
-class RemoteError(RuntimeError):
-    """A request the peer answered with an error."""
 
 
 class RPCServer:

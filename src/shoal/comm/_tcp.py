@@ -56,6 +56,8 @@ def split_host_port(address: str) -> tuple[str, int]:
 
 
 def _address_of(sockname: Any) -> str:
+    if not sockname:  # the socket was reset as it opened: asyncio has no address for it
+        raise CommClosedError("the connection closed as it opened")
     host, port = sockname[0], sockname[1]
     if ":" in host:
         host = f"[{host}]"
@@ -312,7 +314,13 @@ class TCPListener(Listener):
         return protocol
 
     def _accepted(self, protocol: _Protocol) -> None:
-        task = asyncio.get_running_loop().create_task(self._serve(TCPComm(protocol)))
+        try:
+            comm = TCPComm(protocol)
+        except CommClosedError:
+            if protocol.transport is not None:
+                protocol.transport.abort()
+            return  # gone before it could be served
+        task = asyncio.get_running_loop().create_task(self._serve(comm))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 

@@ -16,6 +16,8 @@ from __future__ import annotations
 import struct
 from collections.abc import Sequence
 
+from .._exceptions import FramingError
+
 __all__ = ["MAX_MESSAGE_BYTES", "FramingError", "pack_frames_prelude", "unpack_frame_lengths"]
 
 #: Largest message a peer may send; anything larger closes the connection.
@@ -26,8 +28,6 @@ _TOTAL = struct.Struct("<Q")
 _COUNT = struct.Struct("<I")
 
 
-class FramingError(ValueError):
-    """The bytes on a connection are not a well-formed shoal message."""
 
 
 def pack_frames_prelude(frames: Sequence[bytes | memoryview]) -> bytes:

@@ -14,6 +14,7 @@ simply started again.
 from __future__ import annotations
 
 import asyncio
+import itertools
 import logging
 import os
 import socket
@@ -23,8 +24,10 @@ from typing import Any
 
 import psutil
 
+from .._exceptions import ShoalTimeoutError
 from .._logbuffer import get_logs
 from .._logbuffer import install as install_log_buffer
+from .._story import DEFAULT_STORY_SIZE
 from ..comm import BatchedSend, CommClosedError, ConnectionPool, RPCServer, connect
 from ..comm._core import Comm
 from ..protocol import SerializationError, Serialized, ToPickle, deserialize, serialize
@@ -38,6 +41,7 @@ from ._nanny import NANNY_PID_ENV
 from ._sizeof import sizeof
 from ._state import (
     AcquireReplicas,
+    AddData,
     ComputeTask,
     Execute,
     ExecuteFailure,
@@ -47,6 +51,7 @@ from ._state import (
     Gather,
     GatherDone,
     Rejoined,
+    SchedulerLost,
     Send,
     SetPaused,
     StealRequest,
@@ -95,8 +100,10 @@ class Worker:
         local_directory: str | None = None,
         listen_address: str | None = None,
         http_port: int | None = None,
+        story_size: int = DEFAULT_STORY_SIZE,
     ) -> None:
         self.http_port = http_port
+        self.story_size = story_size
         self.http_address: str | None = None
         self._http: Any = None
         self.scheduler_address = scheduler_address
@@ -119,6 +126,7 @@ class Worker:
                 "ping": lambda: "pong",
                 "info": self.info,
                 "get_logs": get_logs,
+                "story": self.story,
             },
             {},
         )
@@ -138,6 +146,7 @@ class Worker:
         self.bytes_fetched = 0
         self._tasks: set[asyncio.Task] = set()
         self._stopped = asyncio.Event()
+        self._ids = itertools.count()
 
     # ------------------------------------------------------------ lifecycle
 
@@ -153,7 +162,7 @@ class Worker:
                                     self.data, process_memory)
         if self.memory_limit:
             tune_allocator()  # freed results must lower the RSS the monitor watches
-        self.state = WorkerState(self.address, self.nthreads, self.resources)
+        self.state = WorkerState(self.address, self.nthreads, self.resources, self.story_size)
         self.executor = Executor(self.nthreads, self._executed, name=str(self.name))
         if self.http_port is not None:  # health and metrics (worker/_http.py)
             from ._http import start_http
@@ -184,9 +193,10 @@ class Worker:
                 break
             except (CommClosedError, OSError) as exc:
                 if time.monotonic() > deadline:
-                    raise TimeoutError(
+                    raise ShoalTimeoutError(
                         f"worker {self.name} could not reach the scheduler at "
-                        f"{self.scheduler_address} within {self.death_timeout}s: {exc}"
+                        f"{self.scheduler_address} within death_timeout={self.death_timeout}s: "
+                        f"{exc}"
                     ) from exc
                 await asyncio.sleep(delay)  # back off between connection attempts
                 delay = min(delay * 2, 1.0)
@@ -206,7 +216,7 @@ class Worker:
             "resources": self.resources,
             "pid": os.getpid(),
             "host": socket.gethostname(),
-            "keys": {},
+            "keys": self.state.held(),
             "http_address": self.http_address,
             "nanny": NANNY_PID_ENV in os.environ,
         }
@@ -242,11 +252,16 @@ class Worker:
                 self._spawn(self.close())
 
     def _reset(self) -> None:
+        """Keep the results (announced to the scheduler on rejoining), drop the rest."""
+        self._handle(SchedulerLost(self._stimulus("scheduler-lost")))
         for key in list(self.data):
-            del self.data[key]
-        self.state = WorkerState(self.address, self.nthreads, self.resources)
+            if key not in self.state.tasks:
+                self.data.discard(key)
         self.functions.clear()
         wake_rejoins(self)  # their tasks are forgotten: nothing will grant a slot
+
+    def _stimulus(self, what: str) -> str:
+        return f"{what}-{next(self._ids)}"
 
     def _spawn(self, coro: Any) -> None:
         task = asyncio.get_running_loop().create_task(coro)
@@ -328,17 +343,17 @@ class Worker:
                 return
         self._handle(
             ComputeTask(key, func, args, tuple(priority), who_has or {}, nbytes or {}, resources,
-                        report)
+                        report, self._stimulus("compute-task"))
         )
 
     def _free_keys(self, keys: list[str]) -> None:
-        self._handle(FreeKeys(keys))
+        self._handle(FreeKeys(keys, self._stimulus("free-keys")))
 
     def _steal_request(self, key: str) -> None:
-        self._handle(StealRequest(key))
+        self._handle(StealRequest(key, self._stimulus("steal-request")))
 
     def _acquire_replicas(self, who_has: dict, nbytes: dict) -> None:
-        self._handle(AcquireReplicas(who_has, nbytes))
+        self._handle(AcquireReplicas(who_has, nbytes, self._stimulus("acquire-replicas")))
 
     # ------------------------------------------------------------ instructions
 
@@ -381,6 +396,7 @@ class Worker:
                     serialize(RuntimeError("function missing")),
                     "",
                     "the worker never received this task's function",
+                    self._stimulus("function-missing"),
                 )
             )
             return None
@@ -396,12 +412,15 @@ class Worker:
                     self.data.discard(o.key)
                     logger.warning("%s", refusal)
                     events.append(ExecuteFailure(o.key, serialize(refusal), "",
-                                                 f"{type(refusal).__name__}: {refusal}"))
+                                                 f"{type(refusal).__name__}: {refusal}",
+                                                 self._stimulus("memory-refused")))
                     continue
                 events.append(ExecuteSuccess(o.key, o.nbytes, o.start, o.stop,
-                                             self._inline(o.key, o.value, o.nbytes)))
+                                             self._inline(o.key, o.value, o.nbytes),
+                                             self._stimulus("executed")))
             else:
-                events.append(ExecuteFailure(o.key, o.exception, o.traceback, o.exception_text))
+                events.append(ExecuteFailure(o.key, o.exception, o.traceback, o.exception_text,
+                                             self._stimulus("execute-failed")))
         self._handle(*events)
 
     def _inline(self, key: str, value: Any, nbytes: int) -> Serialized | bytes | memoryview | None:
@@ -438,7 +457,8 @@ class Worker:
                     self.data.set_with_size(key, value, nbytes)
                     self.bytes_fetched += ser.nbytes
                     received[key] = nbytes
-        self._handle(GatherDone(inst.worker, received, missing, gone))
+        self._handle(GatherDone(inst.worker, received, missing, gone,
+                                self._stimulus("gather-done")))
 
     # ------------------------------------------------------------ served ops
 
@@ -463,8 +483,11 @@ class Worker:
             value = deserialize(ser)
             nbytes[key] = sizeof(value)
             self.data.set_with_size(key, value, nbytes[key])
-            self.state.adopt(key, nbytes[key])
+        self._handle(AddData(nbytes, self._stimulus("update-data")))
         return {"status": "ok", "nbytes": nbytes}
+
+    def story(self, keys: list[str]) -> dict[str, Any]:
+        return {"status": "ok", "story": self.state.story(*keys)}
 
     async def run_function(self, function: Serialized, args: Any = None,
                            kwargs: Any = None) -> dict[str, Any]:
@@ -521,5 +544,5 @@ class Worker:
         """Spill, give memory back and pause or resume as the memory monitor finds."""
         check = self.memory.check()
         if check.paused != self.state.paused:
-            self._handle(SetPaused(check.paused))
+            self._handle(SetPaused(check.paused, self._stimulus("memory-pause")))
         return check
