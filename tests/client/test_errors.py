@@ -35,6 +35,7 @@ def test_every_shoal_error_is_exported_and_under_the_root():
     ("shoal.client._future", "CancelledError", concurrent.futures.CancelledError),
     ("shoal.operator.spec", "InvalidSpec", ValueError),
     ("shoal.cluster.kube", "KubeApiError", RuntimeError),
+    ("shoal.worker._monitor", "WorkerMemoryError", MemoryError),
 ])
 def test_old_homes_still_work_and_builtins_still_catch(where, name, builtin):
     import importlib
@@ -42,6 +43,11 @@ def test_old_homes_still_work_and_builtins_still_catch(where, name, builtin):
     cls = getattr(importlib.import_module(where), name)
     assert cls is getattr(shoal, name)
     assert issubclass(cls, builtin) and issubclass(cls, ShoalError)
+
+
+def test_dask_names_are_the_same_classes():
+    assert shoal.KilledWorker is shoal.KilledWorkerError
+    assert shoal.TimeoutError is ShoalTimeoutError and issubclass(shoal.TimeoutError, TimeoutError)
 
 
 def test_errors_with_arguments_survive_pickling():
