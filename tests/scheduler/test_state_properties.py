@@ -20,7 +20,9 @@ from shoal.scheduler._events import (
     AddWorker,
     CancelKeys,
     ClientReleasesKeys,
+    ClientWantsKeys,
     Event,
+    LongRunning,
     MissingData,
     RemoveClient,
     RemoveWorker,
@@ -32,7 +34,7 @@ from shoal.scheduler._events import (
     UpdateData,
     UpdateGraph,
 )
-from shoal.scheduler._state import REJOIN_HOLDER, TRANSITIONS, SchedulerState
+from shoal.scheduler._state import FIRE_AND_FORGET, REJOIN_HOLDER, TRANSITIONS, SchedulerState
 
 from ..stories import check_story, snapshot
 
@@ -42,7 +44,8 @@ actions = st.lists(
         st.sampled_from(["add_worker", "rejoin", "remove_worker", "retire", "submit", "submit",
                          "submit",
                          "finish", "finish", "finish", "finish", "finish", "err", "release",
-                         "cancel", "missing", "scatter", "steal", "steal"]),
+                         "cancel", "missing", "scatter", "steal", "steal", "secede",
+                         "fire_and_forget"]),
         st.integers(0, 1000),
         st.integers(0, 1000),
     ),
@@ -230,6 +233,20 @@ class Driver:
                 self.workers.running[victim].discard(ts.key)
             self.handle(StealResponse(S, victim, ts.key, answer))
 
+    def secede(self, a: int, b: int) -> None:
+        """A running task leaves its thread slot: the worker is refilled from the queue."""
+        ts = self._processing(a)
+        if ts is None:
+            return
+        ws = ts.processing_on
+        self.handle(LongRunning(S, ws.address, ts.key))
+        assert ts in ws.long_running and ws.processing[ts] == 0.0
+        if ws.status == "running" and self.state.placement.queued:
+            assert ws.busy >= self.state.placement.slots(ws), f"{ws.address} not refilled"
+
+    def fire_and_forget(self, a: int, b: int) -> None:
+        self.handle(ClientWantsKeys(S, FIRE_AND_FORGET, self._some_keys(a, b)))
+
     def drain(self) -> None:
         if not self.state.workers:
             self.add_worker(0, 0)
@@ -246,8 +263,9 @@ class Driver:
 
     def release_everything(self) -> None:
         self.handle(RemoveClient(S, "c"))
-        unclaimed = [k for k, ts in self.state.tasks.items() if REJOIN_HOLDER in ts.who_wants]
-        self.handle(ClientReleasesKeys(S, REJOIN_HOLDER, unclaimed))
+        for holder in (REJOIN_HOLDER, FIRE_AND_FORGET):
+            unclaimed = [k for k, ts in self.state.tasks.items() if holder in ts.who_wants]
+            self.handle(ClientReleasesKeys(S, holder, unclaimed))
 
 
 def assert_empty(d: Driver) -> None:

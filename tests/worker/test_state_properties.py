@@ -25,7 +25,10 @@ from shoal.worker._state import (
     FreeKeys,
     Gather,
     GatherDone,
+    Rejoin,
+    Rejoined,
     SchedulerLost,
+    Secede,
     SetPaused,
     StealRequest,
     WorkerState,
@@ -34,7 +37,8 @@ from shoal.worker._state import (
 from ..stories import check_story, snapshot
 
 OPS = ["compute", "compute", "compute", "finish", "finish", "fail", "free", "gather_ok",
-       "gather_fail", "gather_gone", "pause", "resume", "steal", "scatter", "replicate", "lost"]
+       "gather_fail", "gather_gone", "pause", "resume", "steal", "scatter", "replicate", "lost",
+       "secede", "rejoin"]
 ops = st.lists(st.tuples(st.sampled_from(OPS), st.integers(0, 50)), min_size=5, max_size=80)
 
 
@@ -44,6 +48,7 @@ class Driver:
         self.store: set[str] = set()
         self.running: set[str] = set()  # handed to the executor, not yet reported
         self.dead: set[str] = set()  # peers found gone, and not named again since
+        self.rejoining: set[str] = set()  # seceded runs that asked for a slot back
         self.n = 0
 
     def handle(self, *events) -> None:
@@ -57,6 +62,9 @@ class Driver:
                 self.running.add(inst.key)
             elif isinstance(inst, Forget):
                 self.store.discard(inst.key)
+            elif isinstance(inst, Rejoined):
+                assert inst.key in self.rejoining, f"{inst.key} rejoined unasked"
+                self.rejoining.discard(inst.key)
             elif isinstance(inst, Gather):
                 assert all(ws.tasks[k].state == "flight" for k in inst.keys)
                 assert inst.worker not in self.dead, f"fetching from {inst.worker}, known gone"
@@ -77,6 +85,7 @@ class Driver:
         elif op in ("finish", "fail") and self.running:
             key = sorted(self.running)[i % len(self.running)]
             self.running.discard(key)
+            self.rejoining.discard(key)  # a run that ends no longer waits for a slot
             if op == "finish":
                 self.store.add(key)  # the server stores the value, then reports
                 self.handle(ExecuteSuccess(key, 1, 0, 0))
@@ -99,6 +108,13 @@ class Driver:
             self.handle(AcquireReplicas({f"r{i}": ["peer"]}, {f"r{i}": 2}))
         elif op == "lost":
             self.handle(SchedulerLost())
+        elif op in ("secede", "rejoin") and self.running:
+            key = sorted(self.running)[i % len(self.running)]
+            if op == "secede":
+                self.handle(Secede(key))
+            else:
+                self.rejoining.add(key)
+                self.handle(Rejoin(key))
 
     def gather(self, peer: str, ok: bool, gone: bool = False) -> None:
         keys = [t.key for t in self.ws.in_flight_workers[peer]]
@@ -120,6 +136,7 @@ class Driver:
             if self.running:
                 key = min(self.running)
                 self.running.discard(key)
+                self.rejoining.discard(key)
                 self.store.add(key)
                 self.handle(ExecuteSuccess(key, 1, 0, 0))
             if ws.in_flight_workers:
@@ -136,6 +153,7 @@ def test_random_events_keep_store_story_and_invariants(events):
     d.release_everything()
     ws = d.ws
     assert ws.tasks == {} and d.store == set() and not ws.executing
+    assert not ws.seceded and not ws.rejoining
     assert not ws.fetching and not any(ws.fetch_by_peer.values())
     assert not ws.in_flight_workers and not ws.busy_workers
     assert ws.available_resources == ws.total_resources
