@@ -72,6 +72,15 @@ MUTANTS: list[tuple[str, str, str, str]] = [
      "worker: a finished run still counted as executing"),
     (W, "        if ev.peer_gone:  # whatever was asked of it, fetch nothing more from it", "        if False:",
      "worker: a dead peer kept as a source"),
+    (S, "        self.placement.secede(ts, ws)\n        recs: Recs = {}\n        self._fill(ws, recs, ev.stimulus_id)\n",
+     "        self.placement.secede(ts, ws)\n        recs: Recs = {}\n",
+     "scheduler: a seceded task's slot not refilled"),
+    (S, "            ts.who_wants.discard(FIRE_AND_FORGET)\n        if not self._wanted(ts):", "            pass\n        if not self._wanted(ts):",
+     "scheduler: a fire-and-forget task kept after it finished"),
+    (W, "        while self.rejoining and len(self.executing) < self.nthreads:", "        while self.rejoining:",
+     "worker: a seceded task rejoins with no free slot"),
+    (W, "        self.seceded.discard(ts)\n        if ts in self.rejoining:", "        if ts in self.rejoining:",
+     "worker: a finished seceded run still counted as seceded"),
 ]
 
 

@@ -293,6 +293,7 @@ def test_random_events_keep_invariants_and_finish(events):
     for ts in d.state.tasks.values():
         if ts.who_wants:
             assert ts.state in ("memory", "erred"), f"{ts.key} stuck in {ts.state}"
+        assert FIRE_AND_FORGET not in ts.who_wants, f"{ts.key} kept for fire-and-forget"
         assert ts.state not in ("processing", "queued", "no-worker"), ts
     d.release_everything()
     d.state.validate()
