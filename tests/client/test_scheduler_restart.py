@@ -22,6 +22,8 @@ from pathlib import Path
 import pytest
 
 from shoal import Client, SchedulerLostError
+from shoal.client import _dask
+from shoal.client._client import _current
 
 from ..polling import wait_for
 
@@ -124,6 +126,10 @@ def test_computation_survives_a_scheduler_sigkill_and_restart(processes, tmp_pat
         assert total.result(timeout=120) == sum(range(1, 61))
         assert client.gather(leaves) == list(range(1, 61))
         assert client.status == "running"
+        # reconnecting registers again with the scheduler, not again as the
+        # current client nor as dask's default scheduler
+        assert _current.count(client) == 1
+        assert [h._client() for h in _dask._defaults].count(client) == 1
         runs: dict[str, int] = {}
         for mark in os.listdir(marks):
             x = mark.split("-")[0]
