@@ -53,7 +53,7 @@ MUTANTS: list[tuple[str, str, str, str]] = [
      "scheduler: scattered data arriving on a waiting task keeps waiting_on"),
     (S, "        if not ts.waiting_on:\n            recs[ts.key] = \"processing\"", "        if ts.waiting_on:\n            recs[ts.key] = \"processing\"",
      "scheduler: a ready task never scheduled"),
-    ("scheduler/_placement.py", "        room = self.slots(ws) - len(ws.processing)", "        room = self.slots(ws) + 1 - len(ws.processing)",
+    ("scheduler/_placement.py", "        room = self.slots(ws) - ws.busy", "        room = self.slots(ws) + 1 - ws.busy",
      "placement: one root more than the worker's slots"),
     ("scheduler/_stealing.py", "            if thief is victim or not self.state.placement.valid(ts, thief):", "            if thief is victim:",
      "stealing: a task stolen by a worker it may not run on"),
