@@ -9,15 +9,39 @@ The names of ``distributed.__all__`` that shoal implements are importable
 from here under the same names; docs/coming-from-dask.md lists the others.
 """
 
-from builtins import TimeoutError  # the one dask.distributed exports too
-
+from ._exceptions import (
+    CancelledError,
+    ClientClosedError,
+    CommClosedError,
+    DataUnavailableError,
+    FramingError,
+    InvalidSpec,
+    InvalidTransition,
+    KilledWorker,
+    KilledWorkerError,
+    KubeApiError,
+    KubeClusterError,
+    LostDataError,
+    MessageError,
+    ProtocolError,
+    RemoteError,
+    SchedulerLostError,
+    SchedulerRefusedError,
+    SerializationError,
+    ShoalError,
+    ShoalTimeoutError,
+    TaskError,
+    TaskFailed,
+    TimeoutError,
+    VersionMismatchError,
+    WorkerMemoryError,
+)
 from .client import (
     ALL_COMPLETED,
     FIRST_COMPLETED,
     FIRST_EXCEPTION,
     Client,
     Future,
-    TaskError,
     as_completed,
     default_client,
     wait,
@@ -26,20 +50,18 @@ from .client._coordination import Event, Lock, MultiLock, Semaphore
 from .client._dask import futures_of
 from .client._diagnostics import get_task_stream, performance_report
 from .client._fire_and_forget import fire_and_forget
-from .client._future import CancelledError
 from .client._integrations import CompatibleExecutor
 from .client._progress import progress
 from .client._shared import Queue, Variable
 from .client._worker_client import get_client, worker_client
 from .cluster import LocalCluster
 from .cluster._adapt import Adaptive
-from .scheduler import KilledWorkerError, Scheduler
+from .scheduler import Scheduler
 from .worker import Worker, get_worker
 from .worker._context import rejoin, secede
 from .worker._output import print, warn  # dask.distributed's names: shadow the built-ins
 
-#: dask.distributed's names for the same things.
-KilledWorker = KilledWorkerError
+#: dask.distributed's name for the same thing.
 local_client = worker_client
 
 __version__ = "0.1.0"
@@ -51,21 +73,41 @@ __all__ = [
     "Adaptive",
     "CancelledError",
     "Client",
+    "ClientClosedError",
+    "CommClosedError",
     "CompatibleExecutor",
+    "DataUnavailableError",
     "Event",
+    "FramingError",
     "Future",
+    "InvalidSpec",
+    "InvalidTransition",
     "KilledWorker",
     "KilledWorkerError",
+    "KubeApiError",
+    "KubeClusterError",
     "LocalCluster",
     "Lock",
+    "LostDataError",
+    "MessageError",
     "MultiLock",
+    "ProtocolError",
     "Queue",
+    "RemoteError",
     "Scheduler",
+    "SchedulerLostError",
+    "SchedulerRefusedError",
     "Semaphore",
+    "SerializationError",
+    "ShoalError",
+    "ShoalTimeoutError",
     "TaskError",
+    "TaskFailed",
     "TimeoutError",
     "Variable",
+    "VersionMismatchError",
     "Worker",
+    "WorkerMemoryError",
     "as_completed",
     "default_client",
     "fire_and_forget",

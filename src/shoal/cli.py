@@ -106,6 +106,10 @@ def _parser() -> argparse.ArgumentParser:
                    help="remove a worker silent for this many seconds")
     s.add_argument("--allowed-failures", type=int, default=None)
     _add_limit_flags(s)
+    s.add_argument("--story-size", type=int, default=50_000,
+                   help="task transitions kept for client.story() (a ring buffer)")
+    s.add_argument("--rejoin-grace", type=float, default=60.0,
+                   help="seconds a rejoining worker's data waits for a client to claim it")
     s.add_argument("--announce", action="store_true", help=argparse.SUPPRESS)
 
     w = sub.add_parser("worker", help="run a worker (under a nanny by default)")
@@ -187,7 +191,9 @@ def _scheduler(args: argparse.Namespace) -> int:
                                     worker_ttl=args.worker_ttl,
                                     allowed_failures=args.allowed_failures,
                                     limits=_limits(args),
-                                    http_max_body_bytes=args.http_max_body).start()
+                                    http_max_body_bytes=args.http_max_body,
+                                    story_size=args.story_size,
+                                    rejoin_grace=args.rejoin_grace).start()
         logger.info("scheduler at %s, HTTP at %s", scheduler.address, scheduler.http_address)
         if args.announce:
             announce(address=scheduler.address, http_address=scheduler.http_address,

@@ -152,7 +152,7 @@ def inc(x: int) -> int:
 def test_variable_holds_a_value_or_a_future_for_every_client(proc_cluster):
     with Client(proc_cluster, timeout=20) as writer:
         plain = Variable("plain", client=writer)
-        with pytest.raises(TimeoutError, match=r"no value was set within the timeout of 0\.1s"):
+        with pytest.raises(TimeoutError, match=r"no value was set within timeout=0\.1s"):
             plain.get(timeout=0.1)
         plain.set({"a": 1})
         Variable("result", client=writer).set(writer.submit(sum, [1, 2, 3]))

@@ -96,9 +96,10 @@ def test_executor_futures_can_be_cancelled_while_queued(client):
 
 def test_timeouts_name_the_timeout(client):
     stuck = client.submit(inc, 2, **NEVER)
-    with pytest.raises(TimeoutError, match=r"within the timeout of 0\.2s"):
+    with pytest.raises(TimeoutError, match=r"no result for .* within timeout=0\.2s"):
         stuck.result(timeout=0.2)
-    with pytest.raises(TimeoutError, match=r"1 of 1 futures .* 0\.2s"):
+    with pytest.raises(TimeoutError,
+                       match=r"1 of 1 futures not all completed within timeout=0\.2s"):
         wait([stuck], timeout=0.2)
     with pytest.raises(TimeoutError, match=r"0\.2s"):
         stuck.exception(timeout=0.2)

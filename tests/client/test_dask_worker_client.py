@@ -7,16 +7,6 @@ from __future__ import annotations
 import pytest
 
 from shoal import Client, get_client, get_worker, rejoin, secede, wait, worker_client
-from shoal.worker._state import (
-    ComputeTask,
-    Execute,
-    ExecuteSuccess,
-    Rejoin,
-    Rejoined,
-    Secede,
-    Send,
-    WorkerState,
-)
 
 
 @pytest.fixture
@@ -60,20 +50,3 @@ def test_secede_outside_a_task_is_a_clear_error():
     with pytest.raises(ValueError, match="inside a task"):
         secede()
 
-
-def test_a_seceded_task_frees_its_slot_and_rejoins_when_one_is_free():
-    state = WorkerState("tcp://w", nthreads=1)
-    out = state.handle(ComputeTask("a", "f", None, (0,), {}, {}, None, False),
-                       ComputeTask("b", "f", None, (1,), {}, {}, None, False))
-    assert [i.key for i in out if type(i) is Execute] == ["a"]
-    out = state.handle(Secede("a"))
-    assert Send({"op": "long-running", "key": "a"}) in out
-    assert [i.key for i in out if type(i) is Execute] == ["b"]
-    state.validate()
-    assert not [i for i in state.handle(Rejoin("a")) if type(i) is Rejoined]  # b holds it
-    out = state.handle(ExecuteSuccess("b", 1, 0.0, 0.0))
-    assert Rejoined("a") in out
-    state.validate()
-    state.handle(ExecuteSuccess("a", 1, 0.0, 0.0))
-    assert not state.executing and not state.seceded
-    state.validate()

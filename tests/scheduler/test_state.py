@@ -21,7 +21,7 @@ from shoal.scheduler._events import (
     UpdateData,
     UpdateGraph,
 )
-from shoal.scheduler._state import InvalidTransition, SchedulerState
+from shoal.scheduler._state import REJOIN_HOLDER, InvalidTransition, SchedulerState
 
 S = "test"
 
@@ -183,12 +183,55 @@ def test_resources_restrict_placement(state):
 
 def test_roots_beyond_the_slots_are_queued(state):
     out = state.handle(graph(*(spec(f"r{i}") for i in range(50))))
-    assert 0 < len(computes(out)) < 50
+    assert len(computes(out)) == sum(state.placement.slots(ws) for ws in state.workers.values())
     assert len(state.placement.queued) == 50 - len(computes(out))
     w = state.workers["w1"]
     first = next(iter(w.processing))
     out = state.handle(TaskFinished(S, "w1", first.key, 8))
-    assert computes(out, "w1")
+    assert len(computes(out, "w1")) == 1  # the one slot it freed
+
+
+def test_result_nobody_asked_for_is_freed_on_its_worker(state):
+    out = state.handle(TaskFinished(S, "w1", "unknown", 8))
+    assert [(i.worker, i.msg) for i in out] == [("w1", {"op": "free-keys", "keys": ["unknown"]})]
+
+
+def test_worker_freed_by_erring_dependents_takes_queued_roots(state):
+    state.handle(UpdateData(S, "c", {"x": ["w1"]}, {"x": 8}))
+    state.handle(graph(spec("b", "x", workers=["w2"])))
+    state.handle(graph(*(spec(f"r{i}") for i in range(20))))  # roots queue behind it
+    queued = len(state.placement.queued)
+    assert queued and state.tasks["b"].processing_on.address == "w2"
+    out = state.handle(MissingData(S, "w2", "x", "w1"))  # x, unrecomputable, is gone
+    assert state.tasks["b"].state == "erred"
+    assert computes(out, "w2") and len(state.placement.queued) < queued
+
+
+def test_rejoining_worker_data_is_kept_for_clients_then_released(state):
+    state.handle(AddWorker(S, "w3", "w3", 1, 10**9, keys={"old": 8}))
+    assert state.tasks["old"].state == "memory" and state.tasks["old"].who_wants == {REJOIN_HOLDER}
+    out = state.handle(ClientReleasesKeys(S, REJOIN_HOLDER, ["old"]))
+    assert state.tasks == {}
+    assert [(i.worker, i.msg) for i in out] == [("w3", {"op": "free-keys", "keys": ["old"]})]
+
+
+def test_resubmitted_graph_reuses_rejoined_data_and_adopts_its_lineage(state):
+    state.handle(AddWorker(S, "w3", "w3", 1, 10**9, keys={"a": 8}))
+    out = state.handle(graph(spec("a"), spec("b", "a"), wanted=["b"]))
+    assert computes(out) == ["b"]  # a is not recomputed
+    assert state.tasks["a"].func == "f" and state.tasks["b"] in state.tasks["a"].dependents
+    state.handle(ClientReleasesKeys(S, REJOIN_HOLDER, ["a"]))
+    assert state.tasks["a"].state == "memory"  # b still needs it
+    out = state.handle(RemoveWorker(S, "w3"))  # lost again: recomputed from the recipe
+    assert "a" in computes(out)
+
+
+def test_rejoining_worker_holding_a_running_task_finishes_it(state):
+    state.handle(graph(spec("a")))
+    runner = state.tasks["a"].processing_on.address
+    out = state.handle(AddWorker(S, "w3", "w3", 1, 10**9, keys={"a": 8}))
+    assert state.tasks["a"].state == "memory" and reports(out, "key-in-memory") == ["a"]
+    assert ToWorker(runner, {"op": "free-keys", "keys": ["a"]}) in out
 
 
 def test_illegal_transition_is_refused(state):

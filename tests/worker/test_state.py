@@ -15,6 +15,9 @@ from shoal.worker._state import (
     FreeKeys,
     Gather,
     GatherDone,
+    Rejoin,
+    Rejoined,
+    Secede,
     Send,
     SetPaused,
     WorkerState,
@@ -162,3 +165,21 @@ def test_slow_tasks_are_not_prefetched():
     ws.handle(ExecuteSuccess("warm", 1, 1.0, 2.0))
     out = ws.handle(*(ComputeTask(f"t{i}", "f", None, (i,)) for i in range(10)))
     assert len([i for i in out if isinstance(i, Execute)]) == 1
+
+
+def test_a_seceded_task_frees_its_slot_and_rejoins_when_one_is_free():
+    state = WorkerState("tcp://w", nthreads=1)
+    out = state.handle(ComputeTask("a", "f", None, (0,), {}, {}, None, False),
+                       ComputeTask("b", "f", None, (1,), {}, {}, None, False))
+    assert [i.key for i in out if type(i) is Execute] == ["a"]
+    out = state.handle(Secede("a"))
+    assert Send({"op": "long-running", "key": "a"}) in out
+    assert [i.key for i in out if type(i) is Execute] == ["b"]
+    state.validate()
+    assert not [i for i in state.handle(Rejoin("a")) if type(i) is Rejoined]  # b holds it
+    out = state.handle(ExecuteSuccess("b", 1, 0.0, 0.0))
+    assert Rejoined("a") in out
+    state.validate()
+    state.handle(ExecuteSuccess("a", 1, 0.0, 0.0))
+    assert not state.executing and not state.seceded
+    state.validate()

@@ -4,6 +4,12 @@ The API follows dask.distributed's so Dask users feel at home.  A blocking
 client runs its connection on a background loop (see :mod:`._loop`); an
 ``asynchronous=True`` client runs on the caller's loop and its methods
 return awaitables.
+
+The client keeps the recipe (the task message and the recipes of its inputs)
+of every key it holds a future for.  When the connection to the scheduler
+drops, it reconnects with a bounded backoff for up to ``reconnect_timeout``
+seconds and resubmits those recipes, so a restarted scheduler learns again
+what this client wants; keys that rejoining workers still hold are reused.
 """
 
 from __future__ import annotations
@@ -13,17 +19,25 @@ import collections
 import itertools
 import logging
 import threading
+import time
 import uuid
 from collections.abc import Callable, Iterable
 from typing import Any, Self
 
+from .._exceptions import (
+    ClientClosedError,
+    DataUnavailableError,
+    RemoteError,
+    SchedulerLostError,
+    SchedulerRefusedError,
+)
 from ..comm import BatchedSend, CommClosedError, ConnectionPool, connect, spawn
 from ..comm._core import Comm
 from ..protocol import SerializationError, Serialized, deserialize, serialize
 from ..protocol._task import KEEP, KeyRef, replace
 from . import _dask
 from ._cluster import ClusterCalls
-from ._datasets import DatasetCalls, confirm
+from ._datasets import DatasetCalls, abandon, confirm
 from ._future import FINAL, Future, FutureState
 from ._integrations import ClientExecutor
 from ._joblib import register_if_available as register_joblib_backend
@@ -34,7 +48,19 @@ from ._tokenize import FunctionCache, task_key
 logger = logging.getLogger(__name__)
 
 DEFAULT_TIMEOUT = 30.0
+#: How long a client tries to reconnect to a scheduler that went away.
+DEFAULT_RECONNECT_TIMEOUT = 60.0
+#: Backoff between reconnection attempts: doubled from the first to the most.
+RECONNECT_FIRST_DELAY = 0.05
+RECONNECT_MAX_DELAY = 1.0
+#: After reconnecting, how long to wait for the workers that held this
+#: client's results to rejoin before resubmitting (so their data is reused).
+REJOIN_WAIT = 5.0
 _current: list[Client] = []
+
+#: The recipe of one key: its task message, its inputs' recipes, its function.
+Recipe = tuple[dict[str, Any], list["Recipe"], Serialized]
+_NO_INPUTS: list[Recipe] = []  # shared by every recipe without inputs, never changed
 
 
 class Client(ClusterCalls, DatasetCalls):
@@ -52,12 +78,14 @@ class Client(ClusterCalls, DatasetCalls):
         timeout: float = DEFAULT_TIMEOUT,
         name: str | None = None,
         direct_to_workers: bool = True,
+        reconnect_timeout: float = DEFAULT_RECONNECT_TIMEOUT,
         set_as_default: bool = True,
         **cluster_kwargs: Any,
     ) -> None:
         self.id = f"{name or 'Client'}-{uuid.uuid4().hex}"
         self.asynchronous = asynchronous
         self.timeout = timeout
+        self.reconnect_timeout = reconnect_timeout
         self.direct_to_workers = direct_to_workers
         self._set_as_default = set_as_default
         self.cluster: Any = None
@@ -73,6 +101,7 @@ class Client(ClusterCalls, DatasetCalls):
         self._release_scheduled = False
         self._functions = FunctionCache()
         self._functions_sent: set[str] = set()  # the scheduler keeps these for us
+        self._recipes: dict[str, Recipe] = {}  # of the keys this client holds futures for
         self._stream: BatchedSend | None = None
         self._comm: Comm | None = None
         self.pool = ConnectionPool()
@@ -80,6 +109,7 @@ class Client(ClusterCalls, DatasetCalls):
         self.loop: asyncio.AbstractEventLoop | None = None
         self._loop_thread: int | None = None
         self._reader: asyncio.Task | None = None
+        self._reconnecting: asyncio.Task | None = None
         self._counter = itertools.count()
         self._confirmations: dict[str, asyncio.Future] = {}  # see _datasets.store
         if asynchronous:
@@ -118,20 +148,25 @@ class Client(ClusterCalls, DatasetCalls):
             self.cluster = address
             address = address.scheduler_address
         self.scheduler_address = address
-        comm = await connect(address, timeout=self.timeout)
-        await comm.write({"op": "register-client", "client": self.id})
-        answer = await comm.read()
-        if not isinstance(answer, dict) or answer.get("status") != "ok":
-            comm.abort()
-            raise ConnectionError(f"the scheduler at {address} refused this client: {answer}")
-        self._comm = comm
-        self._stream = BatchedSend(comm)
-        self._reader = spawn(self._read_scheduler(comm), f"{self.id} reading its scheduler")
+        await self._register(self.timeout)
+        # once per client, not per connection (_register runs again on reconnecting)
         self.status = "running"
         _current.append(self)
         if self._set_as_default and not self.asynchronous:
             _dask.set_default(self)
         register_joblib_backend()
+
+    async def _register(self, timeout: float) -> None:
+        address = self.scheduler_address
+        comm = await connect(address, timeout=timeout)
+        await comm.write({"op": "register-client", "client": self.id})
+        answer = await comm.read()
+        if not isinstance(answer, dict) or answer.get("status") != "ok":
+            comm.abort()
+            raise SchedulerRefusedError(f"the scheduler at {address} refused this client: {answer}")
+        self._comm = comm
+        self._stream = BatchedSend(comm)
+        self._reader = spawn(self._read_scheduler(comm), f"{self.id} reading its scheduler")
 
     def close(self, timeout: float = 10.0) -> Any:
         if self.asynchronous:
@@ -158,12 +193,15 @@ class Client(ClusterCalls, DatasetCalls):
             except CommClosedError:
                 pass
             await self._stream.close(2.0)
-        if self._reader is not None:
-            self._reader.cancel()
+        for task in (self._reader, self._reconnecting):
+            if task is not None and task is not asyncio.current_task():
+                task.cancel()
         self.pool.close()
         for state in self._states.values():
             if state.status not in FINAL:
                 state.cancel()
+        abandon(self, ClientClosedError(f"client {self.id} closed before the scheduler "
+                                        "confirmed the request"))
         if self._own_cluster and self.cluster is not None:
             await self.cluster._close()
 
@@ -257,6 +295,7 @@ class Client(ClusterCalls, DatasetCalls):
                     continue
                 self._refcount.pop(key, None)
                 self._states.pop(key, None)
+                self._recipes.pop(key, None)
                 forgotten.append(key)
         if forgotten:
             self._send({"op": "client-releases-keys", "keys": forgotten})
@@ -275,12 +314,91 @@ class Client(ClusterCalls, DatasetCalls):
         except asyncio.CancelledError:
             return
         if self.status == "running":
-            logger.error("client %s lost its scheduler at %s", self.id, self.scheduler_address)
-            self.status = "disconnected"
-            for state in list(self._states.values()):
-                if state.status not in FINAL:
-                    state.fail(None, "", f"lost the connection to the scheduler at "
-                               f"{self.scheduler_address} before {state.key!r} finished")
+            logger.warning("client %s lost its scheduler at %s; reconnecting", self.id,
+                           self.scheduler_address)
+            self.status = "reconnecting"
+            abandon(self, SchedulerLostError(
+                f"lost the connection to the scheduler at {self.scheduler_address} before "
+                "it confirmed the request"))
+            self._reconnecting = asyncio.get_running_loop().create_task(self._reconnect())
+
+    async def _reconnect(self) -> None:
+        """Reconnect with a bounded backoff, then resubmit what is still wanted."""
+        deadline = time.monotonic() + self.reconnect_timeout
+        delay = RECONNECT_FIRST_DELAY
+        self.pool.remove(self.scheduler_address)
+        while self.status == "reconnecting":
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                self._give_up()
+                return
+            try:
+                await self._register(min(remaining, self.timeout))
+            except (CommClosedError, OSError, SchedulerRefusedError) as exc:
+                logger.debug("reconnecting to %s: %s", self.scheduler_address, exc)
+                await asyncio.sleep(min(delay, max(0.0, deadline - time.monotonic())))
+                delay = min(delay * 2, RECONNECT_MAX_DELAY)  # bounded backoff
+                continue
+            await self._await_rejoining_workers(deadline)
+            if self.status != "reconnecting":
+                return
+            if self._comm is None or self._comm.closed():
+                continue  # lost again while waiting: start over
+            self.status = "running"
+            self._resubmit()
+            logger.warning("client %s reconnected to %s", self.id, self.scheduler_address)
+
+    def _give_up(self) -> None:
+        self.status = "disconnected"
+        logger.error("client %s could not reconnect to %s within reconnect_timeout=%ss",
+                     self.id, self.scheduler_address, self.reconnect_timeout)
+        for state in list(self._states.values()):
+            if state.status not in FINAL:
+                error = SchedulerLostError(
+                    f"lost the connection to the scheduler at {self.scheduler_address} "
+                    f"before {state.key!r} finished, and could not reconnect within "
+                    f"reconnect_timeout={self.reconnect_timeout}s")
+                state.fail(serialize(error), "", str(error))
+
+    async def _await_rejoining_workers(self, deadline: float) -> None:
+        """Give the workers that hold finished results a moment to rejoin (bounded)."""
+        holders = {w for s in self._states.values() if s.status == "finished" for w in s.workers}
+        until = min(deadline, time.monotonic() + REJOIN_WAIT)
+        delay = RECONNECT_FIRST_DELAY
+        while holders and time.monotonic() < until:
+            try:
+                info = await self.pool.request(self.scheduler_address, "scheduler_info")
+            except (CommClosedError, OSError):
+                return  # the stream's reader notices a lost scheduler
+            if holders <= set(info["workers"]):
+                return
+            await asyncio.sleep(delay)  # a bounded poll: rejoining is not announced to clients
+            delay = min(delay * 2, RECONNECT_MAX_DELAY)
+
+    def _resubmit(self) -> None:
+        """Send the new scheduler the recipes of every key still wanted, inputs first."""
+        with self._lock:
+            wanted = [k for k, s in self._states.items() if s.status not in ("error", "cancelled")]
+            roots = [self._recipes[k] for k in wanted if k in self._recipes]
+        tasks: list[dict[str, Any]] = []
+        functions: dict[str, Serialized] = {}
+        seen: set[str] = set()
+        stack: list[tuple[Recipe, bool]] = [(r, False) for r in reversed(roots)]
+        while stack:  # depth first, each task after its inputs
+            recipe, inputs_done = stack.pop()
+            task, inputs, func = recipe
+            if task["key"] in seen:
+                continue
+            if inputs_done:
+                seen.add(task["key"])
+                tasks.append(task)
+                functions[task["func"]] = func
+                continue
+            stack.append((recipe, True))
+            stack.extend((r, False) for r in inputs if r[0]["key"] not in seen)
+        self._functions_sent = set(functions)
+        self._send({"op": "update-graph", "tasks": tasks, "functions": functions,
+                    "wanted": wanted})
 
     def _handle_report(self, msg: dict[str, Any]) -> None:
         op = msg.get("op")
@@ -325,8 +443,7 @@ class Client(ClusterCalls, DatasetCalls):
         task, deps_futures = self._task(token, args, kwargs, key, pure)
         _restrict(task, workers, allow_other_workers, retries, priority, resources)
         future = Future(task["key"], self)
-        self._send_graph([task], self._new_function(token, ser_func), [task["key"]],
-                         deps_futures)
+        self._send_graph([task], ser_func, [task["key"]], deps_futures)
         return future
 
     def map(self, func: Callable[..., Any], *iterables: Iterable[Any], key: str | list | None = None,
@@ -349,8 +466,7 @@ class Client(ClusterCalls, DatasetCalls):
             tasks.append(task)
             deps.extend(task_deps)
             futures.append(Future(task["key"], self))
-        self._send_graph(tasks, self._new_function(token, ser_func), [t["key"] for t in tasks],
-                         deps)
+        self._send_graph(tasks, ser_func, [t["key"] for t in tasks], deps)
         return futures
 
     def _new_function(self, token: str, ser: Serialized) -> dict[str, Serialized]:
@@ -384,16 +500,25 @@ class Client(ClusterCalls, DatasetCalls):
             task["deps"] = list(dict.fromkeys(f.key for f in found))
         return task, found
 
-    def _send_graph(self, tasks: list[dict], functions: dict[str, Serialized],
+    def _send_graph(self, tasks: list[dict], func: Serialized,
                     wanted: list[str], keep_alive: list[Future]) -> None:
-        if self.status != "running":
-            raise RuntimeError(f"the client is {self.status}")
-        msg = {"op": "update-graph", "tasks": tasks, "functions": functions, "wanted": wanted}
+        if self.status not in ("running", "reconnecting"):
+            raise ClientClosedError(f"the client is {self.status}")
+        recipes = self._recipes
+        with self._lock:
+            for task in tasks:
+                deps = task.get("deps")
+                inputs = [recipes[d] for d in deps if d in recipes] if deps else _NO_INPUTS
+                recipes[task["key"]] = (task, inputs, func)
 
         def send() -> None:
             # Holding the input futures until the graph is sent: were they
             # collected before, their release could reach the scheduler first.
-            self._send(msg)
+            # While reconnecting nothing is sent: the resubmission includes it.
+            if self.status == "running" and tasks:
+                token = tasks[0]["func"]
+                self._send({"op": "update-graph", "tasks": tasks,
+                            "functions": self._new_function(token, func), "wanted": wanted})
             keep_alive.clear()
 
         self._call_on_loop(send)
@@ -402,8 +527,7 @@ class Client(ClusterCalls, DatasetCalls):
 
     async def _result(self, future: Future, timeout: float | None) -> Any:
         values = await bounded(self._gather_states([future._state]), timeout,
-                               lambda: f"{future.key!r} had no result within the timeout "
-                               f"of {timeout}s")
+                               lambda: f"no result for {future.key!r}")
         return values[future.key]
 
     async def _wait_final(self, states: Iterable[FutureState]) -> None:
@@ -430,7 +554,7 @@ class Client(ClusterCalls, DatasetCalls):
             if not todo:
                 return values
             await asyncio.sleep(0.05 * (_attempt + 1))  # back off while data is recomputed
-        raise RuntimeError(f"could not fetch {sorted(todo)[:5]} from any worker")
+        raise DataUnavailableError(f"could not fetch {sorted(todo)[:5]} from any worker")
 
     async def _fetch(self, states: dict[str, FutureState]) -> tuple[dict, list[str]]:
         by_worker: dict[str, list[str]] = {}
@@ -574,7 +698,7 @@ class Client(ClusterCalls, DatasetCalls):
             out = {}
             for address, answer in answers.items():
                 if answer.get("status") != "ok":
-                    raise RuntimeError(f"run failed on {address}: {answer.get('message')}")
+                    raise RemoteError(f"run failed on {address}: {answer.get('message')}")
                 out[address] = deserialize(answer["result"])
             return out
 
@@ -586,6 +710,13 @@ class Client(ClusterCalls, DatasetCalls):
     def who_has(self, futures: Iterable[Future] | None = None) -> Any:
         keys = [f.key for f in futures] if futures is not None else list(self._states)
         return self.sync(lambda: self.pool.request(self.scheduler_address, "who_has", keys=keys))
+
+    def story(self, *keys: str | Future) -> Any:
+        """Every recorded state change of these keys, on the scheduler and the
+        workers, oldest first: ``[{"key", "start", "finish", "stimulus_id",
+        "timestamp", "where"}, ...]`` (bounded logs: old entries are dropped)."""
+        names = [k.key if isinstance(k, Future) else k for k in keys]
+        return self.sync(lambda: self.pool.request(self.scheduler_address, "story", keys=names))
 
     def retire_workers(self, workers: list[str] | None = None, n: int | None = None,
                        close_workers: bool = True) -> Any:

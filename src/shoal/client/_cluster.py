@@ -11,6 +11,7 @@ import time
 from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Any, cast
 
+from .._exceptions import ShoalTimeoutError
 from ..protocol import deserialize, serialize
 
 if TYPE_CHECKING:
@@ -44,8 +45,8 @@ def wait_for_workers(client: Client, n_workers: int, timeout: float | None) -> A
             if len(info["workers"]) >= n_workers:
                 return
             if deadline is not None and time.monotonic() >= deadline:
-                raise TimeoutError(f"only {len(info['workers'])} of {n_workers} workers "
-                                   f"joined within the timeout of {timeout}s")
+                raise ShoalTimeoutError(f"only {len(info['workers'])} of {n_workers} workers "
+                                        f"joined within timeout={timeout}s")
             await asyncio.sleep(WORKER_POLL_INTERVAL)  # a polling period, not a sync
 
     return client.sync(wait)

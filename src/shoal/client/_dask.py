@@ -111,7 +111,7 @@ def submit_graph(client: Client, graph: Any, wanted: list[Hashable],
     if missing:
         raise KeyError(f"keys not in the graph: {missing[:5]}")
     futures = {k: Future(names[k], client) for k in wanted}
-    client._send_graph(tasks, client._new_function(token, ser_func),
+    client._send_graph(tasks, ser_func,
                        list(dict.fromkeys(names[k] for k in wanted)), held)
     return futures
 

@@ -82,6 +82,14 @@ def confirm(client: Client, msg: dict[str, Any]) -> None:
         waiter.set_result(msg.get("error"))
 
 
+def abandon(client: Client, error: Exception) -> None:
+    """The stream the requests went on is gone: no confirmation will come."""
+    waiters, client._confirmations = client._confirmations, {}
+    for waiter in waiters.values():
+        if not waiter.done():
+            waiter.set_exception(error)
+
+
 def receive(client: Client, answer: dict[str, Any]) -> Any:
     """A value the scheduler handed out: our own futures, our own hold (on the loop)."""
     value = loads(answer["data"], client)

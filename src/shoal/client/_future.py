@@ -8,12 +8,12 @@ scheduler it no longer wants the result, so the worker can free the memory.
 from __future__ import annotations
 
 import asyncio
-import concurrent.futures
 import logging
 from collections.abc import Callable
 from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
+from .._exceptions import CancelledError, TaskError
 from ..protocol import SerializationError, Serialized, deserialize
 from ._loop import bounded
 from ._traceback import traceback_from_text
@@ -26,13 +26,8 @@ logger = logging.getLogger(__name__)
 FINAL = ("finished", "error", "cancelled")
 
 
-class CancelledError(concurrent.futures.CancelledError):
-    """The future was cancelled (a subclass, so asyncio does not take it for
-    the cancellation of the task that awaits it)."""
 
 
-class TaskError(RuntimeError):
-    """A task failed with an exception that could not be sent back as itself."""
 
 
 class FutureState:
@@ -172,8 +167,7 @@ class Future:
 
             async def wait() -> None:
                 await bounded(state.event.wait(), timeout,
-                              lambda: f"{state.key!r} was not done within the timeout of "
-                              f"{timeout}s")
+                              lambda: f"{state.key!r} not done")
 
             self.client.sync(wait)
 

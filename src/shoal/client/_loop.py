@@ -12,6 +12,8 @@ import threading
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
+from .._exceptions import ShoalTimeoutError
+
 T = TypeVar("T")
 
 
@@ -42,10 +44,10 @@ class LoopRunner:
         try:
             return future.result(timeout)
         except concurrent.futures.TimeoutError:
-            if future.done():  # the call itself timed out: its own message says how
+            if future.done():  # the call's own timeout, with its own message
                 raise
             future.cancel()
-            raise TimeoutError(f"no result within the timeout of {timeout}s") from None
+            raise ShoalTimeoutError(f"no result within timeout={timeout}s") from None
         finally:
             # an exception raised here holds this frame, which held the future,
             # which holds the exception: a cycle only the cyclic GC would free
@@ -76,7 +78,8 @@ class LoopRunner:
 
 
 async def bounded(awaitable: Awaitable[T], timeout: float | None, what: Callable[[], str]) -> T:
-    """``await awaitable`` within ``timeout`` seconds, else ``TimeoutError(what())``.
+    """``await awaitable`` within ``timeout`` seconds, else ShoalTimeoutError naming
+    ``what()`` and the timeout.
 
     The error is raised after the ``except`` block, with no context: a
     context would hold the cancelled wait's frames, and through them the
@@ -87,4 +90,4 @@ async def bounded(awaitable: Awaitable[T], timeout: float | None, what: Callable
             return await awaitable
     except TimeoutError:
         pass
-    raise TimeoutError(what())
+    raise ShoalTimeoutError(f"{what()} within timeout={timeout}s")

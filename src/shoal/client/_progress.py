@@ -20,6 +20,7 @@ import time
 from collections.abc import Iterable
 from typing import Any, TextIO
 
+from .._exceptions import ShoalTimeoutError
 from ._future import Future
 
 REFRESH_SECONDS = 0.1
@@ -124,7 +125,7 @@ class TextProgress:
             self.draw()
             self.tracker.changed.clear()
             if deadline is not None and time.monotonic() > deadline:
-                raise TimeoutError(f"progress: not done after {timeout}s")
+                raise ShoalTimeoutError(f"progress: not done within timeout={timeout}s")
             if not self.tracker.finished:
                 self.tracker.changed.wait(REFRESH_SECONDS)  # a redraw period, bounded
         self.draw(end="\n")

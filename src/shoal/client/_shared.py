@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from .._exceptions import ShoalTimeoutError
 from . import _datasets
 from ._coordination import _Named
 
@@ -26,7 +27,7 @@ class _Shared(_Named):
             answer = await client.pool.request(client.scheduler_address, op, name=self.name,
                                                client=client.id, timeout=timeout)
             if not answer["found"]:
-                raise TimeoutError(f"{self!r}: {missing} within the timeout of {timeout}s")
+                raise ShoalTimeoutError(f"{self!r}: {missing} within timeout={timeout}s")
             return _datasets.receive(client, answer)
 
         return client.sync(get)

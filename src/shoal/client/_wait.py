@@ -33,7 +33,7 @@ def wait(futures: Iterable[Future] | Future, timeout: float | None = None,
     async def run() -> DoneAndNotDone:
         await bounded(_wait(futures, return_when), timeout,
                       lambda: f"{sum(not f.done() for f in futures)} of {len(futures)} futures "
-                      f"were not done within the timeout of {timeout}s")
+                      f"not {return_when.lower().replace('_', ' ')}")
         done = {f for f in futures if f.done()}
         return DoneAndNotDone(done, set(futures) - done)
 

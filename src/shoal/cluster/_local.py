@@ -19,6 +19,7 @@ import os
 import weakref
 from typing import Any, Self
 
+from .._exceptions import ShoalTimeoutError
 from ..client._loop import LoopRunner
 from ..comm import ConnectionPool
 from ._adapt import Adaptive
@@ -253,7 +254,7 @@ class LocalCluster:
             deadline = loop.time() + timeout
             while len((await self.scheduler_info())["workers"]) < n:
                 if loop.time() > deadline:
-                    raise TimeoutError(f"fewer than {n} workers after {timeout}s")
+                    raise ShoalTimeoutError(f"fewer than {n} workers within timeout={timeout}s")
                 await asyncio.sleep(0.05)  # polling the scheduler, bounded by the deadline
 
         return self._call(wait)

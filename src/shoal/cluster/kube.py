@@ -24,6 +24,8 @@ from pathlib import Path
 from typing import Any, Self
 from urllib.parse import urlencode
 
+from .._exceptions import KubeApiError, KubeClusterError
+
 GROUP = "shoal.dev"
 VERSION = "v1alpha1"
 API_VERSION = f"{GROUP}/{VERSION}"
@@ -35,16 +37,8 @@ OPERATOR_TIMEOUT = 30.0
 LOG_LINES = 50
 
 
-class KubeApiError(RuntimeError):
-    """A request to the Kubernetes API failed; ``status`` is the HTTP status (0: no answer)."""
-
-    def __init__(self, status: int, message: str) -> None:
-        super().__init__(f"Kubernetes API error {status}: {message}")
-        self.status = status
 
 
-class KubeClusterError(RuntimeError):
-    """The cluster could not be created or did not become ready."""
 
 
 def api_path(api_version: str, plural: str, namespace: str | None = None,

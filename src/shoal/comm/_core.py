@@ -17,6 +17,7 @@ from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from .._exceptions import CommClosedError
 from ..protocol import MAX_MESSAGE_BYTES, PROTOCOL_VERSION, VersionMismatchError
 
 __all__ = [
@@ -79,8 +80,6 @@ class CommLimits:
         return cls(**values)
 
 
-class CommClosedError(ConnectionError):
-    """The connection is closed, or broke while in use."""
 
 
 class Comm(abc.ABC):

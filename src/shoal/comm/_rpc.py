@@ -19,6 +19,7 @@ from collections import defaultdict
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
+from .._exceptions import RemoteError
 from ..protocol import FramingError, MessageError, SerializationError, ToPickle
 from ..protocol._ops import check_message
 from ..protocol._schema import InvalidMessage, Record
@@ -33,8 +34,6 @@ Handler = Callable[..., Any]
 StreamHandler = Callable[..., Awaitable[None]]
 
 
-class RemoteError(RuntimeError):
-    """A request the peer answered with an error."""
 
 
 class Strikes:

@@ -72,6 +72,8 @@ def split_host_port(address: str) -> tuple[str, int]:
 
 
 def _address_of(sockname: Any) -> str:
+    if not sockname:  # the socket was reset as it opened: asyncio has no address for it
+        raise CommClosedError("the connection closed as it opened")
     host, port = sockname[0], sockname[1]
     if ":" in host:
         host = f"[{host}]"
@@ -404,7 +406,12 @@ class TCPListener(Listener):
         return protocol
 
     def _accepted(self, protocol: _Protocol) -> None:
-        comm = TCPComm(protocol)
+        try:
+            comm = TCPComm(protocol)
+        except CommClosedError:
+            if protocol.transport is not None:
+                protocol.transport.abort()
+            return  # gone before it could be served
         spawn(self._serve(comm), f"serve {comm.peer_address}", self._tasks)
 
     async def _serve(self, comm: TCPComm) -> None:

@@ -19,6 +19,8 @@ from typing import Any
 
 from shoal.operator.crds import DNS_LABEL_PATTERN, MAX_GROUP_NAME
 
+from .._exceptions import InvalidSpec
+
 DEFAULT_IMAGE = "ghcr.io/shoal-dev/shoal:0.1.0"
 DEFAULT_GROUP_NAME = "default"
 SERVICE_TYPES = ("ClusterIP", "NodePort", "LoadBalancer")
@@ -33,8 +35,6 @@ _SUFFIXES = {
 }
 
 
-class InvalidSpec(ValueError):
-    """The spec cannot be turned into a cluster; the message says why."""
 
 
 def default_image() -> str:

@@ -1,14 +1,15 @@
 """The wire format: frames, msgpack messages, serialization, handshake.
 
-Errors::
+Errors (part of the one tree drawn in :mod:`shoal._exceptions`)::
 
     ProtocolError (ValueError)
     ├── FramingError       bytes that are not a well-formed message
-    ├── MessageError       frames that do not decode into a message
-    └── VersionMismatchError  a peer speaking another protocol version
+    └── MessageError       frames that do not decode into a message
+    VersionMismatchError (ConnectionError)  a peer speaking another protocol version
     SerializationError (TypeError)   a value that cannot be (un)pickled
 """
 
+from .._exceptions import ProtocolError, VersionMismatchError
 from ._framing import MAX_MESSAGE_BYTES, FramingError, pack_frames_prelude, unpack_frame_lengths
 from ._messages import MessageError, ToPickle, dumps, loads
 from ._serialize import SerializationError, Serialized, deserialize, serialize
@@ -16,11 +17,8 @@ from ._serialize import SerializationError, Serialized, deserialize, serialize
 #: Bumped whenever a message changes incompatibly.
 PROTOCOL_VERSION = 1
 
-ProtocolError = ValueError
 
 
-class VersionMismatchError(ConnectionError):
-    """The peer speaks a different protocol version."""
 
 
 __all__ = [
@@ -28,6 +26,7 @@ __all__ = [
     "PROTOCOL_VERSION",
     "FramingError",
     "MessageError",
+    "ProtocolError",
     "SerializationError",
     "Serialized",
     "ToPickle",

@@ -19,7 +19,10 @@ from __future__ import annotations
 import struct
 from collections.abc import Sequence
 
-__all__ = ["HANDSHAKE_MAX_BYTES", "MAX_MESSAGE_BYTES", "FramingError", "pack_frames_prelude", "unpack_frame_lengths"]
+from .._exceptions import FramingError
+
+__all__ = ["HANDSHAKE_MAX_BYTES", "MAX_MESSAGE_BYTES", "FramingError", "pack_frames_prelude",
+           "unpack_frame_lengths"]
 
 #: Largest message a peer may send by default; anything larger closes the
 #: connection.  Configurable per process (``--max-message-size``, or the
@@ -35,8 +38,6 @@ _TOTAL = struct.Struct("<Q")
 _COUNT = struct.Struct("<I")
 
 
-class FramingError(ValueError):
-    """The bytes on a connection are not a well-formed shoal message."""
 
 
 def pack_frames_prelude(frames: Sequence[bytes | memoryview]) -> bytes:

@@ -16,6 +16,7 @@ from typing import Any
 
 import msgpack
 
+from .._exceptions import MessageError
 from ._serialize import Serialized, serialize
 
 __all__ = ["MessageError", "ToPickle", "dumps", "loads"]
@@ -24,8 +25,6 @@ _EXT_SERIALIZED = 1
 _EXT_REF = struct.Struct("<II")
 
 
-class MessageError(ValueError):
-    """Frames that do not decode into a message."""
 
 
 class ToPickle:

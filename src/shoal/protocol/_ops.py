@@ -97,6 +97,7 @@ SCHEDULER_RPC: dict[str, Record] = {
     "retire_workers": Record({"workers": ADDRESSES, "n": Int(lo=0), "close": Bool()},
                              optional=("workers", "n", "close")),
     "adaptive_target": EMPTY,
+    "story": Record({"keys": KEYS, "workers": Bool()}, optional=("workers",)),
     "has_what": EMPTY,
     "replicate": Record({"keys": KEYS, "n": COUNT, "timeout": TIMEOUT},
                         optional=("n", "timeout")),
@@ -201,6 +202,7 @@ WORKER_RPC: dict[str, Record] = {
     "ping": EMPTY,
     "info": EMPTY,
     "get_logs": Record({"n": COUNT}, optional=("n",)),
+    "story": Record({"keys": KEYS}),
 }
 
 FROM_SCHEDULER: dict[str, Record] = {

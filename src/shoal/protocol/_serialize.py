@@ -15,6 +15,8 @@ from typing import Any
 
 import cloudpickle
 
+from .._exceptions import SerializationError
+
 __all__ = ["SerializationError", "Serialized", "deserialize", "serialize"]
 
 #: Buffers smaller than this are left inside the pickle stream: a frame of
@@ -22,8 +24,6 @@ __all__ = ["SerializationError", "Serialized", "deserialize", "serialize"]
 OUT_OF_BAND_MIN_BYTES = 64 * 1024
 
 
-class SerializationError(TypeError):
-    """An object could not be pickled or unpickled; the message says which."""
 
 
 class Serialized:

@@ -39,6 +39,8 @@ class AddWorker(Event):
     memory_limit: int
     resources: dict[str, float] = field(default_factory=dict)
     http_address: str | None = None
+    #: what it already holds (key -> nbytes): a worker rejoining a restarted scheduler
+    keys: dict[str, int] = field(default_factory=dict)
 
 
 @dataclass(slots=True)
@@ -46,6 +48,19 @@ class RemoveWorker(Event):
     address: str
     reason: str = "connection lost"
     graceful: bool = False  # retired on purpose: its tasks are not to blame
+
+
+@dataclass(slots=True)
+class Heartbeat(Event):
+    worker: str
+    metrics: dict[str, Any]
+
+
+@dataclass(slots=True)
+class RetireWorkers(Event):
+    """These workers are being retired: no new work goes to them."""
+
+    addresses: list[str]
 
 
 @dataclass(slots=True)

@@ -105,6 +105,11 @@ class RetireWorkers(_Base):
         self.write_json({"retired": retired})
 
 
+class Story(_Base):
+    async def get(self, key: str) -> None:
+        self.write_json({"key": key, "story": await self.scheduler.story([key])})
+
+
 class Metrics(_Base):
     def get(self) -> None:
         self.set_header("Content-Type", CONTENT_TYPE_LATEST)
@@ -163,6 +168,7 @@ def routes(scheduler: Scheduler,
         (r"/api/v1/idle", Idle, args),
         (r"/api/v1/retire_workers", RetireWorkers, args),
         (r"/api/v1/dashboard", DashboardData, args),
+        (r"/api/v1/story/(.+)", Story, args),
         (r"/static/(.*)", Static, {"path": _dashboard.STATIC_DIRECTORY}),
     ]
 

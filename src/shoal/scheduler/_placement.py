@@ -18,7 +18,6 @@ import itertools
 import math
 from typing import TYPE_CHECKING
 
-from ._events import ToWorker
 from ._model import TaskState, WorkerState
 
 if TYPE_CHECKING:
@@ -93,17 +92,8 @@ class Placement:
 
     # ------------------------------------------------------------ deciding
 
-    def schedule(self, ts: TaskState) -> None:
-        """Place a ready task: on a worker, in the queue, or as no-worker."""
-        ws = self.decide(ts)
-        if ws is not None:
-            self.assign(ts, ws)
-        elif self._queueable(ts) and self.state.workers:
-            self._enqueue(ts)
-        else:
-            ts.state = "no-worker"
-
-    def _queueable(self, ts: TaskState) -> bool:
+    def queueable(self, ts: TaskState) -> bool:
+        """A root without restrictions: it waits in the scheduler's queue for a free slot."""
         return not ts.dependencies and ts.worker_restrictions is None and not (
             ts.resource_restrictions
         )
@@ -114,7 +104,7 @@ class Placement:
             return min(preferred, key=self._start_time(ts))
         if ts.worker_restrictions is not None and not ts.loose_restrictions:
             return None
-        if self._queueable(ts):
+        if self.queueable(ts):
             return self._idlest_with_room()
         candidates = {ws for dep in ts.dependencies for ws in dep.who_has if self.valid(ts, ws)}
         candidates.update(self._rotating(EXTRA_CANDIDATES, ts))
@@ -165,27 +155,14 @@ class Placement:
                 best, best_load = ws, relative
         return best
 
-    # ------------------------------------------------------------ acting
+    # ------------------------------------------------------------ bookkeeping
+    # The state machine decides and moves; these keep the per-worker load and
+    # the queue in step with its moves.
 
-    def assign(self, ts: TaskState, ws: WorkerState) -> None:
+    def occupy(self, ts: TaskState, ws: WorkerState) -> None:
         duration = self.estimate(ts)
-        ts.state = "processing"
-        ts.processing_on = ws
         ws.processing[ts] = duration
         ws.occupancy += duration
-        msg: dict = {"op": "compute-task", "key": ts.key, "func": ts.func,
-                     "args": ts.run_args, "priority": list(ts.priority)}
-        if ts.func is not None and ts.func not in ws.functions_sent:
-            msg["function"] = self.state.functions[ts.func]
-            ws.functions_sent.add(ts.func)
-        if ts.dependencies:
-            msg["who_has"] = {d.key: [w.address for w in d.who_has] for d in ts.dependencies}
-            msg["nbytes"] = {d.key: d.nbytes for d in ts.dependencies}
-        if ts.resource_restrictions:
-            msg["resources"] = ts.resource_restrictions
-        if ts.who_wants:
-            msg["report"] = True  # a client waits: small results may travel inline
-        self.state.out.append(ToWorker(ws.address, msg))
 
     def unassign(self, ts: TaskState, ws: WorkerState) -> None:
         self.state.stealing.forget(ts)
@@ -193,31 +170,30 @@ class Placement:
         ws.long_running.discard(ts)
         ws.occupancy = max(0.0, ws.occupancy - duration)
 
-    def secede(self, ts: TaskState, ws: WorkerState, stimulus: str) -> None:
-        """``ts`` left its thread slot on ``ws``: the slot takes other work."""
+    def secede(self, ts: TaskState, ws: WorkerState) -> None:
+        """``ts`` left its thread slot on ``ws``: the slot can take other work."""
         ws.long_running.add(ts)
         ws.occupancy = max(0.0, ws.occupancy - ws.processing[ts])
         ws.processing[ts] = 0.0
-        self.fill(ws, stimulus)
 
-    def _enqueue(self, ts: TaskState) -> None:
-        ts.state = "queued"
+    def enqueue(self, ts: TaskState) -> None:
         self.queued.add(ts)
         heapq.heappush(self._heap, (ts.priority, next(self._counter), ts))
 
     def dequeue(self, ts: TaskState) -> None:
         self.queued.discard(ts)  # its heap entry is skipped when popped
 
-    def fill(self, ws: WorkerState, stimulus: str) -> None:
-        """Hand queued roots to ``ws`` while it has free slots."""
+    def take(self, ws: WorkerState) -> list[TaskState]:
+        """The queued roots ``ws`` should be given now: as many as its free slots."""
         if ws.status != "running" or not self.queued:
-            return
+            return []
         heap = self._heap
-        slots = self.slots(ws)
-        while heap and ws.busy < slots:
+        room = self.slots(ws) - ws.busy
+        taken: list[TaskState] = []
+        while heap and len(taken) < room:
             _, _, ts = heapq.heappop(heap)
             if ts not in self.queued:
                 continue
             self.queued.discard(ts)
-            self.assign(ts, ws)
-            self.state._log(ts, "queued", "processing", stimulus)
+            taken.append(ts)
+        return taken

@@ -50,6 +50,6 @@ async def replicate(scheduler: Scheduler, keys: list[str], n: int | None = None,
     while any(ts.state == "memory" and len(ts.who_has) < wanted for ts in tasks):
         if time.monotonic() > deadline:
             return {"status": "error", "message": f"not every key had {wanted} copies within "
-                    f"the timeout of {timeout}s"}
+                    f"timeout={timeout}s"}
         await asyncio.sleep(REPLICA_POLL_INTERVAL)  # a polling period, not a sync
     return {"status": "ok", "copies": wanted}

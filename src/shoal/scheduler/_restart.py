@@ -44,7 +44,7 @@ async def restart(scheduler: Scheduler, timeout: float = 30.0) -> dict[str, Any]
     while old & set(scheduler.state.workers) or len(scheduler.state.workers) < len(old):
         if time.monotonic() > deadline:
             return {"status": "error", "message": f"{len(scheduler.state.workers)} of "
-                    f"{len(old)} workers were back within the timeout of {timeout}s"}
+                    f"{len(old)} workers were back within timeout={timeout}s"}
         await asyncio.sleep(REJOIN_POLL_INTERVAL)  # a polling period, not a sync
     return {"status": "ok", "workers": sorted(scheduler.state.workers)}
 

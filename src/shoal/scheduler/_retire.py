@@ -14,7 +14,7 @@ import logging
 import time
 from typing import TYPE_CHECKING, Any
 
-from ._events import RemoveWorker
+from ._events import RemoveWorker, RetireWorkers
 from ._model import TaskState, WorkerState
 
 if TYPE_CHECKING:
@@ -65,8 +65,8 @@ class Retirement:
             keep = [ts for ws in chosen for ts in ws.has_what]
             if keep:
                 raise ValueError("cannot retire every worker while they hold data")
-        for ws in chosen:
-            ws.status = "closing"
+        self.scheduler.handle(RetireWorkers(self.scheduler.stimulus("retire-workers"),
+                                            [ws.address for ws in chosen]))
         deadline = time.monotonic() + timeout
         await self._wait(lambda: not any(ws.processing for ws in chosen), deadline)
         self._replicate(chosen)

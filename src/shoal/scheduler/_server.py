@@ -25,6 +25,7 @@ from typing import Any
 
 from .._logbuffer import get_logs
 from .._logbuffer import install as install_log_buffer
+from .._story import DEFAULT_STORY_SIZE, as_dicts
 from ..comm import (
     BatchedSend,
     CommClosedError,
@@ -52,6 +53,7 @@ from ._events import (
     ClientReleasesKeys,
     ClientWantsKeys,
     Event,
+    Heartbeat,
     LongRunning,
     MissingData,
     RemoveClient,
@@ -70,11 +72,14 @@ from ._replicate import replicate
 from ._restart import restart
 from ._retire import Retirement
 from ._shared import Shared
-from ._state import DEFAULT_ALLOWED_FAILURES, FIRE_AND_FORGET, SchedulerState
+from ._state import DEFAULT_ALLOWED_FAILURES, FIRE_AND_FORGET, REJOIN_HOLDER, SchedulerState
 
 logger = logging.getLogger(__name__)
 
 DEFAULT_WORKER_TTL = 10.0
+#: Seconds the data a rejoining worker announces is kept for clients to claim
+#: (a client reconnecting to a restarted scheduler resubmits what it wants).
+DEFAULT_REJOIN_GRACE = 60.0
 
 
 class Scheduler:
@@ -91,6 +96,8 @@ class Scheduler:
         listen_address: str | None = None,
         limits: CommLimits | None = None,
         http_max_body_bytes: int | None = None,
+        story_size: int = DEFAULT_STORY_SIZE,
+        rejoin_grace: float = DEFAULT_REJOIN_GRACE,
     ) -> None:
         self.listen_address = listen_address or f"tcp://{host}:{port}"
         self.http_max_body_bytes = http_max_body_bytes
@@ -98,8 +105,10 @@ class Scheduler:
         self.http_port = http_port
         self.worker_ttl = worker_ttl
         self.state = SchedulerState(
-            DEFAULT_ALLOWED_FAILURES if allowed_failures is None else allowed_failures
+            DEFAULT_ALLOWED_FAILURES if allowed_failures is None else allowed_failures,
+            story_size=story_size,
         )
+        self.rejoin_grace = rejoin_grace
         self.coordination = Coordination()
         self.holds = Holds(self)
         self.datasets = Datasets(self)
@@ -124,6 +133,7 @@ class Scheduler:
                 "get_dataset": lambda name, client: self.datasets.get(name, client),
                 "list_datasets": lambda: self.datasets.names(),
                 "unpublish_dataset": lambda name: self.datasets.unpublish(name),
+                "story": self.story,
                 "ping": lambda: "pong",
             },
             {"register-worker": self.add_worker, "register-client": self.add_client},
@@ -210,7 +220,8 @@ class Scheduler:
 
     async def add_worker(self, comm: Comm, address: str, name: str, nthreads: int,
                          memory_limit: int, resources: dict | None = None,
-                         http_address: str | None = None, **extra: Any) -> None:
+                         http_address: str | None = None, keys: dict | None = None,
+                         **extra: Any) -> None:
         if address in self.state.workers or any(
             ws.name == name for ws in self.state.workers.values()
         ):
@@ -224,8 +235,11 @@ class Scheduler:
         reason = "connection lost"
         try:
             self.handle(AddWorker(self.stimulus("add-worker"), address, name, nthreads,
-                                  memory_limit, resources or {}, http_address))
-            logger.info("worker %s (%s) joined with %d threads", name, address, nthreads)
+                                  memory_limit, resources or {}, http_address, keys or {}))
+            logger.info("worker %s (%s) joined with %d threads%s", name, address, nthreads,
+                        f", holding {len(keys)} keys" if keys else "")
+            if keys:
+                self._spawn(self._release_unclaimed(list(keys)))
             await self._read_worker(comm, address)
             reason = "closed"
         except CommClosedError:
@@ -243,7 +257,6 @@ class Scheduler:
             ws = state.workers.get(address)
             if ws is None:
                 return
-            ws.last_seen = time.time()
             events: list[Event] = []
             for msg in batch if type(batch) is list else [batch]:
                 try:
@@ -282,30 +295,37 @@ class Scheduler:
     def _worker_event(self, address: str, op: str, msg: dict[str, Any]) -> Event | None:
         if op == "task-finished":
             self._record_task(address, msg)
-            return TaskFinished("task-finished", address, msg["key"], msg["nbytes"],
-                                msg.get("start") or 0.0, msg.get("stop") or 0.0, msg.get("value"))
+            return TaskFinished(self.stimulus("task-finished"), address, msg["key"],
+                                msg["nbytes"], msg.get("start") or 0.0, msg.get("stop") or 0.0,
+                                msg.get("value"))
         if op == "task-erred":
-            return TaskErred("task-erred", address, msg["key"], msg.get("exception"),
-                             msg.get("traceback") or "", msg.get("exception_text") or "")
+            return TaskErred(self.stimulus("task-erred"), address, msg["key"],
+                             msg.get("exception"), msg.get("traceback") or "",
+                             msg.get("exception_text") or "")
         if op == "missing-data":
-            return MissingData("missing-data", address, msg["key"], msg["errant_worker"])
+            return MissingData(self.stimulus("missing-data"), address, msg["key"],
+                               msg["errant_worker"])
         if op == "add-keys":
-            return AddKeys("add-keys", address, msg["keys"])
+            return AddKeys(self.stimulus("add-keys"), address, msg["keys"])
         if op == "steal-response":
-            return StealResponse("steal-response", address, msg["key"], msg["state"])
+            return StealResponse(self.stimulus("steal-response"), address, msg["key"],
+                                 msg["state"])
         if op == "long-running":
-            return LongRunning("long-running", address, msg["key"])
+            return LongRunning(self.stimulus("long-running"), address, msg["key"])
         if op == "task-output":  # shoal.print / shoal.warn in a task: for every client
             self._to_clients({"op": "task-output", "kind": str(msg.get("kind")),
                               "text": str(msg.get("text")), "worker": address,
                               "category": str(msg.get("category") or "UserWarning")})
             return None
         if op == "heartbeat":
-            ws = self.state.workers.get(address)
-            if ws is not None:
-                ws.metrics = msg.get("metrics") or {}
-            return None
+            return Heartbeat(self.stimulus("heartbeat"), address, msg.get("metrics") or {})
         return None
+
+    async def _release_unclaimed(self, keys: list[str]) -> None:
+        """After the grace period, what a rejoining worker announced and no
+        client claimed is released (a period, not a synchronisation)."""
+        await asyncio.sleep(self.rejoin_grace)
+        self.handle(ClientReleasesKeys(self.stimulus("rejoin-grace-over"), REJOIN_HOLDER, keys))
 
     def _record_task(self, address: str, msg: dict[str, Any]) -> None:
         if msg.get("stop"):
@@ -507,6 +527,17 @@ class Scheduler:
                              close: bool = True) -> dict[str, Any]:
         retired = await self.retirement.retire(workers=workers, n=n, close=close)
         return {"status": "ok", "retired": retired}
+
+    async def story(self, keys: list[str], workers: bool = True) -> list[dict[str, Any]]:
+        """What happened to ``keys``, here and (``workers``) on every worker, by time."""
+        entries = as_dicts(self.state.story(*keys), "scheduler")
+        if workers and self.state.workers:
+            answers = await self.broadcast("story", keys=keys)
+            for address, answer in answers.items():
+                if isinstance(answer, dict) and answer.get("status") == "ok":
+                    entries.extend(as_dicts([tuple(e) for e in answer["story"]], address))
+        entries.sort(key=lambda e: e["timestamp"])
+        return entries
 
     def adaptive_target(self) -> dict[str, Any]:
         return {"status": "ok", "workers": adaptive_target(self.state)}

@@ -2,10 +2,17 @@
 
 ``SchedulerState.handle(event)`` applies one event and returns the messages
 to send; no I/O happens here, which is what makes the logic testable with
-random event sequences and fast.  Every change of a task's state goes
-through :meth:`SchedulerState._transition`, checked against
-:data:`LEGAL_TRANSITIONS`; follow-up changes are *recommendations* processed
-in a loop rather than recursion, so long chains cannot blow the stack.
+random event sequences and fast.
+
+Every change of a task's state goes through :meth:`SchedulerState._transition`:
+it looks the move up in a table keyed by ``(start, finish)`` (see
+:data:`TRANSITIONS`), refuses a move that is not there, assigns the new state
+(nowhere else is ``TaskState.state`` written), records the move in the story
+log with the stimulus id of the event that caused it, and calls the function
+that does the rest of that move.  Follow-up changes are *recommendations*
+processed in a loop rather than recursion, so long chains cannot blow the
+stack.  Placement and stealing only return decisions; the messages are
+written here.
 
 A task's life::
 
@@ -22,7 +29,8 @@ import time
 from collections.abc import Callable, Iterable
 from typing import Any
 
-from ._errors import KilledWorkerError, LostDataError
+from .._story import DEFAULT_STORY_SIZE, Entry, Story
+from ._errors import InvalidTransition, KilledWorkerError, LostDataError
 from ._events import (
     AddClient,
     AddKeys,
@@ -31,11 +39,13 @@ from ._events import (
     ClientReleasesKeys,
     ClientWantsKeys,
     Event,
+    Heartbeat,
     Instruction,
     LongRunning,
     MissingData,
     RemoveClient,
     RemoveWorker,
+    RetireWorkers,
     StealResponse,
     TaskErred,
     TaskFinished,
@@ -50,14 +60,33 @@ from ._placement import Placement
 from ._stealing import Stealing
 from ._validate import validate_state
 
+Recs = dict[str, str]
+#: why a task erred: (serialized exception, traceback, text, the task it erred for)
+Failure = tuple[Any, str, str, "TaskState | None"]
+Move = Callable[[TaskState, str, Recs, str, Any], None]
+
+#: Every legal move, ``(start, finish)``; :meth:`SchedulerState._table` maps
+#: each to the function that performs it.
+TRANSITIONS: frozenset[tuple[str, str]] = frozenset({
+    ("released", "waiting"),
+    ("waiting", "processing"), ("queued", "processing"), ("no-worker", "processing"),
+    ("processing", "processing"),  # stolen: moved to another worker
+    ("waiting", "queued"), ("no-worker", "queued"),
+    ("waiting", "no-worker"),
+    ("processing", "memory"),
+    # data that arrived from elsewhere (scattered, or announced by a rejoining worker)
+    ("released", "memory"), ("waiting", "memory"), ("queued", "memory"),
+    ("no-worker", "memory"), ("erred", "memory"),
+    ("waiting", "released"), ("queued", "released"), ("no-worker", "released"),
+    ("processing", "released"), ("memory", "released"), ("erred", "released"),
+    ("released", "erred"), ("waiting", "erred"), ("queued", "erred"),
+    ("no-worker", "erred"), ("processing", "erred"),
+    ("released", "forgotten"), ("memory", "forgotten"), ("erred", "forgotten"),
+})
+
 LEGAL_TRANSITIONS: dict[str, frozenset[str]] = {
-    "released": frozenset({"waiting", "forgotten", "erred"}),
-    "waiting": frozenset({"processing", "queued", "no-worker", "released", "erred"}),
-    "queued": frozenset({"processing", "released", "erred"}),
-    "no-worker": frozenset({"processing", "released", "erred"}),
-    "processing": frozenset({"memory", "released", "erred"}),
-    "memory": frozenset({"released", "forgotten"}),
-    "erred": frozenset({"released", "forgotten"}),
+    start: frozenset(f for s, f in TRANSITIONS if s == start)
+    for start in sorted({s for s, _ in TRANSITIONS})
 }
 
 #: Recommendations that events overtook: a task recommended for "waiting"
@@ -66,17 +95,20 @@ _STALE: dict[str, frozenset[str]] = {
     "waiting": frozenset({"erred", "memory", "processing", "queued", "no-worker"}),
     "processing": frozenset({"erred", "memory", "processing", "queued"}),
 }
+_FORGETTABLE = frozenset({"released", "memory", "erred"})
+#: The argument of a move to "released" when the worker no longer has the task.
+GONE = "gone"
 
 #: How many times a task may be running on a worker that dies before it is
 #: blamed for the deaths and failed.
 DEFAULT_ALLOWED_FAILURES = 3
 
+#: Who wants the keys a rejoining worker announced until a client claims them
+#: (the server releases them for this holder after a grace period).
+REJOIN_HOLDER = "<rejoined-worker>"
+
 #: The pseudo-client that wants fire-and-forget tasks until they finish.
 FIRE_AND_FORGET = "fire-and-forget"
-
-
-class InvalidTransition(RuntimeError):
-    """A transition not in :data:`LEGAL_TRANSITIONS` was attempted."""
 
 
 class SchedulerState:
@@ -86,6 +118,7 @@ class SchedulerState:
         self,
         allowed_failures: int = DEFAULT_ALLOWED_FAILURES,
         clock: Callable[[], float] = time.time,
+        story_size: int = DEFAULT_STORY_SIZE,
     ) -> None:
         self.tasks: dict[str, TaskState] = {}
         self.workers: dict[str, WorkerState] = {}
@@ -100,10 +133,15 @@ class SchedulerState:
         self.placement = Placement(self)
         self.stealing = Stealing(self)
         self.out: list[Instruction] = []
+        self.story_log = Story(story_size)
+        self._record = self.story_log.entries.extend
+        self._now = clock()
         self._generation = itertools.count()
         self._handlers: dict[type, Callable[[Any], None]] = {
             AddWorker: self._add_worker,
             RemoveWorker: self._remove_worker,
+            RetireWorkers: self._retire_workers,
+            Heartbeat: self._heartbeat,
             AddClient: self._add_client,
             RemoveClient: self._remove_client,
             UpdateGraph: self._update_graph,
@@ -118,21 +156,42 @@ class SchedulerState:
             StealResponse: self._steal_response,
             LongRunning: self._long_running,
         }
+        self._table: dict[tuple[str, str], Move] = self._moves()
         # counters read by metrics
         self.counts = {"finished": 0, "erred": 0, "recomputed": 0, "lost": 0}
-        self.transition_log: list[tuple[str, str, str, str]] | None = None
         self.idle_since: float | None = clock()
+
+    def _moves(self) -> dict[tuple[str, str], Move]:
+        by_finish: dict[str, Move] = {
+            "waiting": self._released_to_waiting,
+            "processing": self._to_processing,
+            "queued": self._to_queued,
+            "no-worker": self._to_no_worker,
+            "memory": self._to_memory,
+            "released": self._to_released,
+            "erred": self._to_erred,
+            "forgotten": self._to_forgotten,
+        }
+        table = {move: by_finish[move[1]] for move in TRANSITIONS}
+        table["processing", "processing"] = self._stolen
+        return table
 
     # ------------------------------------------------------------------ API
 
     def handle(self, *events: Event) -> list[Instruction]:
         """Apply events in order and return the instructions they produced."""
+        self._now = self.clock()
         for event in events:
             self._handlers[type(event)](event)
-        self.stealing.balance()
+        for ts, victim in self.stealing.balance():
+            self.out.append(ToWorker(victim.address, {"op": "steal-request", "key": ts.key}))
         out, self.out = self.out, []
         self._update_idle()
         return out
+
+    def story(self, *keys: str) -> list[Entry]:
+        """The recorded transitions of ``keys``, oldest first."""
+        return self.story_log.of(set(keys))
 
     # --------------------------------------------------------- workers
 
@@ -141,44 +200,78 @@ class SchedulerState:
             return
         ws = WorkerState(ev.address, ev.name, ev.nthreads, ev.memory_limit, ev.resources)
         ws.http_address = ev.http_address
-        ws.last_seen = self.clock()
+        ws.last_seen = self._now
         self.workers[ev.address] = ws
-        recs: dict[str, str] = {}
+        recs: Recs = {}
+        if ev.keys:
+            self._adopt_held(ws, ev.keys, recs, ev.stimulus_id)
         for ts in self.tasks.values():
             if ts.state == "no-worker" and self.placement.valid(ts, ws):
                 recs[ts.key] = "processing"
         self._transitions(recs, ev.stimulus_id)
-        self.placement.fill(ws, ev.stimulus_id)
+        self._fill(ws, recs, ev.stimulus_id)
+
+    def _adopt_held(self, ws: WorkerState, keys: dict[str, int], recs: Recs, stim: str) -> None:
+        """A rejoining worker's data: kept, and held until a client claims it."""
+        stale = []
+        for key, nbytes in keys.items():
+            ts = self.tasks.get(key)
+            if ts is None:
+                ts = TaskState(key, key_prefix(key), None, None, (0, next(self._generation), 0))
+                self.tasks[key] = ts
+                ts.who_wants.add(REJOIN_HOLDER)
+            if ts.state == "memory":
+                self._add_replica(ts, ws)
+            elif ts.state == "erred":
+                stale.append(key)
+            else:
+                self._transition(ts, "memory", recs, stim, ([ws], nbytes))
+        if stale:
+            self.out.append(ToWorker(ws.address, {"op": "free-keys", "keys": stale}))
 
     def _remove_worker(self, ev: RemoveWorker) -> None:
         ws = self.workers.pop(ev.address, None)
         if ws is None:
             return
         ws.status = "closed"
-        recs: dict[str, str] = {}
+        recs: Recs = {}
+        stim = ev.stimulus_id
         # Only the tasks it was probably running are suspects: it runs them
         # in priority order, one per thread.
         suspects = set(sorted(ws.processing, key=lambda t: t.priority)[: ws.nthreads])
         for ts in list(ws.processing):
-            self.placement.unassign(ts, ws)
-            ts.processing_on = None
             if ts in suspects and not ev.graceful:
                 ts.suspicious += 1
             if ts.suspicious > self.allowed_failures:
-                self._fail(ts, KilledWorkerError(ts.key, ts.suspicious, ev.reason), recs)
+                error = KilledWorkerError(ts.key, ts.suspicious, ev.reason)
+                self._transition(ts, "erred", recs, stim, _failure(error))
             else:
-                ts.state = "released"
-                self._log(ts, "processing", "released", ev.stimulus_id)
-                recs[ts.key] = "waiting" if self._wanted(ts) else "forgotten"
-        for ts in list(ws.has_what):
+                self._transition(ts, "released", recs, stim, GONE)
+        lost = []
+        for ts in ws.has_what:
             ts.who_has.discard(ws)
             if not ts.who_has:
-                self.counts["lost"] += 1
-                recs[ts.key] = "released"
+                lost.append(ts)
         ws.has_what.clear()
-        self._transitions(recs, ev.stimulus_id)
+        self.counts["lost"] += len(lost)
+        for ts in lost:  # at once: no task may be placed meanwhile as if they were there
+            if ts.state == "memory":
+                self._transition(ts, "released", recs, stim)
+        self._transitions(recs, stim)
         for other in self.workers.values():
-            self.placement.fill(other, ev.stimulus_id)
+            self._fill(other, recs, stim)
+
+    def _retire_workers(self, ev: RetireWorkers) -> None:
+        for address in ev.addresses:
+            ws = self.workers.get(address)
+            if ws is not None and ws.status == "running":
+                ws.status = "closing"
+
+    def _heartbeat(self, ev: Heartbeat) -> None:
+        ws = self.workers.get(ev.worker)
+        if ws is not None:
+            ws.last_seen = self._now
+            ws.metrics = ev.metrics
 
     # --------------------------------------------------------- clients
 
@@ -207,7 +300,7 @@ class SchedulerState:
             self.functions.setdefault(token, func)
             pinned.add(token)
         generation = next(self._generation)
-        recs: dict[str, str] = {}
+        recs: Recs = {}
         touched: list[TaskState] = []
         for order, spec in enumerate(ev.tasks):
             ts = self.tasks.get(spec.key)
@@ -215,6 +308,8 @@ class SchedulerState:
                 ts = self._new_task(spec, (-spec.priority, generation, order))
                 if ts is None:
                     continue
+            elif ts.func is None and ts.run_args is None and spec.func is not None:
+                self._adopt_lineage(ts, spec, (-spec.priority, generation, order))
             elif ts.state == "erred" and spec.retries:
                 recs[ts.key] = "released"
             touched.append(ts)
@@ -232,9 +327,8 @@ class SchedulerState:
                 recs[ts.key] = "waiting"
         self._transitions(recs, ev.stimulus_id)
 
-    def _new_task(
-        self, spec: TaskSpec, priority: tuple[int, int, int]
-    ) -> TaskState | None:
+    def _dependencies_of(self, spec: TaskSpec) -> list[TaskState] | None:
+        """The tasks ``spec`` depends on, or None when one is unknown or its function is."""
         if spec.func is not None and spec.func not in self.functions:
             return None  # reported through `wanted`
         deps = []
@@ -243,7 +337,29 @@ class SchedulerState:
             if dep is None:
                 return None  # its erring is reported through `wanted`
             deps.append(dep)
+        return deps
+
+    def _new_task(
+        self, spec: TaskSpec, priority: tuple[int, int, int]
+    ) -> TaskState | None:
+        deps = self._dependencies_of(spec)
+        if deps is None:
+            return None
         ts = TaskState(spec.key, key_prefix(spec.key), spec.func, spec.args, priority)
+        self._set_spec(ts, spec, deps)
+        self.tasks[ts.key] = ts
+        return ts
+
+    def _adopt_lineage(self, ts: TaskState, spec: TaskSpec, priority: tuple) -> None:
+        """Data that arrived without lineage (from a rejoining worker) gets the
+        client's recipe, so it can be recomputed should it be lost again."""
+        deps = self._dependencies_of(spec)
+        if deps is None:
+            return
+        ts.func, ts.run_args, ts.priority = spec.func, spec.args, priority
+        self._set_spec(ts, spec, deps)
+
+    def _set_spec(self, ts: TaskState, spec: TaskSpec, deps: list[TaskState]) -> None:
         ts.retries = spec.retries
         if spec.workers:
             ts.worker_restrictions = set(spec.workers)
@@ -257,11 +373,9 @@ class SchedulerState:
             ts.dependencies.add(dep)
             dep.dependents = grow(dep.dependents)
             dep.dependents.add(ts)
-        self.tasks[ts.key] = ts
-        return ts
 
     def _update_data(self, ev: UpdateData) -> None:
-        recs: dict[str, str] = {}
+        recs: Recs = {}
         for key, addresses in ev.who_has.items():
             workers = [self.workers[a] for a in addresses if a in self.workers]
             if not workers:
@@ -272,30 +386,13 @@ class SchedulerState:
                 self.tasks[key] = ts
             if ts.state != "memory":
                 ts.who_wants.add(ev.client)
-                self._force_memory(ts, workers, ev.nbytes.get(key, 0), recs)
+                self._transition(ts, "memory", recs, ev.stimulus_id,
+                                 (workers, ev.nbytes.get(key, 0)))
             else:
                 for ws in workers:
                     self._add_replica(ts, ws)
                 self._want(ts, ev.client)
         self._transitions(recs, ev.stimulus_id)
-
-    def _force_memory(
-        self, ts: TaskState, workers: list[WorkerState], nbytes: int, recs: dict[str, str]
-    ) -> None:
-        """Scattered data arrives in memory from whatever state the key was in."""
-        if ts.state == "processing":
-            assert ts.processing_on is not None
-            self.placement.unassign(ts, ts.processing_on)
-            ts.processing_on = None
-        self.placement.dequeue(ts)
-        ts.exception = ts.traceback = ts.exception_text = None
-        old = ts.state
-        ts.state = "memory"
-        ts.nbytes = nbytes
-        for ws in workers:
-            self._add_replica(ts, ws)
-        self._log(ts, old, "memory", "update-data")
-        self._on_memory(ts, recs)
 
     def _want(self, ts: TaskState, client: str) -> None:
         if client in ts.who_wants or (client == FIRE_AND_FORGET
@@ -308,7 +405,7 @@ class SchedulerState:
             self._report_erred(ts, [client])
 
     def _client_wants_keys(self, ev: ClientWantsKeys) -> None:
-        recs: dict[str, str] = {}
+        recs: Recs = {}
         for key in ev.keys:
             ts = self.tasks.get(key)
             if ts is not None:
@@ -318,7 +415,7 @@ class SchedulerState:
         self._transitions(recs, ev.stimulus_id)
 
     def _client_releases_keys(self, ev: ClientReleasesKeys) -> None:
-        recs: dict[str, str] = {}
+        recs: Recs = {}
         for key in ev.keys:
             ts = self.tasks.get(key)
             if ts is None or ev.client not in ts.who_wants:
@@ -340,7 +437,7 @@ class SchedulerState:
             seen.add(ts.key)
             doomed.append(ts)
             stack.extend(ts.dependents)
-        recs: dict[str, str] = {}
+        recs: Recs = {}
         for ts in doomed:
             for client in ts.who_wants:
                 self.out.append(ToClient(client, {"op": "cancelled-keys", "keys": [ts.key]}))
@@ -363,106 +460,25 @@ class SchedulerState:
             else:  # a result nobody wants any more (released, or stolen)
                 self.out.append(ToWorker(ws.address, {"op": "free-keys", "keys": [ev.key]}))
             return
-        self.placement.unassign(ts, ws)
-        ts.processing_on = None
-        ts.nbytes = ev.nbytes
-        if ev.stop > ev.start > 0:
-            self.placement.record_duration(ts, ws, ev.stop - ev.start)
-        ts.state = "memory"
-        self._add_replica(ts, ws)
-        self.counts["finished"] += 1
-        if ts.ever_finished:
-            self.counts["recomputed"] += 1
-        ts.ever_finished = True
-        self._log(ts, "processing", "memory", ev.stimulus_id)
-        recs: dict[str, str] = {}
-        self._on_memory(ts, recs, ev.inline)
+        recs: Recs = {}
+        self._transition(ts, "memory", recs, ev.stimulus_id, ev)
         self._transitions(recs, ev.stimulus_id)
-        self.placement.fill(ws, ev.stimulus_id)
-
-    def _on_memory(self, ts: TaskState, recs: dict[str, str], inline: Any = None) -> None:
-        for dts in ts.waiters:
-            if ts in dts.waiting_on:
-                dts.waiting_on.discard(ts)
-            if not dts.waiting_on and dts.state == "waiting":
-                recs[dts.key] = "processing"
-        self._release_inputs(ts, recs)
-        if ts.who_wants:
-            self._report_memory(ts, ts.who_wants, inline)
-            ts.who_wants.discard(FIRE_AND_FORGET)
-        if not self._wanted(ts):
-            recs[ts.key] = "forgotten" if not ts.dependents else "released"
-
-    def _release_inputs(self, ts: TaskState, recs: dict[str, str]) -> None:
-        """``ts`` no longer needs its inputs: release those nobody else needs."""
-        for dep in ts.dependencies:
-            if ts in dep.waiters:
-                dep.waiters.discard(ts)
-            if not self._wanted(dep) and dep.state in ("memory", "waiting", "queued",
-                                                       "no-worker", "processing"):
-                recs[dep.key] = "released"
+        self._fill(ws, recs, ev.stimulus_id)
 
     def _task_erred(self, ev: TaskErred) -> None:
         ts = self.tasks.get(ev.key)
         ws = self.workers.get(ev.worker)
         if ts is None or ws is None or ts.processing_on is not ws:
             return
-        self.placement.unassign(ts, ws)
-        ts.processing_on = None
-        recs: dict[str, str] = {}
+        recs: Recs = {}
         if ts.retries > 0:
             ts.retries -= 1
-            ts.state = "released"
-            self._log(ts, "processing", "released", ev.stimulus_id)
-            recs[ts.key] = "waiting"
+            self._transition(ts, "released", recs, ev.stimulus_id, GONE)
         else:
-            ts.exception, ts.traceback = ev.exception, ev.traceback
-            ts.exception_text = ev.exception_text
-            self._erred(ts, None, recs, ev.stimulus_id)
+            failure = (ev.exception, ev.traceback, ev.exception_text, None)
+            self._transition(ts, "erred", recs, ev.stimulus_id, failure)
         self._transitions(recs, ev.stimulus_id)
-        self.placement.fill(ws, ev.stimulus_id)
-
-    def _fail(self, ts: TaskState, error: Exception, recs: dict[str, str]) -> None:
-        from ..protocol import serialize
-
-        ts.exception = serialize(error)
-        ts.traceback = ""
-        ts.exception_text = str(error)
-        if ts.state == "processing" and ts.processing_on is not None:
-            self.placement.unassign(ts, ts.processing_on)
-            ts.processing_on = None
-        self._erred(ts, None, recs, "fail")
-
-    def _erred(
-        self, ts: TaskState, blame: TaskState | None, recs: dict[str, str], stimulus: str
-    ) -> None:
-        old = ts.state
-        self._check(ts, "erred")
-        self.placement.dequeue(ts)
-        if blame is not None:
-            ts.exception, ts.traceback = blame.exception, blame.traceback
-            ts.exception_text = blame.exception_text
-            ts.erred_on_behalf_of = blame.key
-        ts.state = "erred"
-        ts.waiting_on = EMPTY
-        self.counts["erred"] += 1
-        self._log(ts, old, "erred", stimulus)
-        self._release_inputs(ts, recs)
-        for dts in list(ts.waiters):
-            if dts.state not in ("erred", "memory", "forgotten"):
-                if dts.state == "processing" and dts.processing_on is not None:
-                    self.placement.unassign(dts, dts.processing_on)
-                    self.out.append(ToWorker(dts.processing_on.address,
-                                             {"op": "free-keys", "keys": [dts.key]}))
-                    dts.processing_on = None
-                self._erred(dts, ts, recs, stimulus)
-        ts.waiters = EMPTY
-        if ts.who_wants:
-            self._report_erred(ts, ts.who_wants)
-        if FIRE_AND_FORGET in ts.who_wants:
-            ts.who_wants.discard(FIRE_AND_FORGET)
-            if not self._wanted(ts):
-                recs[ts.key] = "forgotten" if not ts.dependents else "released"
+        self._fill(ws, recs, ev.stimulus_id)
 
     def _missing_data(self, ev: MissingData) -> None:
         ts = self.tasks.get(ev.key)
@@ -472,7 +488,7 @@ class SchedulerState:
         ts.who_has.discard(errant)
         errant.has_what.discard(ts)
         errant.nbytes -= ts.nbytes
-        recs: dict[str, str] = {}
+        recs: Recs = {}
         if not ts.who_has:
             recs[ts.key] = "released"
         self._transitions(recs, ev.stimulus_id)
@@ -492,80 +508,237 @@ class SchedulerState:
             self.out.append(ToWorker(ws.address, {"op": "free-keys", "keys": stale}))
 
     def _steal_response(self, ev: StealResponse) -> None:
-        self.stealing.response(ev.worker, ev.key, ev.state)
+        decision = self.stealing.response(ev.worker, ev.key, ev.state)
+        if decision is None:
+            return
+        ts, thief = decision
+        recs: Recs = {}
+        if thief is not None:
+            self._transition(ts, "processing", recs, ev.stimulus_id, thief)
+        else:  # the thief is gone: place it afresh
+            self._transition(ts, "released", recs, ev.stimulus_id, GONE)
+        self._transitions(recs, ev.stimulus_id)
 
     def _long_running(self, ev: LongRunning) -> None:
+        """A task seceded: its thread slot on the worker takes other work."""
         ts, ws = self.tasks.get(ev.key), self.workers.get(ev.worker)
-        if ts is not None and ws is not None and ts.processing_on is ws:
-            self.placement.secede(ts, ws, ev.stimulus_id)
+        if ts is None or ws is None or ts.processing_on is not ws:
+            return
+        self.placement.secede(ts, ws)
+        recs: Recs = {}
+        self._fill(ws, recs, ev.stimulus_id)
+        self._transitions(recs, ev.stimulus_id)
 
     # --------------------------------------------------------- transitions
 
-    def _transitions(self, recs: dict[str, str], stimulus: str) -> None:
+    def _transitions(self, recs: Recs, stimulus: str) -> None:
         while recs:
             key, finish = recs.popitem()
             ts = self.tasks.get(key)
             if ts is None or ts.state == finish or ts.state in _STALE.get(finish, ()):
                 continue
-            self._transition(ts, finish, recs, stimulus)
+            self._recommended(ts, finish, recs, stimulus)
+
+    def _recommended(self, ts: TaskState, finish: str, recs: Recs, stim: str) -> None:
+        """Carry out a recommendation: the transitions it takes from where ``ts`` is."""
+        start = ts.state
+        if finish == "forgotten" and start not in _FORGETTABLE:
+            # released first; being unwanted it recommends its own forgetting
+            self._transition(ts, "released", recs, stim)
+        elif finish == "processing":
+            if start == "released":
+                self._recommended(ts, "waiting", recs, stim)  # which recommends processing
+            elif not ts.waiting_on:  # an input may have been lost since
+                self._schedule(ts, recs, stim)
+        elif finish == "waiting":
+            if ts.run_args is None and ts.func is None:
+                self._transition(ts, "erred", recs, stim, _failure(LostDataError(ts.key)))
+                return
+            for dep in ts.dependencies:
+                if dep.state == "erred":
+                    failure = (dep.exception, dep.traceback, dep.exception_text, dep)
+                    self._transition(ts, "erred", recs, stim, failure)
+                    return
+            self._transition(ts, "waiting", recs, stim)
+        elif finish != "erred":  # erring is never recommended: it needs a cause
+            self._transition(ts, finish, recs, stim)
+
+    def _schedule(self, ts: TaskState, recs: Recs, stim: str) -> None:
+        """Place a ready task: on a worker, in the queue, or as no-worker."""
+        ws = self.placement.decide(ts)
+        if ws is not None:
+            self._transition(ts, "processing", recs, stim, ws)
+        elif ts.state != "queued" and self.placement.queueable(ts) and self.workers:
+            self._transition(ts, "queued", recs, stim)
+        elif ts.state == "waiting":
+            self._transition(ts, "no-worker", recs, stim)
+
+    def _transition(self, ts: TaskState, finish: str, recs: Recs, stim: str,
+                    arg: Any = None) -> None:
+        """The one place a task's state changes: checked, recorded, then carried out."""
+        start = ts.state
+        move = self._table.get((start, finish))
+        if move is None:
+            raise InvalidTransition(
+                f"{ts.key!r}: {start} -> {finish} is not allowed (stimulus {stim})")
+        ts.state = finish
+        self._record((ts.key, start, finish, stim, self._now))
+        move(ts, start, recs, stim, arg)
 
     def _check(self, ts: TaskState, finish: str) -> None:
-        if finish not in LEGAL_TRANSITIONS.get(ts.state, ()):
+        if (ts.state, finish) not in self._table:
             raise InvalidTransition(f"{ts.key!r}: {ts.state} -> {finish} is not allowed")
 
-    def _transition(self, ts: TaskState, finish: str, recs: dict[str, str], stim: str) -> None:
-        start = ts.state
-        if finish == "forgotten" and start not in ("released", "memory", "erred"):
-            self._transition(ts, "released", recs, stim)
-            start = ts.state
-        if finish == "processing" and start == "released":
-            self._transition(ts, "waiting", recs, stim)  # which recommends processing
-            return
-        if finish == "erred":
-            return  # only reached through _erred with a cause
-        self._check(ts, finish)
-        getattr(self, f"_to_{finish.replace('-', '_')}")(ts, recs)
-        self._log(ts, start, ts.state, stim)
+    # ------------------------------------------------ the moves of the table
 
-    def _to_waiting(self, ts: TaskState, recs: dict[str, str]) -> None:
-        if ts.run_args is None and ts.func is None:
-            self._lost_scattered(ts, recs)
-            return
-        ts.state = "waiting"
+    def _released_to_waiting(self, ts: TaskState, start: str, recs: Recs, stim: str,
+                             arg: Any) -> None:
         ts.waiting_on = {dep for dep in ts.dependencies if dep.state != "memory"} or EMPTY
         for dep in ts.dependencies:
             dep.waiters = grow(dep.waiters)
             dep.waiters.add(ts)
             if dep.state == "released":
                 recs[dep.key] = "waiting"
-            elif dep.state == "erred":
-                self._erred(ts, dep, recs, "dependency-erred")
-                return
         if not ts.waiting_on:
             recs[ts.key] = "processing"
 
-    def _lost_scattered(self, ts: TaskState, recs: dict[str, str]) -> None:
-        from ..protocol import serialize
+    def _to_processing(self, ts: TaskState, start: str, recs: Recs, stim: str,
+                       ws: WorkerState) -> None:
+        if start == "queued":
+            self.placement.dequeue(ts)
+        self._assign(ts, ws)
 
-        error = LostDataError(ts.key)
-        ts.exception, ts.traceback, ts.exception_text = serialize(error), "", str(error)
-        self._erred(ts, None, recs, "lost-data")
+    def _stolen(self, ts: TaskState, start: str, recs: Recs, stim: str,
+                thief: WorkerState) -> None:
+        assert ts.processing_on is not None
+        self.placement.unassign(ts, ts.processing_on)
+        self._assign(ts, thief)
 
-    def _to_processing(self, ts: TaskState, recs: dict[str, str]) -> None:
-        self.placement.schedule(ts)
+    def _assign(self, ts: TaskState, ws: WorkerState) -> None:
+        self.placement.occupy(ts, ws)
+        ts.processing_on = ws
+        msg: dict = {"op": "compute-task", "key": ts.key, "func": ts.func,
+                     "args": ts.run_args, "priority": list(ts.priority)}
+        if ts.func is not None and ts.func not in ws.functions_sent:
+            msg["function"] = self.functions[ts.func]
+            ws.functions_sent.add(ts.func)
+        if ts.dependencies:
+            msg["who_has"] = {d.key: [w.address for w in d.who_has] for d in ts.dependencies}
+            msg["nbytes"] = {d.key: d.nbytes for d in ts.dependencies}
+        if ts.resource_restrictions:
+            msg["resources"] = ts.resource_restrictions
+        if ts.who_wants:
+            msg["report"] = True  # a client waits: small results may travel inline
+        self.out.append(ToWorker(ws.address, msg))
 
-    def _to_released(self, ts: TaskState, recs: dict[str, str]) -> None:
-        start = ts.state
-        if start == "processing" and ts.processing_on is not None:
+    def _to_queued(self, ts: TaskState, start: str, recs: Recs, stim: str, arg: Any) -> None:
+        self.placement.enqueue(ts)
+
+    def _to_no_worker(self, ts: TaskState, start: str, recs: Recs, stim: str,
+                      arg: Any) -> None:
+        pass  # it waits for a worker it may run on (see _add_worker)
+
+    def _to_memory(self, ts: TaskState, start: str, recs: Recs, stim: str, arg: Any) -> None:
+        inline = None
+        if type(arg) is TaskFinished:  # computed where it was processing
             ws = ts.processing_on
+            assert ws is not None
             self.placement.unassign(ts, ws)
             ts.processing_on = None
-            self.out.append(ToWorker(ws.address, {"op": "free-keys", "keys": [ts.key]}))
-            self.placement.fill(ws, "released")
+            ts.nbytes = arg.nbytes
+            if arg.stop > arg.start > 0:
+                self.placement.record_duration(ts, ws, arg.stop - arg.start)
+            self._add_replica(ts, ws)
+            self.counts["finished"] += 1
+            if ts.ever_finished:
+                self.counts["recomputed"] += 1
+            ts.ever_finished = True
+            inline = arg.inline
+        else:  # (workers, nbytes): scattered, or held by a rejoining worker
+            workers, nbytes = arg
+            if start == "processing":  # the run is not needed any more
+                ws = ts.processing_on
+                assert ws is not None
+                self.placement.unassign(ts, ws)
+                ts.processing_on = None
+                if ws not in workers:
+                    self.out.append(ToWorker(ws.address, {"op": "free-keys", "keys": [ts.key]}))
+                self._fill(ws, recs, stim)
+            elif start == "queued":
+                self.placement.dequeue(ts)
+            ts.exception = ts.traceback = ts.exception_text = None
+            ts.waiting_on = EMPTY
+            ts.nbytes = nbytes
+            for ws in workers:
+                self._add_replica(ts, ws)
+        self._on_memory(ts, recs, inline)
+
+    def _on_memory(self, ts: TaskState, recs: Recs, inline: Any = None) -> None:
+        for dts in ts.waiters:
+            if ts in dts.waiting_on:
+                dts.waiting_on.discard(ts)
+            if not dts.waiting_on and dts.state == "waiting":
+                recs[dts.key] = "processing"
+        self._release_inputs(ts, recs)
+        if ts.who_wants:
+            self._report_memory(ts, ts.who_wants, inline)
+            ts.who_wants.discard(FIRE_AND_FORGET)
+        if not self._wanted(ts):
+            recs[ts.key] = "forgotten" if not ts.dependents else "released"
+
+    def _release_inputs(self, ts: TaskState, recs: Recs) -> None:
+        """``ts`` no longer needs its inputs: release those nobody else needs."""
+        for dep in ts.dependencies:
+            if ts in dep.waiters:
+                dep.waiters.discard(ts)
+            if not self._wanted(dep) and dep.state in ("memory", "waiting", "queued",
+                                                       "no-worker", "processing"):
+                recs[dep.key] = "released"
+
+    def _to_erred(self, ts: TaskState, start: str, recs: Recs, stim: str,
+                  failure: Failure) -> None:
+        exception, traceback, text, blame = failure
+        if start == "processing":
+            ws = ts.processing_on
+            assert ws is not None
+            self.placement.unassign(ts, ws)
+            ts.processing_on = None
+            if blame is not None:  # it may still be running there
+                self.out.append(ToWorker(ws.address, {"op": "free-keys", "keys": [ts.key]}))
+            self._fill(ws, recs, stim)
+        elif start == "queued":
+            self.placement.dequeue(ts)
+        ts.exception, ts.traceback, ts.exception_text = exception, traceback, text
+        if blame is not None:
+            ts.erred_on_behalf_of = blame.key
+        ts.waiting_on = EMPTY
+        self.counts["erred"] += 1
+        self._release_inputs(ts, recs)
+        for dts in list(ts.waiters):
+            if dts.state not in ("erred", "memory", "forgotten"):
+                self._transition(dts, "erred", recs, stim, (exception, traceback, text, ts))
+        ts.waiters = EMPTY
+        if ts.who_wants:
+            self._report_erred(ts, ts.who_wants)
+        if FIRE_AND_FORGET in ts.who_wants:
+            ts.who_wants.discard(FIRE_AND_FORGET)
+            if not self._wanted(ts):
+                recs[ts.key] = "forgotten" if not ts.dependents else "released"
+
+    def _to_released(self, ts: TaskState, start: str, recs: Recs, stim: str,
+                     arg: Any) -> None:
+        if start == "processing":
+            ws = ts.processing_on
+            assert ws is not None
+            self.placement.unassign(ts, ws)
+            ts.processing_on = None
+            if arg is not GONE:
+                self.out.append(ToWorker(ws.address, {"op": "free-keys", "keys": [ts.key]}))
+            self._fill(ws, recs, stim)
         elif start == "memory":
             self._drop_replicas(ts)
-        self.placement.dequeue(ts)
-        ts.state = "released"
+        elif start == "queued":
+            self.placement.dequeue(ts)
         ts.waiting_on = EMPTY
         ts.exception = ts.traceback = ts.exception_text = None
         for dts in ts.waiters:
@@ -584,10 +757,10 @@ class SchedulerState:
         else:
             self._release_inputs(ts, recs)
 
-    def _to_forgotten(self, ts: TaskState, recs: dict[str, str]) -> None:
-        if ts.state == "memory":
+    def _to_forgotten(self, ts: TaskState, start: str, recs: Recs, stim: str,
+                      arg: Any) -> None:
+        if start == "memory":
             self._drop_replicas(ts)
-        ts.state = "forgotten"
         del self.tasks[ts.key]
         if ts.func is not None:
             refs = self.function_refs[ts.func] - 1
@@ -601,15 +774,18 @@ class SchedulerState:
                 dep.dependents.discard(ts)
             if ts in dep.waiters:
                 dep.waiters.discard(ts)
-            if not dep.dependents and not dep.who_wants and dep.state in (
-                "released", "memory", "erred"
-            ):
+            if not dep.dependents and not dep.who_wants and dep.state in _FORGETTABLE:
                 recs[dep.key] = "forgotten"
             elif not self._wanted(dep) and dep.state not in ("released", "erred", "forgotten"):
                 recs[dep.key] = "released"
         ts.dependencies = EMPTY
 
     # --------------------------------------------------------- helpers
+
+    def _fill(self, ws: WorkerState, recs: Recs, stim: str) -> None:
+        """Hand queued roots to ``ws`` while it has free slots."""
+        for ts in self.placement.take(ws):
+            self._transition(ts, "processing", recs, stim, ws)
 
     def _wanted(self, ts: TaskState) -> bool:
         return bool(ts.who_wants or ts.waiters)
@@ -630,6 +806,8 @@ class SchedulerState:
     def _report_memory(self, ts: TaskState, clients: Iterable[str], inline: Any = None) -> None:
         workers = [ws.address for ws in ts.who_has]
         for client in clients:
+            if client == REJOIN_HOLDER:
+                continue
             msg = {"op": "key-in-memory", "key": ts.key, "workers": workers, "nbytes": ts.nbytes}
             if inline is not None:
                 msg["value"] = inline
@@ -641,10 +819,6 @@ class SchedulerState:
                 "op": "task-erred", "key": ts.key, "exception": ts.exception,
                 "traceback": ts.traceback, "exception_text": ts.exception_text,
             }))
-
-    def _log(self, ts: TaskState, start: str, finish: str, stimulus: str) -> None:
-        if self.transition_log is not None:
-            self.transition_log.append((ts.key, start, finish, stimulus))
 
     def _update_idle(self) -> None:
         busy = any(ws.processing for ws in self.workers.values()) or self.placement.queued
@@ -667,8 +841,16 @@ class SchedulerState:
         validate_state(self)
 
 
+def _failure(error: Exception) -> Failure:
+    """An error the scheduler itself raises for a task, in the form a worker reports."""
+    from ..protocol import serialize
+
+    return serialize(error), "", str(error), None
+
+
 __all__ = [
     "LEGAL_TRANSITIONS",
+    "TRANSITIONS",
     "InvalidTransition",
     "KilledWorkerError",
     "LostDataError",

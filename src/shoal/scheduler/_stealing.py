@@ -6,13 +6,16 @@ tasks assigned last, as long as fetching their inputs to the idle worker is
 expected to be quicker than waiting behind the busy worker's queue.  The
 busy worker gives a task up only if it has not started it; its answer
 (``steal-response``) moves the task, or leaves it where it is.
+
+This module only decides: :meth:`Stealing.balance` returns the requests to
+make and :meth:`Stealing.response` the move to make; the state machine
+writes the messages and performs the transitions.
 """
 
 from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from ._events import ToWorker
 from ._model import TaskState, WorkerState
 from ._placement import BANDWIDTH, FETCH_LATENCY
 
@@ -29,21 +32,23 @@ class Stealing:
         self.in_flight: dict[TaskState, WorkerState] = {}  # task -> thief
         self.count = 0
 
-    def balance(self) -> None:
+    def balance(self) -> list[tuple[TaskState, WorkerState]]:
+        """The steal requests to send now: (task, the busy worker to ask)."""
         workers = [ws for ws in self.state.workers.values() if ws.status == "running"]
         if len(workers) < 2:
-            return
+            return []
         idle = [ws for ws in workers if ws.busy < ws.nthreads]
         if not idle:
-            return
+            return []
         victim = max(workers, key=lambda ws: (ws.occupancy / ws.nthreads, ws.address))
         surplus = victim.busy - victim.nthreads
         if surplus <= 0:
-            return
+            return []
         wait = victim.occupancy / victim.nthreads
         budget = min(surplus, MAX_STEALS_PER_PASS)
+        requests: list[tuple[TaskState, WorkerState]] = []
         for ts in reversed(list(victim.processing)[-surplus:]):
-            if budget <= 0:
+            if len(requests) >= budget:
                 break
             if ts in self.in_flight or ts in victim.long_running:
                 continue
@@ -53,9 +58,8 @@ class Stealing:
             if self._transfer_seconds(ts, thief) >= wait:
                 continue
             self.in_flight[ts] = thief
-            self.state.out.append(ToWorker(victim.address, {"op": "steal-request",
-                                                            "key": ts.key}))
-            budget -= 1
+            requests.append((ts, victim))
+        return requests
 
     def _transfer_seconds(self, ts: TaskState, ws: WorkerState) -> float:
         missing = [dep for dep in ts.dependencies if ws not in dep.who_has]
@@ -63,25 +67,23 @@ class Stealing:
             return 0.0
         return FETCH_LATENCY + sum(dep.nbytes for dep in missing) / BANDWIDTH
 
-    def response(self, victim_address: str, key: str, worker_state: str) -> None:
-        """The victim's answer: ``released`` means it gave the task up."""
+    def response(self, victim_address: str, key: str,
+                 worker_state: str) -> tuple[TaskState, WorkerState | None] | None:
+        """The victim's answer (``released`` means it gave the task up): the task
+        to move and where to (None: place it afresh), or None to leave it."""
         ts = self.state.tasks.get(key)
         if ts is None:
-            return
+            return None
         thief = self.in_flight.pop(ts, None)
         victim = self.state.workers.get(victim_address)
         if thief is None or victim is None or worker_state != "released":
-            return
+            return None
         if ts.state != "processing" or ts.processing_on is not victim:
-            return
-        self.state.placement.unassign(ts, victim)
-        ts.processing_on = None
+            return None
         if thief.address in self.state.workers and self.state.placement.valid(ts, thief):
-            self.state.placement.assign(ts, thief)
             self.count += 1
-        else:
-            ts.state = "waiting"  # transiently, so that it is scheduled afresh
-            self.state.placement.schedule(ts)
+            return ts, thief
+        return ts, None
 
     def forget(self, ts: TaskState) -> None:
         self.in_flight.pop(ts, None)

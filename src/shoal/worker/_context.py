@@ -62,7 +62,8 @@ def secede() -> None:
         return
     _local.seceded = True
     worker.executor.secede_current_thread()
-    worker.executor.loop.call_soon_threadsafe(worker._handle, Secede(key))
+    event = Secede(key, worker._stimulus("secede"))
+    worker.executor.loop.call_soon_threadsafe(worker._handle, event)
 
 
 def rejoin() -> None:
@@ -72,7 +73,8 @@ def rejoin() -> None:
         return
     granted = threading.Event()
     worker.rejoin_waiters[key] = granted
-    worker.executor.loop.call_soon_threadsafe(worker._handle, Rejoin(key))
+    event = Rejoin(key, worker._stimulus("rejoin"))
+    worker.executor.loop.call_soon_threadsafe(worker._handle, event)
     granted.wait()
     _local.seceded = False
 

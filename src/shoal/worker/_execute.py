@@ -19,12 +19,9 @@ from collections import deque
 from collections.abc import Callable, Mapping
 from typing import Any
 
+from .._exceptions import TaskFailed
 from ..protocol import SerializationError, Serialized, deserialize, serialize
 from ..protocol._task import substitute
-
-
-class TaskFailed(Exception):
-    """Stands in for an exception that could not be pickled itself."""
 
 
 class Outcome:

@@ -23,6 +23,7 @@ import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from .._exceptions import WorkerMemoryError
 from ._allocator import Reclaimer
 from ._memory import MemoryState, MemoryThresholds, format_bytes, memory_state, spill_until_below
 from ._store import DataStore
@@ -30,10 +31,6 @@ from ._store import DataStore
 __all__ = ["MemoryCheck", "MemoryMonitor", "WorkerMemoryError"]
 
 logger = logging.getLogger(__name__)
-
-
-class WorkerMemoryError(MemoryError):
-    """A task's result fits neither in the worker's memory nor on its disk."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -18,6 +18,7 @@ handling one message is logged and the next one is served.
 from __future__ import annotations
 
 import asyncio
+import itertools
 import logging
 import os
 import socket
@@ -27,8 +28,10 @@ from typing import Any
 
 import psutil
 
+from .._exceptions import ShoalTimeoutError
 from .._logbuffer import get_logs
 from .._logbuffer import install as install_log_buffer
+from .._story import DEFAULT_STORY_SIZE
 from ..comm import (
     BatchedSend,
     CommClosedError,
@@ -53,6 +56,7 @@ from ._nanny import NANNY_PID_ENV
 from ._sizeof import sizeof
 from ._state import (
     AcquireReplicas,
+    AddData,
     ComputeTask,
     Execute,
     ExecuteFailure,
@@ -62,6 +66,7 @@ from ._state import (
     Gather,
     GatherDone,
     Rejoined,
+    SchedulerLost,
     Send,
     SetPaused,
     StealRequest,
@@ -112,6 +117,7 @@ class Worker:
         http_port: int | None = None,
         limits: CommLimits | None = None,
         http_max_body_bytes: int | None = None,
+        story_size: int = DEFAULT_STORY_SIZE,
     ) -> None:
         if type(nthreads) is not int or not 1 <= nthreads <= MAX_NTHREADS:
             raise ValueError(f"nthreads must be an integer from 1 to {MAX_NTHREADS}, "
@@ -119,6 +125,7 @@ class Worker:
         self.http_port = http_port
         self.http_max_body_bytes = http_max_body_bytes
         self.limits = limits
+        self.story_size = story_size
         self.http_address: str | None = None
         self._http: Any = None
         self.scheduler_address = scheduler_address
@@ -141,6 +148,7 @@ class Worker:
                 "ping": lambda: "pong",
                 "info": self.info,
                 "get_logs": get_logs,
+                "story": self.story,
             },
             {},
             schemas=WORKER_RPC,
@@ -164,6 +172,7 @@ class Worker:
         self._undecodable: dict[str, str] = {}
         self._tasks: set[asyncio.Task] = set()
         self._stopped = asyncio.Event()
+        self._ids = itertools.count()
 
     # ------------------------------------------------------------ lifecycle
 
@@ -179,7 +188,7 @@ class Worker:
                                     self.data, process_memory)
         if self.memory_limit:
             tune_allocator()  # freed results must lower the RSS the monitor watches
-        self.state = WorkerState(self.address, self.nthreads, self.resources)
+        self.state = WorkerState(self.address, self.nthreads, self.resources, self.story_size)
         self.executor = Executor(self.nthreads, self._executed, name=str(self.name))
         if self.http_port is not None:  # health and metrics (worker/_http.py)
             from ._http import start_http
@@ -211,9 +220,10 @@ class Worker:
                 break
             except (CommClosedError, OSError) as exc:
                 if time.monotonic() > deadline:
-                    raise TimeoutError(
+                    raise ShoalTimeoutError(
                         f"worker {self.name} could not reach the scheduler at "
-                        f"{self.scheduler_address} within {self.death_timeout}s: {exc}"
+                        f"{self.scheduler_address} within death_timeout={self.death_timeout}s: "
+                        f"{exc}"
                     ) from exc
                 await asyncio.sleep(delay)  # back off between connection attempts
                 delay = min(delay * 2, 1.0)
@@ -233,7 +243,7 @@ class Worker:
             "resources": self.resources,
             "pid": os.getpid(),
             "host": socket.gethostname(),
-            "keys": {},
+            "keys": self.state.held(),
             "http_address": self.http_address,
             "nanny": NANNY_PID_ENV in os.environ,
         }
@@ -276,12 +286,17 @@ class Worker:
                 self._spawn(self.close())
 
     def _reset(self) -> None:
+        """Keep the results (announced to the scheduler on rejoining), drop the rest."""
+        self._handle(SchedulerLost(self._stimulus("scheduler-lost")))
         for key in list(self.data):
-            del self.data[key]
-        self.state = WorkerState(self.address, self.nthreads, self.resources)
+            if key not in self.state.tasks:
+                self.data.discard(key)
         self.functions.clear()
         wake_rejoins(self)  # their tasks are forgotten: nothing will grant a slot
         self._undecodable.clear()
+
+    def _stimulus(self, what: str) -> str:
+        return f"{what}-{next(self._ids)}"
 
     def _spawn(self, coro: Any) -> None:
         spawn(coro, f"worker: {getattr(coro, '__name__', coro)}", self._tasks)
@@ -359,7 +374,7 @@ class Worker:
             return
         self._handle(
             ComputeTask(key, func, args, tuple(priority), who_has or {}, nbytes or {}, resources,
-                        report)
+                        report, self._stimulus("compute-task"))
         )
 
     def _refuse_task(self, key: str, exc: Exception) -> None:
@@ -368,13 +383,13 @@ class Worker:
                     "traceback": "", "exception_text": str(exc)})
 
     def _free_keys(self, keys: list[str]) -> None:
-        self._handle(FreeKeys(keys))
+        self._handle(FreeKeys(keys, self._stimulus("free-keys")))
 
     def _steal_request(self, key: str) -> None:
-        self._handle(StealRequest(key))
+        self._handle(StealRequest(key, self._stimulus("steal-request")))
 
     def _acquire_replicas(self, who_has: dict, nbytes: dict) -> None:
-        self._handle(AcquireReplicas(who_has, nbytes))
+        self._handle(AcquireReplicas(who_has, nbytes, self._stimulus("acquire-replicas")))
 
     # ------------------------------------------------------------ instructions
 
@@ -412,19 +427,21 @@ class Worker:
         args = ts.args
         if func is None:
             self._cannot_run(key, RuntimeError("function missing"),
-                             "the worker never received this task's function")
+                             "the worker never received this task's function",
+                             "function-missing")
             return None
         bad = next((d.key for d in ts.dependencies if d.key in self._undecodable), None)
         if bad is not None:
             reason = self._undecodable[bad]
             self._cannot_run(key, SerializationError(reason),
-                             f"input {bad!r} of {key!r} cannot be used here: {reason}")
+                             f"input {bad!r} of {key!r} cannot be used here: {reason}",
+                             "input-undecodable")
             return None
         inputs = {dep.key: self.data[dep.key] for dep in ts.dependencies}
         return lambda: run_in_context(self, key, func, args, inputs)
 
-    def _cannot_run(self, key: str, exc: Exception, text: str) -> None:
-        self._handle(ExecuteFailure(key, serialize(exc), "", text))
+    def _cannot_run(self, key: str, exc: Exception, text: str, what: str) -> None:
+        self._handle(ExecuteFailure(key, serialize(exc), "", text, self._stimulus(what)))
 
     def _executed(self, outcomes: list[Outcome]) -> None:
         events: list[Any] = []
@@ -436,12 +453,15 @@ class Worker:
                     self.data.discard(o.key)
                     logger.warning("%s", refusal)
                     events.append(ExecuteFailure(o.key, serialize(refusal), "",
-                                                 f"{type(refusal).__name__}: {refusal}"))
+                                                 f"{type(refusal).__name__}: {refusal}",
+                                                 self._stimulus("memory-refused")))
                     continue
                 events.append(ExecuteSuccess(o.key, o.nbytes, o.start, o.stop,
-                                             self._inline(o.key, o.value, o.nbytes)))
+                                             self._inline(o.key, o.value, o.nbytes),
+                                             self._stimulus("executed")))
             else:
-                events.append(ExecuteFailure(o.key, o.exception, o.traceback, o.exception_text))
+                events.append(ExecuteFailure(o.key, o.exception, o.traceback, o.exception_text,
+                                             self._stimulus("execute-failed")))
         self._handle(*events)
 
     def _inline(self, key: str, value: Any, nbytes: int) -> Serialized | bytes | memoryview | None:
@@ -478,7 +498,8 @@ class Worker:
             gone = not isinstance(exc, InvalidMessage)
         finally:
             missing = [k for k in inst.keys if k not in received]
-            self._handle(GatherDone(inst.worker, received, missing, gone))
+            self._handle(GatherDone(inst.worker, received, missing, gone,
+                                    self._stimulus("gather-done")))
 
     def _store_fetched(self, key: str, ser: Serialized | bytes, peer: str) -> int:
         """Keep a fetched input; one that cannot be unpickled here fails its dependents."""
@@ -517,8 +538,11 @@ class Worker:
         for key, value in values.items():
             nbytes[key] = sizeof(value)
             self.data.set_with_size(key, value, nbytes[key])
-            self.state.adopt(key, nbytes[key])
+        self._handle(AddData(nbytes, self._stimulus("update-data")))
         return {"status": "ok", "nbytes": nbytes}
+
+    def story(self, keys: list[str]) -> dict[str, Any]:
+        return {"status": "ok", "story": self.state.story(*keys)}
 
     async def run_function(self, function: Serialized, args: Any = None,
                            kwargs: Any = None) -> dict[str, Any]:
@@ -575,5 +599,5 @@ class Worker:
         """Spill, give memory back and pause or resume as the memory monitor finds."""
         check = self.memory.check()
         if check.paused != self.state.paused:
-            self._handle(SetPaused(check.paused))
+            self._handle(SetPaused(check.paused, self._stimulus("memory-pause")))
         return check

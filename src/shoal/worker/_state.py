@@ -11,25 +11,53 @@ Task states on a worker::
 
     compute tasks:  waiting ─▶ ready ─▶ executing ─▶ memory / error
     inputs:         fetch ─▶ flight ─▶ memory
+
+Every change of a task's state goes through :meth:`WorkerState._transition`,
+checked against a table keyed by ``(start, finish)`` that points at the
+function performing the move, and recorded in a bounded story log with the
+stimulus id of the event that caused it.
 """
 
 from __future__ import annotations
 
 import heapq
 import itertools
+import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from .._exceptions import InvalidTransition
+from .._story import DEFAULT_STORY_SIZE, Entry, Story
+
+#: Every legal move, ``(start, finish)``.
+TRANSITIONS: frozenset[tuple[str, str]] = frozenset({
+    ("released", "waiting"), ("released", "ready"), ("waiting", "ready"),
+    ("ready", "executing"), ("cancelled", "executing"),
+    ("executing", "memory"), ("executing", "error"), ("executing", "cancelled"),
+    ("released", "fetch"), ("flight", "fetch"), ("fetch", "flight"),
+    ("flight", "memory"),
+    # an input being fetched that the scheduler now wants computed here
+    ("fetch", "waiting"), ("fetch", "ready"), ("flight", "waiting"), ("flight", "ready"),
+    # data placed here directly (scattered)
+    ("released", "memory"), ("fetch", "memory"), ("flight", "memory"),
+    ("waiting", "memory"), ("ready", "memory"),
+    ("waiting", "released"), ("ready", "released"), ("cancelled", "released"),
+    ("fetch", "released"), ("flight", "released"), ("memory", "released"),
+    ("error", "released"),
+})
+
 LEGAL_TRANSITIONS: dict[str, frozenset[str]] = {
-    "waiting": frozenset({"ready", "released"}),
-    "ready": frozenset({"executing", "released"}),
-    "executing": frozenset({"memory", "error", "released", "cancelled"}),
-    "cancelled": frozenset({"released"}),
-    "fetch": frozenset({"flight", "released"}),
-    "flight": frozenset({"memory", "fetch", "released"}),
-    "memory": frozenset({"released"}),
-    "error": frozenset({"released"}),
+    start: frozenset(f for s, f in TRANSITIONS if s == start)
+    for start in sorted({s for s, _ in TRANSITIONS})
 }
+
+_ids = itertools.count()
+
+
+def _stimulus() -> str:
+    """The id of an event built without one (in tests)."""
+    return f"event-{next(_ids)}"
 
 #: When tasks take less than this on average, up to PREFETCH_PER_THREAD more
 #: per thread are handed to the executor ahead, so a thread goes from one tiny
@@ -55,11 +83,13 @@ class ComputeTask:
     nbytes: dict[str, int] = field(default_factory=dict)
     resources: dict[str, float] | None = None
     report: bool = False  # a client waits for it: a small result may go inline
+    stimulus_id: str = field(default_factory=_stimulus)
 
 
 @dataclass(slots=True)
 class FreeKeys:
     keys: list[str]
+    stimulus_id: str = field(default_factory=_stimulus)
 
 
 @dataclass(slots=True)
@@ -69,6 +99,7 @@ class ExecuteSuccess:
     start: float
     stop: float
     inline: Any = None  # the result, serialized, when small and reported
+    stimulus_id: str = field(default_factory=_stimulus)
 
 
 @dataclass(slots=True)
@@ -77,6 +108,7 @@ class ExecuteFailure:
     exception: Any
     traceback: str
     exception_text: str
+    stimulus_id: str = field(default_factory=_stimulus)
 
 
 @dataclass(slots=True)
@@ -85,6 +117,7 @@ class GatherDone:
     received: dict[str, int]  # key -> nbytes now held
     missing: list[str]  # keys the peer did not have
     peer_gone: bool = False
+    stimulus_id: str = field(default_factory=_stimulus)
 
 
 @dataclass(slots=True)
@@ -93,6 +126,7 @@ class AcquireReplicas:
 
     who_has: dict[str, list[str]]
     nbytes: dict[str, int]
+    stimulus_id: str = field(default_factory=_stimulus)
 
 
 @dataclass(slots=True)
@@ -100,21 +134,44 @@ class StealRequest:
     """The scheduler wants to move ``key`` elsewhere if it has not started."""
 
     key: str
+    stimulus_id: str = field(default_factory=_stimulus)
+
+
+@dataclass(slots=True)
+class AddData:
+    """Values placed here directly (scattered): key -> nbytes."""
+
+    nbytes: dict[str, int]
+    stimulus_id: str = field(default_factory=_stimulus)
+
+
+@dataclass(slots=True)
+class SchedulerLost:
+    """The connection to the scheduler dropped: keep results, drop the rest."""
+
+    stimulus_id: str = field(default_factory=_stimulus)
 
 
 @dataclass(slots=True)
 class SetPaused:
     paused: bool
+    stimulus_id: str = field(default_factory=_stimulus)
 
 
 @dataclass(slots=True)
 class Secede:
-    key: str  # this task left its thread slot: it waits on tasks it submitted
+    """This task left its thread slot: it waits on tasks it submitted."""
+
+    key: str
+    stimulus_id: str = field(default_factory=_stimulus)
 
 
 @dataclass(slots=True)
 class Rejoin:
-    key: str  # this seceded task wants a thread slot back
+    """This seceded task wants a thread slot back."""
+
+    key: str
+    stimulus_id: str = field(default_factory=_stimulus)
 
 
 # ------------------------------------------------------------ instructions
@@ -146,7 +203,9 @@ class Forget:
 
 @dataclass(slots=True)
 class Rejoined:
-    key: str  # this seceded task holds a thread slot again: let it go on
+    """This seceded task holds a thread slot again: let it go on."""
+
+    key: str
 
 
 class WTask:
@@ -184,7 +243,9 @@ class WTask:
 
 
 class WorkerState:
-    def __init__(self, address: str, nthreads: int, resources: dict[str, float] | None = None):
+    def __init__(self, address: str, nthreads: int, resources: dict[str, float] | None = None,
+                 story_size: int = DEFAULT_STORY_SIZE,
+                 clock: Callable[[], float] = time.time) -> None:
         self.address = address
         self.nthreads = nthreads
         self.total_resources = dict(resources or {})
@@ -192,7 +253,7 @@ class WorkerState:
         self.tasks: dict[str, WTask] = {}
         self.ready: list[tuple[tuple, int, WTask]] = []
         self.executing: set[WTask] = set()
-        #: executing, but out of the thread slots (see ``secede``), and those
+        #: executing, but out of the thread slots (see ``Secede``), and those
         #: of them waiting for a slot back
         self.seceded: set[WTask] = set()
         self.rejoining: list[WTask] = []
@@ -205,27 +266,72 @@ class WorkerState:
         self._counter = itertools.count()
         self.out: list[Any] = []
         self.counts = {"executed": 0, "failed": 0, "fetched": 0}
+        self.clock = clock
+        self.story_log = Story(story_size)
+        self._record = self.story_log.entries.extend
+        self._now = clock()
+        self._stim = ""
+        moves: dict[str, Callable[[WTask, str, Any], None]] = {
+            "waiting": self._to_waiting, "ready": self._to_ready, "executing": self._to_executing,
+            "memory": self._to_memory, "error": self._to_error,
+            "cancelled": _nothing, "fetch": self._to_fetch_state,
+            "flight": self._to_flight, "released": self._to_released,
+        }
+        self._table = {move: moves[move[1]] for move in TRANSITIONS}
 
     # ------------------------------------------------------------ API
 
     def handle(self, *events: Any) -> list[Any]:
+        self._now = self.clock()
         for ev in events:
+            self._stim = ev.stimulus_id
             getattr(self, "_" + type(ev).__name__)(ev)
         self._ensure_computing()
         self._ensure_communicating()
         out, self.out = self.out, []
         return out
 
-    def adopt(self, key: str, nbytes: int) -> None:
-        """A value placed here directly (scattered), not computed."""
-        ts = self.tasks.get(key)
-        if ts is None:
-            ts = self.tasks[key] = WTask(key)
-        self._leave_fetch(ts)
-        ts.state = "memory"
-        ts.nbytes = nbytes
+    def held(self) -> dict[str, int]:
+        """The results held here (key -> nbytes), as announced to a new scheduler."""
+        return {key: ts.nbytes for key, ts in self.tasks.items() if ts.state == "memory"}
+
+    def story(self, *keys: str) -> list[Entry]:
+        return self.story_log.of(set(keys))
+
+    def _transition(self, ts: WTask, finish: str, arg: Any = None) -> None:
+        """The one place a task's state changes: checked, recorded, then carried out."""
+        start = ts.state
+        move = self._table.get((start, finish))
+        if move is None:
+            raise InvalidTransition(
+                f"{ts.key!r}: {start} -> {finish} is not allowed (stimulus {self._stim})")
+        ts.state = finish
+        self._record((ts.key, start, finish, self._stim, self._now))
+        move(ts, start, arg)
 
     # ------------------------------------------------------------ events
+
+    def _AddData(self, ev: AddData) -> None:
+        for key, nbytes in ev.nbytes.items():
+            ts = self.tasks.get(key)
+            if ts is None:
+                ts = self.tasks[key] = WTask(key)
+            if ts.state in ("executing", "cancelled"):
+                continue  # the value is stored; the run's outcome decides its state
+            if ts.state == "memory":
+                ts.nbytes = nbytes
+            else:
+                self._transition(ts, "memory", nbytes)
+
+    def _SchedulerLost(self, ev: SchedulerLost) -> None:
+        for ts in list(self.tasks.values()):
+            if ts.state in ("memory", "executing", "cancelled"):
+                self._done_with_inputs(ts)
+            if ts.state == "executing":
+                self._transition(ts, "cancelled")
+        for ts in list(self.tasks.values()):
+            if ts.state not in ("memory", "cancelled", "released"):
+                self._transition(ts, "released")
 
     def _ComputeTask(self, ev: ComputeTask) -> None:
         ts = self.tasks.get(ev.key)
@@ -233,26 +339,13 @@ class WorkerState:
             ts = self.tasks[ev.key] = WTask(ev.key)
         elif ts.state in ("memory", "executing", "waiting", "ready"):
             if ts.state == "memory":
-                self.out.append(
-                    Send(
-                        {
-                            "op": "task-finished",
-                            "key": ts.key,
-                            "nbytes": ts.nbytes,
-                            "start": 0.0,
-                            "stop": 0.0,
-                        }
-                    )
-                )
-            return
-        elif ts.state in ("fetch", "flight"):
-            self._leave_fetch(ts)
-            ts.state = "released"
-        if ts.state == "cancelled":  # resubmitted while the old run is still going
-            ts.state = "executing"
-            ts.func, ts.args, ts.priority = ev.func, ev.args, tuple(ev.priority)
+                self.out.append(Send({"op": "task-finished", "key": ts.key,
+                                      "nbytes": ts.nbytes, "start": 0.0, "stop": 0.0}))
             return
         ts.func, ts.args, ts.priority = ev.func, ev.args, tuple(ev.priority)
+        if ts.state == "cancelled":  # resubmitted while the old run is still going
+            self._transition(ts, "executing")
+            return
         ts.report = ev.report
         ts.resources = ev.resources
         ts.replica = False
@@ -261,10 +354,11 @@ class WorkerState:
             if dep is None:
                 dep = self.tasks[dep_key] = WTask(dep_key)
                 dep.replica = True
-            if dep.state in ("released", "fetch"):
-                if dep.state == "released":
-                    dep.priority = ts.priority
-                self._to_fetch(dep, workers)
+            if dep.state == "released":
+                dep.priority = ts.priority
+                self._transition(dep, "fetch", workers)
+            elif dep.state == "fetch":
+                self._add_peers(dep, workers)
             else:
                 dep.who_has.update(w for w in workers if w != self.address)
             dep.nbytes = ev.nbytes.get(dep_key, dep.nbytes)
@@ -272,28 +366,25 @@ class WorkerState:
             dep.dependents.add(ts)
         self._maybe_ready(ts)
 
-    def _to_fetch(self, ts: WTask, peers: Any = ()) -> None:
-        """Into state fetch, from any of ``peers`` (added to what it knew)."""
-        ts.who_has.update(w for w in peers if w != self.address)
-        ts.state = "fetch"
-        self.fetching.add(ts)
-        for peer in ts.who_has:
+    def _add_peers(self, ts: WTask, peers: Any) -> None:
+        """More peers to fetch a task in state fetch from."""
+        new = [w for w in peers if w != self.address and w not in ts.who_has]
+        ts.who_has.update(new)
+        for peer in new:
             self.fetch_by_peer.setdefault(peer, set()).add(ts)
 
     def _leave_fetch(self, ts: WTask) -> None:
-        if ts in self.fetching:
-            self.fetching.discard(ts)
-            for peer in ts.who_has:
-                tasks = self.fetch_by_peer.get(peer)
-                if tasks is not None:
-                    tasks.discard(ts)
+        self.fetching.discard(ts)
+        for peer in ts.who_has:
+            tasks = self.fetch_by_peer.get(peer)
+            if tasks is not None:
+                tasks.discard(ts)
 
     def _maybe_ready(self, ts: WTask) -> None:
         if all(dep.state == "memory" for dep in ts.dependencies):
-            ts.state = "ready"
-            heapq.heappush(self.ready, (ts.priority, next(self._counter), ts))
-        else:
-            ts.state = "waiting"
+            self._transition(ts, "ready")
+        elif ts.state != "waiting":
+            self._transition(ts, "waiting")
 
     def _FreeKeys(self, ev: FreeKeys) -> None:
         for key in ev.keys:
@@ -301,7 +392,7 @@ class WorkerState:
             if ts is None:
                 continue
             if ts.state == "executing":
-                ts.state = "cancelled"
+                self._transition(ts, "cancelled")
                 continue
             if ts.state == "cancelled":
                 continue
@@ -310,25 +401,7 @@ class WorkerState:
             ):
                 ts.replica = True  # still an input of work here; keep it
                 continue
-            self._release(ts)
-
-    def _release(self, ts: WTask) -> None:
-        if ts.state == "memory":
-            self.out.append(Forget(ts.key))
-        self._leave_fetch(ts)
-        ts.state = "released"  # an answer to a fetch in flight will be dropped
-        self.tasks.pop(ts.key, None)
-        for dep in ts.dependencies:
-            dep.dependents.discard(ts)
-            if not dep.dependents and dep.replica and dep.state in ("fetch", "flight"):
-                self._release(dep)
-        ts.dependencies.clear()
-        for dts in list(ts.dependents):
-            if dts.state in ("waiting", "ready"):
-                # an input vanished under a waiting task: the scheduler will
-                # reassign it; drop it here
-                dts.dependencies.discard(ts)
-                self._release(dts)
+            self._transition(ts, "released")
 
     @property
     def prefetch(self) -> int:
@@ -344,103 +417,39 @@ class WorkerState:
             avg = self.avg_duration
             self.avg_duration = seconds if avg is None else 0.9 * avg + 0.1 * seconds
         ts = self.tasks.get(ev.key)
-        if ts is None:
+        if ts is None or ts.state not in ("executing", "cancelled"):
             return
-        self._finish_execution(ts)
         self.counts["executed"] += 1
         if ts.state == "cancelled":
             self.out.append(Forget(ts.key))
-            self._release(ts)
-            return
-        ts.state = "memory"
-        ts.nbytes = ev.nbytes
-        msg = {"op": "task-finished", "key": ts.key, "nbytes": ev.nbytes,
-               "start": ev.start, "stop": ev.stop}
-        if ev.inline is not None:
-            msg["value"] = ev.inline
-        self.out.append(Send(msg))
-        self._done_with_inputs(ts)
+            self._transition(ts, "released")
+        else:
+            self._transition(ts, "memory", ev)
 
     def _ExecuteFailure(self, ev: ExecuteFailure) -> None:
         ts = self.tasks.get(ev.key)
-        if ts is None:
+        if ts is None or ts.state not in ("executing", "cancelled"):
             return
-        self._finish_execution(ts)
         self.counts["failed"] += 1
-        if ts.state == "cancelled":
-            self._release(ts)
-            return
-        ts.state = "error"
-        self.out.append(
-            Send(
-                {
-                    "op": "task-erred",
-                    "key": ts.key,
-                    "exception": ev.exception,
-                    "traceback": ev.traceback,
-                    "exception_text": ev.exception_text,
-                }
-            )
-        )
-        self._done_with_inputs(ts)
-        self._release(ts)
-
-    def _Secede(self, ev: Secede) -> None:
-        ts = self.tasks.get(ev.key)
-        if ts is None or ts not in self.executing:
-            return
-        self.executing.discard(ts)
-        self.seceded.add(ts)
-        self.out.append(Send({"op": "long-running", "key": ts.key}))
-
-    def _Rejoin(self, ev: Rejoin) -> None:
-        ts = self.tasks.get(ev.key)
-        if ts is not None and ts in self.seceded and ts not in self.rejoining:
-            self.rejoining.append(ts)
-        elif ts is None or ts not in self.seceded:
-            self.out.append(Rejoined(ev.key))  # nothing to wait for
-
-    def _grant_rejoins(self) -> None:
-        while self.rejoining and len(self.executing) < self.nthreads:
-            ts = self.rejoining.pop(0)
-            self.seceded.discard(ts)
-            self.executing.add(ts)
-            self.out.append(Rejoined(ts.key))
-
-    def _finish_execution(self, ts: WTask) -> None:
-        self.executing.discard(ts)
-        self.seceded.discard(ts)
-        if ts in self.rejoining:
-            self.rejoining.remove(ts)
-        if ts.resources:
-            for name, amount in ts.resources.items():
-                self.available_resources[name] = self.available_resources.get(name, 0) + amount
-
-    def _done_with_inputs(self, ts: WTask) -> None:
-        for dep in ts.dependencies:
-            dep.dependents.discard(ts)
-        ts.dependencies.clear()
+        if ts.state == "executing":
+            self._transition(ts, "error", ev)
+        self._transition(ts, "released")
 
     def _GatherDone(self, ev: GatherDone) -> None:
         keys = self.in_flight_workers.pop(ev.worker, set())
         self.busy_workers.discard(ev.worker)
+        if ev.peer_gone:  # whatever was asked of it, fetch nothing more from it
+            self._forget_peer(ev.worker)
         received = []
         for ts in keys:
             if ts.state != "flight" or self.tasks.get(ts.key) is not ts:
                 continue  # released meanwhile; the server did not store it
             if ts.key in ev.received:
-                ts.state = "memory"
-                ts.nbytes = ev.received[ts.key]
-                self.counts["fetched"] += 1
+                self._transition(ts, "memory", ev.received[ts.key])
                 received.append(ts.key)
-                for dts in ts.dependents:
-                    if dts.state == "waiting":
-                        self._maybe_ready(dts)
                 continue
             ts.who_has.discard(ev.worker)
-            self._to_fetch(ts)
-            if ev.peer_gone:
-                self._forget_peer(ev.worker)
+            self._transition(ts, "fetch")
             if not ts.who_has:
                 self.out.append(
                     Send({"op": "missing-data", "key": ts.key, "errant_worker": ev.worker})
@@ -462,20 +471,135 @@ class WorkerState:
                 ts = self.tasks[key] = WTask(key)
                 ts.replica = True
                 ts.priority = (-1,)
-            if ts.state in ("released", "fetch"):
-                self._to_fetch(ts, workers)
-                ts.nbytes = ev.nbytes.get(key, ts.nbytes)
+            if ts.state == "released":
+                self._transition(ts, "fetch", workers)
+            elif ts.state == "fetch":
+                self._add_peers(ts, workers)
+            else:
+                continue
+            ts.nbytes = ev.nbytes.get(key, ts.nbytes)
 
     def _StealRequest(self, ev: StealRequest) -> None:
         ts = self.tasks.get(ev.key)
         state = ts.state if ts is not None else "released"
         if ts is not None and not ts.replica and ts.state in ("ready", "waiting"):
-            self._release(ts)
+            self._transition(ts, "released")
             state = "released"
         self.out.append(Send({"op": "steal-response", "key": ev.key, "state": state}))
 
     def _SetPaused(self, ev: SetPaused) -> None:
         self.paused = ev.paused
+
+    def _Secede(self, ev: Secede) -> None:
+        ts = self.tasks.get(ev.key)
+        if ts is None or ts not in self.executing:
+            return
+        self.executing.discard(ts)
+        self.seceded.add(ts)
+        self.out.append(Send({"op": "long-running", "key": ts.key}))
+
+    def _Rejoin(self, ev: Rejoin) -> None:
+        ts = self.tasks.get(ev.key)
+        if ts is None or ts not in self.seceded:
+            self.out.append(Rejoined(ev.key))  # nothing to wait for
+        elif ts not in self.rejoining:
+            self.rejoining.append(ts)
+
+    def _grant_rejoins(self) -> None:
+        while self.rejoining and len(self.executing) < self.nthreads:
+            ts = self.rejoining.pop(0)
+            self.seceded.discard(ts)
+            self.executing.add(ts)
+            self.out.append(Rejoined(ts.key))
+
+    # ------------------------------------------------------------ the moves of the table
+
+    def _to_waiting(self, ts: WTask, start: str, arg: Any) -> None:
+        if start == "fetch":
+            self._leave_fetch(ts)
+
+    def _to_ready(self, ts: WTask, start: str, arg: Any) -> None:
+        if start == "fetch":
+            self._leave_fetch(ts)
+        heapq.heappush(self.ready, (ts.priority, next(self._counter), ts))
+
+    def _to_executing(self, ts: WTask, start: str, arg: Any) -> None:
+        if start == "ready":  # (from cancelled: the old run is still going)
+            self.executing.add(ts)
+            self.out.append(Execute(ts.key))
+
+    def _to_memory(self, ts: WTask, start: str, arg: Any) -> None:
+        if start == "executing":  # arg: the ExecuteSuccess
+            self._finish_execution(ts)
+            ts.nbytes = arg.nbytes
+            msg = {"op": "task-finished", "key": ts.key, "nbytes": arg.nbytes,
+                   "start": arg.start, "stop": arg.stop}
+            if arg.inline is not None:
+                msg["value"] = arg.inline
+            self.out.append(Send(msg))
+            self._done_with_inputs(ts)
+            return
+        ts.nbytes = arg  # fetched from a peer, or placed here directly
+        if start == "flight":
+            self.counts["fetched"] += 1
+        elif start == "fetch":
+            self._leave_fetch(ts)
+        self._done_with_inputs(ts)
+        for dts in ts.dependents:
+            if dts.state == "waiting":
+                self._maybe_ready(dts)
+
+    def _to_error(self, ts: WTask, start: str, ev: ExecuteFailure) -> None:
+        self._finish_execution(ts)
+        self.out.append(Send({"op": "task-erred", "key": ts.key, "exception": ev.exception,
+                              "traceback": ev.traceback,
+                              "exception_text": ev.exception_text}))
+        self._done_with_inputs(ts)
+
+    def _to_fetch_state(self, ts: WTask, start: str, peers: Any) -> None:
+        """Into state fetch, from any of ``peers`` (added to what it knew)."""
+        ts.who_has.update(w for w in peers or () if w != self.address)
+        self.fetching.add(ts)
+        for peer in ts.who_has:
+            self.fetch_by_peer.setdefault(peer, set()).add(ts)
+
+    def _to_flight(self, ts: WTask, start: str, arg: Any) -> None:
+        self._leave_fetch(ts)
+
+    def _to_released(self, ts: WTask, start: str, arg: Any) -> None:
+        """Dropped here; an answer to a fetch in flight will be dropped too."""
+        if start == "memory":
+            self.out.append(Forget(ts.key))
+        elif start == "fetch":
+            self._leave_fetch(ts)
+        elif start == "cancelled":
+            self._finish_execution(ts)
+        self.tasks.pop(ts.key, None)
+        for dep in ts.dependencies:
+            dep.dependents.discard(ts)
+            if not dep.dependents and dep.replica and dep.state in ("fetch", "flight"):
+                self._transition(dep, "released")
+        ts.dependencies.clear()
+        for dts in list(ts.dependents):
+            if dts.state in ("waiting", "ready"):
+                # an input vanished under a waiting task: the scheduler will
+                # reassign it; drop it here
+                dts.dependencies.discard(ts)
+                self._transition(dts, "released")
+
+    def _finish_execution(self, ts: WTask) -> None:
+        self.executing.discard(ts)
+        self.seceded.discard(ts)
+        if ts in self.rejoining:
+            self.rejoining.remove(ts)
+        if ts.resources:
+            for name, amount in ts.resources.items():
+                self.available_resources[name] = self.available_resources.get(name, 0) + amount
+
+    def _done_with_inputs(self, ts: WTask) -> None:
+        for dep in ts.dependencies:
+            dep.dependents.discard(ts)
+        ts.dependencies.clear()
 
     # ------------------------------------------------------------ driving
 
@@ -491,9 +615,7 @@ class WorkerState:
             if ts.resources and not self._acquire_resources(ts.resources):
                 break
             heapq.heappop(ready)
-            ts.state = "executing"
-            self.executing.add(ts)
-            self.out.append(Execute(ts.key))
+            self._transition(ts, "executing")
 
     def _acquire_resources(self, need: dict[str, float]) -> bool:
         avail = self.available_resources
@@ -522,8 +644,7 @@ class WorkerState:
                 chosen.append(ts)
                 size += ts.nbytes
             for ts in chosen:
-                self._leave_fetch(ts)
-                ts.state = "flight"
+                self._transition(ts, "flight")
             self.in_flight_workers[peer] = set(chosen)
             busy.add(peer)
             self.out.append(Gather(peer, [ts.key for ts in chosen], size))
@@ -531,7 +652,7 @@ class WorkerState:
     def validate(self) -> None:
         for key, ts in self.tasks.items():
             assert ts.key == key
-            assert ts.state in LEGAL_TRANSITIONS or ts.state == "released", ts
+            assert ts.state in LEGAL_TRANSITIONS, ts
             for dep in ts.dependencies:
                 assert ts in dep.dependents, f"{key}: not among {dep.key}'s dependents"
             if ts.state == "ready":
@@ -548,3 +669,7 @@ class WorkerState:
             assert ts.state in ("executing", "cancelled")
         assert not self.executing & self.seceded
         assert all(ts in self.seceded for ts in self.rejoining)
+
+
+def _nothing(ts: WTask, start: str, arg: Any) -> None:
+    """A move with no effect beyond the new state."""
