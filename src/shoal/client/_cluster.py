@@ -120,6 +120,7 @@ def get_versions(client: Client, check: bool, packages: tuple[str, ...]) -> dict
 def _install_file(name: str, data: bytes, directory: str) -> str:
     """On a worker: save an uploaded file, make it importable, (re)import it."""
     import importlib
+    import importlib.util
     import os
     import sys
 
@@ -132,6 +133,12 @@ def _install_file(name: str, data: bytes, directory: str) -> str:
     importlib.invalidate_caches()
     module = name.rsplit(".", 1)[0]
     if name.endswith(".py"):
+        # bytecode cached from an earlier upload is checked by mtime and size
+        # only: a same-sized file written within the same second would pass
+        try:
+            os.remove(importlib.util.cache_from_source(path))
+        except FileNotFoundError:
+            pass
         if module in sys.modules:
             importlib.reload(sys.modules[module])
         else:
