@@ -16,6 +16,7 @@ from .comm import CommLimits
 from .comm._http import DEFAULT_MAX_BODY_BYTES
 from .protocol._ops import MAX_NTHREADS
 from .worker._memory import MemoryThresholds, parse_bytes
+from .worker._monitor import DEFAULT_STUCK_TIMEOUT
 
 logger = logging.getLogger("shoal")
 
@@ -127,6 +128,9 @@ def _parser() -> argparse.ArgumentParser:
                        ("terminate", "the nanny restarts the worker above it")):
         w.add_argument(f"--memory-{name}", type=_fraction, default=getattr(defaults, name),
                        help=f"fraction of the memory limit (or false): {what}")
+    w.add_argument("--memory-stuck-timeout", type=float, default=DEFAULT_STUCK_TIMEOUT,
+                   help="seconds paused with a full spill disk before the tasks waiting to "
+                        "start fail with WorkerMemoryError")
     w.add_argument("--resources", action="append", default=[], help="e.g. GPU=2")
     w.add_argument("--http-port", type=int, default=None)
     w.add_argument("--death-timeout", type=float, default=60.0)
@@ -237,6 +241,7 @@ def _worker(args: argparse.Namespace) -> int:
             limits=_limits(args), http_max_body_bytes=args.http_max_body,
             memory_thresholds=MemoryThresholds(args.memory_target, args.memory_spill,
                                                args.memory_pause, args.memory_terminate),
+            memory_stuck_timeout=args.memory_stuck_timeout,
         ).start()
         if args.announce:
             announce(address=worker.address, name=worker.name, pid=os.getpid())
@@ -254,7 +259,8 @@ def _worker_argv(args: argparse.Namespace) -> list[str]:
     argv = ["--log-level", args.log_level, "worker", args.address, "--no-nanny",
             "--nthreads", str(args.nthreads),
             "--memory-limit", str(args.memory_limit), "--port", str(args.port),
-            "--death-timeout", str(args.death_timeout)]
+            "--death-timeout", str(args.death_timeout),
+            "--memory-stuck-timeout", str(args.memory_stuck_timeout)]
     for flag, value in (("--name", args.name), ("--host", args.host),
                         ("--http-port", args.http_port),
                         ("--local-directory", args.local_directory)):

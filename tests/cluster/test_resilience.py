@@ -10,7 +10,7 @@ import time
 import numpy as np
 import pytest
 
-from shoal import Client, LocalCluster
+from shoal import Client, LocalCluster, WorkerMemoryError
 from shoal.worker import get_worker
 
 from ..polling import wait_for
@@ -323,3 +323,35 @@ def test_a_worker_paused_by_memory_that_is_not_results_says_so():
         [check] = client.run(check_memory).values()
         assert not check["paused"] and check["stuck"] is None
         assert client.submit(add, 1, 1).result(timeout=30) == 2
+
+
+def test_tasks_stuck_behind_a_full_spill_disk_fail_clearly_instead_of_waiting_for_ever():
+    """Paused, nothing spillable fits on the disk, nothing running: the waiting task errs."""
+    with small_filesystem("8m") as disk, LocalCluster(
+            n_workers=1, threads_per_worker=1, dashboard_address=None, memory_limit="600MiB",
+            nanny=False, local_directory=disk, memory_stuck_timeout=1.0) as cluster, \
+            Client(cluster) as client:
+        # target 360 MiB, spill 420, pause 480: 300 MiB of results and 170 MiB
+        # kept by task code (plus the interpreter) are over the pause threshold,
+        # and the results cannot go to an 8 MiB disk
+        [pid] = client.run(os.getpid).values()
+        kept = [client.submit(make_mib, i, 150) for i in range(2)]
+        client.gather(client.map(first_value, kept))
+        client.run(leak, 170)
+
+        def stuck_on_the_disk() -> object:
+            [info] = client.scheduler_info()["workers"].values()
+            metrics = info["metrics"]
+            return metrics.get("paused") and metrics.get("spill_error")
+
+        wait_for(stuck_on_the_disk, 30, "the worker paused with a full spill disk")
+        waiting = client.submit(add, 1, 2)
+        with pytest.raises(WorkerMemoryError, match="cannot start this task") as info:
+            waiting.result(timeout=60)
+        assert f"cannot spill to {disk}" in str(info.value)
+        assert "No space left on device" in str(info.value)
+        client.run(plug_the_leak)
+        wait_for(lambda: not stuck_on_the_disk(), 30, "the worker resuming")
+        assert client.gather(client.map(first_value, kept)) == [0.0, 1.0]
+        assert client.submit(add, 2, 2).result(timeout=30) == 4  # works again
+        assert list(client.run(os.getpid).values()) == [pid]

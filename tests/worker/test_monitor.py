@@ -135,3 +135,35 @@ def test_a_full_spill_disk_is_reported_and_refuses_what_fits_nowhere() -> None:
             assert monitor.refusal("x4", 500_000) is None  # under the pause threshold again
         finally:
             store.close()
+
+
+def test_a_pause_stuck_on_a_full_disk_fails_waiting_tasks_after_the_timeout() -> None:
+    with small_filesystem("1m") as disk:
+        store = DataStore(600_000, spill_directory=disk, sizeof=length)
+        try:
+            proc = Process(store)
+            now = [100.0]
+            monitor = MemoryMonitor("w", 2_000_000, MemoryThresholds(), store, proc.rss,
+                                    proc.reclaim, stuck_timeout=5.0, clock=lambda: now[0])
+            assert monitor.stuck_failure() is None
+            for i in range(5):  # 1 MiB holds one spilled value of 500 kB, not two
+                store[f"x{i}"] = b"x" * 500_000
+            assert monitor.check().stuck is not None
+            now[0] += 4.9
+            assert monitor.check().paused and monitor.stuck_failure() is None  # not yet
+            now[0] += 0.2
+            failure = monitor.stuck_failure()
+            assert isinstance(failure, WorkerMemoryError)
+            text = str(failure)
+            assert f"cannot spill to {disk}" in text and "No space left on device" in text
+            assert "paused for 5.1 s" in text and "1.91 MiB of results in memory" in text
+            assert "pause threshold 1.53 MiB" in text
+            del store["x0"], store["x1"], store["x2"]
+            assert not monitor.check().paused and monitor.stuck_failure() is None
+        finally:
+            store.close()
+
+
+def test_the_stuck_timeout_must_be_seconds(store: DataStore) -> None:
+    with pytest.raises(ValueError, match="stuck timeout"):
+        MemoryMonitor("w", LIMIT, MemoryThresholds(), store, lambda: 0, stuck_timeout=-1)

@@ -11,6 +11,7 @@ from shoal.worker._state import (
     Execute,
     ExecuteFailure,
     ExecuteSuccess,
+    FailReady,
     Forget,
     FreeKeys,
     Gather,
@@ -105,6 +106,29 @@ def test_paused_worker_starts_nothing_until_resumed():
     ws.handle(SetPaused(True))
     assert not [i for i in ws.handle(ComputeTask("a", "f", None, (0,))) if isinstance(i, Execute)]
     assert [i.key for i in ws.handle(SetPaused(False)) if isinstance(i, Execute)] == ["a"]
+
+
+def test_a_stuck_worker_fails_its_ready_tasks_through_the_table():
+    ws = WorkerState("me", 2, {"GPU": 1})
+    ws.handle(SetPaused(True))
+    ws.handle(ComputeTask("a", "f", None, (1,)),
+              ComputeTask("g", "f", None, (0,), resources={"GPU": 1}),
+              ComputeTask("w", "f", None, (2,), {"x": ["peer"]}, {"x": 1}))
+    out = ws.handle(FailReady("exc", "WorkerMemoryError: disk full", "stuck-1"))
+    erred = sent(out, "task-erred")
+    assert [m["key"] for m in erred] == ["g", "a"]  # in priority order
+    assert all(m["exception"] == "exc" and m["exception_text"] == "WorkerMemoryError: disk full"
+               for m in erred)
+    assert "a" not in ws.tasks and "g" not in ws.tasks and not ws.ready
+    assert ws.tasks["w"].state == "waiting"  # not ready: it may still run once x arrives
+    assert ws.available_resources == {"GPU": 1}  # a ready task holds no resources
+    assert [e[1:4] for e in ws.story("a")][-2:] == [("ready", "error", "stuck-1"),
+                                                    ("error", "released", "stuck-1")]
+    assert ws.counts["failed"] == 2
+    ws.validate()
+    # resumed, a new task runs as before
+    out = ws.handle(SetPaused(False), ComputeTask("b", "f", None, (0,)))
+    assert [i.key for i in out if isinstance(i, Execute)] == ["b"]
 
 
 def test_acquire_replicas_fetches_and_reports():

@@ -21,6 +21,7 @@ from shoal.worker._state import (
     Execute,
     ExecuteFailure,
     ExecuteSuccess,
+    FailReady,
     Forget,
     FreeKeys,
     Gather,
@@ -38,7 +39,7 @@ from ..stories import check_story, snapshot
 
 OPS = ["compute", "compute", "compute", "finish", "finish", "fail", "free", "gather_ok",
        "gather_fail", "gather_gone", "pause", "resume", "steal", "scatter", "replicate", "lost",
-       "secede", "rejoin"]
+       "secede", "rejoin", "fail_ready"]
 ops = st.lists(st.tuples(st.sampled_from(OPS), st.integers(0, 50)), min_size=5, max_size=80)
 
 
@@ -108,6 +109,8 @@ class Driver:
             self.handle(AcquireReplicas({f"r{i}": ["peer"]}, {f"r{i}": 2}))
         elif op == "lost":
             self.handle(SchedulerLost())
+        elif op == "fail_ready":
+            self.handle(FailReady(None, "WorkerMemoryError: stuck"))
         elif op in ("secede", "rejoin") and self.running:
             key = sorted(self.running)[i % len(self.running)]
             if op == "secede":

@@ -22,6 +22,7 @@ from typing import Any, Self
 from .._exceptions import ShoalTimeoutError
 from ..client._loop import LoopRunner
 from ..comm import ConnectionPool
+from ..worker._monitor import DEFAULT_STUCK_TIMEOUT
 from ._adapt import Adaptive
 from ._process import ChildProcess
 
@@ -62,6 +63,7 @@ class LocalCluster:
         local_directory: str | None = None,
         asynchronous: bool = False,
         startup_timeout: float = STARTUP_TIMEOUT,
+        memory_stuck_timeout: float = DEFAULT_STUCK_TIMEOUT,
     ) -> None:
         self.n_workers, self.threads_per_worker = _default_sizes(n_workers, threads_per_worker)
         self.processes = processes
@@ -77,6 +79,9 @@ class LocalCluster:
         self.local_directory = local_directory  # workers' spill files (None: temp dir)
         self.asynchronous = asynchronous
         self.startup_timeout = startup_timeout
+        #: seconds a worker stays paused with a full spill disk before it fails
+        #: the tasks waiting to start there
+        self.memory_stuck_timeout = memory_stuck_timeout
         self.scheduler_address = ""
         self.dashboard_link: str | None = None
         self.status = "created"
@@ -156,6 +161,7 @@ class LocalCluster:
                     self.scheduler_address, nthreads=self.threads_per_worker, name=name,
                     memory_limit=self.memory_limit, resources=self.resources,
                     local_directory=self.local_directory,
+                    memory_stuck_timeout=self.memory_stuck_timeout,
                 ).start()
 
     def _worker_args(self, name: str) -> list[str]:
@@ -168,6 +174,7 @@ class LocalCluster:
             args += ["--resources", f"{resource}={amount}"]
         if self.local_directory is not None:
             args += ["--local-directory", self.local_directory]
+        args += ["--memory-stuck-timeout", str(self.memory_stuck_timeout)]
         if not self.nanny:
             args.append("--no-nanny")
         if self.dashboard_port is not None:  # each worker serves /health and /metrics

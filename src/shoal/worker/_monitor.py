@@ -15,11 +15,15 @@ it in the heartbeat the scheduler shows.  A result that arrives while the
 worker is over the pause fraction and cannot be spilled fits nowhere: the
 worker fails that task with :class:`WorkerMemoryError` (see
 :meth:`MemoryMonitor.refusal`) instead of growing until its nanny kills it.
+Nor do the tasks waiting to start wait for ever: once a pause with a full
+spill disk has lasted ``stuck_timeout`` seconds, :meth:`MemoryMonitor.stuck_failure`
+gives the error the worker fails them with, so their clients hear why.
 """
 
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -28,7 +32,11 @@ from ._allocator import Reclaimer
 from ._memory import MemoryState, MemoryThresholds, format_bytes, memory_state, spill_until_below
 from ._store import DataStore
 
-__all__ = ["MemoryCheck", "MemoryMonitor", "WorkerMemoryError"]
+__all__ = ["DEFAULT_STUCK_TIMEOUT", "MemoryCheck", "MemoryMonitor", "WorkerMemoryError"]
+
+#: Seconds a worker stays paused with a full spill disk before it fails the
+#: tasks it cannot start.
+DEFAULT_STUCK_TIMEOUT = 30.0
 
 logger = logging.getLogger(__name__)
 
@@ -50,11 +58,15 @@ class MemoryMonitor:
     """Memory policy of one worker whose results live in ``store``.
 
     ``rss`` measures the process's resident memory, ``reclaim`` gives freed
-    memory back (throttled); both are parameters for the tests.
+    memory back (throttled); both are parameters for the tests, as is ``clock``.
     """
 
     def __init__(self, name: str, limit: int, thresholds: MemoryThresholds, store: DataStore,
-                 rss: Callable[[], int], reclaim: Callable[[], bool] | None = None) -> None:
+                 rss: Callable[[], int], reclaim: Callable[[], bool] | None = None,
+                 stuck_timeout: float = DEFAULT_STUCK_TIMEOUT,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        if not stuck_timeout >= 0:
+            raise ValueError(f"the memory stuck timeout must be seconds >= 0, got {stuck_timeout!r}")
         self.name = name
         self.limit = limit
         self.thresholds = thresholds
@@ -63,6 +75,10 @@ class MemoryMonitor:
         self._reclaim = reclaim if reclaim is not None else Reclaimer()
         self.paused = False
         self.stuck: str | None = None
+        self.stuck_timeout = stuck_timeout
+        self._clock = clock
+        #: when the current stretch of being stuck with a full spill disk began
+        self._disk_stuck_since: float | None = None
 
     def check(self) -> MemoryCheck:
         """Spill and reclaim as needed; decide whether the worker is paused."""
@@ -90,6 +106,11 @@ class MemoryMonitor:
             logger.warning("worker %s stays paused until memory is freed: %s (%s)", self.name,
                            stuck, self._numbers(rss, unmanaged))
         self.stuck = stuck
+        disk_full = stuck is not None and self.store.spill_error is not None
+        if not disk_full:
+            self._disk_stuck_since = None
+        elif self._disk_stuck_since is None:
+            self._disk_stuck_since = self._clock()
         state = memory_state(rss, managed, limit, thresholds)
         return MemoryCheck(rss, state, paused, unmanaged, stuck)
 
@@ -129,3 +150,22 @@ class MemoryMonitor:
             f"{self.name}: {store.spill_error}, and its process memory "
             f"({format_bytes(rss)}) is over the pause threshold ({format_bytes(pause_at)} of "
             f"its {format_bytes(self.limit)} limit)")
+
+    def stuck_failure(self) -> WorkerMemoryError | None:
+        """Why the tasks waiting to start here fail, or None while they may still wait.
+
+        They fail once the worker has been paused with a full spill disk for
+        ``stuck_timeout`` seconds (as of the last :meth:`check`).
+        """
+        since = self._disk_stuck_since
+        if since is None:
+            return None
+        stuck_for = self._clock() - since
+        if stuck_for < self.stuck_timeout:
+            return None
+        rss = self._rss()
+        return WorkerMemoryError(
+            f"worker {self.name} cannot start this task: it has been paused for "
+            f"{stuck_for:.1f} s ({self._numbers(rss, max(rss - self.store.memory_bytes, 0))}; "
+            f"pause threshold {format_bytes(self.thresholds.bytes_for('pause', self.limit) or 0)})"
+            f" and cannot spill: {self.store.spill_error}")

@@ -51,7 +51,7 @@ from ._allocator import tune_allocator
 from ._context import run_in_context, task_worker, wake_rejoins
 from ._execute import Executor, Outcome
 from ._memory import MemoryThresholds, memory_limit_for, process_memory
-from ._monitor import MemoryCheck, MemoryMonitor
+from ._monitor import DEFAULT_STUCK_TIMEOUT, MemoryCheck, MemoryMonitor
 from ._nanny import NANNY_PID_ENV
 from ._sizeof import sizeof
 from ._state import (
@@ -61,6 +61,7 @@ from ._state import (
     Execute,
     ExecuteFailure,
     ExecuteSuccess,
+    FailReady,
     Forget,
     FreeKeys,
     Gather,
@@ -118,6 +119,7 @@ class Worker:
         limits: CommLimits | None = None,
         http_max_body_bytes: int | None = None,
         story_size: int = DEFAULT_STORY_SIZE,
+        memory_stuck_timeout: float = DEFAULT_STUCK_TIMEOUT,
     ) -> None:
         if type(nthreads) is not int or not 1 <= nthreads <= MAX_NTHREADS:
             raise ValueError(f"nthreads must be an integer from 1 to {MAX_NTHREADS}, "
@@ -139,6 +141,7 @@ class Worker:
         self.directory: str | None = None  # where spill files go (see _workspace.py)
         self._own_directory: WorkerDirectory | None = None
         self.thresholds = memory_thresholds or MemoryThresholds()
+        self.memory_stuck_timeout = memory_stuck_timeout
         self.address = ""
         self.rpc = RPCServer(
             {
@@ -185,7 +188,8 @@ class Worker:
         self.directory = self._take_directory()
         self.data = DataStore(target, self.directory)
         self.memory = MemoryMonitor(str(self.name), self.memory_limit, self.thresholds,
-                                    self.data, process_memory)
+                                    self.data, process_memory,
+                                    stuck_timeout=self.memory_stuck_timeout)
         if self.memory_limit:
             tune_allocator()  # freed results must lower the RSS the monitor watches
         self.state = WorkerState(self.address, self.nthreads, self.resources, self.story_size)
@@ -600,4 +604,11 @@ class Worker:
         check = self.memory.check()
         if check.paused != self.state.paused:
             self._handle(SetPaused(check.paused, self._stimulus("memory-pause")))
+        if check.paused and self.state.ready and not self.state.executing:
+            failure = self.memory.stuck_failure()
+            if failure is not None:  # they would wait for ever: their clients hear why
+                logger.warning("%s; failing the %d tasks waiting to start", failure,
+                               len(self.state.ready))
+                self._handle(FailReady(serialize(failure), f"{type(failure).__name__}: {failure}",
+                                       self._stimulus("memory-stuck")))
         return check

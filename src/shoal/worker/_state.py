@@ -34,6 +34,8 @@ from .._story import DEFAULT_STORY_SIZE, Entry, Story
 TRANSITIONS: frozenset[tuple[str, str]] = frozenset({
     ("released", "waiting"), ("released", "ready"), ("waiting", "ready"),
     ("ready", "executing"), ("cancelled", "executing"),
+    # a worker stuck paused (see FailReady) fails what it cannot start
+    ("ready", "error"),
     ("executing", "memory"), ("executing", "error"), ("executing", "cancelled"),
     ("released", "fetch"), ("flight", "fetch"), ("fetch", "flight"),
     ("flight", "memory"),
@@ -155,6 +157,15 @@ class SchedulerLost:
 @dataclass(slots=True)
 class SetPaused:
     paused: bool
+    stimulus_id: str = field(default_factory=_stimulus)
+
+
+@dataclass(slots=True)
+class FailReady:
+    """The worker cannot start its ready tasks (stuck paused): fail them with this."""
+
+    exception: Any
+    exception_text: str
     stimulus_id: str = field(default_factory=_stimulus)
 
 
@@ -490,6 +501,15 @@ class WorkerState:
     def _SetPaused(self, ev: SetPaused) -> None:
         self.paused = ev.paused
 
+    def _FailReady(self, ev: FailReady) -> None:
+        failure = ExecuteFailure("", ev.exception, "", ev.exception_text, ev.stimulus_id)
+        for _, _, ts in sorted(self.ready):
+            if ts.state == "ready" and self.tasks.get(ts.key) is ts:
+                self.counts["failed"] += 1
+                self._transition(ts, "error", failure)
+                self._transition(ts, "released")
+        self.ready.clear()
+
     def _Secede(self, ev: Secede) -> None:
         ts = self.tasks.get(ev.key)
         if ts is None or ts not in self.executing:
@@ -550,7 +570,8 @@ class WorkerState:
                 self._maybe_ready(dts)
 
     def _to_error(self, ts: WTask, start: str, ev: ExecuteFailure) -> None:
-        self._finish_execution(ts)
+        if start == "executing":
+            self._finish_execution(ts)
         self.out.append(Send({"op": "task-erred", "key": ts.key, "exception": ev.exception,
                               "traceback": ev.traceback,
                               "exception_text": ev.exception_text}))
