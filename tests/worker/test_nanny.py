@@ -362,11 +362,16 @@ def test_worker_command_runs_the_shoal_command_line() -> None:
     assert b"usage: shoal worker" in out.stdout
 
 
-def live_children() -> list[psutil.Process]:
-    return [p for p in psutil.Process().children(recursive=True) if not gone(p.pid)]
+def live_children(other_than: set[int]) -> list[psutil.Process]:
+    """This process's live descendants, less ``other_than`` (those of other
+    fixtures, such as the real-cluster tier's processes, which live all session)."""
+    return [p for p in psutil.Process().children(recursive=True)
+            if p.pid not in other_than and not gone(p.pid)]
 
 
 def test_close_while_starting_leaves_no_process(child: Child) -> None:
+    before = {p.pid for p in psutil.Process().children(recursive=True)}
+
     async def main() -> None:
         nanny = Nanny(child.argv("ignore-term"))
         starting = asyncio.create_task(nanny.start())
@@ -375,6 +380,6 @@ def test_close_while_starting_leaves_no_process(child: Child) -> None:
         await starting
         assert await nanny.finished() == 0
         assert nanny.pid is None and nanny.restarts == 0
-        await async_wait_until(lambda: not live_children(), timeout=5)
+        await async_wait_until(lambda: not live_children(before), timeout=5)
 
     run(main)
