@@ -148,13 +148,36 @@ class Client(ClusterCalls, DatasetCalls):
             self.cluster = address
             address = address.scheduler_address
         self.scheduler_address = address
-        await self._register(self.timeout)
+        await self._first_register(self.timeout)
         # once per client, not per connection (_register runs again on reconnecting)
         self.status = "running"
         _current.append(self)
         if self._set_as_default and not self.asynchronous:
             _dask.set_default(self)
         register_joblib_backend()
+
+    async def _first_register(self, timeout: float) -> None:
+        """Register, waiting up to ``timeout`` for a scheduler that is not up yet.
+
+        A scheduler that is still starting (a new pod whose Service has no
+        endpoint yet, a name not in DNS yet, a process binding its port)
+        refuses connections for a moment: retry with a bounded backoff, as
+        dask's Client does, instead of failing at the first refusal.
+        """
+        deadline = time.monotonic() + timeout
+        delay = RECONNECT_FIRST_DELAY
+        while True:
+            try:
+                await self._register(max(deadline - time.monotonic(), RECONNECT_FIRST_DELAY))
+                return
+            except (CommClosedError, OSError) as exc:
+                if time.monotonic() + delay >= deadline:
+                    raise CommClosedError(
+                        f"could not connect to the scheduler at {self.scheduler_address} "
+                        f"within timeout={timeout}s: {exc}") from exc
+                logger.debug("connecting to %s: %s", self.scheduler_address, exc)
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, RECONNECT_MAX_DELAY)
 
     async def _register(self, timeout: float) -> None:
         address = self.scheduler_address
