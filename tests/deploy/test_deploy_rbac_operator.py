@@ -29,6 +29,9 @@ NEEDED_IN_NAMESPACE = [
     *[("apps", "deployments", verb) for verb in ("get", "list", "watch", "create", "patch", "delete")],
     ("", "pods/log", "get"),
     ("", "events", "create"),
+    *[("", "secrets", verb) for verb in ("get", "list", "create", "patch")],
+    *[("networking.k8s.io", "networkpolicies", verb)
+      for verb in ("get", "create", "patch", "delete")],
 ]
 NEEDED_CLUSTER_WIDE = [
     ("apiextensions.k8s.io", "customresourcedefinitions", "list"),
@@ -82,12 +85,16 @@ def test_the_scope_check_flags_cluster_scoped_resources() -> None:
     assert cluster_scoped_rules([{"apiGroups": [""], "resources": ["nodes"], "verbs": ["get"]}])
 
 
-def test_no_rule_grants_wildcards_or_secrets() -> None:
+def test_no_rule_grants_wildcards_and_secrets_only_what_credentials_need() -> None:
     for path in ("rbac/clusterrole.yaml", "rbac/role.yaml"):
         for rule in _one(path)["rules"]:
             for field in ("apiGroups", "resources", "verbs"):
                 assert "*" not in rule[field], (path, rule)
-            assert "secrets" not in rule["resources"], (path, rule)
+            if "secrets" in rule["resources"]:
+                # The clusters' credentials: no watch (nothing to follow), no delete
+                # (the garbage collector removes them with their cluster).
+                assert rule["resources"] == ["secrets"], (path, rule)
+                assert sorted(rule["verbs"]) == ["create", "get", "list", "patch"], (path, rule)
 
 
 @pytest.mark.parametrize(
@@ -226,7 +233,8 @@ def test_the_notebook_role_allows_kube_cluster() -> None:
 def test_rbac_covers_every_resource_the_operator_touches() -> None:
     kubeops = pytest.importorskip("shoal.operator.kubeops")
     groups = {"Pod": "", "Service": "", "Event": "", "Deployment": "apps",
-              "ShoalCluster": "shoal.dev", "ShoalJob": "shoal.dev"}
+              "ShoalCluster": "shoal.dev", "ShoalJob": "shoal.dev", "Secret": "",
+              "NetworkPolicy": "networking.k8s.io"}
     assert set(kubeops.PLURALS) == set(groups), "a new kind: grant it in the RBAC files"
     for path in ("rbac/clusterrole.yaml", "rbac/role.yaml"):
         rules = _one(path)["rules"]

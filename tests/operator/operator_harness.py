@@ -14,6 +14,7 @@ garbage collector (deletes objects whose owner is gone).
 from __future__ import annotations
 
 import asyncio
+import base64
 import collections
 import copy
 import datetime
@@ -41,7 +42,7 @@ VERBS = {"get", "list", "watch", "create", "update", "patch", "delete"}
 TIMEOUT = 15.0
 
 
-VALIDATED = ("Pod", "Service", "Deployment")
+VALIDATED = ("Pod", "Service", "Deployment", "Secret", "NetworkPolicy")
 K8S_VERSION = "1.33.0"
 
 
@@ -95,6 +96,9 @@ def declare_resources(emulator: kmock.KubernetesEmulator, with_crds: bool = True
                                          subresources={"status", "log"})
     emulator.resources["v1/services"] = info(kind="Service", namespaced=True, verbs=VERBS)
     emulator.resources["v1/events"] = info(kind="Event", namespaced=True, verbs=VERBS)
+    emulator.resources["v1/secrets"] = info(kind="Secret", namespaced=True, verbs=VERBS)
+    emulator.resources["networking.k8s.io/v1/networkpolicies"] = info(
+        kind="NetworkPolicy", namespaced=True, verbs=VERBS)
     emulator.resources["apps/v1/deployments"] = info(kind="Deployment", namespaced=True,
                                                      verbs=VERBS, subresources={"status"})
     if with_crds:
@@ -107,9 +111,16 @@ def declare_resources(emulator: kmock.KubernetesEmulator, with_crds: bool = True
 
 
 class FakeScheduler:
-    """A test double of the scheduler's HTTP API (docs/http-api.md) with bookkeeping."""
+    """A test double of the scheduler's HTTP API (docs/http-api.md) with bookkeeping.
+
+    Like the real scheduler, it answers a mutation without the bearer token
+    ``expected_token()`` returns (the cluster's token Secret) with 401.
+    """
 
     def __init__(self) -> None:
+        self.expected_token: Callable[[], str | None] = lambda: None
+        self.refused: list[str] = []  # paths of requests refused for their token
+        self.tokens: list[str | None] = []  # the token each mutation came with
         self.workers: dict[str, dict[str, Any]] = {}
         self.retired: list[str] = []
         self.target = 1
@@ -162,6 +173,13 @@ class FakeScheduler:
 
                 body = json.loads(self.request.body or b"{}")
                 double.requests.append(("POST", path, body))
+                given = self.request.headers.get("Authorization", "")
+                token = given.removeprefix("Bearer ") if given.startswith("Bearer ") else None
+                double.tokens.append(token)
+                if token is None or token != double.expected_token():
+                    double.refused.append(path)
+                    self.send_error(401)
+                    return
                 if path != "api/v1/retire_workers":
                     self.send_error(404)
                     return
@@ -217,12 +235,24 @@ class Harness:
         double = self.schedulers.get(cluster)
         return double.url if double is not None else "http://127.0.0.1:9"
 
-    def scheduler(self, cluster: str) -> FakeScheduler:
+    def scheduler(self, cluster: str, namespace: str = NAMESPACE) -> FakeScheduler:
         if cluster not in self.schedulers:
             double = FakeScheduler()
+            double.expected_token = lambda: self.secret_value(
+                builders.token_secret_name(cluster), "token", namespace)
             self.run(double.start())
             self.schedulers[cluster] = double
         return self.schedulers[cluster]
+
+    def secret_value(self, name: str, key: str, namespace: str = NAMESPACE) -> str | None:
+        """One value of a stored Secret, decoded; None when there is no such Secret."""
+        # Also called by the doubles, which run in the harness loop itself.
+        stored = (self._stored("secrets", namespace) if threading.current_thread() is self.thread
+                  else self.objects("secrets", namespace))
+        found = next((o for o in stored if o["metadata"]["name"] == name), None)
+        if found is None:
+            return None
+        return base64.b64decode(found["data"][key]).decode()
 
     def start_operator(self, *args: str) -> None:
         """Run the operator like ``shoal operator ARGS`` in its own thread and loop."""
@@ -262,6 +292,10 @@ class Harness:
         return list(self.run(self._objects(plural, namespace)))
 
     async def _objects(self, plural: str, namespace: str | None) -> list[dict[str, Any]]:
+        return self._stored(plural, namespace)
+
+    def _stored(self, plural: str, namespace: str | None) -> list[dict[str, Any]]:
+        """The emulator's objects; call in the harness loop's thread only."""
         return [copy.deepcopy(obj.raw) for (resource, ns, _), obj in self.emulator.objects.items()
                 if resource.plural == plural and namespace in (None, ns) and not obj.deleted]
 
@@ -278,7 +312,8 @@ class Harness:
                 and p["metadata"]["labels"].get(builders.LABEL_COMPONENT) == component]
 
     def all_objects(self) -> list[dict[str, Any]]:
-        return [obj for plural in ("pods", "services", "deployments", "shoalclusters")
+        return [obj for plural in ("pods", "services", "deployments", "shoalclusters", "secrets",
+                                   "networkpolicies")
                 for obj in self.objects(plural)]
 
     def collect_garbage(self) -> None:

@@ -19,7 +19,7 @@ def test_create_scale_adapt_close(operator: Harness) -> None:
     double = operator.scheduler("nb")
     with kube(operator, name="nb", n_workers=2, memory="2Gi",
               resources={"requests": {"cpu": "1"}}) as cluster:
-        assert cluster.scheduler_address == f"tcp://nb-scheduler.{NAMESPACE}.svc.cluster.local:8786"
+        assert cluster.scheduler_address == f"tls://nb-scheduler.{NAMESPACE}.svc.cluster.local:8786"
         assert cluster.dashboard_address.endswith(":8787")
         pods = wait_for(lambda: len(operator.pods("nb")) == 2 and operator.pods("nb"))
         container = pods[0]["spec"]["containers"][0]
@@ -40,7 +40,7 @@ def test_from_name_attaches_and_leaves_it_running(operator: Harness, make_cluste
     operator.scheduler("shared")
     operator.apply(make_cluster("shared"))
     cluster = KubeCluster.from_name("shared", NAMESPACE, api=KubeApi.for_host(operator.url))
-    assert cluster.scheduler_address.startswith("tcp://shared-scheduler.")
+    assert cluster.scheduler_address.startswith("tls://shared-scheduler.")
     cluster.close()
     assert operator.get("shoalclusters", "shared") is not None
 

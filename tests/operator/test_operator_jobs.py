@@ -37,7 +37,7 @@ def test_job_runs_in_its_own_cluster_and_cleans_up(operator: Harness) -> None:
     pod = wait_for(lambda: runner_pod(operator, "etl"), message="the runner pod")
     env = {e["name"]: e.get("value") for e in pod["spec"]["containers"][0]["env"]}
     assert env["SHOAL_SCHEDULER_ADDRESS"] == \
-        f"tcp://etl-cluster-scheduler.{NAMESPACE}.svc.cluster.local:8786"
+        f"tls://etl-cluster-scheduler.{NAMESPACE}.svc.cluster.local:8786"
     assert pod["spec"]["containers"][0]["command"] == ["python", "-c", "print(1)"]
     assert pod["spec"]["restartPolicy"] == "Never"
     state = wait_for(lambda: job_status(operator, "etl").get("phase") == "Running"

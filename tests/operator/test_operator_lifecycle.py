@@ -65,14 +65,15 @@ def test_create_makes_labelled_owned_valid_children(operator: Harness, make_clus
     for pod in pods:
         command = pod["spec"]["containers"][0]["command"]
         assert command[:3] == ["shoal", "worker",
-                               f"tcp://alpha-scheduler.{NAMESPACE}.svc.cluster.local:8786"]
+                               f"tls://alpha-scheduler.{NAMESPACE}.svc.cluster.local:8786"]
         assert pod["metadata"]["labels"][builders.LABEL_GROUP] == "default"
     state = wait_running(operator, "alpha")
-    assert state["schedulerAddress"] == f"tcp://alpha-scheduler.{NAMESPACE}.svc.cluster.local:8786"
-    assert state["dashboardAddress"] == f"http://alpha-scheduler.{NAMESPACE}.svc.cluster.local:8787"
+    assert state["schedulerAddress"] == f"tls://alpha-scheduler.{NAMESPACE}.svc.cluster.local:8786"
+    assert state["dashboardAddress"] == f"https://alpha-scheduler.{NAMESPACE}.svc.cluster.local:8787"
     wait_for(lambda: status(operator, "alpha").get("readyWorkers") == 2, message="2 ready")
     conditions = {c["type"]: c["status"] for c in status(operator, "alpha")["conditions"]}
-    assert conditions == {"SpecValid": "True", "SchedulerReady": "True", "WorkersReady": "True"}
+    assert conditions == {"SpecValid": "True", "SchedulerReady": "True", "WorkersReady": "True",
+                          "Secured": "True"}
     assert status(operator, "alpha")["workerGroups"] == {"default": {"desired": 2, "ready": 2}}
     assert not cluster(operator, "alpha")["metadata"].get("finalizers")
     assert empty_strings(status(operator, "alpha")) == []

@@ -106,20 +106,23 @@ def test_worker_pod_carries_command_resources_and_template() -> None:
     cpu = builders.worker_pod(spec, spec.group("cpu"), "demo-cpu-abcde")
     (container,) = cpu["spec"]["containers"]
     assert container["command"] == [
-        "shoal", "worker", "tcp://demo-scheduler.ns.svc.cluster.local:8786", "--name",
+        "shoal", "worker", "tls://demo-scheduler.ns.svc.cluster.local:8786", "--name",
         "$(POD_NAME)", "--host", "$(POD_IP)", "--http-port", "8788", "--nthreads", "4",
         "--memory-limit", str(8 * 2**30)]
     pod_ip = {"name": "POD_IP", "valueFrom": {"fieldRef": {"fieldPath": "status.podIP"}}}
     assert pod_ip in container["env"]
-    assert container["readinessProbe"]["httpGet"] == {"path": "/health", "port": "http"}
+    assert container["readinessProbe"]["httpGet"] == {"path": "/health", "port": "http",
+                                                      "scheme": "HTTPS"}
     assert container["resources"]["limits"]["memory"] == "8Gi"
     gpu = builders.worker_pod(spec, spec.group("gpu"), "demo-gpu-abcde")
     (container,) = gpu["spec"]["containers"]
     assert container["command"][-2:] == ["--resources", "GPU=1"]
     assert container["image"] == "shoal:1-cuda"
-    assert container["volumeMounts"] == [{"name": "tmp", "mountPath": "/tmp"},
-                                         {"name": "home", "mountPath": "/home/shoal"},
-                                         {"name": "scratch", "mountPath": "/scratch"}]
+    assert container["volumeMounts"] == [
+        {"name": "tmp", "mountPath": "/tmp"}, {"name": "home", "mountPath": "/home/shoal"},
+        {"name": "shoal-tls", "mountPath": "/etc/shoal/tls", "readOnly": True},
+        {"name": "shoal-token", "mountPath": "/etc/shoal/token", "readOnly": True},
+        {"name": "scratch", "mountPath": "/scratch"}]
     assert gpu["spec"]["tolerations"][0]["key"] == "nvidia.com/gpu"
     assert gpu["metadata"]["labels"] == {
         "app.kubernetes.io/name": "shoal", "shoal.dev/cluster": "demo",
@@ -132,7 +135,8 @@ def test_scheduler_probes_and_service() -> None:
     pod = deployment["spec"]["template"]["spec"]
     assert pod["nodeSelector"] == {"pool": "system"}
     (container,) = pod["containers"]
-    assert container["readinessProbe"]["httpGet"] == {"path": "/health", "port": "http"}
+    assert container["readinessProbe"]["httpGet"] == {"path": "/health", "port": "http",
+                                                      "scheme": "HTTPS"}
     assert {p["containerPort"] for p in container["ports"]} == {8786, 8787}
     assert deployment["spec"]["strategy"] == {"type": "Recreate"}
     assert builders.scheduler_service(spec)["spec"]["type"] == "LoadBalancer"
@@ -152,7 +156,8 @@ def test_every_pod_is_non_root_with_a_read_only_root_filesystem(kind: str) -> No
     assert container["securityContext"] == {"allowPrivilegeEscalation": False,
                                             "readOnlyRootFilesystem": True,
                                             "capabilities": {"drop": ["ALL"]}}
-    mounts = {m["mountPath"]: m["name"] for m in container["volumeMounts"]}
+    mounts = {m["mountPath"]: m["name"] for m in container["volumeMounts"]
+              if not m.get("readOnly")}  # the credentials are read-only Secret volumes
     assert mounts == {"/tmp": "tmp", "/home/shoal": "home"}
     assert {v["name"]: v for v in pod["volumes"]}["tmp"] == {"name": "tmp", "emptyDir": {}}
 
@@ -207,7 +212,7 @@ def test_job_spec_matches_the_crd_schema() -> None:
 
 
 def test_status_written_by_the_operator_matches_the_schema() -> None:
-    status = {"phase": "Running", "schedulerAddress": "tcp://x:8786", "replicas": 2,
+    status = {"phase": "Running", "schedulerAddress": "tls://x:8786", "replicas": 2,
               "selector": builders.worker_selector("demo", "cpu"),
               "workerGroups": {"cpu": {"desired": 2, "ready": 1}},
               "conditions": [{"type": "SpecValid", "status": "True", "reason": "Valid",

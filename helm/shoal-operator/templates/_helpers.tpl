@@ -67,7 +67,8 @@ app.kubernetes.io/part-of: shoal
 {{/*
 RBAC rules on namespaced resources, shared by the ClusterRole and the Role:
 the shoal resources, the children the operator creates (scheduler Deployment
-and Service, worker and runner pods), scheduler logs, and kopf's events.
+and Service, worker and runner pods, credential Secrets, the NetworkPolicy),
+scheduler logs, and kopf's events.
 */}}
 {{- define "shoal-operator.namespacedRules" -}}
 - apiGroups: [shoal.dev]
@@ -88,4 +89,12 @@ and Service, worker and runner pods), scheduler logs, and kopf's events.
 - apiGroups: ["", events.k8s.io]
   resources: [events]
   verbs: [create, patch]
+# Each ShoalCluster's CA, certificates and HTTP token (made, checked, rotated;
+# deleted with the cluster by the garbage collector), and its NetworkPolicy.
+- apiGroups: [""]
+  resources: [secrets]
+  verbs: [get, list, create, patch]
+- apiGroups: [networking.k8s.io]
+  resources: [networkpolicies]
+  verbs: [get, create, patch, delete]
 {{- end }}

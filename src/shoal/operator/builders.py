@@ -9,19 +9,33 @@ which is how the handlers find them again:
 - ``shoal.dev/cluster=NAME``
 - ``shoal.dev/component=scheduler|worker|runner``
 - ``shoal.dev/worker-group=GROUP`` (workers)
+
+Security (``spec.security``, on by default): the cluster's credentials live in
+four Secrets the operator fills (``credentials.py``); the builders here only
+name them, mount them and point the environment at them:
+
+- ``NAME-ca``: the CA certificate and key (the operator's alone, never mounted);
+- ``NAME-tls``: the pod certificate, mounted in the scheduler and workers;
+- ``NAME-client-tls``: a client certificate plus the HTTP token, for notebooks
+  (KubeCluster reads it) and job runners (mounted);
+- ``NAME-token``: the HTTP bearer token, mounted in the scheduler and workers.
 """
 
 from __future__ import annotations
 
+import base64
 import copy
 import hashlib
 import json
 import secrets
 import string
 from collections.abc import Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from shoal.operator.spec import ClusterSpec, WorkerGroup
+
+if TYPE_CHECKING:
+    from shoal.operator.pki import ClusterPki
 
 COMM_PORT = 8786
 HTTP_PORT = 8787
@@ -32,6 +46,13 @@ LABEL_COMPONENT = "shoal.dev/component"
 LABEL_GROUP = "shoal.dev/worker-group"
 LABEL_JOB = "shoal.dev/job"
 ANNOTATION_SPEC_HASH = "shoal.dev/spec-hash"
+ANNOTATION_CREDENTIALS = "shoal.dev/credentials"  # fingerprint of the CA a pod was given
+ANNOTATION_ROTATION = "shoal.dev/rotation"  # the spec.security.rotation a Secret was made for
+LABEL_CLIENT_OF = "shoal.dev/client-of"  # on a pod: admitted by that cluster's NetworkPolicy
+OPERATOR_LABELS = {"shoal.dev/operator": "true"}  # on the operator pods (chart, manifests)
+TLS_DIR = "/etc/shoal/tls"
+TOKEN_DIR = "/etc/shoal/token"
+SECRET_MODE = 0o440  # readable by the pod's fsGroup (the image's group), not by others
 MERGE_BY_NAME = ("containers", "initContainers", "volumes", "volumeMounts", "env")
 # The image's user (see the Dockerfile); its root filesystem is mounted
 # read-only, so the only writable paths are these emptyDirs.
@@ -56,13 +77,40 @@ def scheduler_host(cluster: str, namespace: str) -> str:
     return f"{scheduler_service_name(cluster)}.{namespace}.svc.cluster.local"
 
 
-def scheduler_address(cluster: str, namespace: str) -> str:
+def scheduler_address(cluster: str, namespace: str, tls: bool = True) -> str:
     """The in-cluster comm address workers and clients connect to."""
-    return f"tcp://{scheduler_host(cluster, namespace)}:{COMM_PORT}"
+    return f"{'tls' if tls else 'tcp'}://{scheduler_host(cluster, namespace)}:{COMM_PORT}"
 
 
-def dashboard_address(cluster: str, namespace: str) -> str:
-    return f"http://{scheduler_host(cluster, namespace)}:{HTTP_PORT}"
+def dashboard_address(cluster: str, namespace: str, tls: bool = True) -> str:
+    return f"{'https' if tls else 'http'}://{scheduler_host(cluster, namespace)}:{HTTP_PORT}"
+
+
+def scheduler_dns_names(cluster: str, namespace: str) -> list[str]:
+    """Every name of the scheduler's Service (the pod certificate's names)."""
+    service = scheduler_service_name(cluster)
+    return [service, f"{service}.{namespace}", f"{service}.{namespace}.svc",
+            scheduler_host(cluster, namespace), "localhost"]
+
+
+def ca_secret_name(cluster: str) -> str:
+    return f"{cluster}-ca"
+
+
+def pod_secret_name(cluster: str) -> str:
+    return f"{cluster}-tls"
+
+
+def client_secret_name(cluster: str) -> str:
+    return f"{cluster}-client-tls"
+
+
+def token_secret_name(cluster: str) -> str:
+    return f"{cluster}-token"
+
+
+def network_policy_name(cluster: str) -> str:
+    return f"{cluster}-access"
 
 
 def worker_selector(cluster: str, group: str) -> str:
@@ -130,8 +178,63 @@ def pod_spec(container: dict[str, Any], overrides: Mapping[str, Any],
     return merge_template(base, overrides)
 
 
+def _probe(tls: bool, **timing: int) -> dict[str, Any]:
+    """An HTTP probe of /health (https with TLS: the kubelet does not check certificates)."""
+    get: dict[str, Any] = {"path": "/health", "port": "http"}
+    if tls:
+        get["scheme"] = "HTTPS"
+    return {"httpGet": get, **timing}
+
+
+def _readiness(tls: bool) -> dict[str, Any]:
+    return _probe(tls, periodSeconds=5, failureThreshold=3)
+
+
+def _liveness(tls: bool) -> dict[str, Any]:
+    return _probe(tls, initialDelaySeconds=10, periodSeconds=10, failureThreshold=6)
+
+
+def _secret_volume(name: str, secret: str) -> dict[str, Any]:
+    return {"name": name, "secret": {"secretName": secret, "defaultMode": SECRET_MODE}}
+
+
+def credential_env(tls: bool, token_file: str) -> list[dict[str, Any]]:
+    """The environment that makes shoal find its credentials (see docs/security.md)."""
+    env = [{"name": "SHOAL_HTTP_TOKEN_FILE", "value": token_file}]
+    if tls:
+        env += [{"name": "SHOAL_TLS_CA_FILE", "value": f"{TLS_DIR}/ca.crt"},
+                {"name": "SHOAL_TLS_CERT", "value": f"{TLS_DIR}/tls.crt"},
+                {"name": "SHOAL_TLS_KEY", "value": f"{TLS_DIR}/tls.key"},
+                {"name": "SHOAL_REQUIRE_ENCRYPTION", "value": "1"}]
+    return env
+
+
+def with_credentials(pod: dict[str, Any], container: str, mounted: dict[str, str],
+                     env: list[dict[str, Any]]) -> dict[str, Any]:
+    """``pod`` with Secrets mounted read-only in ``container`` ({mount path: secret}).
+
+    The volumes are named after the directory (``shoal-tls``, ``shoal-token``).
+    """
+    volumes = {"shoal-" + path.rsplit("/", 1)[-1]: (path, name) for path, name in mounted.items()}
+    mounts = [{"name": volume, "mountPath": path, "readOnly": True}
+              for volume, (path, _) in volumes.items()]
+    extra = {"containers": [{"name": container, "volumeMounts": mounts, "env": env}],
+             "volumes": [_secret_volume(volume, name) for volume, (_, name) in volumes.items()]}
+    return merge_template(pod, extra)
+
+
+def _server_credentials(spec: ClusterSpec, pod: dict[str, Any], container: str) -> dict[str, Any]:
+    """The scheduler's or a worker's pod with the pod certificate and the token mounted."""
+    mounted = {TOKEN_DIR: token_secret_name(spec.name)}
+    if spec.security.tls:
+        mounted = {TLS_DIR: pod_secret_name(spec.name), **mounted}
+    return with_credentials(pod, container, mounted,
+                            credential_env(spec.security.tls, f"{TOKEN_DIR}/token"))
+
+
 def scheduler_deployment(spec: ClusterSpec) -> Manifest:
     selector = labels(spec.name, "scheduler")
+    tls = spec.security.tls
     container = {
         "name": "scheduler",
         "image": spec.scheduler.image,
@@ -141,28 +244,32 @@ def scheduler_deployment(spec: ClusterSpec) -> Manifest:
         "ports": [{"name": "comm", "containerPort": COMM_PORT, "protocol": "TCP"},
                   {"name": "http", "containerPort": HTTP_PORT, "protocol": "TCP"}],
         "env": [{"name": "SHOAL_CLUSTER_NAME", "value": spec.name}, *spec.scheduler.env],
-        "readinessProbe": {"httpGet": {"path": "/health", "port": "http"},
-                           "periodSeconds": 5, "failureThreshold": 3},
-        "livenessProbe": {"httpGet": {"path": "/health", "port": "http"},
-                          "initialDelaySeconds": 10, "periodSeconds": 10,
-                          "failureThreshold": 6},
+        "readinessProbe": _readiness(tls),
+        "livenessProbe": _liveness(tls),
     }
     resources = _container_resources(spec.scheduler.resources)
     if resources:
         container["resources"] = resources
-    scheduler_pod = pod_spec(container, spec.scheduler.template)
+    # The template is merged last: a user's override wins over the generated mounts too.
+    scheduler_pod = merge_template(
+        _server_credentials(spec, pod_spec(container, {}), "scheduler"), spec.scheduler.template)
+    template_meta: dict[str, Any] = {"labels": dict(selector)}
+    if spec.credentials:
+        # A new CA changes the template, so the Deployment restarts the scheduler.
+        template_meta["annotations"] = {ANNOTATION_CREDENTIALS: spec.credentials}
     return {
         "apiVersion": "apps/v1",
         "kind": "Deployment",
         "metadata": {"name": scheduler_service_name(spec.name), "namespace": spec.namespace,
                      "labels": dict(selector),
-                     "annotations": {ANNOTATION_SPEC_HASH: spec_hash(scheduler_pod)}},
+                     "annotations": {ANNOTATION_SPEC_HASH: spec_hash(
+                         {"spec": scheduler_pod, "credentials": spec.credentials})}},
         "spec": {
             "replicas": 1,
             # One scheduler at a time: two would split the workers between them.
             "strategy": {"type": "Recreate"},
             "selector": {"matchLabels": dict(selector)},
-            "template": {"metadata": {"labels": dict(selector)}, "spec": scheduler_pod},
+            "template": {"metadata": template_meta, "spec": scheduler_pod},
         },
     }
 
@@ -190,7 +297,7 @@ def scheduler_service(spec: ClusterSpec) -> Manifest:
 def worker_command(spec: ClusterSpec, group: WorkerGroup) -> list[str]:
     # The worker listens on (and so advertises) its pod's IP: peers and clients
     # connect to it there. Its HTTP port serves /health (the probes) and /metrics.
-    command = ["shoal", "worker", scheduler_address(spec.name, spec.namespace),
+    command = ["shoal", "worker", scheduler_address(spec.name, spec.namespace, spec.security.tls),
                "--name", "$(POD_NAME)", "--host", "$(POD_IP)",
                "--http-port", str(WORKER_HTTP_PORT), "--nthreads", str(group.nthreads)]
     if group.memory_bytes is not None:
@@ -216,16 +323,13 @@ def worker_pod_spec(spec: ClusterSpec, group: WorkerGroup) -> dict[str, Any]:
         "imagePullPolicy": spec.image_pull_policy,
         "command": worker_command(spec, group),
         "ports": [{"name": "http", "containerPort": WORKER_HTTP_PORT, "protocol": "TCP"}],
-        "readinessProbe": {"httpGet": {"path": "/health", "port": "http"},
-                           "periodSeconds": 5, "failureThreshold": 3},
-        "livenessProbe": {"httpGet": {"path": "/health", "port": "http"},
-                          "initialDelaySeconds": 10, "periodSeconds": 10,
-                          "failureThreshold": 6},
+        "readinessProbe": _readiness(spec.security.tls),
+        "livenessProbe": _liveness(spec.security.tls),
         "env": [
             {"name": "POD_NAME", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}},
             {"name": "POD_IP", "valueFrom": {"fieldRef": {"fieldPath": "status.podIP"}}},
             {"name": "SHOAL_SCHEDULER_ADDRESS",
-             "value": scheduler_address(spec.name, spec.namespace)},
+             "value": scheduler_address(spec.name, spec.namespace, spec.security.tls)},
             {"name": "SHOAL_CLUSTER_NAME", "value": spec.name},
             {"name": "SHOAL_WORKER_GROUP", "value": group.name},
             *group.env,
@@ -236,7 +340,8 @@ def worker_pod_spec(spec: ClusterSpec, group: WorkerGroup) -> dict[str, Any]:
         container["resources"] = resources
     # OnFailure: a crashed worker restarts in place; a retired worker exits 0 and
     # stays down until the operator deletes its pod.
-    return pod_spec(container, group.template, restartPolicy="OnFailure")
+    pod = pod_spec(container, {}, restartPolicy="OnFailure")
+    return merge_template(_server_credentials(spec, pod, "worker"), group.template)
 
 
 def spec_hash(spec: Mapping[str, Any]) -> str:
@@ -249,9 +354,16 @@ def new_worker_name(cluster: str, group: str) -> str:
     return f"{cluster}-{group}-" + "".join(secrets.choice(alphabet) for _ in range(5))
 
 
+def worker_hash(spec: ClusterSpec, group: WorkerGroup) -> str:
+    """The digest of a group's current pods: their spec and the credentials they hold."""
+    return spec_hash({"spec": worker_pod_spec(spec, group), "credentials": spec.credentials})
+
+
 def worker_pod(spec: ClusterSpec, group: WorkerGroup, name: str) -> Manifest:
     """One worker: the pod's name is the worker's name in the scheduler."""
-    worker_spec = worker_pod_spec(spec, group)
+    annotations = {ANNOTATION_SPEC_HASH: worker_hash(spec, group)}
+    if spec.credentials:
+        annotations[ANNOTATION_CREDENTIALS] = spec.credentials
     return {
         "apiVersion": "v1",
         "kind": "Pod",
@@ -259,9 +371,9 @@ def worker_pod(spec: ClusterSpec, group: WorkerGroup, name: str) -> Manifest:
             "name": name,
             "namespace": spec.namespace,
             "labels": labels(spec.name, "worker", group.name),
-            "annotations": {ANNOTATION_SPEC_HASH: spec_hash(worker_spec)},
+            "annotations": annotations,
         },
-        "spec": worker_spec,
+        "spec": worker_pod_spec(spec, group),
     }
 
 
@@ -273,7 +385,7 @@ def runner_pod(job: str, namespace: str, cluster: ClusterSpec,
         "image": runner.get("image") or cluster.image,
         "imagePullPolicy": cluster.image_pull_policy,
         "env": [{"name": "SHOAL_SCHEDULER_ADDRESS",
-                 "value": scheduler_address(cluster.name, namespace)},
+                 "value": scheduler_address(cluster.name, namespace, cluster.security.tls)},
                 {"name": "SHOAL_JOB_NAME", "value": job}, *runner.get("env", [])],
     }
     for key in ("command", "args"):
@@ -282,11 +394,96 @@ def runner_pod(job: str, namespace: str, cluster: ClusterSpec,
     resources = _container_resources(runner.get("resources") or {})
     if resources:
         container["resources"] = resources
-    runner_spec = pod_spec(container, runner.get("template") or {}, restartPolicy="Never")
+    # The runner is a client: the client certificate and the token, in one Secret.
+    runner_spec = with_credentials(pod_spec(container, {}, restartPolicy="Never"), "runner",
+                                   {TLS_DIR: client_secret_name(cluster.name)},
+                                   credential_env(cluster.security.tls, f"{TLS_DIR}/token"))
+    runner_spec = merge_template(runner_spec, runner.get("template") or {})
     return {
         "apiVersion": "v1",
         "kind": "Pod",
         "metadata": {"name": f"{job}-runner", "namespace": namespace,
                      "labels": {**labels(cluster.name, "runner"), LABEL_JOB: job}},
         "spec": runner_spec,
+    }
+
+
+def _b64(data: bytes) -> str:
+    return base64.b64encode(data).decode("ascii")
+
+
+def secret(spec: ClusterSpec, name: str, data: Mapping[str, bytes], *, tls: bool,
+           fingerprint: str) -> Manifest:
+    """One of the cluster's credential Secrets (``kubernetes.io/tls`` when it holds a key pair).
+
+    The annotations say which CA the data belongs to and for which
+    ``spec.security.rotation`` it was made, which is how the operator knows
+    whether it is current.
+    """
+    return {
+        "apiVersion": "v1",
+        "kind": "Secret",
+        "type": "kubernetes.io/tls" if tls else "Opaque",
+        "metadata": {"name": name, "namespace": spec.namespace,
+                     "labels": labels(spec.name, "credentials"),
+                     "annotations": {ANNOTATION_CREDENTIALS: fingerprint,
+                                     ANNOTATION_ROTATION: spec.security.rotation}},
+        "data": {key: _b64(value) for key, value in sorted(data.items())},
+    }
+
+
+def credential_secrets(spec: ClusterSpec, pki: ClusterPki, token: bytes) -> list[Manifest]:
+    """The four Secrets of a cluster, from its certificates and HTTP token."""
+    ca, fingerprint = pki.ca.cert_pem, pki.fingerprint
+
+    def pair(name: str, cert: bytes, key: bytes, **more: bytes) -> Manifest:
+        return secret(spec, name, {"ca.crt": ca, "tls.crt": cert, "tls.key": key, **more},
+                      tls=True, fingerprint=fingerprint)
+
+    return [
+        pair(ca_secret_name(spec.name), ca, pki.ca.key_pem),
+        pair(pod_secret_name(spec.name), pki.pod.cert_pem, pki.pod.key_pem),
+        pair(client_secret_name(spec.name), pki.client.cert_pem, pki.client.key_pem,
+             token=token),
+        secret(spec, token_secret_name(spec.name), {"token": token}, tls=False,
+               fingerprint=fingerprint),
+    ]
+
+
+def network_policy(spec: ClusterSpec) -> Manifest:
+    """Who may open a connection to the cluster's scheduler and workers.
+
+    Admitted: the cluster's own pods (scheduler, workers, a job's runner),
+    pods of the same namespace labelled ``shoal.dev/client-of: NAME`` (a
+    notebook), and the operator's pods (in any namespace, since namespaces
+    carry no name label before Kubernetes 1.21), the latter on the scheduler's
+    HTTP port only, where every mutation needs the token. With a NodePort or
+    LoadBalancer Service the scheduler's two ports are open to any source:
+    that is what such a Service is for (TLS then decides who gets in).
+    The kubelet's probes are not subject to NetworkPolicy.
+    """
+    ours = {LABEL_NAME: "shoal", LABEL_CLUSTER: spec.name}
+    ingress: list[dict[str, Any]] = [
+        {"from": [{"podSelector": {"matchLabels": dict(ours)}},
+                  {"podSelector": {"matchLabels": {LABEL_CLIENT_OF: spec.name}}}]},
+        {"from": [{"namespaceSelector": {},
+                   "podSelector": {"matchLabels": dict(OPERATOR_LABELS)}}],
+         "ports": [{"protocol": "TCP", "port": HTTP_PORT}]},
+    ]
+    if spec.scheduler.service_type != "ClusterIP":
+        ingress.append({"ports": [{"protocol": "TCP", "port": COMM_PORT},
+                                  {"protocol": "TCP", "port": HTTP_PORT}]})
+    policy_spec = {
+        "podSelector": {"matchLabels": dict(ours), "matchExpressions": [
+            {"key": LABEL_COMPONENT, "operator": "In", "values": ["scheduler", "worker"]}]},
+        "policyTypes": ["Ingress"],
+        "ingress": ingress,
+    }
+    return {
+        "apiVersion": "networking.k8s.io/v1",
+        "kind": "NetworkPolicy",
+        "metadata": {"name": network_policy_name(spec.name), "namespace": spec.namespace,
+                     "labels": labels(spec.name, "network-policy"),
+                     "annotations": {ANNOTATION_SPEC_HASH: spec_hash(policy_spec)}},
+        "spec": policy_spec,
     }

@@ -155,6 +155,27 @@ def worker_group_schema() -> Schema:
     }
 
 
+def security_schema() -> Schema:
+    return {
+        "type": "object",
+        "description": "Who may talk to the cluster. Secure by default: the operator makes a "
+        "CA, certificates and an HTTP token in Secrets owned by the cluster, every link is "
+        "mutual TLS (tls://), HTTP mutations need the token, and a NetworkPolicy admits "
+        "only the cluster's pods, the operator and pods labelled shoal.dev/client-of: NAME.",
+        "properties": {
+            "tls": {"type": "boolean", "default": True,
+                    "description": "Mutual TLS between every pod and client. false: plain "
+                    "tcp://, anyone who can reach the pods can run code on the workers; "
+                    "reported by the Secured=False condition and a warning event."},
+            "networkPolicy": {"type": "boolean", "default": True,
+                              "description": "Create the cluster's NetworkPolicy."},
+            "rotation": _str("Change to any new value to rotate the credentials: a new CA, "
+                             "certificates and token, and every pod restarted (the "
+                             "scheduler too: results held in the cluster are lost)."),
+        },
+    }
+
+
 def cluster_spec_schema() -> Schema:
     return {
         "type": "object",
@@ -182,6 +203,7 @@ def cluster_spec_schema() -> Schema:
                 minimum=0,
             ),
             "scheduler": scheduler_schema(),
+            "security": security_schema(),
             "workerGroups": {
                 "type": "array",
                 "description": "Worker groups; at least one, names unique. When absent, one "
@@ -201,7 +223,7 @@ def condition_schema() -> Schema:
         "type": "object",
         "required": ["type", "status"],
         "properties": {
-            "type": _str("SpecValid, SchedulerReady, WorkersReady or Idle."),
+            "type": _str("SpecValid, SchedulerReady, WorkersReady, Secured or Idle."),
             "status": _str("Condition status.", enum=["True", "False", "Unknown"]),
             "reason": _str("One-word CamelCase reason."),
             "message": _str("Human-readable details."),
@@ -237,10 +259,24 @@ def cluster_status_schema() -> Schema:
             "phase": _str("Pending, Running or Failed.", enum=["Pending", "Running", "Failed"]),
             "message": _str("Why the cluster is in this phase."),
             "conditions": conditions_schema(),
-            "schedulerAddress": _str("In-cluster comm address, tcp://NAME-scheduler.NS.svc."
-                                     "cluster.local:8786."),
+            "schedulerAddress": _str("In-cluster comm address, tls://NAME-scheduler.NS.svc."
+                                     "cluster.local:8786 (tcp:// when spec.security.tls is "
+                                     "false)."),
             "dashboardAddress": _str("In-cluster HTTP address of the scheduler (dashboard, "
-                                     "API, metrics)."),
+                                     "API, metrics); https:// with TLS."),
+            "security": {
+                "type": "object",
+                "description": "The credentials the operator made for this cluster.",
+                "properties": {
+                    "tls": {"type": "boolean", "description": "Mutual TLS is on."},
+                    "clientSecret": _str("Secret holding a client's credentials: ca.crt, "
+                                         "tls.crt, tls.key and the HTTP token."),
+                    "credentials": _str("Fingerprint of the current CA (changes on "
+                                        "rotation)."),
+                    "notAfter": _str("When the certificates expire (renewed before).",
+                                     format="date-time"),
+                },
+            },
             "workerGroups": {
                 "type": "object",
                 "description": "Desired and ready workers per group name.",
@@ -348,6 +384,7 @@ def cluster_crd() -> Schema:
                 description="Ready workers over all groups"),
         _column("Desired", ".status.desiredWorkers", "integer"),
         _column("Scheduler", ".status.schedulerAddress", priority=1),
+        _column("TLS", ".status.security.tls", "boolean", priority=1),
         _column("Age", ".metadata.creationTimestamp", "date"),
     ]
     scale = {"specReplicasPath": ".spec.replicas", "statusReplicasPath": ".status.replicas",

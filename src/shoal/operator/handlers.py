@@ -10,6 +10,10 @@
   as something is nudged;
 - ``worker_pod_changed``: nudge the loop of the pod's cluster.
 
+Every round starts with the cluster's credentials (``credentials.py``): the
+Secrets are made or rotated first, so that the scheduler and the workers
+created or rolled after them always find the ones they are built for.
+
 None of these handlers needs a finalizer (no on.delete, no kopf daemons or
 timers): Kubernetes' garbage collector deletes the children through their
 ownerReferences, so deleting a ShoalCluster never waits for the operator.
@@ -18,6 +22,7 @@ ownerReferences, so deleting a ShoalCluster never waits for the operator.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import time
 from collections.abc import Mapping
@@ -26,14 +31,25 @@ from typing import Any
 import kopf
 
 from shoal.cluster.kube import api_path
-from shoal.operator import builders, kubeops, metrics, reconcile, scheduler_api
+from shoal.operator import builders, credentials, kubeops, metrics, reconcile, scheduler_api
 from shoal.operator.autoscale import Autoscaler, split_target
 from shoal.operator.crds import API_VERSION, CLUSTER_PLURAL, GROUP, VERSION
 from shoal.operator.spec import ClusterSpec, InvalidSpec, parse_cluster_spec
-from shoal.operator.status import now_iso, parse_iso, phase_of, set_condition, write_status
+from shoal.operator.status import (
+    condition_status,
+    now_iso,
+    parse_iso,
+    phase_of,
+    set_condition,
+    write_status,
+)
 
 logger = logging.getLogger("shoal.operator")
 ACTIVITY_STEP = 60.0  # status.lastActivity is refreshed at most this often
+INSECURE_MESSAGE = (
+    "spec.security.tls is false: the scheduler and the workers talk plain tcp:// and accept "
+    "anyone who can reach them; any such pod can run code on the workers and read every "
+    "result. Remove spec.security.tls (or set it true) to turn mutual TLS back on.")
 autoscaler = Autoscaler()
 
 
@@ -185,6 +201,10 @@ async def tick(body: Mapping[str, Any]) -> None:
     old = dict(body.get("status") or {})
     spec = await validate(body, "reconcile")
     try:
+        creds = await credentials.ensure(spec, body)
+        spec = dataclasses.replace(spec, credentials=creds.fingerprint)
+        scheduler_api.use_credentials(spec.name, spec.namespace, creds.token,
+                                      creds.ca_pem if spec.security.tls else None)
         await reconcile.ensure_scheduler(spec, body)
         ready = await reconcile.scheduler_ready(spec)
         desired = initial_desired(spec, old)
@@ -197,16 +217,27 @@ async def tick(body: Mapping[str, Any]) -> None:
     except kubeops.ObjectRefused as exc:
         await refuse(body, "ObjectRefused", f"Kubernetes refused a child object: {exc}")
         raise
-    status = summarise(spec, old, groups, ready)
+    status = summarise(spec, old, groups, ready, creds)
     if await check_idle(spec, ready, status):
         return
     if any(status.get(k) != old.get(k) for k in status):
         await write_status(API_VERSION, CLUSTER_PLURAL, spec.namespace, spec.name, status)
+    if not spec.security.tls and condition_status(old.get("conditions"), "Secured") != "False":
+        # Once per opt-out (the condition's transition), not once per round.
+        kopf.warn(plain(body), reason="InsecureCluster", message=INSECURE_MESSAGE)
 
 
 def summarise(spec: ClusterSpec, old: Mapping[str, Any], groups: dict[str, dict[str, int]],
-              ready: bool) -> dict[str, Any]:
+              ready: bool, creds: credentials.Credentials) -> dict[str, Any]:
     conditions = set_condition(old.get("conditions"), "SpecValid", True, "Valid")
+    if spec.security.tls:
+        conditions = set_condition(conditions, "Secured", True, "MutualTLS",
+                                   f"mutual TLS with the cluster's own CA {creds.fingerprint}; "
+                                   f"client credentials in Secret "
+                                   f"{builders.client_secret_name(spec.name)}")
+    else:
+        conditions = set_condition(conditions, "Secured", False, "TLSDisabled",
+                                   INSECURE_MESSAGE)
     conditions = set_condition(conditions, "SchedulerReady", ready,
                                "DeploymentReady" if ready else "DeploymentNotReady")
     all_ready = all(g["ready"] >= g["desired"] for g in groups.values())
@@ -219,8 +250,14 @@ def summarise(spec: ClusterSpec, old: Mapping[str, Any], groups: dict[str, dict[
         "phase": phase_of(conditions),
         "message": None if ready else "waiting for the scheduler",
         "conditions": conditions,
-        "schedulerAddress": builders.scheduler_address(spec.name, spec.namespace),
-        "dashboardAddress": builders.dashboard_address(spec.name, spec.namespace),
+        "schedulerAddress": builders.scheduler_address(spec.name, spec.namespace,
+                                                       spec.security.tls),
+        "dashboardAddress": builders.dashboard_address(spec.name, spec.namespace,
+                                                       spec.security.tls),
+        "security": {"tls": spec.security.tls,
+                     "clientSecret": builders.client_secret_name(spec.name),
+                     "credentials": creds.fingerprint,
+                     "notAfter": now_iso(creds.not_after.timestamp())},
         "workerGroups": groups,
         "replicas": groups[first]["desired"],
         "selector": builders.worker_selector(spec.name, first),
@@ -262,6 +299,7 @@ async def cluster_observed(event: kopf.RawEvent, name: str, namespace: str | Non
     key = (namespace or "", name)
     if event.get("type") == "DELETED":
         gone = loops.pop(key, None)
+        scheduler_api.use_credentials(name, namespace or "", None, None)
         if gone is not None:
             autoscaler.forget(gone.body.get("metadata", {}).get("uid", ""))
             await gone.stop()

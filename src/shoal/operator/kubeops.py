@@ -21,7 +21,8 @@ from shoal.cluster.kube import KubeApi, KubeApiError, api_path
 
 RETRY_DELAY = 5.0
 PLURALS = {"Pod": "pods", "Service": "services", "Deployment": "deployments",
-           "ShoalCluster": "shoalclusters", "ShoalJob": "shoaljobs", "Event": "events"}
+           "ShoalCluster": "shoalclusters", "ShoalJob": "shoaljobs", "Event": "events",
+           "Secret": "secrets", "NetworkPolicy": "networkpolicies"}
 
 _api: KubeApi | None = None
 

@@ -49,20 +49,32 @@ def _pod_path(namespace: str, name: str) -> str:
     return api_path("v1", "pods", namespace, name)
 
 
+async def ensure_child(obj: dict[str, Any], owner: Mapping[str, Any]) -> None:
+    """Create ``obj`` if absent; patch it when its spec hash changed."""
+    kopf.adopt(obj, owner=kopf.Body(cast(kopf.RawBody, dict(owner))))
+    if await kubeops.create(obj):
+        return
+    existing = await kubeops.get(kubeops.object_path(obj)) or {}
+    wanted = obj["metadata"]["annotations"][builders.ANNOTATION_SPEC_HASH]
+    if existing and existing["metadata"].get("annotations", {}).get(
+            builders.ANNOTATION_SPEC_HASH) != wanted:
+        await kubeops.patch(kubeops.object_path(obj),
+                            {"metadata": {"annotations": obj["metadata"]["annotations"]},
+                             "spec": obj["spec"]})
+
+
 async def ensure_scheduler(spec: ClusterSpec, owner: Mapping[str, Any]) -> None:
-    """Create the scheduler's Service and Deployment if absent; update a changed Deployment."""
+    """The scheduler's Service and Deployment (and the NetworkPolicy), created or updated."""
+    policy = builders.network_policy(spec)
+    if spec.security.network_policy:
+        await ensure_child(policy, owner)
+    else:  # switched off: remove ours (never a policy of that name someone else made)
+        existing = await kubeops.get(kubeops.object_path(policy)) or {}
+        owners = existing.get("metadata", {}).get("ownerReferences") or []
+        if any(ref.get("uid") == owner["metadata"].get("uid") for ref in owners):
+            await kubeops.delete(kubeops.object_path(policy))
     for build in (builders.scheduler_service, builders.scheduler_deployment):
-        obj = build(spec)
-        kopf.adopt(obj, owner=kopf.Body(cast(kopf.RawBody, dict(owner))))
-        if await kubeops.create(obj):
-            continue
-        existing = await kubeops.get(kubeops.object_path(obj)) or {}
-        wanted = obj["metadata"]["annotations"][builders.ANNOTATION_SPEC_HASH]
-        if existing and existing["metadata"].get("annotations", {}).get(
-                builders.ANNOTATION_SPEC_HASH) != wanted:
-            await kubeops.patch(kubeops.object_path(obj),
-                                {"metadata": {"annotations": obj["metadata"]["annotations"]},
-                                 "spec": obj["spec"]})
+        await ensure_child(build(spec), owner)
 
 
 async def scheduler_ready(spec: ClusterSpec) -> bool:
@@ -81,7 +93,7 @@ async def list_workers(spec: ClusterSpec) -> list[Pod]:
 def sort_pods(spec: ClusterSpec, pods: list[Pod]) -> tuple[dict[str, GroupPods], list[Pod]]:
     """Pods by group, plus the pods of groups no longer in the spec."""
     groups = {g.name: GroupPods() for g in spec.groups}
-    hashes = {g.name: builders.spec_hash(builders.worker_pod_spec(spec, g)) for g in spec.groups}
+    hashes = {g.name: builders.worker_hash(spec, g) for g in spec.groups}
     orphans = []
     for pod in pods:
         group = pod["metadata"].get("labels", {}).get(builders.LABEL_GROUP)

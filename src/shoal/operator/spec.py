@@ -88,6 +88,22 @@ class WorkerGroup:
 
 
 @dataclass(frozen=True)
+class SecuritySpec:
+    """``spec.security``: secure unless told otherwise.
+
+    ``tls``: mutual TLS with certificates the operator makes (off: plain
+    ``tcp://``, reported loudly in status). ``network_policy``: a NetworkPolicy
+    that admits only the cluster's own pods, the operator and client pods
+    labelled ``shoal.dev/client-of: NAME``. ``rotation``: any string; a new
+    value makes the operator issue new credentials and restart every pod.
+    """
+
+    tls: bool = True
+    network_policy: bool = True
+    rotation: str = ""
+
+
+@dataclass(frozen=True)
 class ClusterSpec:
     name: str
     namespace: str
@@ -96,6 +112,11 @@ class ClusterSpec:
     idle_timeout: int
     scheduler: SchedulerSpec
     groups: list[WorkerGroup]
+    security: SecuritySpec = field(default_factory=SecuritySpec)
+    # Fingerprint of the credentials in the cluster's Secrets, filled in by the
+    # operator once they exist: it is part of every pod template, so new
+    # credentials (a rotation) roll the pods.
+    credentials: str = ""
 
     def group(self, name: str) -> WorkerGroup:
         for group in self.groups:
@@ -216,6 +237,29 @@ def _groups(spec: Mapping[str, Any], image: str) -> list[WorkerGroup]:
     return groups
 
 
+def _bool(value: object, what: str, default: bool) -> bool:
+    if value is None:
+        return default
+    if not isinstance(value, bool):
+        raise InvalidSpec(f"{what}: expected true or false, got {value!r}")
+    return value
+
+
+def _security(value: object) -> SecuritySpec:
+    raw = _mapping(value, "spec.security")
+    unknown = sorted(set(raw) - {"tls", "networkPolicy", "rotation"})
+    if unknown:
+        raise InvalidSpec(f"spec.security: unknown field(s) {', '.join(unknown)} "
+                          "(known: tls, networkPolicy, rotation)")
+    rotation = raw.get("rotation")
+    if isinstance(rotation, int) and not isinstance(rotation, bool):
+        rotation = str(rotation)
+    return SecuritySpec(tls=_bool(raw.get("tls"), "spec.security.tls", True),
+                        network_policy=_bool(raw.get("networkPolicy"),
+                                             "spec.security.networkPolicy", True),
+                        rotation=_string(rotation, "spec.security.rotation", ""))
+
+
 def _check_name(name: str, groups: list[WorkerGroup]) -> None:
     longest = max(len(group.name) for group in groups)
     if len(name) + 1 + longest + 1 + POD_SUFFIX_LEN > MAX_NAME:
@@ -245,5 +289,5 @@ def parse_cluster_spec(name: str, namespace: str, spec: object) -> ClusterSpec:
         image_pull_policy=_string(raw.get("imagePullPolicy"), "spec.imagePullPolicy",
                                   "IfNotPresent", PULL_POLICIES),
         idle_timeout=_int(raw.get("idleTimeout", 0), "spec.idleTimeout"),
-        scheduler=scheduler, groups=groups,
+        scheduler=scheduler, groups=groups, security=_security(raw.get("security")),
     )

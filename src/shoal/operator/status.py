@@ -56,7 +56,12 @@ def set_condition(conditions: list[Condition] | None, kind: str, ok: bool | None
 
 
 def condition_true(conditions: list[Condition] | None, kind: str) -> bool:
-    return any(c.get("type") == kind and c.get("status") == "True" for c in conditions or [])
+    return condition_status(conditions, kind) == "True"
+
+
+def condition_status(conditions: list[Condition] | None, kind: str) -> str | None:
+    """"True", "False", "Unknown", or None when there is no such condition."""
+    return next((str(c.get("status")) for c in conditions or [] if c.get("type") == kind), None)
 
 
 def phase_of(conditions: list[Condition]) -> str:
