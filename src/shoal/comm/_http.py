@@ -30,7 +30,7 @@ from tornado.web import Application, HTTPError, RequestHandler, stream_request_b
 
 from ._security import HttpToken, Security
 
-__all__ = ["DEFAULT_MAX_BODY_BYTES", "HttpAuth", "LimitedBodyHandler", "authorize",
+__all__ = ["DEFAULT_MAX_BODY_BYTES", "HttpAuth", "LimitedBodyHandler", "authorize", "challenge",
            "http_server", "max_body_bytes"]
 
 Access = Literal["health", "metrics", "read", "mutation"]
@@ -90,7 +90,6 @@ class HttpAuth:
         if given is None and access != "mutation":
             given = self._from_browser(handler, expected)
         if given is None:
-            handler.set_header("WWW-Authenticate", 'Bearer realm="shoal"')
             raise HTTPError(401, "this request needs 'Authorization: Bearer <token>'")
         if not hmac.compare_digest(given, expected):
             raise HTTPError(403, "the bearer token is not this server's")
@@ -114,6 +113,12 @@ class HttpAuth:
             return given
         cookie = handler.get_cookie(TOKEN_COOKIE)
         return cookie.encode() if cookie is not None else None
+
+
+def challenge(handler: RequestHandler, status_code: int) -> None:
+    """In ``write_error``: a 401 says which scheme to authenticate with."""
+    if status_code == 401:
+        handler.set_header("WWW-Authenticate", 'Bearer realm="shoal"')
 
 
 def authorize(handler: RequestHandler, access: Access) -> None:

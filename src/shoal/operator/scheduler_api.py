@@ -7,22 +7,59 @@ subclass of ``kopf.TemporaryError`` (kopf retries the handler later).
 
 Inside Kubernetes the scheduler is reached through its Service DNS name; tests
 and out-of-cluster runs replace that mapping with :func:`set_url_resolver`.
+
+A cluster with TLS serves HTTPS and wants a bearer token for mutations
+(docs/security.md): each call takes ``token`` and ``ca_file``, and when they
+are not given, :func:`set_credentials_resolver`'s function is asked for the
+cluster's (by default: ``SHOAL_HTTP_TOKEN_FILE``/``SHOAL_HTTP_TOKEN`` and
+``SHOAL_TLS_CA_FILE`` of the operator's own environment).  With a CA the URL
+becomes ``https://`` and the server's certificate is checked against it.
 """
 
 from __future__ import annotations
 
+import ssl
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 import aiohttp
 import kopf
 
+from shoal.comm._security import Security, http_client_context
 from shoal.operator.builders import HTTP_PORT, scheduler_host
 
 DEFAULT_TIMEOUT = 10.0
 RETRY_DELAY = 10.0
 
 UrlResolver = Callable[[str, str], str]
+
+
+@dataclass(frozen=True)
+class Credentials:
+    """How to call one cluster's scheduler: its bearer token and its CA (PEM file)."""
+
+    token: str | None = None
+    ca_file: str | None = None
+
+
+CredentialsResolver = Callable[[str, str], Credentials]
+
+
+def _env_credentials(cluster: str, namespace: str) -> Credentials:
+    security = Security.from_env()
+    token = security.token()
+    current = token.current() if token is not None else None
+    return Credentials(current.decode() if current else None, security.tls_ca_file)
+
+
+_credentials: CredentialsResolver = _env_credentials
+
+
+def set_credentials_resolver(resolver: CredentialsResolver | None) -> None:
+    """Map (cluster, namespace) to its :class:`Credentials`; None restores the environment's."""
+    global _credentials
+    _credentials = resolver or _env_credentials
 
 
 class SchedulerUnavailable(kopf.TemporaryError):
@@ -46,13 +83,37 @@ def base_url(cluster: str, namespace: str) -> str:
     return _resolver(cluster, namespace).rstrip("/")
 
 
+def _request_options(cluster: str, namespace: str, token: str | None,
+                     ca_file: str | None) -> tuple[str, dict[str, Any]]:
+    """The base URL and aiohttp's keywords (headers, ssl) for one call."""
+    if token is None and ca_file is None:
+        found = _credentials(cluster, namespace)
+        token, ca_file = found.token, found.ca_file
+    base = base_url(cluster, namespace)
+    options: dict[str, Any] = {}
+    if token:
+        options["headers"] = {"Authorization": f"Bearer {token}"}
+    if ca_file:
+        context: ssl.SSLContext = http_client_context(ca_file)
+        options["ssl"] = context
+        if base.startswith("http://"):
+            base = "https://" + base[len("http://"):]
+    return base, options
+
+
 async def _call(cluster: str, namespace: str, method: str, path: str,
-                body: dict[str, Any] | None = None) -> Any:
-    url = base_url(cluster, namespace) + path
+                body: dict[str, Any] | None = None, *, token: str | None = None,
+                ca_file: str | None = None) -> Any:
+    try:
+        base, options = _request_options(cluster, namespace, token, ca_file)
+    except ValueError as exc:  # an unreadable CA or token file
+        raise SchedulerUnavailable(f"scheduler of {namespace}/{cluster}: {exc}",
+                                   delay=RETRY_DELAY) from exc
+    url = base + path
     timeout = aiohttp.ClientTimeout(total=DEFAULT_TIMEOUT)
     try:
         async with (aiohttp.ClientSession(timeout=timeout) as session,
-                    session.request(method, url, json=body) as response):
+                    session.request(method, url, json=body, **options) as response):
             if response.status >= 400:
                 text = await response.text()
                 raise SchedulerUnavailable(
@@ -65,26 +126,34 @@ async def _call(cluster: str, namespace: str, method: str, path: str,
             delay=RETRY_DELAY) from exc
 
 
-async def workers(cluster: str, namespace: str) -> list[dict[str, Any]]:
-    answer = await _call(cluster, namespace, "GET", "/api/v1/workers")
+async def workers(cluster: str, namespace: str, *, token: str | None = None,
+                  ca_file: str | None = None) -> list[dict[str, Any]]:
+    answer = await _call(cluster, namespace, "GET", "/api/v1/workers", token=token,
+                         ca_file=ca_file)
     return list(answer.get("workers", []))
 
 
-async def adaptive_target(cluster: str, namespace: str) -> int:
-    answer = await _call(cluster, namespace, "GET", "/api/v1/adaptive_target")
+async def adaptive_target(cluster: str, namespace: str, *, token: str | None = None,
+                          ca_file: str | None = None) -> int:
+    answer = await _call(cluster, namespace, "GET", "/api/v1/adaptive_target", token=token,
+                         ca_file=ca_file)
     return int(answer["workers"])
 
 
-async def idle(cluster: str, namespace: str) -> tuple[bool, float | None]:
+async def idle(cluster: str, namespace: str, *, token: str | None = None,
+               ca_file: str | None = None) -> tuple[bool, float | None]:
     """(idle, idle_since as unix seconds or None)."""
-    answer = await _call(cluster, namespace, "GET", "/api/v1/idle")
+    answer = await _call(cluster, namespace, "GET", "/api/v1/idle", token=token,
+                         ca_file=ca_file)
     since = answer.get("idle_since")
     return bool(answer["idle"]), None if since is None else float(since)
 
 
 async def retire_workers(cluster: str, namespace: str, *, n: int | None = None,
-                         names: list[str] | None = None) -> list[str]:
+                         names: list[str] | None = None, token: str | None = None,
+                         ca_file: str | None = None) -> list[str]:
     """Ask the scheduler to retire workers; answers the names it actually retired."""
     body: dict[str, Any] = {"n": n} if names is None else {"workers": names}
-    answer = await _call(cluster, namespace, "POST", "/api/v1/retire_workers", body)
+    answer = await _call(cluster, namespace, "POST", "/api/v1/retire_workers", body,
+                         token=token, ca_file=ca_file)
     return [w["name"] for w in answer.get("retired", []) if w.get("name")]

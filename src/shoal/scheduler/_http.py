@@ -20,7 +20,14 @@ from tornado.httpserver import HTTPServer
 from tornado.netutil import bind_sockets
 from tornado.web import Application, HTTPError, RequestHandler, StaticFileHandler
 
-from ..comm._http import HttpAuth, LimitedBodyHandler, authorize, http_server, max_body_bytes
+from ..comm._http import (
+    HttpAuth,
+    LimitedBodyHandler,
+    authorize,
+    challenge,
+    http_server,
+    max_body_bytes,
+)
 from ..comm._security import Security
 from . import _dashboard
 from ._adaptive import adaptive_target
@@ -52,6 +59,7 @@ class _Base(LimitedBodyHandler):
         self.finish(json.dumps(payload))
 
     def write_error(self, status_code: int, **kwargs: Any) -> None:
+        challenge(self, status_code)
         exc = kwargs.get("exc_info", (None, None))[1]
         message = getattr(exc, "log_message", None) or self._reason
         self.write_json({"error": message}, status_code)
@@ -153,6 +161,7 @@ class Static(StaticFileHandler):
         authorize(self, "read")
 
     def write_error(self, status_code: int, **kwargs: Any) -> None:
+        challenge(self, status_code)
         self.set_header("Content-Type", "application/json")
         self.finish(json.dumps({"error": f"no such file: {self.request.path}"
                                 if status_code == 404 else self._reason}))

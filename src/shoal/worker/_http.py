@@ -20,7 +20,7 @@ from tornado.netutil import bind_sockets
 from tornado.web import Application, HTTPError, RequestHandler
 
 from ..comm import split_host_port
-from ..comm._http import HttpAuth, LimitedBodyHandler, http_server, max_body_bytes
+from ..comm._http import HttpAuth, LimitedBodyHandler, challenge, http_server, max_body_bytes
 from ..comm._security import Security
 from ._metrics import WorkerMetrics
 
@@ -44,6 +44,7 @@ class _Base(LimitedBodyHandler):
         self.metrics = metrics
 
     def write_error(self, status_code: int, **kwargs: Any) -> None:
+        challenge(self, status_code)
         exc = kwargs.get("exc_info", (None, None))[1]
         message = getattr(exc, "log_message", None) or self._reason
         self.set_header("Content-Type", "application/json")
