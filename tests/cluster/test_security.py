@@ -90,6 +90,17 @@ def test_every_address_is_tls_and_results_cross_workers(cluster) -> None:
     assert_serving(client)
 
 
+def submits_from_a_task(n: int) -> int:
+    from shoal import get_client
+
+    return get_client().submit(inc, n).result(timeout=20)
+
+
+def test_a_task_opens_a_client_with_its_workers_credentials(cluster) -> None:
+    _, client = cluster
+    assert client.submit(submits_from_a_task, 6, pure=False).result(timeout=30) == 7
+
+
 @pytest.mark.parametrize(("attacker", "error", "words"), [
     ("no-cert", TLSError, "refused this process's certificate"),
     ("other-ca", TLSError, "another CA"),
