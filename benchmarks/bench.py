@@ -5,6 +5,7 @@ Usage::
     python benchmarks/bench.py                  # everything, both systems
     python benchmarks/bench.py --quick          # smaller sizes, a smoke run
     python benchmarks/bench.py --only roundtrip,tree --systems dask --json out.json
+    python benchmarks/bench.py --tls            # what TLS costs each system (_tls.py)
 
 Every (system, workload) pair runs in its own child process (a fresh cluster,
 nothing left over from the previous workload) with a time limit; when the
@@ -209,6 +210,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--profile", metavar="DIR",
                         help="record every cluster process with py-spy into DIR and print "
                              "the hottest functions")
+    parser.add_argument("--tls", action="store_true",
+                        help="instead: plain vs TLS, shoal and dask (see _tls.py)")
     parser.add_argument("--child", nargs=2, metavar=("SYSTEM", "WORKLOAD"), help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     args.only = [w.strip() for w in args.only.split(",") if w.strip()]
@@ -225,6 +228,10 @@ def main(argv: list[str] | None = None) -> int:
     if args.child:
         run_child(args.child[0], args.child[1], args.quick)
         return 0
+    if args.tls:
+        import _tls
+
+        return _tls.main(args.quick, args.json)
     if args.profile:
         os.makedirs(args.profile, exist_ok=True)
     info = machine_info()

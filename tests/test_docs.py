@@ -1,4 +1,4 @@
-"""Every Python example in README.md, docs/quickstart.md and docs/errors.md runs as written."""
+"""Every Python example in README.md and docs/{quickstart,errors,security}.md runs as written."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ BLOCK = re.compile(r"```python\n(.*?)```", re.DOTALL)
 
 def examples() -> list[tuple[str, str]]:
     found = []
-    for doc in ("README.md", "docs/quickstart.md", "docs/errors.md"):
+    for doc in ("README.md", "docs/quickstart.md", "docs/errors.md", "docs/security.md"):
         for i, code in enumerate(BLOCK.findall((ROOT / doc).read_text())):
             found.append((f"{doc}#{i}", code))
     return found

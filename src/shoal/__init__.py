@@ -14,6 +14,7 @@ from ._exceptions import (
     ClientClosedError,
     CommClosedError,
     DataUnavailableError,
+    EncryptionRequiredError,
     FramingError,
     InvalidSpec,
     InvalidTransition,
@@ -33,6 +34,7 @@ from ._exceptions import (
     TaskError,
     TaskFailed,
     TimeoutError,
+    TLSError,
     VersionMismatchError,
     WorkerMemoryError,
 )
@@ -56,6 +58,7 @@ from .client._shared import Queue, Variable
 from .client._worker_client import get_client, worker_client
 from .cluster import LocalCluster
 from .cluster._adapt import Adaptive
+from .comm import Security
 from .scheduler import Scheduler
 from .worker import Worker, get_worker
 from .worker._context import rejoin, secede
@@ -77,6 +80,7 @@ __all__ = [
     "CommClosedError",
     "CompatibleExecutor",
     "DataUnavailableError",
+    "EncryptionRequiredError",
     "Event",
     "FramingError",
     "Future",
@@ -97,10 +101,12 @@ __all__ = [
     "Scheduler",
     "SchedulerLostError",
     "SchedulerRefusedError",
+    "Security",
     "Semaphore",
     "SerializationError",
     "ShoalError",
     "ShoalTimeoutError",
+    "TLSError",
     "TaskError",
     "TaskFailed",
     "TimeoutError",

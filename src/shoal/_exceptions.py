@@ -12,6 +12,10 @@ from ``shoal``::
     ├── ShoalTimeoutError               (TimeoutError)  an operation's timeout passed;
     │                                   exported as ``shoal.TimeoutError`` too (dask's name)
     ├── CommClosedError                 (ConnectionError)  a connection closed or broke
+    │   └── TLSError                    the TLS handshake failed: no certificate, one from
+    │                                   another CA, an expired one, or a peer not speaking TLS
+    ├── EncryptionRequiredError         (ValueError)  a tcp:// address where
+    │                                   ``require_encryption`` asks for tls://
     ├── VersionMismatchError            (ConnectionError)  the peer speaks another protocol
     ├── SchedulerRefusedError           (ConnectionError)  the scheduler said no to this client
     ├── SchedulerLostError              (ConnectionError)  gone, and no reconnection in time
@@ -59,6 +63,15 @@ TimeoutError = ShoalTimeoutError
 
 class CommClosedError(ShoalError, ConnectionError):
     """The connection is closed, or broke while in use."""
+
+
+class TLSError(CommClosedError):
+    """The TLS handshake with a peer failed; the message says why (a missing,
+    untrusted or expired certificate, or a peer that does not speak TLS)."""
+
+
+class EncryptionRequiredError(ShoalError, ValueError):
+    """An unencrypted address where the ``Security`` has ``require_encryption``."""
 
 
 class VersionMismatchError(ShoalError, ConnectionError):
@@ -178,6 +191,7 @@ __all__ = [
     "ClientClosedError",
     "CommClosedError",
     "DataUnavailableError",
+    "EncryptionRequiredError",
     "FramingError",
     "InvalidSpec",
     "InvalidTransition",
@@ -194,6 +208,7 @@ __all__ = [
     "SerializationError",
     "ShoalError",
     "ShoalTimeoutError",
+    "TLSError",
     "TaskError",
     "TaskFailed",
     "TimeoutError",

@@ -12,7 +12,7 @@ import time
 from typing import Any
 
 from .cluster._process import announce
-from .comm import CommLimits
+from .comm import CommLimits, Security
 from .comm._http import DEFAULT_MAX_BODY_BYTES
 from .protocol._ops import MAX_NTHREADS
 from .worker._memory import MemoryThresholds, parse_bytes
@@ -86,6 +86,52 @@ def _add_limit_flags(parser: argparse.ArgumentParser) -> None:
                         help="largest HTTP request body (larger ones get 413)")
 
 
+def _add_security_flags(parser: argparse.ArgumentParser) -> None:
+    """TLS and HTTP-token flags; each falls back to its SHOAL_* variable (Security.from_env)."""
+    group = parser.add_argument_group("security (docs/security.md)")
+    group.add_argument("--tls-ca-file", default=None,
+                       help="the cluster's CA (PEM); turns on tls:// [SHOAL_TLS_CA_FILE]")
+    group.add_argument("--tls-cert", default=None,
+                       help="this process's certificate (PEM) [SHOAL_TLS_CERT]")
+    group.add_argument("--tls-key", default=None,
+                       help="the certificate's private key (PEM) [SHOAL_TLS_KEY]")
+    group.add_argument("--require-encryption", action="store_true", default=None,
+                       help="refuse tcp:// addresses [SHOAL_REQUIRE_ENCRYPTION]")
+    group.add_argument("--http-token-file", default=None,
+                       help="file holding the bearer token HTTP mutations need; re-read when "
+                            "it changes [SHOAL_HTTP_TOKEN_FILE, or SHOAL_HTTP_TOKEN itself]")
+    group.add_argument("--http-auth", choices=("mutations", "all"), default=None,
+                       help="what needs the token: only mutations (default) or every page "
+                            "but /health [SHOAL_HTTP_AUTH]")
+    group.add_argument("--metrics-auth", action="store_true", default=None,
+                       help="/metrics needs the token too [SHOAL_METRICS_AUTH]")
+
+
+def _security(args: argparse.Namespace) -> Security:
+    """The flags, falling back to the environment; a half-given TLS setup is refused."""
+    env = Security.from_env()
+    ca = args.tls_ca_file or env.tls_ca_file
+    cert = args.tls_cert or env.tls_scheduler_cert
+    key = args.tls_key or env.tls_scheduler_key
+    if any((ca, cert, key)) and not all((ca, cert, key)):
+        raise SystemExit("shoal: TLS needs all three of --tls-ca-file, --tls-cert and --tls-key "
+                         "(or SHOAL_TLS_CA_FILE, SHOAL_TLS_CERT and SHOAL_TLS_KEY)")
+    token_file = args.http_token_file or env.http_token_file
+    try:
+        return Security(
+            tls_ca_file=ca, tls_client_cert=cert, tls_client_key=key,
+            tls_scheduler_cert=cert, tls_scheduler_key=key,
+            tls_worker_cert=cert, tls_worker_key=key,
+            require_encryption=bool(args.require_encryption or env.require_encryption),
+            http_token=None if args.http_token_file else env.http_token,
+            http_token_file=token_file,
+            http_auth=args.http_auth or env.http_auth,
+            metrics_auth=bool(args.metrics_auth or env.metrics_auth),
+        )
+    except ValueError as exc:
+        raise SystemExit(f"shoal: {exc}") from None
+
+
 def _limits(args: argparse.Namespace) -> CommLimits:
     try:
         return CommLimits(args.max_message_size, args.handshake_timeout, args.read_idle_timeout)
@@ -107,6 +153,7 @@ def _parser() -> argparse.ArgumentParser:
                    help="remove a worker silent for this many seconds")
     s.add_argument("--allowed-failures", type=int, default=None)
     _add_limit_flags(s)
+    _add_security_flags(s)
     s.add_argument("--story-size", type=int, default=50_000,
                    help="task transitions kept for client.story() (a ring buffer)")
     s.add_argument("--rejoin-grace", type=float, default=60.0,
@@ -138,11 +185,13 @@ def _parser() -> argparse.ArgumentParser:
                    help="where the worker keeps spill files (default: the temp directory)")
     w.add_argument("--no-nanny", dest="nanny", action="store_false")
     _add_limit_flags(w)
+    _add_security_flags(w)
     w.add_argument("--announce", action="store_true", help=argparse.SUPPRESS)
 
     local = sub.add_parser("local", help="run a local cluster until interrupted")
     local.add_argument("--workers", type=int, default=None)
     local.add_argument("--threads", type=int, default=None)
+    _add_security_flags(local)
 
     demo = sub.add_parser("demo", help="run the demo computation and print its report")
     demo.add_argument("--scheduler", default=None, help="run on this cluster instead")
@@ -189,9 +238,14 @@ def _run_until_signal(start: Any, stop: Any) -> None:
 def _scheduler(args: argparse.Namespace) -> int:
     from .scheduler import Scheduler
 
+    security = _security(args)
+    if not security.tls and args.host not in ("127.0.0.1", "localhost", "::1"):
+        logger.warning("listening on %s without TLS: anyone who can reach the port can run "
+                       "code on the workers (docs/security.md)", args.host)
+
     async def start() -> Scheduler:
         http = None if args.http_port < 0 else args.http_port
-        scheduler = await Scheduler(args.host, args.port, http_port=http,
+        scheduler = await Scheduler(args.host, args.port, http_port=http, security=security,
                                     worker_ttl=args.worker_ttl,
                                     allowed_failures=args.allowed_failures,
                                     limits=_limits(args),
@@ -231,9 +285,11 @@ def _worker(args: argparse.Namespace) -> int:
 
     watch_parent_from_env()
 
+    security = _security(args)
+
     async def start() -> Worker:
         worker = await Worker(
-            args.address, nthreads=args.nthreads, name=args.name,
+            args.address, nthreads=args.nthreads, name=args.name, security=security,
             host=args.host or _default_host(args.address), port=args.port,
             memory_limit=args.memory_limit, resources=_resources(args.resources),
             death_timeout=args.death_timeout, http_port=args.http_port,
@@ -272,6 +328,7 @@ def _worker_argv(args: argparse.Namespace) -> list[str]:
         argv += ["--" + name.replace("_", "-"), str(getattr(args, name))]
     for name in ("target", "spill", "pause", "terminate"):
         argv += [f"--memory-{name}", str(getattr(args, f"memory_{name}")).lower()]
+    argv += _security(args).cli_args("worker")
     if args.announce:
         argv.append("--announce")
     return argv
@@ -286,7 +343,9 @@ def _default_host(scheduler_address: str) -> str:
 def _local(args: argparse.Namespace) -> int:
     from .cluster import LocalCluster
 
-    cluster = LocalCluster(n_workers=args.workers, threads_per_worker=args.threads)
+    security = _security(args)
+    cluster = LocalCluster(n_workers=args.workers, threads_per_worker=args.threads,
+                           security=security)
     print(f"shoal local cluster: scheduler at {cluster.scheduler_address}", flush=True)
     if cluster.dashboard_link:
         print(f"dashboard: {cluster.dashboard_link}", flush=True)

@@ -114,7 +114,8 @@ class FakeScheduler:
     """A test double of the scheduler's HTTP API (docs/http-api.md) with bookkeeping.
 
     Like the real scheduler, it answers a mutation without the bearer token
-    ``expected_token()`` returns (the cluster's token Secret) with 401.
+    ``expected_token()`` returns (the cluster's token Secret) with 401; when
+    that is None (no Secret), it is an open scheduler.
     """
 
     def __init__(self) -> None:
@@ -176,7 +177,8 @@ class FakeScheduler:
                 given = self.request.headers.get("Authorization", "")
                 token = given.removeprefix("Bearer ") if given.startswith("Bearer ") else None
                 double.tokens.append(token)
-                if token is None or token != double.expected_token():
+                expected = double.expected_token()
+                if expected is not None and token != expected:
                     double.refused.append(path)
                     self.send_error(401)
                     return
@@ -216,6 +218,7 @@ class Harness:
                 self.api.create("/apis/apiextensions.k8s.io/v1/customresourcedefinitions", crd)
         kubeops.configure(KubeApi.for_host(self.url))
         scheduler_api.set_url_resolver(self._scheduler_url)
+        scheduler_api.set_credentials_resolver(plain_http_credentials)
         self.kubelet = Kubelet(self)
 
     def run(self, coro: Any, timeout: float = TIMEOUT) -> Any:
@@ -276,6 +279,7 @@ class Harness:
         self.run(self._stack.aclose())
         kubeops.configure(None)
         scheduler_api.set_url_resolver(None)
+        scheduler_api.set_credentials_resolver(None)
         self.loop.call_soon_threadsafe(self.loop.stop)
         self.thread.join(TIMEOUT)
         self.loop.close()
@@ -323,6 +327,12 @@ class Harness:
             owners = obj["metadata"].get("ownerReferences") or []
             if owners and not any(o["uid"] in alive for o in owners):
                 self.api.delete(kubeops.object_path(obj))
+
+
+def plain_http_credentials(cluster: str, namespace: str) -> scheduler_api.Credentials:
+    """The token the operator registered for a cluster, without its CA: the
+    FakeScheduler doubles speak plain HTTP (test_e2e_processes runs real TLS)."""
+    return scheduler_api.Credentials(scheduler_api.registered_credentials(cluster, namespace).token)
 
 
 def _no_namespace_scanning(settings: Any) -> None:

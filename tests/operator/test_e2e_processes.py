@@ -7,15 +7,23 @@ scheduler's Service name resolved to 127.0.0.1, its ports replaced by free
 ones), and reports readiness back to the emulator from the real scheduler's
 HTTP API. A shoal Client then computes on that cluster, and the operator's
 autoscaler scales it up and down through the real ``/api/v1`` endpoints.
+
+The clusters are secured, as by default: the process kubelet writes the
+Secret volumes the pods mount (the operator's CA, certificates and token)
+into a temporary directory, so every link is mutual TLS, the HTTP API is
+HTTPS, and the operator's retire calls carry the token.
 """
 
 from __future__ import annotations
 
+import base64
 import os
 import signal
 import socket
+import ssl
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 import urllib.request
@@ -25,13 +33,10 @@ from typing import Any
 import pytest
 from operator_harness import NAMESPACE, Harness, wait_for
 
+from shoal import Client, Security, TLSError
 from shoal.cluster.kube import KubeApi, KubeApiError, KubeCluster
+from shoal.comm import CommClosedError
 from shoal.operator import builders, kubeops, scheduler_api
-
-try:
-    from shoal import Client
-except ImportError:  # the engine is not there yet
-    pytest.skip("shoal.Client cannot be imported", allow_module_level=True)
 
 SRC = Path(__file__).resolve().parents[2] / "src"
 LAUNCH = [sys.executable, "-c", "import sys; from shoal.cli import main; sys.exit(main(sys.argv[1:]))"]
@@ -43,10 +48,16 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
+# Like the kubelet's probes: HTTPS without checking the certificate.
+PROBE_CONTEXT = ssl.create_default_context()
+PROBE_CONTEXT.check_hostname = False
+PROBE_CONTEXT.verify_mode = ssl.CERT_NONE
+
+
 def fetch_json(url: str) -> Any:
     import json
 
-    with urllib.request.urlopen(url, timeout=2) as response:
+    with urllib.request.urlopen(url, timeout=2, context=PROBE_CONTEXT) as response:
         return json.loads(response.read())
 
 
@@ -58,6 +69,7 @@ class ProcessKubelet:
         self.cluster = cluster
         self.comm_port, self.http_port = free_port(), free_port()
         self.service = f"{builders.scheduler_host(cluster, NAMESPACE)}:{builders.COMM_PORT}"
+        self.volumes = tempfile.TemporaryDirectory(prefix="shoal-volumes-")
         self.processes: dict[str, subprocess.Popen[bytes]] = {}
         self.errors: list[str] = []
         self.outputs: dict[str, list[str]] = {}  # process output by pod name
@@ -67,18 +79,40 @@ class ProcessKubelet:
 
     @property
     def scheduler_address(self) -> str:
-        return f"tcp://127.0.0.1:{self.comm_port}"
+        return f"tls://127.0.0.1:{self.comm_port}"
 
     @property
     def http_url(self) -> str:
-        return f"http://127.0.0.1:{self.http_port}"
+        return f"https://127.0.0.1:{self.http_port}"
 
-    def localise(self, container: dict[str, Any], pod_name: str) -> tuple[list[str], dict[str, str]]:
+    def mount_secrets(self, pod: dict[str, Any], pod_name: str) -> dict[str, str]:
+        """Write the pod's Secret volumes to disk, as the kubelet does: {mount path: dir}."""
+        secrets = {v["name"]: v["secret"]["secretName"] for v in pod.get("volumes", [])
+                   if "secret" in v}
+        mounted = {}
+        for mount in pod["containers"][0].get("volumeMounts", []):
+            if mount["name"] not in secrets:
+                continue
+            secret = self.harness.get("secrets", secrets[mount["name"]])
+            assert secret is not None, f"{pod_name} mounts a missing Secret"
+            directory = Path(self.volumes.name, pod_name, mount["name"])
+            directory.mkdir(parents=True)
+            for key, value in secret["data"].items():
+                (directory / key).write_bytes(base64.b64decode(value))
+            mounted[mount["mountPath"]] = str(directory)
+        return mounted
+
+    def localise(self, pod: dict[str, Any], pod_name: str) -> tuple[list[str], dict[str, str]]:
         """The container's command line and environment, as this machine can run them."""
+        container = pod["containers"][0]
+        mounted = self.mount_secrets(pod, pod_name)
         env = dict(os.environ, PYTHONPATH=str(SRC))
         for var in container.get("env", []):
             if "value" in var:
-                env[var["name"]] = var["value"].replace(self.service, f"127.0.0.1:{self.comm_port}")
+                value = var["value"].replace(self.service, f"127.0.0.1:{self.comm_port}")
+                for path, directory in mounted.items():
+                    value = value.replace(path, directory)
+                env[var["name"]] = value
             elif var.get("valueFrom", {}).get("fieldRef", {}).get("fieldPath") == "metadata.name":
                 env[var["name"]] = pod_name
             elif var.get("valueFrom", {}).get("fieldRef", {}).get("fieldPath") == "status.podIP":
@@ -97,8 +131,8 @@ class ProcessKubelet:
         executables = {"shoal": LAUNCH, "python": [sys.executable]}
         return [*executables[container["command"][0]], *argv], env
 
-    def start(self, key: str, container: dict[str, Any], pod_name: str) -> None:
-        argv, env = self.localise(container, pod_name)
+    def start(self, key: str, pod: dict[str, Any], pod_name: str) -> None:
+        argv, env = self.localise(pod, pod_name)
         self.processes[key] = subprocess.Popen(argv, env=env, start_new_session=True,
                                                stdout=subprocess.PIPE,
                                                stderr=subprocess.STDOUT)
@@ -126,6 +160,7 @@ class ProcessKubelet:
         self._thread.join(30)
         for key in list(self.processes):
             self.kill(key)
+        self.volumes.cleanup()
 
     def _loop(self) -> None:
         while not self._stop.wait(0.1):
@@ -144,11 +179,12 @@ class ProcessKubelet:
                 self.kill(key)
             return
         if "scheduler" not in self.processes:
-            (container,) = deployment["spec"]["template"]["spec"]["containers"]
-            self.start("scheduler", container, f"{self.cluster}-scheduler-0")
+            self.start("scheduler", deployment["spec"]["template"]["spec"],
+                       f"{self.cluster}-scheduler-0")
         ready = (deployment.get("status") or {}).get("readyReplicas")
         if not ready:
-            with urllib.request.urlopen(self.http_url + "/health", timeout=1):
+            with urllib.request.urlopen(self.http_url + "/health", timeout=1,
+                                        context=PROBE_CONTEXT):
                 api.patch(kubeops.object_path(deployment), {"status": {"readyReplicas": 1}})
             return
         self.step_workers()
@@ -162,7 +198,7 @@ class ProcessKubelet:
         for name, pod in pods.items():
             phase = (pod.get("status") or {}).get("phase")
             if name not in self.processes and phase is None:
-                self.start(name, pod["spec"]["containers"][0], name)
+                self.start(name, pod["spec"], name)
             elif name in self.processes and phase is None and (
                     name in connected or "runner" in name):
                 self.harness.kubelet.set_phase(pod, "Running", ready=True)
@@ -181,6 +217,7 @@ def test_operator_pods_run_compute_and_autoscale(operator: Harness) -> None:
     operator.kubelet.stop()  # processes, not the simulated kubelet, decide readiness here
     node = ProcessKubelet(operator, "real")
     scheduler_api.set_url_resolver(lambda cluster, ns: node.http_url)
+    scheduler_api.set_credentials_resolver(None)  # the real token and CA: real HTTPS
     try:
         # As from a notebook, with the address a port-forward would give.
         with KubeCluster(name="real", n_workers=2, memory="1Gi", image="shoal:test",
@@ -188,6 +225,14 @@ def test_operator_pods_run_compute_and_autoscale(operator: Harness) -> None:
                          scheduler_address=node.scheduler_address, timeout=60) as cluster, \
                 Client(cluster) as client:
             assert client.submit(sum, [1, 2, 3]).result(timeout=60) == 6
+            # The credentials came from the cluster's Secret; without them, no entry.
+            assert cluster.security.tls and client.security is cluster.security
+            plain = node.scheduler_address.replace("tls://", "tcp://")
+            with pytest.raises(CommClosedError, match="tls:// address"):
+                Client(plain, timeout=2, security=Security())
+            with pytest.raises(TLSError):
+                Client(node.scheduler_address, timeout=5,
+                       security=Security(tls_ca_file=cluster.security.tls_ca_file))
             wait_for(lambda: (((operator.get("shoalclusters", "real") or {}).get("status")
                                or {}).get("readyWorkers") == 2), timeout=60,
                      message=f"2 ready workers (kubelet errors: {node.errors[-3:]})")
@@ -204,6 +249,7 @@ def test_operator_pods_run_compute_and_autoscale(operator: Harness) -> None:
             assert [w["name"] for w in workers] == [p["metadata"]["name"]
                                                     for p in operator.pods("real")]
             assert kept.result(timeout=30) == list(range(1000))  # nothing lost on the way
+            # (the ready workers went through POST /api/v1/retire_workers: the token worked)
         assert operator.get("shoalclusters", "real") is None  # closing deleted it
     finally:
         node.stop()
@@ -219,6 +265,7 @@ def test_job_example_runs_to_completion(operator: Harness) -> None:
     operator.kubelet.stop()
     node = ProcessKubelet(operator, f"{name}-cluster")
     scheduler_api.set_url_resolver(lambda cluster, ns: node.http_url)
+    scheduler_api.set_credentials_resolver(None)
     try:
         operator.apply(doc)
         job = wait_for(lambda: (((operator.get("shoaljobs", name) or {}).get("status") or {})

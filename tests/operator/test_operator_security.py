@@ -190,6 +190,41 @@ def test_spec_security_is_validated() -> None:
         jsonschema.validate(cr("ShoalCluster", {"security": {"tls": "off"}}), schema)
 
 
+def test_the_operator_calls_a_tls_scheduler_with_the_registered_token_and_ca() -> None:
+    import asyncio
+    from pathlib import Path
+
+    from shoal import Scheduler, Security
+    from shoal.operator import scheduler_api
+
+    security = Security.temporary()
+    ca_pem = Path(security.tls_ca_file or "").read_bytes()
+
+    async def scenario() -> None:
+        scheduler = await Scheduler(http_port=0, security=security).start()
+        plain = (scheduler.http_address or "").replace("https://", "http://")
+        scheduler_api.set_url_resolver(lambda cluster, namespace: plain)
+        try:
+            scheduler_api.use_credentials("c", "ns", scheduler_api.Credentials(
+                security.http_token, ca_pem=ca_pem))
+            assert await scheduler_api.retire_workers("c", "ns", n=0) == []
+            scheduler_api.use_credentials("c", "ns", scheduler_api.Credentials(
+                "wrong", ca_pem=ca_pem))
+            with pytest.raises(scheduler_api.SchedulerUnavailable, match="403"):
+                await scheduler_api.retire_workers("c", "ns", n=0)
+            other = Path(Security.temporary().tls_ca_file or "").read_bytes()
+            scheduler_api.use_credentials("c", "ns", scheduler_api.Credentials(
+                security.http_token, ca_pem=other))
+            with pytest.raises(scheduler_api.SchedulerUnavailable, match="certificate"):
+                await scheduler_api.workers("c", "ns")
+        finally:
+            scheduler_api.use_credentials("c", "ns", None)
+            scheduler_api.set_url_resolver(None)
+            await scheduler.close()
+
+    asyncio.run(scenario())
+
+
 # ------------------------------------------------------------- operator
 
 

@@ -30,8 +30,9 @@ from .._exceptions import (
     RemoteError,
     SchedulerLostError,
     SchedulerRefusedError,
+    TLSError,
 )
-from ..comm import BatchedSend, CommClosedError, ConnectionPool, connect, spawn
+from ..comm import BatchedSend, CommClosedError, ConnectionPool, Security, connect, spawn
 from ..comm._core import Comm
 from ..protocol import SerializationError, Serialized, deserialize, serialize
 from ..protocol._task import KEEP, KeyRef, replace
@@ -69,6 +70,12 @@ class Client(ClusterCalls, DatasetCalls):
     ``Client()`` starts a LocalCluster sized to this machine and closes it on
     close; ``Client("tcp://host:8786")`` connects to a running scheduler;
     ``Client(cluster)`` connects to anything with a ``scheduler_address``.
+
+    ``security`` gives TLS credentials (a :class:`shoal.Security`); without it
+    the client uses the cluster's (a LocalCluster's own), or for a
+    ``tls://`` address those of the environment (``SHOAL_TLS_*``, see
+    :meth:`Security.from_env`).  ``Client(security=True)`` starts a
+    LocalCluster with temporary certificates.
     """
 
     def __init__(
@@ -80,6 +87,7 @@ class Client(ClusterCalls, DatasetCalls):
         direct_to_workers: bool = True,
         reconnect_timeout: float = DEFAULT_RECONNECT_TIMEOUT,
         set_as_default: bool = True,
+        security: Security | bool | None = None,
         **cluster_kwargs: Any,
     ) -> None:
         self.id = f"{name or 'Client'}-{uuid.uuid4().hex}"
@@ -92,6 +100,8 @@ class Client(ClusterCalls, DatasetCalls):
         self._own_cluster = False
         self._address_arg = address
         self._cluster_kwargs = cluster_kwargs
+        self._security_arg = security
+        self.security = security if isinstance(security, Security) else Security()
         self.scheduler_address = ""
         self.status = "newly-created"
         self._states: dict[str, FutureState] = {}
@@ -141,12 +151,17 @@ class Client(ClusterCalls, DatasetCalls):
         if address is None:
             from ..cluster import LocalCluster
 
-            self.cluster = await LocalCluster(asynchronous=True, **self._cluster_kwargs)
+            kwargs = dict(self._cluster_kwargs)
+            if self._security_arg is not None:
+                kwargs["security"] = self._security_arg
+            self.cluster = await LocalCluster(asynchronous=True, **kwargs)
             self._own_cluster = True
             address = self.cluster.scheduler_address
         elif not isinstance(address, str):
             self.cluster = address
             address = address.scheduler_address
+        self.security = self._choose_security(address)
+        self.pool.connection_args = self.security.connection_args("client")
         self.scheduler_address = address
         await self._first_register(self.timeout)
         # once per client, not per connection (_register runs again on reconnecting)
@@ -155,6 +170,17 @@ class Client(ClusterCalls, DatasetCalls):
         if self._set_as_default and not self.asynchronous:
             _dask.set_default(self)
         register_joblib_backend()
+
+    def _choose_security(self, address: str) -> Security:
+        """The one given, else the cluster's, else for tls:// the environment's."""
+        if isinstance(self._security_arg, Security):
+            return self._security_arg
+        own = getattr(self.cluster, "security", None)
+        if isinstance(own, Security):
+            return own
+        if address.startswith("tls://"):
+            return Security.from_env()
+        return Security()
 
     async def _first_register(self, timeout: float) -> None:
         """Register, waiting up to ``timeout`` for a scheduler that is not up yet.
@@ -170,6 +196,8 @@ class Client(ClusterCalls, DatasetCalls):
             try:
                 await self._register(max(deadline - time.monotonic(), RECONNECT_FIRST_DELAY))
                 return
+            except TLSError:
+                raise  # refused credentials do not get better by waiting
             except (CommClosedError, OSError) as exc:
                 if time.monotonic() + delay >= deadline:
                     raise CommClosedError(
@@ -181,7 +209,8 @@ class Client(ClusterCalls, DatasetCalls):
 
     async def _register(self, timeout: float) -> None:
         address = self.scheduler_address
-        comm = await connect(address, timeout=timeout)
+        comm = await connect(address, timeout=timeout,
+                             connection_args=self.pool.connection_args)
         await comm.write({"op": "register-client", "client": self.id})
         answer = await comm.read()
         if not isinstance(answer, dict) or answer.get("status") != "ok":

@@ -33,7 +33,7 @@ def get_client(timeout: float | None = None) -> Client:
         client = _clients.get(worker)
         if client is None or client.status != "running":
             client = Client(worker.scheduler_address, name=f"worker-{worker.name}",
-                            set_as_default=False,
+                            set_as_default=False, security=worker.security.as_client("worker"),
                             timeout=DEFAULT_TIMEOUT if timeout is None else timeout)
             _clients[worker] = client
             worker.on_close.append(client.close)

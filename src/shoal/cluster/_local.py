@@ -21,7 +21,7 @@ from typing import Any, Self
 
 from .._exceptions import ShoalTimeoutError
 from ..client._loop import LoopRunner
-from ..comm import ConnectionPool
+from ..comm import ConnectionPool, Security
 from ..worker._monitor import DEFAULT_STUCK_TIMEOUT
 from ._adapt import Adaptive
 from ._process import ChildProcess
@@ -64,7 +64,11 @@ class LocalCluster:
         asynchronous: bool = False,
         startup_timeout: float = STARTUP_TIMEOUT,
         memory_stuck_timeout: float = DEFAULT_STUCK_TIMEOUT,
+        security: Security | bool | None = None,
     ) -> None:
+        #: ``True``: a fresh CA, certificates and HTTP token (Security.temporary()).
+        self.security = (Security.temporary() if security is True
+                         else security if isinstance(security, Security) else Security())
         self.n_workers, self.threads_per_worker = _default_sizes(n_workers, threads_per_worker)
         self.processes = processes
         if memory_limit in ("auto", None):
@@ -112,7 +116,7 @@ class LocalCluster:
 
     async def _start(self) -> None:
         self.status = "starting"
-        self.pool = ConnectionPool()
+        self.pool = ConnectionPool(connection_args=self.security.connection_args("client"))
         if self.processes:
             self._start_scheduler_process()
         else:
@@ -124,7 +128,8 @@ class LocalCluster:
         args = ["--log-level", CHILD_LOG_LEVEL, "scheduler", "--host", "127.0.0.1", "--port", "0",
                 "--worker-ttl", str(self.worker_ttl)]
         args += ["--http-port", str(-1 if self.dashboard_port is None else self.dashboard_port)]
-        proc = ChildProcess(args)
+        args += self.security.cli_args("scheduler")
+        proc = ChildProcess(args, env=self.security.child_env())
         info = proc.wait_announced(self.startup_timeout)
         self._scheduler = proc
         self.scheduler_address = info["address"]
@@ -134,7 +139,8 @@ class LocalCluster:
         from ..scheduler import Scheduler
 
         self._scheduler = await Scheduler("127.0.0.1", 0, http_port=self.dashboard_port,
-                                          worker_ttl=self.worker_ttl).start()
+                                          worker_ttl=self.worker_ttl,
+                                          security=self.security).start()
         self.scheduler_address = self._scheduler.address
         self._set_dashboard(self._scheduler.http_address)
 
@@ -144,7 +150,8 @@ class LocalCluster:
     async def _add_workers(self, n: int) -> None:
         names = [f"local-{next(self._names)}" for _ in range(n)]
         if self.processes:
-            procs = {name: ChildProcess(self._worker_args(name)) for name in names}
+            env = self.security.child_env()
+            procs = {name: ChildProcess(self._worker_args(name), env) for name in names}
             for name, proc in procs.items():
                 try:
                     proc.wait_announced(self.startup_timeout)
@@ -162,6 +169,7 @@ class LocalCluster:
                     memory_limit=self.memory_limit, resources=self.resources,
                     local_directory=self.local_directory,
                     memory_stuck_timeout=self.memory_stuck_timeout,
+                    security=self.security,
                 ).start()
 
     def _worker_args(self, name: str) -> list[str]:
@@ -179,7 +187,7 @@ class LocalCluster:
             args.append("--no-nanny")
         if self.dashboard_port is not None:  # each worker serves /health and /metrics
             args += ["--http-port", "0"]
-        return args
+        return args + self.security.cli_args("worker")
 
     # ------------------------------------------------------------ scaling
 

@@ -11,13 +11,26 @@ It also holds :class:`KubeApi`, the small dict-in/dict-out Kubernetes REST
 helper the operator uses too (the layers import downwards: operator ->
 cluster). ``kubernetes`` is imported lazily: ``import shoal`` needs only the
 core dependencies; this module needs ``pip install shoal[kubernetes]``.
+
+A secured cluster (the default) names in its status the Secret with a
+client's credentials (``status.security.clientSecret``: CA, certificate,
+key and HTTP token). KubeCluster reads it once the cluster is up, writes the
+PEMs into a private temporary directory and offers them as ``security``,
+which ``Client(cluster)`` uses: no code of the user's deals with
+certificates. Reading it needs ``get`` on Secrets in the namespace
+(manifests/examples/notebook-rbac.yaml).
 """
 
 from __future__ import annotations
 
+import atexit
+import base64
 import json
+import os
 import secrets
+import shutil
 import string
+import tempfile
 import time
 from collections.abc import Mapping
 from pathlib import Path
@@ -25,6 +38,7 @@ from typing import Any, Self
 from urllib.parse import urlencode
 
 from .._exceptions import KubeApiError, KubeClusterError
+from ..comm import Security
 
 GROUP = "shoal.dev"
 VERSION = "v1alpha1"
@@ -156,7 +170,7 @@ def current_namespace() -> str:
 def cluster_manifest(name: str, namespace: str, *, image: str | None, n_workers: int,
                      resources: Mapping[str, Any] | None, nthreads: int,
                      memory: str | None, env: Mapping[str, str] | None,
-                     idle_timeout: int) -> dict[str, Any]:
+                     idle_timeout: int, tls: bool = True) -> dict[str, Any]:
     group: dict[str, Any] = {"name": "default", "replicas": n_workers, "nthreads": nthreads}
     if memory:
         group["memory"] = memory
@@ -165,12 +179,45 @@ def cluster_manifest(name: str, namespace: str, *, image: str | None, n_workers:
     if env:
         group["env"] = [{"name": k, "value": str(v)} for k, v in env.items()]
     spec: dict[str, Any] = {"workerGroups": [group], "idleTimeout": idle_timeout}
+    if not tls:
+        spec["security"] = {"tls": False}
     if image:
         spec["image"] = image
     return {"apiVersion": API_VERSION, "kind": "ShoalCluster",
             "metadata": {"name": name, "namespace": namespace,
                          "labels": {"app.kubernetes.io/created-by": "shoal-kubecluster"}},
             "spec": spec}
+
+
+def _private_file(directory: str, name: str, data: bytes) -> str:
+    path = os.path.join(directory, name)
+    with open(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600), "wb") as out:
+        out.write(data)
+    return path
+
+
+def security_from_secret(api: KubeApi, namespace: str, secret: str) -> Security:
+    """A client's :class:`Security` from a cluster's client Secret (ca.crt, tls.crt,
+    tls.key, token), its PEMs in a private temporary directory removed at exit."""
+    try:
+        data = api.get(api_path("v1", "secrets", namespace, secret)).get("data") or {}
+    except KubeApiError as exc:
+        hint = (" (the notebook's ServiceAccount needs get on secrets: see "
+                "manifests/examples/notebook-rbac.yaml)" if exc.status == 403 else "")
+        raise KubeClusterError(f"cannot read the cluster's client credentials, Secret "
+                               f"{namespace}/{secret}: {exc}{hint}") from exc
+    missing = sorted({"ca.crt", "tls.crt", "tls.key"} - set(data))
+    if missing:
+        raise KubeClusterError(f"Secret {namespace}/{secret} lacks {', '.join(missing)}")
+    directory = tempfile.mkdtemp(prefix="shoal-kube-")
+    atexit.register(shutil.rmtree, directory, ignore_errors=True)
+    paths = {key: _private_file(directory, key, base64.b64decode(data[key]))
+             for key in ("ca.crt", "tls.crt", "tls.key")}
+    token = base64.b64decode(data["token"]).decode() if data.get("token") else None
+    cert, key = paths["tls.crt"], paths["tls.key"]
+    return Security(tls_ca_file=paths["ca.crt"], tls_client_cert=cert, tls_client_key=key,
+                    tls_worker_cert=cert, tls_worker_key=key, require_encryption=True,
+                    http_token=token)
 
 
 def _random_name() -> str:
@@ -192,21 +239,25 @@ class KubeCluster:
                  env: Mapping[str, str] | None = None, idle_timeout: int = 0,
                  timeout: float = DEFAULT_TIMEOUT, operator_timeout: float = OPERATOR_TIMEOUT,
                  api: KubeApi | None = None, scheduler_address: str | None = None,
-                 create: bool = True) -> None:
+                 create: bool = True, tls: bool = True) -> None:
         """``scheduler_address`` replaces the in-cluster address, e.g. to connect
-        through ``kubectl port-forward svc/NAME-scheduler 8786`` from outside."""
+        through ``kubectl port-forward svc/NAME-scheduler 8786`` from outside
+        (``tls://localhost:8786`` for a secured cluster). ``tls=False`` creates the
+        cluster without TLS (``spec.security.tls: false``; loudly reported)."""
         self.api = api or KubeApi.from_environment()
         self.namespace = namespace or current_namespace()
         self.name = name or _random_name()
         self._address_override = scheduler_address
         self.scheduler_address = ""
         self.dashboard_address = ""
+        #: The client credentials of a secured cluster (``Client(cluster)`` uses them).
+        self.security = Security()
         self.shutdown_on_close = create
         self._closed = False
         if create:
             body = cluster_manifest(self.name, self.namespace, image=image, n_workers=n_workers,
                                     resources=resources, nthreads=nthreads, memory=memory,
-                                    env=env, idle_timeout=idle_timeout)
+                                    env=env, idle_timeout=idle_timeout, tls=tls)
             self._create(body)
         try:
             self.wait(timeout, operator_timeout)
@@ -265,6 +316,10 @@ class KubeCluster:
                 raise KubeClusterError(f"ShoalCluster {self.namespace}/{self.name} failed: "
                                        f"{status.get('message', 'no message')}")
             if status.get("phase") == "Running" and status.get("schedulerAddress"):
+                security = status.get("security") or {}
+                if security.get("tls") and security.get("clientSecret"):
+                    self.security = security_from_secret(self.api, self.namespace,
+                                                         security["clientSecret"])
                 self.scheduler_address = self._address_override or status["schedulerAddress"]
                 self.dashboard_address = status.get("dashboardAddress", "")
                 return

@@ -15,10 +15,13 @@ import os
 import sys
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from .._exceptions import CommClosedError
+from .._exceptions import CommClosedError, EncryptionRequiredError
 from ..protocol import MAX_MESSAGE_BYTES, PROTOCOL_VERSION, VersionMismatchError
+
+if TYPE_CHECKING:
+    from ._security import ConnectionArgs
 
 __all__ = [
     "Comm",
@@ -125,8 +128,10 @@ class Listener(abc.ABC):
 
 
 CommHandler = Callable[[Comm], Awaitable[None]]
-Connector = Callable[[str, float, CommLimits], Awaitable[Comm]]
-ListenerFactory = Callable[[str, CommHandler, CommLimits], Listener]
+Connector = Callable[[str, float, CommLimits, "ConnectionArgs | None"], Awaitable[Comm]]
+ListenerFactory = Callable[[str, CommHandler, CommLimits, "ConnectionArgs | None"], Listener]
+#: Schemes whose bytes never leave the process or are encrypted.
+ENCRYPTED_SCHEMES = ("tls", "inproc")
 _transports: dict[str, tuple[Connector, ListenerFactory]] = {}
 
 
@@ -142,8 +147,14 @@ def parse_address(address: str) -> tuple[str, str]:
     return scheme, rest
 
 
-def _transport(address: str) -> tuple[Connector, ListenerFactory]:
+def _transport(address: str,
+               connection_args: ConnectionArgs | None) -> tuple[Connector, ListenerFactory]:
     scheme, _ = parse_address(address)
+    if (connection_args is not None and connection_args.require_encryption
+            and scheme not in ENCRYPTED_SCHEMES):
+        raise EncryptionRequiredError(
+            f"encryption is required (require_encryption=True), so {address!r} is refused: "
+            "use its tls:// address")
     try:
         return _transports[scheme]
     except KeyError:
@@ -168,6 +179,13 @@ async def exchange_handshake(comm: Comm, timeout: float) -> dict[str, Any]:
     except TimeoutError:
         comm.abort()
         raise CommClosedError(f"no handshake from {comm.peer_address} in {timeout}s") from None
+    except CommClosedError as exc:
+        if type(exc) is CommClosedError and comm.peer_address.startswith("tcp://"):
+            raise CommClosedError(
+                f"{comm.peer_address} closed the connection before its handshake (a tls:// "
+                "server refuses plain connections: use its tls:// address and credentials)"
+            ) from None
+        raise
     if not isinstance(theirs, dict) or theirs.get("op") != "handshake":
         comm.abort()
         raise VersionMismatchError(
@@ -183,19 +201,26 @@ async def exchange_handshake(comm: Comm, timeout: float) -> dict[str, Any]:
 
 
 async def connect(address: str, timeout: float = DEFAULT_CONNECT_TIMEOUT,
-                  limits: CommLimits | None = None) -> Comm:
-    """Open a connection to ``address`` and complete the handshake."""
-    connector, _ = _transport(address)
+                  limits: CommLimits | None = None,
+                  connection_args: ConnectionArgs | None = None) -> Comm:
+    """Open a connection to ``address`` and complete the handshake.
+
+    ``connection_args`` (from :meth:`Security.connection_args`) carries the
+    TLS context a ``tls://`` address needs and the ``require_encryption`` rule.
+    """
+    connector, _ = _transport(address, connection_args)
     try:
         async with asyncio.timeout(timeout):
-            comm = await connector(address, timeout, limits or CommLimits.from_env())
+            comm = await connector(address, timeout, limits or CommLimits.from_env(),
+                                   connection_args)
     except TimeoutError:
         raise CommClosedError(f"timed out after {timeout}s connecting to {address}") from None
     await exchange_handshake(comm, timeout)
     return comm
 
 
-def listen(address: str, handler: CommHandler, limits: CommLimits | None = None) -> Listener:
+def listen(address: str, handler: CommHandler, limits: CommLimits | None = None,
+           connection_args: ConnectionArgs | None = None) -> Listener:
     """A listener on ``address`` (port 0 picks a free one); call ``start()``."""
-    _, factory = _transport(address)
-    return factory(address, handler, limits or CommLimits.from_env())
+    _, factory = _transport(address, connection_args)
+    return factory(address, handler, limits or CommLimits.from_env(), connection_args)

@@ -65,7 +65,7 @@ class InProcComm(Comm):
 
 class InProcListener(Listener):
     def __init__(self, address: str, handler: CommHandler,
-                 limits: CommLimits | None = None) -> None:
+                 limits: CommLimits | None = None, connection_args: Any = None) -> None:
         _, name = parse_address(address)
         self.limits = limits or CommLimits()
         self.address = f"inproc://{name or 'server'}/{next(_ids)}"
@@ -89,7 +89,8 @@ class InProcListener(Listener):
             comm.abort()
 
 
-async def inproc_connect(address: str, timeout: float, limits: CommLimits | None = None) -> Comm:
+async def inproc_connect(address: str, timeout: float, limits: CommLimits | None = None,
+                         connection_args: Any = None) -> Comm:
     listener = _listeners.get(address)
     if listener is None:
         raise CommClosedError(f"nothing listens on {address}")

@@ -24,6 +24,7 @@ from ..protocol import FramingError, MessageError, SerializationError, ToPickle
 from ..protocol._ops import check_message
 from ..protocol._schema import InvalidMessage, Record
 from ._core import Comm, CommClosedError, CommLimits, Listener, connect, listen
+from ._security import ConnectionArgs
 
 logger = logging.getLogger(__name__)
 
@@ -71,8 +72,10 @@ class RPCServer:
     def __init__(
         self, handlers: dict[str, Handler], stream_handlers: dict[str, StreamHandler],
         schemas: Mapping[str, Record] | None = None, limits: CommLimits | None = None,
+        connection_args: ConnectionArgs | None = None,
     ) -> None:
         self.handlers = handlers
+        self.connection_args = connection_args
         self.stream_handlers = stream_handlers
         self.schemas = schemas
         self.limits = limits
@@ -81,7 +84,7 @@ class RPCServer:
         self.bad_messages = 0
 
     async def listen(self, address: str) -> str:
-        listener = listen(address, self.handle_comm, self.limits)
+        listener = listen(address, self.handle_comm, self.limits, self.connection_args)
         await listener.start()
         self.listeners.append(listener)
         return listener.address
@@ -193,8 +196,11 @@ def raise_for_error(answer: Any) -> Any:
 class ConnectionPool:
     """Reuses idle comms per address for request/response calls."""
 
-    def __init__(self, limit_per_address: int = 8, timeout: float = 10.0) -> None:
+    def __init__(self, limit_per_address: int = 8, timeout: float = 10.0,
+                 connection_args: ConnectionArgs | None = None) -> None:
         self.timeout = timeout
+        #: The TLS contexts (and encryption rule) new connections are made with.
+        self.connection_args = connection_args
         self.limit = limit_per_address
         self._idle: dict[str, list[Comm]] = defaultdict(list)
         self._closed = False
@@ -205,7 +211,7 @@ class ConnectionPool:
             comm = idle.pop()
             if not comm.closed():
                 return comm
-        return await connect(address, self.timeout)
+        return await connect(address, self.timeout, connection_args=self.connection_args)
 
     def release(self, address: str, comm: Comm) -> None:
         if self._closed or comm.closed() or len(self._idle[address]) >= self.limit:

@@ -45,6 +45,7 @@ from ._core import (
     parse_address,
     register_transport,
 )
+from ._security import ConnectionArgs
 from ._supervise import spawn
 
 logger = logging.getLogger(__name__)
@@ -71,13 +72,13 @@ def split_host_port(address: str) -> tuple[str, int]:
     return host.strip("[]") or "0.0.0.0", int(port)
 
 
-def _address_of(sockname: Any) -> str:
+def _address_of(sockname: Any, scheme: str = "tcp") -> str:
     if not sockname:  # the socket was reset as it opened: asyncio has no address for it
         raise CommClosedError("the connection closed as it opened")
     host, port = sockname[0], sockname[1]
     if ":" in host:
         host = f"[{host}]"
-    return f"tcp://{host}:{port}"
+    return f"{scheme}://{host}:{port}"
 
 
 def _grow(buf: bytearray, size: int) -> bytearray:
@@ -289,17 +290,23 @@ class _Protocol(asyncio.BufferedProtocol):
 
 
 class TCPComm(Comm):
+    #: The scheme of the addresses this comm reports.
+    scheme = "tcp"
+
     def __init__(self, protocol: _Protocol) -> None:
         self.protocol = protocol
         transport = protocol.transport
         assert transport is not None
         self.transport = transport
-        # Writes wait until asyncio's buffer is empty (see _send_direct).
-        transport.set_write_buffer_limits(high=0)
-        self.local_address = _address_of(transport.get_extra_info("sockname"))
-        self.peer_address = _address_of(transport.get_extra_info("peername"))
+        self._limit_write_buffer()
+        self.local_address = _address_of(transport.get_extra_info("sockname"), self.scheme)
+        self.peer_address = _address_of(transport.get_extra_info("peername"), self.scheme)
         self._write_lock = asyncio.Lock()
         self._direct: socket.socket | None = None
+
+    def _limit_write_buffer(self) -> None:
+        """Writes wait until asyncio's buffer is empty (see _send_direct)."""
+        self.transport.set_write_buffer_limits(high=0)
 
     async def read(self) -> Any:
         return await self.protocol.next_message(self.peer_address)
@@ -369,7 +376,8 @@ def _coalesce(prelude: bytes, frames: list) -> list:
 
 
 async def tcp_connect(address: str, timeout: float = DEFAULT_CONNECT_TIMEOUT,
-                      limits: CommLimits | None = None) -> Comm:
+                      limits: CommLimits | None = None,
+                      connection_args: ConnectionArgs | None = None) -> Comm:
     host, port = split_host_port(address)
     loop = asyncio.get_running_loop()
     chosen = limits or CommLimits.from_env()
@@ -384,9 +392,13 @@ async def tcp_connect(address: str, timeout: float = DEFAULT_CONNECT_TIMEOUT,
 
 
 class TCPListener(Listener):
+    comm_class: type[TCPComm] = TCPComm
+
     def __init__(self, address: str, handler: CommHandler,
-                 limits: CommLimits | None = None) -> None:
+                 limits: CommLimits | None = None,
+                 connection_args: ConnectionArgs | None = None) -> None:
         self.host, self.port = split_host_port(address)
+        self.connection_args = connection_args
         self.handler = handler
         self.limits = limits or CommLimits.from_env()
         self.address = address
@@ -398,7 +410,7 @@ class TCPListener(Listener):
         self.server = await loop.create_server(self._protocol, self.host, self.port,
                                                reuse_address=True)
         self.port = self.server.sockets[0].getsockname()[1]
-        self.address = f"tcp://{self.host}:{self.port}"
+        self.address = f"{self.comm_class.scheme}://{self.host}:{self.port}"
 
     def _protocol(self) -> _Protocol:
         protocol = _Protocol(self.limits)
@@ -407,14 +419,14 @@ class TCPListener(Listener):
 
     def _accepted(self, protocol: _Protocol) -> None:
         try:
-            comm = TCPComm(protocol)
+            comm = self.comm_class(protocol)
         except CommClosedError:
             if protocol.transport is not None:
                 protocol.transport.abort()
             return  # gone before it could be served
         spawn(self._serve(comm), f"serve {comm.peer_address}", self._tasks)
 
-    async def _serve(self, comm: TCPComm) -> None:
+    async def _serve(self, comm: Comm) -> None:
         try:
             await exchange_handshake(comm, self.limits.handshake_timeout)
         except (ConnectionError, FramingError, MessageError) as exc:

@@ -203,8 +203,8 @@ async def tick(body: Mapping[str, Any]) -> None:
     try:
         creds = await credentials.ensure(spec, body)
         spec = dataclasses.replace(spec, credentials=creds.fingerprint)
-        scheduler_api.use_credentials(spec.name, spec.namespace, creds.token,
-                                      creds.ca_pem if spec.security.tls else None)
+        scheduler_api.use_credentials(spec.name, spec.namespace, scheduler_api.Credentials(
+            creds.token, ca_pem=creds.ca_pem if spec.security.tls else None))
         await reconcile.ensure_scheduler(spec, body)
         ready = await reconcile.scheduler_ready(spec)
         desired = initial_desired(spec, old)
@@ -299,7 +299,7 @@ async def cluster_observed(event: kopf.RawEvent, name: str, namespace: str | Non
     key = (namespace or "", name)
     if event.get("type") == "DELETED":
         gone = loops.pop(key, None)
-        scheduler_api.use_credentials(name, namespace or "", None, None)
+        scheduler_api.use_credentials(name, namespace or "", None)
         if gone is not None:
             autoscaler.forget(gone.body.get("metadata", {}).get("uid", ""))
             await gone.stop()

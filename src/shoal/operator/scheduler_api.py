@@ -8,11 +8,14 @@ subclass of ``kopf.TemporaryError`` (kopf retries the handler later).
 Inside Kubernetes the scheduler is reached through its Service DNS name; tests
 and out-of-cluster runs replace that mapping with :func:`set_url_resolver`.
 
-A secured cluster (the default) serves HTTPS with a certificate of its own CA
-and wants ``Authorization: Bearer TOKEN`` on mutations: the reconcile round
-hands both over with :func:`use_credentials` before it calls anything here,
-and every request then verifies the server against that CA and carries the
-token (on reads too; the scheduler may be configured to protect them).
+A cluster with TLS serves HTTPS and wants a bearer token for mutations
+(docs/security.md): each call takes ``token`` and ``ca_file``, and when they
+are not given, :func:`set_credentials_resolver`'s function is asked for the
+cluster's. By default that is what the reconcile round registered with
+:func:`use_credentials` (the token and CA from the cluster's own Secrets),
+else ``SHOAL_HTTP_TOKEN_FILE``/``SHOAL_HTTP_TOKEN`` and ``SHOAL_TLS_CA_FILE``
+of the operator's own environment. With a CA the URL becomes ``https://`` and
+the server's certificate is checked against it.
 """
 
 from __future__ import annotations
@@ -25,6 +28,7 @@ from typing import Any
 import aiohttp
 import kopf
 
+from shoal.comm._security import Security, http_client_context
 from shoal.operator.builders import HTTP_PORT, scheduler_host
 
 DEFAULT_TIMEOUT = 10.0
@@ -33,60 +37,75 @@ RETRY_DELAY = 10.0
 UrlResolver = Callable[[str, str], str]
 
 
+@dataclass(frozen=True)
+class Credentials:
+    """How to call one cluster's scheduler: its bearer token and its CA (a PEM file,
+    or the PEM itself as the operator reads it from the cluster's Secret)."""
+
+    token: str | None = None
+    ca_file: str | None = None
+    ca_pem: bytes | None = None
+
+
+CredentialsResolver = Callable[[str, str], Credentials]
+
+
+def _env_credentials(cluster: str, namespace: str) -> Credentials:
+    security = Security.from_env()
+    token = security.token()
+    current = token.current() if token is not None else None
+    return Credentials(current.decode() if current else None, security.tls_ca_file)
+
+
+_registered: dict[tuple[str, str], Credentials] = {}
+_contexts: dict[bytes, ssl.SSLContext] = {}
+
+
+def use_credentials(cluster: str, namespace: str, credentials: Credentials | None) -> None:
+    """Call this cluster's scheduler with ``credentials`` from now on; None forgets it."""
+    if credentials is None:
+        _registered.pop((namespace, cluster), None)
+    else:
+        _registered[(namespace, cluster)] = credentials
+
+
+def registered_credentials(cluster: str, namespace: str) -> Credentials:
+    """What :func:`use_credentials` registered, else the operator's environment."""
+    return _registered.get((namespace, cluster)) or _env_credentials(cluster, namespace)
+
+
+_credentials: CredentialsResolver = registered_credentials
+
+
+def set_credentials_resolver(resolver: CredentialsResolver | None) -> None:
+    """Map (cluster, namespace) to its :class:`Credentials`; None restores the default."""
+    global _credentials
+    _credentials = resolver or registered_credentials
+
+
+def _pem_context(ca_pem: bytes) -> ssl.SSLContext:
+    """A context trusting the CA ``ca_pem`` (names not checked), made once per CA."""
+    if ca_pem not in _contexts:
+        if len(_contexts) > 256:  # rotated CAs: keep the cache bounded
+            _contexts.clear()
+        context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+        context.minimum_version = ssl.TLSVersion.TLSv1_2
+        context.check_hostname = False  # as http_client_context: the CA is the identity
+        context.verify_mode = ssl.CERT_REQUIRED
+        try:
+            context.load_verify_locations(cadata=ca_pem.decode("ascii"))
+        except (ssl.SSLError, UnicodeDecodeError) as exc:
+            raise ValueError(f"the cluster's CA is not a usable PEM certificate: {exc}") from exc
+        _contexts[ca_pem] = context
+    return _contexts[ca_pem]
+
+
 class SchedulerUnavailable(kopf.TemporaryError):
     """The scheduler could not be reached or answered with an error."""
 
 
-@dataclass(frozen=True)
-class Access:
-    """How to call one cluster's scheduler: its token and, with TLS, its CA."""
-
-    token: str | None = None
-    ca_pem: bytes | None = None
-
-    def ssl_context(self) -> ssl.SSLContext | None:
-        if self.ca_pem is None:
-            return None
-        context = ssl.create_default_context(cadata=self.ca_pem.decode("ascii"))
-        # The certificate names the Service; the CA, not the name, is the
-        # identity (test and port-forward URLs say 127.0.0.1 or localhost).
-        context.check_hostname = False
-        return context
-
-
-_access: dict[tuple[str, str], Access] = {}
-_contexts: dict[bytes, ssl.SSLContext] = {}
-
-
-def use_credentials(cluster: str, namespace: str, token: str | None,
-                    ca_pem: bytes | None) -> None:
-    """Call this cluster's scheduler with ``token`` and, when given, over TLS verified
-    against ``ca_pem``; both None forgets the cluster."""
-    if token is None and ca_pem is None:
-        _access.pop((namespace, cluster), None)
-    else:
-        _access[(namespace, cluster)] = Access(token, ca_pem)
-
-
 def _in_cluster_url(cluster: str, namespace: str) -> str:
-    scheme = "https" if access(cluster, namespace).ca_pem is not None else "http"
-    return f"{scheme}://{scheduler_host(cluster, namespace)}:{HTTP_PORT}"
-
-
-def access(cluster: str, namespace: str) -> Access:
-    return _access.get((namespace, cluster)) or Access()
-
-
-def _ssl(found: Access) -> ssl.SSLContext | None:
-    if found.ca_pem is None:
-        return None
-    if found.ca_pem not in _contexts:
-        if len(_contexts) > 256:  # rotated CAs: keep the cache bounded
-            _contexts.clear()
-        context = found.ssl_context()
-        assert context is not None
-        _contexts[found.ca_pem] = context
-    return _contexts[found.ca_pem]
+    return f"http://{scheduler_host(cluster, namespace)}:{HTTP_PORT}"
 
 
 _resolver: UrlResolver = _in_cluster_url
@@ -102,17 +121,39 @@ def base_url(cluster: str, namespace: str) -> str:
     return _resolver(cluster, namespace).rstrip("/")
 
 
+def _request_options(cluster: str, namespace: str, token: str | None,
+                     ca_file: str | None) -> tuple[str, dict[str, Any]]:
+    """The base URL and aiohttp's keywords (headers, ssl) for one call."""
+    ca_pem = None
+    if token is None and ca_file is None:
+        found = _credentials(cluster, namespace)
+        token, ca_file, ca_pem = found.token, found.ca_file, found.ca_pem
+    base = base_url(cluster, namespace)
+    options: dict[str, Any] = {}
+    if token:
+        options["headers"] = {"Authorization": f"Bearer {token}"}
+    if ca_file or ca_pem:
+        context: ssl.SSLContext = (_pem_context(ca_pem) if ca_pem
+                                   else http_client_context(ca_file))
+        options["ssl"] = context
+        if base.startswith("http://"):
+            base = "https://" + base[len("http://"):]
+    return base, options
+
+
 async def _call(cluster: str, namespace: str, method: str, path: str,
-                body: dict[str, Any] | None = None) -> Any:
-    url = base_url(cluster, namespace) + path
+                body: dict[str, Any] | None = None, *, token: str | None = None,
+                ca_file: str | None = None) -> Any:
+    try:
+        base, options = _request_options(cluster, namespace, token, ca_file)
+    except ValueError as exc:  # an unreadable CA or token file
+        raise SchedulerUnavailable(f"scheduler of {namespace}/{cluster}: {exc}",
+                                   delay=RETRY_DELAY) from exc
+    url = base + path
     timeout = aiohttp.ClientTimeout(total=DEFAULT_TIMEOUT)
-    found = access(cluster, namespace)
-    headers = {"Authorization": f"Bearer {found.token}"} if found.token else {}
-    context = _ssl(found) if url.startswith("https:") else None
     try:
         async with (aiohttp.ClientSession(timeout=timeout) as session,
-                    session.request(method, url, json=body, headers=headers,
-                                    ssl=context if context is not None else True) as response):
+                    session.request(method, url, json=body, **options) as response):
             if response.status >= 400:
                 text = await response.text()
                 raise SchedulerUnavailable(
@@ -125,26 +166,34 @@ async def _call(cluster: str, namespace: str, method: str, path: str,
             delay=RETRY_DELAY) from exc
 
 
-async def workers(cluster: str, namespace: str) -> list[dict[str, Any]]:
-    answer = await _call(cluster, namespace, "GET", "/api/v1/workers")
+async def workers(cluster: str, namespace: str, *, token: str | None = None,
+                  ca_file: str | None = None) -> list[dict[str, Any]]:
+    answer = await _call(cluster, namespace, "GET", "/api/v1/workers", token=token,
+                         ca_file=ca_file)
     return list(answer.get("workers", []))
 
 
-async def adaptive_target(cluster: str, namespace: str) -> int:
-    answer = await _call(cluster, namespace, "GET", "/api/v1/adaptive_target")
+async def adaptive_target(cluster: str, namespace: str, *, token: str | None = None,
+                          ca_file: str | None = None) -> int:
+    answer = await _call(cluster, namespace, "GET", "/api/v1/adaptive_target", token=token,
+                         ca_file=ca_file)
     return int(answer["workers"])
 
 
-async def idle(cluster: str, namespace: str) -> tuple[bool, float | None]:
+async def idle(cluster: str, namespace: str, *, token: str | None = None,
+               ca_file: str | None = None) -> tuple[bool, float | None]:
     """(idle, idle_since as unix seconds or None)."""
-    answer = await _call(cluster, namespace, "GET", "/api/v1/idle")
+    answer = await _call(cluster, namespace, "GET", "/api/v1/idle", token=token,
+                         ca_file=ca_file)
     since = answer.get("idle_since")
     return bool(answer["idle"]), None if since is None else float(since)
 
 
 async def retire_workers(cluster: str, namespace: str, *, n: int | None = None,
-                         names: list[str] | None = None) -> list[str]:
+                         names: list[str] | None = None, token: str | None = None,
+                         ca_file: str | None = None) -> list[str]:
     """Ask the scheduler to retire workers; answers the names it actually retired."""
     body: dict[str, Any] = {"n": n} if names is None else {"workers": names}
-    answer = await _call(cluster, namespace, "POST", "/api/v1/retire_workers", body)
+    answer = await _call(cluster, namespace, "POST", "/api/v1/retire_workers", body,
+                         token=token, ca_file=ca_file)
     return [w["name"] for w in answer.get("retired", []) if w.get("name")]

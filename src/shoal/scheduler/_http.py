@@ -20,7 +20,15 @@ from tornado.httpserver import HTTPServer
 from tornado.netutil import bind_sockets
 from tornado.web import Application, HTTPError, RequestHandler, StaticFileHandler
 
-from ..comm._http import LimitedBodyHandler, http_server, max_body_bytes
+from ..comm._http import (
+    HttpAuth,
+    LimitedBodyHandler,
+    authorize,
+    challenge,
+    http_server,
+    max_body_bytes,
+)
+from ..comm._security import Security
 from . import _dashboard
 from ._adaptive import adaptive_target
 from ._metrics import SchedulerMonitor
@@ -51,12 +59,15 @@ class _Base(LimitedBodyHandler):
         self.finish(json.dumps(payload))
 
     def write_error(self, status_code: int, **kwargs: Any) -> None:
+        challenge(self, status_code)
         exc = kwargs.get("exc_info", (None, None))[1]
         message = getattr(exc, "log_message", None) or self._reason
         self.write_json({"error": message}, status_code)
 
 
 class Health(_Base):
+    access = "health"
+
     def get(self) -> None:
         if self.scheduler.status != "running":
             raise HTTPError(503, f"scheduler is {self.scheduler.status}")
@@ -111,6 +122,8 @@ class Story(_Base):
 
 
 class Metrics(_Base):
+    access = "metrics"
+
     def get(self) -> None:
         self.set_header("Content-Type", CONTENT_TYPE_LATEST)
         self.finish(self.monitor.exposition())
@@ -144,7 +157,11 @@ class Redirect(_Base):
 class Static(StaticFileHandler):
     """The dashboard's script and style sheet; errors as JSON like everywhere else."""
 
+    def prepare(self) -> None:
+        authorize(self, "read")
+
     def write_error(self, status_code: int, **kwargs: Any) -> None:
+        challenge(self, status_code)
         self.set_header("Content-Type", "application/json")
         self.finish(json.dumps({"error": f"no such file: {self.request.path}"
                                 if status_code == 404 else self._reason}))
@@ -174,7 +191,10 @@ def routes(scheduler: Scheduler,
 
 
 async def start_http(scheduler: Scheduler, host: str, port: int,
-                     body_limit: int | None = None) -> tuple[HTTPServer, str]:
+                     body_limit: int | None = None,
+                     security: Security | None = None) -> tuple[HTTPServer, str]:
+    """Serve on ``host:port``: HTTPS with the scheduler's certificate when TLS is on."""
+    security = security or Security()
     monitor = SchedulerMonitor(scheduler)
     monitor.start()
     app = Application(
@@ -183,10 +203,12 @@ async def start_http(scheduler: Scheduler, host: str, port: int,
         default_handler_args={"scheduler": scheduler, "monitor": monitor},
         log_function=log_request,
         max_body_bytes=max_body_bytes(body_limit),
+        auth=HttpAuth(security),
     )
-    server = http_server(app)
+    context = security.http_server_context("scheduler")
+    server = http_server(app, context)
     sockets = bind_sockets(port, address=host)
     server.add_sockets(sockets)
     bound = sockets[0].getsockname()[1]
     shown = "127.0.0.1" if host in ("0.0.0.0", "") else host
-    return server, f"http://{shown}:{bound}"
+    return server, f"{'https' if context else 'http'}://{shown}:{bound}"

@@ -33,6 +33,7 @@ from ..comm import (
     ConnectionPool,
     RemoteError,
     RPCServer,
+    Security,
     Strikes,
     spawn,
 )
@@ -98,8 +99,12 @@ class Scheduler:
         http_max_body_bytes: int | None = None,
         story_size: int = DEFAULT_STORY_SIZE,
         rejoin_grace: float = DEFAULT_REJOIN_GRACE,
+        security: Security | None = None,
     ) -> None:
-        self.listen_address = listen_address or f"tcp://{host}:{port}"
+        #: TLS credentials and HTTP token; without them plain tcp:// and open HTTP.
+        self.security = security or Security()
+        scheme = "tls" if self.security.tls else "tcp"
+        self.listen_address = listen_address or f"{scheme}://{host}:{port}"
         self.http_max_body_bytes = http_max_body_bytes
         self.host = host
         self.http_port = http_port
@@ -139,8 +144,9 @@ class Scheduler:
             {"register-worker": self.add_worker, "register-client": self.add_client},
             schemas={**SCHEDULER_RPC, **SCHEDULER_OPEN},
             limits=limits,
+            connection_args=self.security.connection_args("scheduler"),
         )
-        self.pool = ConnectionPool()
+        self.pool = ConnectionPool(connection_args=self.security.connection_args("scheduler"))
         self.worker_streams: dict[str, BatchedSend] = {}
         self.client_streams: dict[str, BatchedSend] = {}
         self.worker_info: dict[str, dict[str, Any]] = {}
@@ -161,7 +167,8 @@ class Scheduler:
             from ._http import start_http
 
             self._http, self.http_address = await start_http(self, self.host, self.http_port,
-                                                             self.http_max_body_bytes)
+                                                             self.http_max_body_bytes,
+                                                             self.security)
         self.status = "running"
         self._spawn(self._check_heartbeats())
         logger.info("scheduler at %s", self.address)

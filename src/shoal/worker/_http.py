@@ -20,7 +20,8 @@ from tornado.netutil import bind_sockets
 from tornado.web import Application, HTTPError, RequestHandler
 
 from ..comm import split_host_port
-from ..comm._http import LimitedBodyHandler, http_server, max_body_bytes
+from ..comm._http import HttpAuth, LimitedBodyHandler, challenge, http_server, max_body_bytes
+from ..comm._security import Security
 from ._metrics import WorkerMetrics
 
 if TYPE_CHECKING:
@@ -43,6 +44,7 @@ class _Base(LimitedBodyHandler):
         self.metrics = metrics
 
     def write_error(self, status_code: int, **kwargs: Any) -> None:
+        challenge(self, status_code)
         exc = kwargs.get("exc_info", (None, None))[1]
         message = getattr(exc, "log_message", None) or self._reason
         self.set_header("Content-Type", "application/json")
@@ -50,6 +52,8 @@ class _Base(LimitedBodyHandler):
 
 
 class Health(_Base):
+    access = "health"
+
     def get(self) -> None:
         if self.worker.status not in ("init", "running"):
             raise HTTPError(503, f"worker is {self.worker.status}")
@@ -58,6 +62,8 @@ class Health(_Base):
 
 
 class Metrics(_Base):
+    access = "metrics"
+
     def get(self) -> None:
         self.set_header("Content-Type", CONTENT_TYPE_LATEST)
         self.finish(self.metrics.exposition())
@@ -77,18 +83,21 @@ def _shown_host(host: str) -> str:
         return "127.0.0.1"
 
 
-async def start_http(worker: Worker, port: int,
-                     body_limit: int | None = None) -> tuple[HTTPServer, str]:
-    """Serve the worker's HTTP endpoints on the interface its comm listens on."""
+async def start_http(worker: Worker, port: int, body_limit: int | None = None,
+                     security: Security | None = None) -> tuple[HTTPServer, str]:
+    """Serve the worker's HTTP endpoints on the interface its comm listens on
+    (HTTPS with the worker's certificate when TLS is on)."""
+    security = security or Security()
     args = {"worker": worker, "metrics": WorkerMetrics(worker)}
     app = Application(
         [(r"/health", Health, args), (r"/metrics", Metrics, args)],
         default_handler_class=NotFound, default_handler_args=args, log_function=log_request,
-        max_body_bytes=max_body_bytes(body_limit),
+        max_body_bytes=max_body_bytes(body_limit), auth=HttpAuth(security),
     )
     host, _ = split_host_port(worker.address or worker.listen_address)
-    server = http_server(app)
+    context = security.http_server_context("worker")
+    server = http_server(app, context)
     sockets = bind_sockets(port, address=None if host in ALL_INTERFACES else host)
     server.add_sockets(sockets)
     bound = sockets[0].getsockname()[1]
-    return server, f"http://{_shown_host(host)}:{bound}"
+    return server, f"{'https' if context else 'http'}://{_shown_host(host)}:{bound}"

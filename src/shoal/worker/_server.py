@@ -28,7 +28,7 @@ from typing import Any
 
 import psutil
 
-from .._exceptions import ShoalTimeoutError
+from .._exceptions import ShoalTimeoutError, TLSError
 from .._logbuffer import get_logs
 from .._logbuffer import install as install_log_buffer
 from .._story import DEFAULT_STORY_SIZE
@@ -38,6 +38,7 @@ from ..comm import (
     CommLimits,
     ConnectionPool,
     RPCServer,
+    Security,
     Strikes,
     connect,
     spawn,
@@ -120,6 +121,7 @@ class Worker:
         http_max_body_bytes: int | None = None,
         story_size: int = DEFAULT_STORY_SIZE,
         memory_stuck_timeout: float = DEFAULT_STUCK_TIMEOUT,
+        security: Security | None = None,
     ) -> None:
         if type(nthreads) is not int or not 1 <= nthreads <= MAX_NTHREADS:
             raise ValueError(f"nthreads must be an integer from 1 to {MAX_NTHREADS}, "
@@ -133,7 +135,11 @@ class Worker:
         self.scheduler_address = scheduler_address
         self.nthreads = nthreads
         self.name = name
-        self.listen_address = listen_address or f"tcp://{host}:{port}"
+        #: TLS credentials (worker role) and HTTP token; none: plain tcp://.
+        self.security = security or Security()
+        scheme = "tls" if self.security.tls else "tcp"
+        self.listen_address = listen_address or f"{scheme}://{host}:{port}"
+        self.connection_args = self.security.connection_args("worker")
         self.memory_limit = memory_limit_for(memory_limit, 1)
         self.resources = dict(resources or {})
         self.death_timeout = death_timeout
@@ -156,8 +162,9 @@ class Worker:
             {},
             schemas=WORKER_RPC,
             limits=limits,
+            connection_args=self.connection_args,
         )
-        self.pool = ConnectionPool()
+        self.pool = ConnectionPool(connection_args=self.connection_args)
         self.functions: dict[str, Any] = {}
         self.rejoin_waiters: dict[str, Any] = {}  # key -> threading.Event (see _context)
         #: called (in a thread) when the worker closes, e.g. to close the
@@ -198,7 +205,8 @@ class Worker:
             from ._http import start_http
 
             self._http, self.http_address = await start_http(self, self.http_port,
-                                                             self.http_max_body_bytes)
+                                                             self.http_max_body_bytes,
+                                                             self.security)
         await self._connect_scheduler()
         self.status = "running"
         _current_worker.append(self)
@@ -216,13 +224,18 @@ class Worker:
     async def _connect_scheduler(self) -> None:
         deadline = time.monotonic() + self.death_timeout
         delay = 0.05
+        tls_warned = False
         while True:
             try:
-                comm = await connect(self.scheduler_address, timeout=5, limits=self.limits)
+                comm = await connect(self.scheduler_address, timeout=5, limits=self.limits,
+                                     connection_args=self.connection_args)
                 await comm.write(self._registration())
                 answer = await comm.read()
                 break
             except (CommClosedError, OSError) as exc:
+                if isinstance(exc, TLSError) and not tls_warned:  # retried: certs may rotate in
+                    logger.warning("worker %s: %s", self.name, exc)
+                    tls_warned = True
                 if time.monotonic() > deadline:
                     raise ShoalTimeoutError(
                         f"worker {self.name} could not reach the scheduler at "
