@@ -215,6 +215,7 @@ NOTEBOOK_NEEDS = [
     *[("shoal.dev", "shoalclusters", verb) for verb in ("create", "get", "patch", "delete")],
     ("", "pods", "list"),
     ("", "pods/log", "get"),
+    ("", "secrets", "get"),  # the cluster's client credentials
 ]
 
 
@@ -224,6 +225,8 @@ def test_the_notebook_role_allows_kube_cluster() -> None:
     rules = docs["Role"]["rules"]
     for needed in NOTEBOOK_NEEDS:
         assert _allows(rules, *needed), needed
+    for verb in ("list", "watch", "create", "patch", "delete"):
+        assert not _allows(rules, "", "secrets", verb), verb
     assert cluster_scoped_rules(rules) == []
     binding = docs["RoleBinding"]
     assert binding["roleRef"]["name"] == docs["Role"]["metadata"]["name"]

@@ -14,7 +14,11 @@ The cluster fixtures (``kube_node``, ``kube_namespace``) come from
 - small ShoalCluster specs that fit many clusters' pods on one 2-core node,
   and bounded waits on their status, pods and schedulers;
 - a Client from the test process to a scheduler: the host routes the pod
-  range, so the scheduler's and the workers' pod IPs are reachable directly.
+  range, so the scheduler's and the workers' pod IPs are reachable directly;
+  clusters are secured by default, so the Client takes the credentials of
+  the cluster's client Secret, and the HTTP helpers speak HTTPS (without
+  checking the certificate, as the kubelet's probes: the security scenarios
+  check it) with the cluster's token.
 
 Every wait is bounded (tests/polling.py); operator logs are kept as test
 artifacts when a scenario fails (:func:`keep_operator_logs`).
@@ -22,8 +26,10 @@ artifacts when a scenario fails (:func:`keep_operator_logs`).
 
 from __future__ import annotations
 
+import base64
 import json
 import os
+import ssl
 import subprocess
 import sys
 import time
@@ -274,19 +280,51 @@ def scheduler_pod(node: KubeNode, namespace: str, cluster: str) -> dict[str, Any
                     what=f"one ready scheduler pod of {namespace}/{cluster}")
 
 
+def secured(node: KubeNode, namespace: str, cluster: str) -> bool:
+    """Whether the cluster runs with TLS (its status says tls://)."""
+    return str(status(node, namespace, cluster).get("schedulerAddress", "")).startswith("tls://")
+
+
 def scheduler_http(node: KubeNode, namespace: str, cluster: str) -> str:
-    return f"http://{scheduler_pod(node, namespace, cluster)['status']['podIP']}:8787"
+    scheme = "https" if secured(node, namespace, cluster) else "http"
+    return f"{scheme}://{scheduler_pod(node, namespace, cluster)['status']['podIP']}:8787"
 
 
 def scheduler_comm(node: KubeNode, namespace: str, cluster: str) -> str:
-    return f"tcp://{scheduler_pod(node, namespace, cluster)['status']['podIP']}:8786"
+    scheme = "tls" if secured(node, namespace, cluster) else "tcp"
+    return f"{scheme}://{scheduler_pod(node, namespace, cluster)['status']['podIP']}:8786"
 
 
-def http_json(url: str, body: Any = None) -> Any:
+def client_secret(node: KubeNode, namespace: str, cluster: str) -> dict[str, bytes]:
+    """The cluster's client Secret, decoded: ca.crt, tls.crt, tls.key, token."""
+    secret = get(node, namespace, "secret", f"{cluster}-client-tls")
+    assert secret is not None, f"no client Secret for {namespace}/{cluster}"
+    return {k: base64.b64decode(v) for k, v in secret["data"].items()}
+
+
+def security_for(node: KubeNode, namespace: str, cluster: str) -> Any:
+    """A client's Security from the cluster's Secret (as KubeCluster makes it)."""
+    from shoal.cluster.kube import security_from_secret_data
+
+    secret = get(node, namespace, "secret", f"{cluster}-client-tls")
+    assert secret is not None, f"no client Secret for {namespace}/{cluster}"
+    return security_from_secret_data(namespace, f"{cluster}-client-tls", secret["data"])
+
+
+# The test helpers read the scheduler's own pod IP: like the kubelet's probes they
+# do not check its certificate (test_operator_security.py checks it against the CA).
+UNVERIFIED = ssl.create_default_context()
+UNVERIFIED.check_hostname = False
+UNVERIFIED.verify_mode = ssl.CERT_NONE
+
+
+def http_json(url: str, body: Any = None, token: str | None = None) -> Any:
     data = None if body is None else json.dumps(body).encode()
-    request = urllib.request.Request(url, data=data,
-                                     headers={"Content-Type": "application/json"})
-    with urllib.request.urlopen(request, timeout=10) as response:
+    headers = {"Content-Type": "application/json"}
+    if token:
+        headers["Authorization"] = f"Bearer {token}"
+    request = urllib.request.Request(url, data=data, headers=headers)
+    with urllib.request.urlopen(request, timeout=10, context=UNVERIFIED) as response:
         return json.loads(response.read())
 
 
@@ -300,7 +338,7 @@ Sample = tuple[str, dict[str, str], float]
 
 def scrape(url: str) -> list[Sample]:
     """A /metrics page parsed by prometheus_client's parser: (sample name, labels, value)."""
-    with urllib.request.urlopen(url, timeout=10) as response:
+    with urllib.request.urlopen(url, timeout=10, context=UNVERIFIED) as response:
         text = response.read().decode()
     return [(s.name, dict(s.labels), s.value)
             for family in text_string_to_metric_families(text) for s in family.samples]
@@ -406,7 +444,11 @@ def start_cluster(node: KubeNode, namespace: str, name: str, workers: int = 2,
 
 
 def client_for(node: KubeNode, namespace: str, name: str, timeout: float = 30) -> Any:
-    """A Client of the cluster's scheduler, at its pod IP, from the test process."""
-    from shoal import Client
+    """A Client of the cluster's scheduler, at its pod IP, from the test process,
+    with the cluster's client credentials when it is secured."""
+    from shoal import Client, Security
 
-    return Client(scheduler_comm(node, namespace, name), timeout=timeout)
+    address = scheduler_comm(node, namespace, name)
+    security = security_for(node, namespace, name) if address.startswith("tls://") \
+        else Security()
+    return Client(address, timeout=timeout, security=security)

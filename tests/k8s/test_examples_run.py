@@ -14,7 +14,6 @@ from collections.abc import Iterator
 
 import pytest
 
-from shoal import Client
 from tests.k8s import shoal_tier as tier
 from tests.k8s.cluster import KubeNode
 from tests.polling import wait_for
@@ -41,11 +40,13 @@ def printed_row(node: KubeNode, namespace: str, kind: str, name: str,
 
 def assert_truthful(status: dict, namespace: str, name: str, groups: dict[str, int]) -> None:
     assert tier.conditions(status) == {"SpecValid": "True", "SchedulerReady": "True",
-                                       "WorkersReady": "True"}, status["conditions"]
+                                       "WorkersReady": "True", "Secured": "True"}, \
+        status["conditions"]
     assert status["workerGroups"] == {g: {"desired": n, "ready": n} for g, n in groups.items()}
     host = f"{name}-scheduler.{namespace}.svc.cluster.local"
-    assert status["schedulerAddress"] == f"tcp://{host}:8786"
-    assert status["dashboardAddress"] == f"http://{host}:8787"
+    assert status["schedulerAddress"] == f"tls://{host}:8786"
+    assert status["dashboardAddress"] == f"https://{host}:8787"
+    assert status["security"]["clientSecret"] == f"{name}-client-tls"
     assert "message" not in status  # nothing to explain once Running
 
 
@@ -61,8 +62,7 @@ def test_small_cluster(kube_node: KubeNode, kube_namespace: str,
         (container,) = pod["spec"]["containers"]
         assert container["image"] == tier.IMAGE and container["imagePullPolicy"] == "IfNotPresent"
         assert container["resources"]["limits"]["memory"] == "1Gi"
-    address = tier.scheduler_comm(kube_node, kube_namespace, "small")
-    with Client(address, timeout=30) as client:
+    with tier.client_for(kube_node, kube_namespace, "small") as client:
         assert sum(client.gather(client.map(lambda x: x * x, range(100)))) == 328350
         workers = {w["name"] for w in client.scheduler_info()["workers"].values()}
     assert workers == {p["metadata"]["name"]
@@ -117,6 +117,7 @@ def test_notebook_rbac(kube_node: KubeNode, kube_namespace: str) -> None:
     for verb in ("create", "get", "patch", "delete", "watch"):
         assert allowed(verb, "shoalclusters.shoal.dev"), verb
     assert allowed("get", "pods", "--subresource=log")
-    assert not allowed("get", "secrets")
+    assert allowed("get", "secrets")  # a cluster's client credentials, by name
+    assert not allowed("list", "secrets") and not allowed("watch", "secrets")
     assert not allowed("create", "pods")
     assert not allowed("create", "shoalclusters.shoal.dev", namespace="default")

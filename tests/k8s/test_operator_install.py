@@ -54,7 +54,11 @@ def assert_least_privilege(node: KubeNode, namespace: str, service_account: str,
     account = f"system:serviceaccount:{namespace}:{service_account}"
     assert can_i(node, account, "create", "pods", "-n", other_namespace)
     assert can_i(node, account, "patch", "shoalclusters.shoal.dev/status", "-n", other_namespace)
-    for forbidden in (("get", "secrets"), ("create", "roles.rbac.authorization.k8s.io"),
+    assert can_i(node, account, "create", "secrets", "-n", other_namespace)  # credentials
+    assert can_i(node, account, "create", "networkpolicies.networking.k8s.io", "-n",
+                 other_namespace)
+    for forbidden in (("watch", "secrets"), ("delete", "secrets"),
+                      ("create", "roles.rbac.authorization.k8s.io"),
                       ("delete", "nodes"), ("create", "namespaces")):
         assert not can_i(node, account, *forbidden, "-n", other_namespace), forbidden
 

@@ -46,7 +46,7 @@ def test_metrics_of_every_pod(kube_node: KubeNode, kube_namespace: str,
 
     executed = 0.0
     for pod in tier.worker_pods(kube_node, ns, name):
-        samples = tier.scrape(f"http://{pod['status']['podIP']}:8788/metrics")
+        samples = tier.scrape(f"https://{pod['status']['podIP']}:8788/metrics")
         assert tier.metric(samples, "shoal_worker_threads") == 1
         assert tier.metric(samples, "shoal_worker_memory_limit_bytes") == 512 * 2**20
         executed += tier.metric(samples, "shoal_worker_tasks_executed_total") or 0

@@ -2,11 +2,14 @@
 
 The pod runs the project's image under the ``shoal-notebook`` ServiceAccount
 of ``manifests/examples/notebook-rbac.yaml`` (and nothing else), like a
-user's Jupyter pod would. Its script, run with ``python -c``:
+user's Jupyter pod would, with the existing cluster's client Secret mounted
+and ``SHOAL_TLS_*`` pointing at it (docs/kubernetes.md §4). Its script, run
+with ``python -c``, has no line about certificates:
 
 1. connects a Client to an existing ShoalCluster by its Service's DNS name
-   and computes, then attaches to it with ``KubeCluster.from_name`` (whose
-   ``close()`` leaves it running);
+   (tls://, credentials from the mounted Secret) and computes, then attaches
+   to it with ``KubeCluster.from_name`` (credentials read from the Secret
+   through the API; its ``close()`` leaves the cluster running);
 2. creates a cluster with ``KubeCluster`` (in-cluster credentials), computes
    on it, ``scale(2)``s it, ``adapt(1, 2)``s it and waits for the autoscaler
    to bring it back to one idle worker (not before a stabilisation window),
@@ -44,7 +47,7 @@ SCRIPT = textwrap.dedent('''
             time.sleep(0.5)
 
     namespace = open("/var/run/secrets/kubernetes.io/serviceaccount/namespace").read()
-    address = f"tcp://nb-scheduler.{namespace}.svc.cluster.local:8786"
+    address = f"tls://nb-scheduler.{namespace}.svc.cluster.local:8786"
     with Client(address, timeout=60) as client:
         print("dns-client", sum(client.gather(client.map(lambda x: x * x, range(100)))),
               flush=True)
@@ -91,24 +94,36 @@ def operator(kube_node: KubeNode, request: pytest.FixtureRequest) -> Iterator[ti
         yield op
 
 
-def notebook_pod(script: str) -> dict:
+CREDENTIAL_ENV = [{"name": "SHOAL_TLS_CA_FILE", "value": "/etc/shoal/tls/ca.crt"},
+                  {"name": "SHOAL_TLS_CERT", "value": "/etc/shoal/tls/tls.crt"},
+                  {"name": "SHOAL_TLS_KEY", "value": "/etc/shoal/tls/tls.key"}]
+
+
+def notebook_pod(script: str, cluster: str) -> dict:
+    """docs/kubernetes.md §4's notebook pod: ``cluster``'s client Secret mounted."""
     return {
-        "apiVersion": "v1", "kind": "Pod", "metadata": {"name": "notebook"},
+        "apiVersion": "v1", "kind": "Pod",
+        "metadata": {"name": "notebook", "labels": {"shoal.dev/client-of": cluster}},
         "spec": {
             "serviceAccountName": "shoal-notebook",
             "restartPolicy": "Never",
             "securityContext": {"runAsNonRoot": True, "runAsUser": 10001,
-                                "runAsGroup": 10001},
+                                "runAsGroup": 10001, "fsGroup": 10001},
             "containers": [{
                 "name": "notebook", "image": tier.IMAGE, "imagePullPolicy": "IfNotPresent",
                 "command": ["python", "-c", script],
                 "resources": tier.SMALL,
+                "env": CREDENTIAL_ENV,
                 "securityContext": {"readOnlyRootFilesystem": True,
                                     "allowPrivilegeEscalation": False},
                 "volumeMounts": [{"name": "tmp", "mountPath": "/tmp"},
-                                 {"name": "home", "mountPath": "/home/shoal"}],
+                                 {"name": "home", "mountPath": "/home/shoal"},
+                                 {"name": "shoal-tls", "mountPath": "/etc/shoal/tls",
+                                  "readOnly": True}],
             }],
-            "volumes": [{"name": "tmp", "emptyDir": {}}, {"name": "home", "emptyDir": {}}],
+            "volumes": [{"name": "tmp", "emptyDir": {}}, {"name": "home", "emptyDir": {}},
+                        {"name": "shoal-tls", "secret": {"secretName": f"{cluster}-client-tls",
+                                                         "defaultMode": 0o440}}],
         },
     }
 
@@ -119,7 +134,7 @@ def test_a_notebook_pod_computes_and_drives_kubecluster(
     kube_node.kubectl("apply", "-n", ns, "-f", str(tier.EXAMPLES / "notebook-rbac.yaml"))
     tier.apply(kube_node, ns, tier.cluster_spec("nb", workers=1))
     tier.wait_running(kube_node, ns, "nb", workers=1)
-    tier.apply(kube_node, ns, notebook_pod(SCRIPT))
+    tier.apply(kube_node, ns, notebook_pod(SCRIPT, "nb"))
 
     def finished() -> str | None:
         pod = tier.get(kube_node, ns, "pod", "notebook") or {}
@@ -132,9 +147,9 @@ def test_a_notebook_pod_computes_and_drives_kubecluster(
     assert phase == "Succeeded", logs
     lines = dict(line.split(" ", 1) for line in logs.splitlines() if " " in line)
     assert lines["dns-client"] == "328350", logs
-    assert lines["attached"] == f"tcp://nb-scheduler.{ns}.svc.cluster.local:8786 3"
+    assert lines["attached"] == f"tls://nb-scheduler.{ns}.svc.cluster.local:8786 3"
     assert lines["still-there"] == "Running"
-    assert lines["created"] == f"tcp://from-notebook-scheduler.{ns}.svc.cluster.local:8786"
+    assert lines["created"] == f"tls://from-notebook-scheduler.{ns}.svc.cluster.local:8786"
     assert lines["kube-client"] == "5050"
     desired, after = lines["adapted"].split()
     assert lines["scaled"] == "2" and desired == "1"

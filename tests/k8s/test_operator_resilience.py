@@ -25,7 +25,6 @@ from typing import Any
 
 import pytest
 
-from shoal import Client
 from tests.k8s import shoal_tier as tier
 from tests.k8s.cluster import KubeNode
 from tests.polling import wait_for
@@ -145,7 +144,7 @@ def test_two_clusters_in_two_namespaces(kube_node: KubeNode, kube_namespace: str
         tier.apply(kube_node, ns, tier.cluster_spec("twin", workers=1))
     for ns in spaces:
         tier.wait_running(kube_node, ns, "twin", workers=1)
-    clients = [Client(tier.scheduler_comm(kube_node, ns, "twin"), timeout=30) for ns in spaces]
+    clients = [tier.client_for(kube_node, ns, "twin") for ns in spaces]
     try:
         futures = [c.map(lambda x, k=k: x * k, range(50)) for k, c in enumerate(clients, 1)]
         assert [sum(c.gather(f)) for c, f in zip(clients, futures, strict=True)] == [1225, 2450]

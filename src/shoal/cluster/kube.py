@@ -206,6 +206,12 @@ def security_from_secret(api: KubeApi, namespace: str, secret: str) -> Security:
                 "manifests/examples/notebook-rbac.yaml)" if exc.status == 403 else "")
         raise KubeClusterError(f"cannot read the cluster's client credentials, Secret "
                                f"{namespace}/{secret}: {exc}{hint}") from exc
+    return security_from_secret_data(namespace, secret, data)
+
+
+def security_from_secret_data(namespace: str, secret: str,
+                              data: Mapping[str, str]) -> Security:
+    """:func:`security_from_secret` for the Secret's ``data`` (base64 values) in hand."""
     missing = sorted({"ca.crt", "tls.crt", "tls.key"} - set(data))
     if missing:
         raise KubeClusterError(f"Secret {namespace}/{secret} lacks {', '.join(missing)}")

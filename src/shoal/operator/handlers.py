@@ -222,9 +222,24 @@ async def tick(body: Mapping[str, Any]) -> None:
         return
     if any(status.get(k) != old.get(k) for k in status):
         await write_status(API_VERSION, CLUSTER_PLURAL, spec.namespace, spec.name, status)
-    if not spec.security.tls and condition_status(old.get("conditions"), "Secured") != "False":
-        # Once per opt-out (the condition's transition), not once per round.
-        kopf.warn(plain(body), reason="InsecureCluster", message=INSECURE_MESSAGE)
+    warn_if_insecure(spec, body, old)
+
+
+_warned: set[str] = set()  # uids of the clusters warned about since they opted out
+
+
+def warn_if_insecure(spec: ClusterSpec, body: Mapping[str, Any], old: Mapping[str, Any]) -> None:
+    """One warning event per opt-out, not one per round: remembered here, and in the
+    Secured=False condition across operator restarts (``body`` may lag a round)."""
+    uid = str(body["metadata"].get("uid", ""))
+    if spec.security.tls:
+        _warned.discard(uid)
+        return
+    if uid in _warned or condition_status(old.get("conditions"), "Secured") == "False":
+        _warned.add(uid)
+        return
+    _warned.add(uid)
+    kopf.warn(plain(body), reason="InsecureCluster", message=INSECURE_MESSAGE)
 
 
 def summarise(spec: ClusterSpec, old: Mapping[str, Any], groups: dict[str, dict[str, int]],
@@ -302,6 +317,7 @@ async def cluster_observed(event: kopf.RawEvent, name: str, namespace: str | Non
         scheduler_api.use_credentials(name, namespace or "", None)
         if gone is not None:
             autoscaler.forget(gone.body.get("metadata", {}).get("uid", ""))
+            _warned.discard(gone.body.get("metadata", {}).get("uid", ""))
             await gone.stop()
         return
     loop = loop_for(*key)
