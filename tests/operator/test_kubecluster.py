@@ -45,6 +45,32 @@ def test_from_name_attaches_and_leaves_it_running(operator: Harness, make_cluste
     assert operator.get("shoalclusters", "shared") is not None
 
 
+def test_credentials_come_from_the_client_secret(operator: Harness, make_cluster) -> None:
+    import base64
+    import os
+    import stat
+    from pathlib import Path
+
+    operator.scheduler("creds")
+    operator.apply(make_cluster("creds"))
+    cluster = KubeCluster.from_name("creds", NAMESPACE, api=KubeApi.for_host(operator.url))
+    security = cluster.security
+    assert security.tls and security.require_encryption
+    secret = operator.get("secrets", "creds-client-tls")
+    for path, key in ((security.tls_ca_file, "ca.crt"), (security.tls_client_cert, "tls.crt"),
+                      (security.tls_client_key, "tls.key")):
+        assert path is not None
+        assert Path(path).read_bytes() == base64.b64decode(secret["data"][key])
+        assert stat.S_IMODE(os.stat(path).st_mode) == 0o600
+    assert security.http_token == operator.secret_value("creds-client-tls", "token")
+    # Without TLS there is nothing to read: the cluster's Security is no security.
+    with kube(operator, name="plain", tls=False) as insecure:
+        assert insecure.scheduler_address.startswith("tcp://")
+        assert not insecure.security.tls
+        spec = operator.get("shoalclusters", "plain")["spec"]
+        assert spec["security"] == {"tls": False}
+
+
 def test_missing_crds_say_how_to_install_them(login_handler: None) -> None:
     h = Harness(with_crds=False)
     try:
