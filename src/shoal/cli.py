@@ -109,7 +109,10 @@ def _add_security_flags(parser: argparse.ArgumentParser) -> None:
 
 def _security(args: argparse.Namespace) -> Security:
     """The flags, falling back to the environment; a half-given TLS setup is refused."""
-    env = Security.from_env()
+    try:
+        env = Security.from_env()
+    except ValueError as exc:
+        raise SystemExit(f"shoal: {exc}") from None
     ca = args.tls_ca_file or env.tls_ca_file
     cert = args.tls_cert or env.tls_scheduler_cert
     key = args.tls_key or env.tls_scheduler_key

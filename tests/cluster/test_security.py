@@ -10,7 +10,6 @@ legitimate client still gets correct results afterwards.
 
 from __future__ import annotations
 
-import datetime
 import json
 import os
 import ssl
@@ -19,14 +18,14 @@ import sys
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
 
 from shoal import Client, CommClosedError, EncryptionRequiredError, LocalCluster, Security, TLSError
-from shoal.comm._certs import KeyPair, new_ca, new_certificate
 from shoal.comm._security import ENV_VARIABLES, http_client_context
+
+from ..pki import make_pki
 
 HTTP_TIMEOUT = 10.0
 TOKEN = "the-cluster-token"
@@ -36,33 +35,9 @@ def inc(x: int) -> int:
     return x + 1
 
 
-def write_security(directory: Path, ca: KeyPair, pair: KeyPair | None,
-                   **kwargs: Any) -> Security:
-    directory.mkdir(parents=True, exist_ok=True)
-    (directory / "ca.pem").write_bytes(ca.cert_pem)
-    roles: dict[str, str] = {}
-    if pair is not None:
-        (directory / "tls.crt").write_bytes(pair.cert_pem)
-        (directory / "tls.key").write_bytes(pair.key_pem)
-        for role in ("client", "scheduler", "worker"):
-            roles[f"tls_{role}_cert"] = str(directory / "tls.crt")
-            roles[f"tls_{role}_key"] = str(directory / "tls.key")
-    return Security(tls_ca_file=str(directory / "ca.pem"), **roles, **kwargs)
-
-
 @pytest.fixture(scope="module")
 def pki(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Security]:
-    root = tmp_path_factory.mktemp("pki")
-    ca, other_ca = new_ca(), new_ca("another-ca")
-    past = datetime.datetime.now(datetime.UTC) - datetime.timedelta(days=10)
-    expired = new_certificate(ca, not_before=past, not_after=past + datetime.timedelta(days=1))
-    return {
-        "cluster": write_security(root / "cluster", ca, new_certificate(ca),
-                                  require_encryption=True, http_token=TOKEN),
-        "no-cert": write_security(root / "no-cert", ca, None),
-        "other-ca": write_security(root / "other-ca", other_ca, new_certificate(other_ca)),
-        "expired": write_security(root / "expired", ca, expired),
-    }
+    return make_pki(tmp_path_factory.mktemp("pki"), require_encryption=True, http_token=TOKEN)
 
 
 @pytest.fixture(scope="module")

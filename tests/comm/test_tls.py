@@ -10,12 +10,10 @@ keeps answering its legitimate client.
 from __future__ import annotations
 
 import asyncio
-import datetime
 import logging
 import os
 import socket
 from collections.abc import AsyncIterator
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -23,39 +21,15 @@ import pytest_asyncio
 
 from shoal import EncryptionRequiredError, Security, TLSError
 from shoal.comm import CommClosedError, CommLimits, Listener, connect, listen
-from shoal.comm._certs import KeyPair, new_ca, new_certificate
+
+from ..pki import make_pki
 
 pytestmark = pytest.mark.asyncio
 
 
-def write_security(directory: Path, ca: KeyPair, pair: KeyPair | None,
-                   **kwargs: Any) -> Security:
-    """A Security whose every role uses ``pair`` (None: no certificate at all)."""
-    directory.mkdir(parents=True, exist_ok=True)
-    (directory / "ca.pem").write_bytes(ca.cert_pem)
-    roles: dict[str, str] = {}
-    if pair is not None:
-        (directory / "tls.crt").write_bytes(pair.cert_pem)
-        (directory / "tls.key").write_bytes(pair.key_pem)
-        for role in ("client", "scheduler", "worker"):
-            roles[f"tls_{role}_cert"] = str(directory / "tls.crt")
-            roles[f"tls_{role}_key"] = str(directory / "tls.key")
-    return Security(tls_ca_file=str(directory / "ca.pem"), **roles, **kwargs)
-
-
 @pytest.fixture(scope="module")
 def pki(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Security]:
-    """The cluster's Security, and those of the attackers."""
-    root = tmp_path_factory.mktemp("pki")
-    ca, other_ca = new_ca(), new_ca("another-ca")
-    past = datetime.datetime.now(datetime.UTC) - datetime.timedelta(days=10)
-    expired = new_certificate(ca, not_before=past, not_after=past + datetime.timedelta(days=1))
-    return {
-        "cluster": write_security(root / "cluster", ca, new_certificate(ca)),
-        "no-cert": write_security(root / "no-cert", ca, None),
-        "other-ca": write_security(root / "other-ca", other_ca, new_certificate(other_ca)),
-        "expired": write_security(root / "expired", ca, expired),
-    }
+    return make_pki(tmp_path_factory.mktemp("pki"))
 
 
 async def echo(comm: Any) -> None:

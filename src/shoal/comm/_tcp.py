@@ -15,6 +15,10 @@ fills.  A header declaring a gigabyte therefore costs nothing until the
 gigabyte is sent, an idle connection costs a few kilobytes, and a peer that
 stops sending in the middle of a message is dropped after
 ``CommLimits.read_idle_timeout``.
+
+``tls://`` (:mod:`._tls`) is this transport inside asyncio's TLS layer; the
+two hooks it overrides (``_limit_write_buffer``, ``_send_direct``) are the
+only places where the plain path knows it exists.
 """
 
 from __future__ import annotations
