@@ -103,7 +103,8 @@ def notebook_pod(script: str, cluster: str) -> dict:
     """docs/kubernetes.md §4's notebook pod: ``cluster``'s client Secret mounted."""
     return {
         "apiVersion": "v1", "kind": "Pod",
-        "metadata": {"name": "notebook", "labels": {"shoal.dev/client-of": cluster}},
+        "metadata": {"name": "notebook", "labels": {"shoal.dev/client-of": cluster,
+                                                    "shoal.dev/client": "true"}},
         "spec": {
             "serviceAccountName": "shoal-notebook",
             "restartPolicy": "Never",

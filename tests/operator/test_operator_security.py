@@ -144,6 +144,7 @@ def test_the_network_policy_admits_the_cluster_the_operator_and_labelled_clients
     everywhere, operator = policy["ingress"]
     assert "ports" not in everywhere  # worker comm ports are picked at random
     assert {"podSelector": {"matchLabels": {"shoal.dev/client-of": "demo"}}} in everywhere["from"]
+    assert {"podSelector": {"matchLabels": {"shoal.dev/client": "true"}}} in everywhere["from"]
     assert {"podSelector": {"matchLabels": {"app.kubernetes.io/name": "shoal",
                                             "shoal.dev/cluster": "demo"}}} in everywhere["from"]
     assert operator["from"] == [{"namespaceSelector": {},

@@ -49,6 +49,9 @@ ANNOTATION_SPEC_HASH = "shoal.dev/spec-hash"
 ANNOTATION_CREDENTIALS = "shoal.dev/credentials"  # fingerprint of the CA a pod was given
 ANNOTATION_ROTATION = "shoal.dev/rotation"  # the spec.security.rotation a Secret was made for
 LABEL_CLIENT_OF = "shoal.dev/client-of"  # on a pod: admitted by that cluster's NetworkPolicy
+# On a pod: admitted by every cluster's NetworkPolicy in its namespace (a notebook
+# creating clusters with KubeCluster cannot know their names in advance).
+LABEL_CLIENT = "shoal.dev/client"
 OPERATOR_LABELS = {"shoal.dev/operator": "true"}  # on the operator pods (chart, manifests)
 TLS_DIR = "/etc/shoal/tls"
 TOKEN_DIR = "/etc/shoal/token"
@@ -455,7 +458,8 @@ def network_policy(spec: ClusterSpec) -> Manifest:
 
     Admitted: the cluster's own pods (scheduler, workers, a job's runner),
     pods of the same namespace labelled ``shoal.dev/client-of: NAME`` (a
-    notebook), and the operator's pods (in any namespace, since namespaces
+    notebook) or ``shoal.dev/client: "true"`` (a notebook that makes clusters
+    with KubeCluster), and the operator's pods (in any namespace, since namespaces
     carry no name label before Kubernetes 1.21), the latter on the scheduler's
     HTTP port only, where every mutation needs the token. With a NodePort or
     LoadBalancer Service the scheduler's two ports are open to any source:
@@ -465,7 +469,8 @@ def network_policy(spec: ClusterSpec) -> Manifest:
     ours = {LABEL_NAME: "shoal", LABEL_CLUSTER: spec.name}
     ingress: list[dict[str, Any]] = [
         {"from": [{"podSelector": {"matchLabels": dict(ours)}},
-                  {"podSelector": {"matchLabels": {LABEL_CLIENT_OF: spec.name}}}]},
+                  {"podSelector": {"matchLabels": {LABEL_CLIENT_OF: spec.name}}},
+                  {"podSelector": {"matchLabels": {LABEL_CLIENT: "true"}}}]},
         {"from": [{"namespaceSelector": {},
                    "podSelector": {"matchLabels": dict(OPERATOR_LABELS)}}],
          "ports": [{"protocol": "TCP", "port": HTTP_PORT}]},
