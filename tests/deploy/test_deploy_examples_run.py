@@ -5,6 +5,8 @@ SHOAL_SCHEDULER_ADDRESS; here it runs as a local process against a real
 LocalCluster (scheduler and worker processes), which is exactly what the
 runner pod does against the scheduler Service. The guide's notebook snippet
 runs the same way, with the in-cluster address replaced by the local one.
+The cluster is secured, as on Kubernetes by default, and both get its
+credentials the way pods do: files named by SHOAL_TLS_* variables.
 """
 
 from __future__ import annotations
@@ -19,20 +21,29 @@ import pytest
 from deploy_schemas import EXAMPLES_DIR, REPO_ROOT, load_documents
 
 GUIDE = REPO_ROOT / "docs" / "kubernetes.md"
-IN_CLUSTER_ADDRESS = "tcp://small-scheduler.default.svc.cluster.local:8786"
+IN_CLUSTER_ADDRESS = "tls://small-scheduler.default.svc.cluster.local:8786"
 RUN_TIMEOUT = 90  # seconds
+
+
+_credentials: dict[str, str] = {}
 
 
 @pytest.fixture(scope="module")
 def scheduler_address() -> Iterator[str]:
     shoal = pytest.importorskip("shoal")
-    with shoal.LocalCluster(n_workers=2, threads_per_worker=1) as cluster:
+    with shoal.LocalCluster(n_workers=2, threads_per_worker=1, security=True) as cluster:
+        security = cluster.security
+        _credentials.update(SHOAL_TLS_CA_FILE=security.tls_ca_file or "",
+                            SHOAL_TLS_CERT=security.tls_client_cert or "",
+                            SHOAL_TLS_KEY=security.tls_client_key or "")
+        assert cluster.scheduler_address.startswith("tls://")
         yield cluster.scheduler_address
 
 
 def _run(argv: list[str], address: str) -> subprocess.CompletedProcess[str]:
     path = [str(REPO_ROOT / "src"), *filter(None, [os.environ.get("PYTHONPATH")])]
-    env = {**os.environ, "SHOAL_SCHEDULER_ADDRESS": address, "PYTHONPATH": os.pathsep.join(path)}
+    env = {**os.environ, "SHOAL_SCHEDULER_ADDRESS": address, "PYTHONPATH": os.pathsep.join(path),
+           **_credentials}
     return subprocess.run(argv, env=env, capture_output=True, text=True, timeout=RUN_TIMEOUT,
                           check=False)
 
