@@ -157,6 +157,19 @@ def test_the_network_policy_admits_the_cluster_the_operator_and_labelled_clients
                                 {"protocol": "TCP", "port": 8787}]}
 
 
+def test_the_longest_names_kubernetes_allows_still_make_certificates() -> None:
+    # A 63-character namespace and the longest cluster name a pod name leaves room
+    # for: common names are cut to X.509's 64 characters, DNS names are kept whole.
+    namespace, name = "n" * 63, "c" * 36
+    issued = pki.issue(name, namespace, builders.scheduler_dns_names(name, namespace))
+    from cryptography import x509
+
+    cert = x509.load_pem_x509_certificate(issued.pod.cert_pem)
+    names = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    assert builders.scheduler_host(name, namespace) in names.get_values_for_type(x509.DNSName)
+    assert pki.signed_by(issued.client.cert_pem, issued.ca.cert_pem)
+
+
 def test_current_credentials_are_kept_and_anything_else_is_not() -> None:
     spec, issued, secrets = made()
     found = {s["metadata"]["name"]: s for s in secrets}

@@ -45,12 +45,21 @@ class ClusterPki:
         return fingerprint(self.ca.cert_pem)
 
 
+MAX_COMMON_NAME = 64  # X.509's upper bound (RFC 5280, ub-common-name)
+
+
+def common_name(text: str) -> str:
+    """``text`` cut to fit a certificate's common name (names are for people to read)."""
+    return text[:MAX_COMMON_NAME]
+
+
 def issue(cluster: str, namespace: str, dns_names: list[str]) -> ClusterPki:
     """A fresh CA for one cluster and its pod and client certificates."""
-    ca = new_ca(f"shoal CA {namespace}/{cluster}", days=CA_DAYS)
-    pod = new_certificate(ca, f"{cluster} pods", hosts=(*dns_names, "127.0.0.1"),
-                          days=CERT_DAYS)
-    client = new_certificate(ca, f"{cluster} client", hosts=(), days=CERT_DAYS)
+    ca = new_ca(common_name(f"shoal CA {namespace}/{cluster}"), days=CA_DAYS)
+    pod = new_certificate(ca, common_name(f"shoal pods {cluster}"),
+                          hosts=(*dns_names, "127.0.0.1"), days=CERT_DAYS)
+    client = new_certificate(ca, common_name(f"shoal client {cluster}"), hosts=(),
+                             days=CERT_DAYS)
     return ClusterPki(ca, pod, client)
 
 
