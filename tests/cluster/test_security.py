@@ -170,3 +170,11 @@ def test_http_is_https_and_mutations_need_the_token(cluster, pki) -> None:
         urllib.request.urlopen(base.replace("https://", "http://") + "/health",
                                timeout=HTTP_TIMEOUT)
     assert_serving(client)
+
+
+def test_client_security_true_starts_a_tls_cluster_of_its_own() -> None:
+    with Client(security=True, processes=False, n_workers=1, threads_per_worker=1,
+                dashboard_address=None, memory_limit="1GiB") as client:
+        assert client.scheduler_address.startswith("tls://")
+        assert client.security.tls and client.security is client.cluster.security
+        assert client.submit(inc, 1).result(timeout=20) == 2

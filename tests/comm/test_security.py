@@ -52,3 +52,26 @@ def test_a_missing_certificate_file_is_named(tmp_path) -> None:
     security = Security(tls_ca_file=str(tmp_path / "nope.pem"))
     with pytest.raises(ValueError, match="nope.pem"):
         security.connection_args("client")
+
+
+def test_the_command_line_takes_flags_then_the_environment(tmp_path, monkeypatch) -> None:
+    from shoal.cli import _parser
+    from shoal.cli import _security as security_from_args
+
+    for name in _security.ENV_VARIABLES:
+        monkeypatch.delenv(name, raising=False)
+    half = _parser().parse_args(["scheduler", "--tls-ca-file", "/ca.pem"])
+    with pytest.raises(SystemExit, match="all three"):
+        security_from_args(half)
+    monkeypatch.setenv("SHOAL_TLS_CA_FILE", "/env-ca.pem")
+    monkeypatch.setenv("SHOAL_TLS_CERT", "/env.crt")
+    monkeypatch.setenv("SHOAL_TLS_KEY", "/env.key")
+    monkeypatch.setenv("SHOAL_HTTP_TOKEN", "from-env")
+    args = _parser().parse_args(["worker", "tls://h:1", "--tls-cert", "/flag.crt",
+                                 "--http-auth", "all"])
+    security = security_from_args(args)
+    assert security.tls_ca_file == "/env-ca.pem"
+    assert security.cert_pair("worker") == ("/flag.crt", "/env.key")
+    assert security.http_token == "from-env" and security.http_auth == "all"
+    assert "--tls-cert" in security.cli_args("worker")
+    assert "from-env" not in " ".join(security.cli_args("worker"))  # never on a command line

@@ -40,6 +40,8 @@ from ._tcp import TCPComm, TCPListener, _Protocol, split_host_port
 
 logger = logging.getLogger(__name__)
 
+#: Large frames enter the TLS layer this much at a time (see TLSComm._send_direct).
+TLS_WRITE_SLICE_BYTES = 256 * 1024
 #: Distinct (peer host, reason) refusals remembered to log each only once.
 MAX_REMEMBERED_REFUSALS = 1024
 
@@ -123,9 +125,16 @@ class TLSComm(TCPComm):
             raise
 
     async def _send_direct(self, chunk: Any) -> None:
-        """Through the TLS layer like every other frame: the socket must see only
-        ciphertext."""
-        self.transport.write(chunk)
+        """Through the TLS layer like every other frame (the socket must see only
+        ciphertext), in slices: asyncio would otherwise encrypt a 32 MiB frame
+        into one new 32 MiB buffer, copy it out, and copy what the socket does
+        not take at once into a third; slices reuse warm memory instead."""
+        view = memoryview(chunk)
+        if view.ndim != 1 or view.itemsize != 1:
+            view = view.cast("B")
+        for start in range(0, len(view), TLS_WRITE_SLICE_BYTES):
+            self.transport.write(view[start:start + TLS_WRITE_SLICE_BYTES])
+            await self.protocol.drained()
 
 
 async def tls_connect(address: str, timeout: float = DEFAULT_CONNECT_TIMEOUT,
