@@ -362,6 +362,9 @@ def test_opting_out_is_reported_loudly_once(operator: Harness, make_cluster) -> 
     wait_for(lambda: len(operator.pods("open")) == 2 and all(
         "SHOAL_TLS_CERT" in env(p["spec"]) for p in operator.pods("open")),
         message="workers with certificates")
+    operator.api.patch(f"{CLUSTERS}/open", {"spec": {"security": {"networkPolicy": False}}})
+    wait_for(lambda: operator.get("networkpolicies", "open-access") is None,
+             message="the policy removed again")
 
 
 def test_a_foreign_secret_is_never_overwritten(operator: Harness, make_cluster) -> None:
