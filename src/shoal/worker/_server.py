@@ -596,11 +596,17 @@ class Worker:
                     "paused": self.state.paused,
                     "memory_state": check.state,
                     "memory_stuck": check.stuck,
+                    # paused for good: the scheduler fails what no worker can take
+                    "memory_stuck_failure": self._stuck_failure(check),
                     "spill_error": self.data.spill_error,
                     "cpu": self._process.cpu_percent(),
                 },
             }
         )
+
+    def _stuck_failure(self, check: MemoryCheck) -> str | None:
+        failure = self.memory.stuck_failure() if check.paused else None
+        return str(failure) if failure is not None else None
 
     def check_memory(self, report_pause: bool = True) -> MemoryCheck:
         """Spill, give memory back and pause or resume as the memory monitor finds.
