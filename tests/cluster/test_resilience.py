@@ -10,7 +10,7 @@ import time
 import numpy as np
 import pytest
 
-from shoal import Client, LocalCluster, WorkerMemoryError
+from shoal import Client, Event, LocalCluster, WorkerMemoryError
 from shoal.worker import get_worker
 
 from ..polling import wait_for
@@ -323,6 +323,51 @@ def test_a_worker_paused_by_memory_that_is_not_results_says_so():
         [check] = client.run(check_memory).values()
         assert not check["paused"] and check["stuck"] is None
         assert client.submit(add, 1, 1).result(timeout=30) == 2
+
+
+def wait_for_gate(name: str) -> str:
+    Event(name).wait(timeout=120)
+    return get_worker().address
+
+
+def where(i: int) -> str:
+    return get_worker().address
+
+
+def test_a_paused_worker_gets_no_new_work_its_waiting_work_moves_and_it_resumes():
+    """As dask's ``paused`` status: placement and stealing skip it, what waits on it
+    unstarted goes to the others, what it started it finishes, and resumed it works."""
+    with LocalCluster(n_workers=2, threads_per_worker=1, dashboard_address=None,
+                      memory_limit="300MiB", nanny=False) as cluster, Client(cluster) as client:
+        a, b = sorted(client.scheduler_info()["workers"])
+
+        def status(worker: str) -> str:
+            return client.scheduler_info()["workers"][worker]["status"]
+
+        def processing_on_a() -> int:
+            return client.scheduler_info()["workers"][a]["executing"]
+
+        gate = Event("gate", client=client)
+        started = client.submit(wait_for_gate, "gate", workers=[a], pure=False)
+        waiting = [client.submit(where, i, workers=[a], allow_other_workers=True, pure=False)
+                   for i in range(4)]  # behind the gate on a's only thread
+        wait_for(lambda: processing_on_a() == 5, 30, "five tasks on a")
+        client.run(leak, 260, workers=[a])  # memory task code keeps: a pauses
+        [check] = client.run(check_memory, workers=[a]).values()
+        assert check["paused"]
+        # reported at once (its stream is another connection than ours: not yet read)
+        wait_for(lambda: status(a) == "paused", 10, "the scheduler hearing of the pause")
+        assert [f.result(timeout=60) for f in waiting] == [b] * 4  # moved to b
+        assert set(client.gather(client.map(where, range(20), pure=False))) == {b}
+        only_a = client.submit(where, 100, workers=[a], pure=False)
+        assert not started.done() and not only_a.done()
+        gate.set()
+        assert started.result(timeout=60) == a  # what it started, it finishes
+        client.run(plug_the_leak, workers=[a])
+        [check] = client.run(check_memory, workers=[a]).values()
+        assert not check["paused"]
+        wait_for(lambda: status(a) == "running", 10, "the scheduler hearing of the resume")
+        assert only_a.result(timeout=60) == a  # resumed: given work again
 
 
 def test_tasks_stuck_behind_a_full_spill_disk_fail_clearly_instead_of_waiting_for_ever():

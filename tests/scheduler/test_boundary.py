@@ -19,6 +19,7 @@ from shoal import Client
 from shoal.cli import main as cli_main
 from shoal.comm import connect
 from shoal.comm._rpc import MAX_BAD_MESSAGES
+from shoal.protocol import serialize
 from shoal.worker import Worker
 from tests.fuzz.peers import InProcessCluster, Stream, request
 from tests.polling import wait_for
@@ -293,3 +294,61 @@ def test_a_scatter_with_one_unpicklable_value_keeps_none_of_them(cluster):
     assert answer["status"] == "error" and "unpickle" in answer["message"]
     assert "fine" not in worker.data and "fine" not in worker.state.tasks
     cluster.healthy()
+
+
+# ------------------------------------------------------------ pickle bombs
+
+#: 11 bytes that, unguarded, make the unpickler zero a memo of 2**25 entries
+#: (0.5 GB; the fuzzer's find named 1.2e9: 19 GB and 30 s of a blocked loop).
+BOMB = b"]r" + (2**25).to_bytes(4, "little") + b"."
+
+
+def test_a_pickle_bomb_sent_to_a_worker_is_refused_and_it_keeps_serving(cluster):
+    worker = cluster.workers[0]
+    for msg in ({"op": "update_data", "data": {"bomb": BOMB}},
+                {"op": "run", "function": BOMB},
+                {"op": "run", "function": serialize(inc).compact(), "args": BOMB}):
+        answer = cluster.run(lambda msg=msg: request(worker.address, msg))
+        assert answer["status"] == "error" and "memo index 33554432" in answer["message"]
+    assert "bomb" not in worker.data
+    cluster.healthy()
+
+
+def test_a_pickle_bomb_sent_to_the_scheduler_is_refused_and_it_keeps_serving(cluster):
+    for fields in ({"function": BOMB}, {"function": serialize(inc).compact(), "args": BOMB},
+                   {"function": serialize(inc).compact(), "kwargs": BOMB}):
+        answer = cluster.run(lambda f=fields: request(cluster.address,
+                                                      {"op": "run_function", **f}))
+        assert answer["status"] == "error" and "memo index 33554432" in answer["message"]
+    cluster.healthy()
+
+
+def test_a_task_whose_arguments_are_a_pickle_bomb_fails_with_a_clear_error(cluster, client):
+    """Task arguments are unpickled by the worker that runs the task: that task
+    errs, naming the memo index, and the worker goes on running others."""
+    async def submit() -> dict:
+        comm = await connect(cluster.address)
+        try:
+            await comm.write({"op": "register-client", "client": "bomber"})
+            assert (await comm.read())["status"] == "ok"
+            await comm.write({"op": "update-graph", "wanted": ["bomb-1"],
+                              "functions": {"inc-fn": serialize(inc).compact()},
+                              "tasks": [{"key": "bomb-1", "func": "inc-fn", "args": BOMB}]})
+            async with asyncio.timeout(20):
+                while True:
+                    for msg in _batch(await comm.read()):
+                        if msg.get("op") == "task-erred" and msg.get("key") == "bomb-1":
+                            return msg
+        finally:
+            comm.abort()
+
+    erred = cluster.run(submit)
+    assert "memo index 33554432" in erred["exception_text"]
+    futures = client.map(inc, range(10), pure=False)
+    assert [f.result(timeout=20) for f in futures] == list(range(1, 11))
+    cluster.healthy()
+
+
+def _batch(msg: object) -> list[dict]:
+    msgs = msg if isinstance(msg, list) else [msg]
+    return [m for m in msgs if isinstance(m, dict)]

@@ -10,9 +10,12 @@ from shoal.scheduler._events import (
     AddWorker,
     CancelKeys,
     ClientReleasesKeys,
+    Heartbeat,
     MissingData,
     RemoveClient,
     RemoveWorker,
+    RetireWorkers,
+    StealResponse,
     TaskErred,
     TaskFinished,
     TaskSpec,
@@ -242,8 +245,6 @@ def test_illegal_transition_is_refused(state):
 
 
 def test_idle_worker_steals_unstarted_work():
-    from shoal.scheduler._events import StealResponse
-
     s = SchedulerState()
     s.handle(AddWorker(S, "w1", "w1", 1, 10**9), AddClient(S, "c"))
     s.handle(graph(spec("data")))
@@ -259,3 +260,99 @@ def test_idle_worker_steals_unstarted_work():
     s.handle(StealResponse(S, "w1", requests[1], "executing"))
     assert s.tasks[requests[1]].processing_on.address == "w1"
     s.validate()
+
+
+# ------------------------------------------------------------ paused workers
+
+def pause(s: SchedulerState, worker: str, paused: bool = True):
+    return s.handle(Heartbeat(S, worker, {"paused": paused}))
+
+
+def steal_requests(out, worker):
+    return [i.msg["key"] for i in out if isinstance(i, ToWorker) and i.worker == worker
+            and i.msg["op"] == "steal-request"]
+
+
+def test_a_paused_worker_is_given_no_new_work(state):
+    pause(state, "w1")
+    assert state.workers["w1"].status == "paused"
+    out = state.handle(graph(*(spec(f"r{i}") for i in range(20))))
+    assert computes(out) and not computes(out, "w1")
+    state.handle(UpdateData(S, "c", {"x": ["w1"]}, {"x": 10**9}))  # big data on w1 ...
+    out = state.handle(graph(spec("near-x", "x")))
+    assert computes(out) == ["near-x"] and not computes(out, "w1")  # ... still not there
+
+
+def test_pausing_asks_back_the_unstarted_work_and_others_take_it():
+    s = SchedulerState()
+    s.handle(AddWorker(S, "w1", "w1", 1, 10**9), AddClient(S, "c"))
+    s.handle(UpdateData(S, "c", {"x": ["w1"]}, {"x": 8}))
+    s.handle(graph(*(spec(f"t{i}", "x") for i in range(6))))
+    s.handle(AddWorker(S, "w2", "w2", 1, 10**9), AddWorker(S, "w3", "w3", 1, 10**9))
+    before = set(s.stealing.in_flight)  # what ordinary stealing asked for already
+    out = pause(s, "w1")
+    assert steal_requests(out, "w1")
+    asked = set(s.stealing.in_flight)
+    assert asked == set(s.workers["w1"].processing) and before < asked  # all of it, once
+    started, *unstarted = sorted(asked, key=lambda ts: ts.key)
+    s.handle(StealResponse(S, "w1", started.key, "executing"))  # it keeps what it started
+    for ts in unstarted:
+        s.handle(StealResponse(S, "w1", ts.key, "released"))
+        assert ts.processing_on is None or ts.processing_on.address != "w1"
+    assert list(s.workers["w1"].processing) == [started]
+    s.validate()
+
+
+def test_a_paused_worker_neither_steals_nor_is_stolen_from():
+    s = SchedulerState()
+    s.handle(AddWorker(S, "w1", "w1", 1, 10**9), AddClient(S, "c"))
+    s.handle(UpdateData(S, "c", {"x": ["w1"]}, {"x": 8}))
+    s.handle(graph(*(spec(f"t{i}", "x") for i in range(6))))
+    s.handle(AddWorker(S, "w2", "w2", 1, 10**9))
+    s.stealing.in_flight.clear()  # the requests made when w2 joined: not the point here
+    pause(s, "w2")
+    out = s.handle(Heartbeat(S, "w1", {}))
+    assert not steal_requests(out, "w1")  # idle w2 is paused: no thief
+    s.validate()
+
+
+def test_a_resumed_worker_gets_work_again(state):
+    pause(state, "w1")
+    pause(state, "w2")
+    out = state.handle(graph(*(spec(f"r{i}") for i in range(4)),
+                             spec("only-w1", workers=["w1"])))
+    assert computes(out) == [] and len(state.placement.queued) == 4
+    assert state.tasks["only-w1"].state == "no-worker"
+    out = pause(state, "w1", False)
+    assert state.workers["w1"].status == "running"
+    assert "only-w1" in computes(out, "w1") and len(computes(out, "w1")) >= 2
+    assert not computes(out, "w2")
+
+
+def test_pause_reports_from_a_leaving_worker_are_ignored(state):
+    state.handle(RetireWorkers(S, ["w1"]))
+    pause(state, "w1")
+    assert state.workers["w1"].status == "closing"
+    pause(state, "w2")
+    state.handle(RetireWorkers(S, ["w2"]))  # a paused worker can be retired
+    assert state.workers["w2"].status == "closing"
+
+
+def test_with_every_worker_stuck_paused_what_waits_for_a_worker_fails_saying_why(state):
+    pause(state, "w1")
+    pause(state, "w2")
+    state.handle(graph(spec("r"), spec("only-w1", workers=["w1"]),
+                       spec("elsewhere", workers=["w9"])))
+    why = "worker w1 cannot start this task: paused for 30.0 s and cannot spill: disk full"
+    out = state.handle(Heartbeat(S, "w1", {"paused": True, "memory_stuck_failure": why}))
+    assert sorted(reports(out, "task-erred")) == ["only-w1", "r"]
+    assert state.tasks["r"].exception_text == why
+    assert state.tasks["elsewhere"].state == "no-worker"  # w1 could not run it anyway
+    assert not state.placement.queued
+
+
+def test_a_stuck_worker_fails_nothing_while_another_runs(state):
+    pause(state, "w1")
+    state.handle(graph(*(spec(f"r{i}") for i in range(10))))
+    out = state.handle(Heartbeat(S, "w1", {"paused": True, "memory_stuck_failure": "stuck"}))
+    assert not reports(out, "task-erred") and state.placement.queued

@@ -22,6 +22,7 @@ from shoal.scheduler._events import (
     ClientReleasesKeys,
     ClientWantsKeys,
     Event,
+    Heartbeat,
     LongRunning,
     MissingData,
     RemoveClient,
@@ -45,7 +46,7 @@ actions = st.lists(
                          "submit",
                          "finish", "finish", "finish", "finish", "finish", "err", "release",
                          "cancel", "missing", "scatter", "steal", "steal", "secede",
-                         "fire_and_forget"]),
+                         "fire_and_forget", "pause"]),
         st.integers(0, 1000),
         st.integers(0, 1000),
     ),
@@ -74,6 +75,7 @@ class Workers:
         if w not in self.held:
             return  # sent to a worker that is gone: never arrives
         if msg["op"] == "compute-task":
+            assert state.workers[w].status != "paused", f"{msg['key']} given to paused {w}"
             for dep, holders in msg.get("who_has", {}).items():
                 assert holders, f"{msg['key']} sent with no holder of its input {dep}"
                 for h in holders:
@@ -244,10 +246,22 @@ class Driver:
         if ws.status == "running" and self.state.placement.queued:
             assert ws.busy >= self.state.placement.slots(ws), f"{ws.address} not refilled"
 
+    def pause(self, a: int, b: int) -> None:
+        """A worker pauses for memory (or resumes): it must be given no new work."""
+        w = self._worker(a)
+        if w is not None:
+            metrics: dict = {"paused": b % 3 != 0}
+            if b % 5 == 0:  # paused for good (a full spill disk): may fail what waits
+                metrics["memory_stuck_failure"] = "stuck"
+            self.handle(Heartbeat(S, w, metrics))
+
     def fire_and_forget(self, a: int, b: int) -> None:
         self.handle(ClientWantsKeys(S, FIRE_AND_FORGET, self._some_keys(a, b)))
 
     def drain(self) -> None:
+        for w, ws in list(self.state.workers.items()):
+            if ws.status == "paused":
+                self.handle(Heartbeat(S, w, {"paused": False}))
         if not self.state.workers:
             self.add_worker(0, 0)
         if not any("GPU" in ws.resources for ws in self.state.workers.values()):

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from shoal.worker._allocator import Reclaimer
 from shoal.worker._memory import MemoryThresholds
 from shoal.worker._monitor import MemoryMonitor, WorkerMemoryError
 from shoal.worker._store import DataStore
@@ -105,6 +106,48 @@ def test_a_pause_with_nothing_to_spill_says_why_once(store: DataStore,
     check = monitor.check()
     assert not check.paused and check.stuck is None and monitor.stuck is None
     assert any("resumes" in r.getMessage() for r in caplog.records)
+
+
+def throttled(store: DataStore, proc: Process) -> tuple[MemoryMonitor, list[float]]:
+    """A monitor whose releases take 1 s each: the next is allowed 20 s later."""
+    now = [0.0]
+
+    def release() -> None:
+        now[0] += 1.0
+        proc.reclaim()
+
+    monitor = MemoryMonitor("w", LIMIT, MemoryThresholds(), store, proc.rss,
+                            Reclaimer(release, clock=lambda: now[0]), clock=lambda: now[0])
+    return monitor, now
+
+
+def test_a_paused_worker_gives_back_what_a_task_freed_without_waiting_for_the_throttle(
+        store: DataStore) -> None:
+    """The flaky resume: a release while the task still held its memory throttled the
+    next one for twenty times as long; the task's end must not wait that out."""
+    proc = Process(store, unmanaged=900)  # a task holding memory: paused, nothing to spill
+    monitor, _ = throttled(store, proc)
+    assert monitor.check().paused and proc.reclaims == 1
+    proc.unmanaged, proc.freed = 100, 800  # the task ended: freed, still resident
+    assert monitor.check().paused and proc.reclaims == 1  # throttled
+    monitor.task_ended()
+    check = monitor.check()
+    assert not check.paused and proc.reclaims == 2
+
+
+def test_a_worker_gives_back_what_is_free_before_it_pauses(store: DataStore) -> None:
+    """The other order: released while still under the pause threshold (the task was
+    growing), throttled, and over it by the time the task ended."""
+    proc = Process(store, unmanaged=750)  # over spill (700), under pause (800)
+    monitor, _ = throttled(store, proc)
+    assert not monitor.check().paused and proc.reclaims == 1
+    proc.unmanaged, proc.freed = 100, 800  # the task grew, then ended: freed, resident
+    monitor.task_ended()  # not paused: no reason to hurry
+    check = monitor.check()
+    assert not check.paused and proc.reclaims == 2  # released before pausing, throttle or not
+    proc.unmanaged = 900  # really in use: it pauses, after one release
+    assert monitor.check().paused and proc.reclaims == 3
+    assert monitor.check().paused and proc.reclaims == 3  # paused: the throttle holds
 
 
 def test_no_limit_means_no_policy(store: DataStore) -> None:

@@ -124,10 +124,15 @@ def _install_file(name: str, data: bytes, directory: str) -> str:
     import os
     import sys
 
+    # A directory per process: workers on one host must not rewrite the file while
+    # another imports it (a reload of a half-written module keeps the old names).
+    directory = os.path.join(directory, str(os.getpid()))
     os.makedirs(directory, exist_ok=True)
     path = os.path.join(directory, name)
-    with open(path, "wb") as f:
+    partial = f"{path}.{os.getpid()}.partial"
+    with open(partial, "wb") as f:
         f.write(data)
+    os.replace(partial, path)  # whole or not at all, for any reader
     if directory not in sys.path:
         sys.path.insert(0, directory)
     importlib.invalidate_caches()

@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any, cast
 
 import cloudpickle
 
+from ..protocol._serialize import refuse_memo_bombs
 from ._future import Future
 
 if TYPE_CHECKING:
@@ -59,6 +60,7 @@ def dumps(data: Any) -> tuple[bytes, list[str]]:
 
 
 def loads(data: bytes, client: Client) -> Any:
+    refuse_memo_bombs(data)
     return _FuturesOf(io.BytesIO(data), client).load()
 
 

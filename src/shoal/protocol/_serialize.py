@@ -16,8 +16,9 @@ from typing import Any
 import cloudpickle
 
 from .._exceptions import SerializationError
+from ._pickle_guard import check_memo
 
-__all__ = ["SerializationError", "Serialized", "deserialize", "serialize"]
+__all__ = ["SerializationError", "Serialized", "deserialize", "refuse_memo_bombs", "serialize"]
 
 #: Buffers smaller than this are left inside the pickle stream: a frame of
 #: its own costs more than copying a few kilobytes.
@@ -92,10 +93,21 @@ def serialize(obj: Any) -> Serialized:
     return Serialized([stream, *(buf.raw() for buf in buffers)])
 
 
+def refuse_memo_bombs(stream: bytes | memoryview) -> None:
+    """SerializationError for a pickle that would make the unpickler allocate
+    far more than its own size (see :mod:`._pickle_guard`)."""
+    index = check_memo(stream)
+    if index is not None:
+        raise SerializationError(
+            f"refused to unpickle a value: its {len(stream)}-byte pickle names memo index "
+            f"{index}, which would make it allocate about {16 * index / 1e6:,.0f} MB")
+
+
 def deserialize(ser: Serialized | bytes | memoryview) -> Any:
     """Inverse of :func:`serialize` (also given a lone frame, as bytes)."""
     if not isinstance(ser, Serialized):
         ser = Serialized([ser])
+    refuse_memo_bombs(ser.frames[0])
     try:
         return pickle.loads(ser.frames[0], buffers=ser.frames[1:])
     except Exception as exc:

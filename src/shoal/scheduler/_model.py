@@ -106,6 +106,11 @@ class TaskState:
             assert w.state not in ("memory", "erred", "forgotten"), f"{key}: stale waiter {w}"
 
 
+#: Statuses of a worker that is not leaving: ``running``, or ``paused`` for memory
+#: (it keeps its data and finishes what it started, but is given no new work).
+ACTIVE = ("running", "paused")
+
+
 class WorkerState:
     __slots__ = (
         "__weakref__",

@@ -68,8 +68,11 @@ class Placement:
     # ------------------------------------------------------------ validity
 
     def valid(self, ts: TaskState, ws: WorkerState) -> bool:
-        if ws.status != "running":
-            return False
+        """May ``ts`` go to ``ws`` now (it runs, and it fits the task's restrictions)?"""
+        return ws.status == "running" and self.fits(ts, ws)
+
+    def fits(self, ts: TaskState, ws: WorkerState) -> bool:
+        """Does ``ws`` fit the restrictions of ``ts`` (its status aside)?"""
         restricted = ts.worker_restrictions
         if (restricted is not None and not ts.loose_restrictions
                 and ws.address not in restricted and ws.name not in restricted):

@@ -15,7 +15,7 @@ import time
 from typing import TYPE_CHECKING, Any
 
 from ._events import RemoveWorker, RetireWorkers
-from ._model import TaskState, WorkerState
+from ._model import ACTIVE, TaskState, WorkerState
 
 if TYPE_CHECKING:
     from ._server import Scheduler
@@ -46,22 +46,22 @@ class Retirement:
 
     def choose(self, workers: list[str] | None, n: int | None) -> list[WorkerState]:
         state = self.scheduler.state
-        running = [ws for ws in state.workers.values() if ws.status == "running"]
+        active = [ws for ws in state.workers.values() if ws.status in ACTIVE]
         if workers is not None:
             wanted = set(workers)
-            return [ws for ws in running if ws.address in wanted or ws.name in wanted]
+            return [ws for ws in active if ws.address in wanted or ws.name in wanted]
         if n is None:
             raise ValueError("retire_workers needs `workers` or `n`")
         if n < 0:
             raise ValueError(f"cannot retire {n} workers")
-        return workers_to_close(running, n)
+        return workers_to_close(active, n)
 
     async def retire(self, workers: list[str] | None = None, n: int | None = None,
                      close: bool = True, timeout: float = DRAIN_TIMEOUT) -> list[dict[str, Any]]:
         chosen = self.choose(workers, n)
         state = self.scheduler.state
         if chosen and len(chosen) >= len([w for w in state.workers.values()
-                                          if w.status == "running"]):
+                                          if w.status in ACTIVE]):
             keep = [ts for ws in chosen for ts in ws.has_what]
             if keep:
                 raise ValueError("cannot retire every worker while they hold data")

@@ -29,6 +29,7 @@ import time
 from collections.abc import Callable, Iterable
 from typing import Any
 
+from .._exceptions import WorkerMemoryError
 from .._story import DEFAULT_STORY_SIZE, Entry, Story
 from ._errors import InvalidTransition, KilledWorkerError, LostDataError
 from ._events import (
@@ -55,7 +56,7 @@ from ._events import (
     UpdateData,
     UpdateGraph,
 )
-from ._model import EMPTY, TaskState, WorkerState, grow, key_prefix
+from ._model import ACTIVE, EMPTY, TaskState, WorkerState, grow, key_prefix
 from ._placement import Placement
 from ._stealing import Stealing
 from ._validate import validate_state
@@ -205,11 +206,7 @@ class SchedulerState:
         recs: Recs = {}
         if ev.keys:
             self._adopt_held(ws, ev.keys, recs, ev.stimulus_id)
-        for ts in self.tasks.values():
-            if ts.state == "no-worker" and self.placement.valid(ts, ws):
-                recs[ts.key] = "processing"
-        self._transitions(recs, ev.stimulus_id)
-        self._fill(ws, recs, ev.stimulus_id)
+        self._give_work(ws, recs, ev.stimulus_id)
 
     def _adopt_held(self, ws: WorkerState, keys: dict[str, int], recs: Recs, stim: str) -> None:
         """A rejoining worker's data: kept, and held until a client claims it."""
@@ -264,7 +261,7 @@ class SchedulerState:
     def _retire_workers(self, ev: RetireWorkers) -> None:
         for address in ev.addresses:
             ws = self.workers.get(address)
-            if ws is not None and ws.status == "running":
+            if ws is not None and ws.status in ACTIVE:
                 ws.status = "closing"
 
     def _heartbeat(self, ev: Heartbeat) -> None:
@@ -272,6 +269,44 @@ class SchedulerState:
         if ws is not None:
             ws.last_seen = self._now
             ws.metrics = ev.metrics
+            paused = ev.metrics.get("paused")
+            if type(paused) is bool and ws.status in ACTIVE and paused != (ws.status == "paused"):
+                self._set_paused(ws, paused, ev.stimulus_id)
+            stuck = ev.metrics.get("memory_stuck_failure")
+            if ws.status == "paused" and type(stuck) is str and stuck:
+                self._fail_stuck(ws, stuck, ev.stimulus_id)
+
+    def _set_paused(self, ws: WorkerState, paused: bool, stim: str) -> None:
+        """A worker paused for memory gets no new work (placement and stealing take
+        only ``running`` workers), and what waits on it unstarted is asked back for
+        the others; once it resumes it is given work again."""
+        ws.status = "paused" if paused else "running"
+        if paused:
+            for ts in self.stealing.evacuate(ws):
+                self.out.append(ToWorker(ws.address, {"op": "steal-request", "key": ts.key}))
+        else:
+            self._give_work(ws, {}, stim)
+
+    def _fail_stuck(self, ws: WorkerState, why: str, stim: str) -> None:
+        """``ws`` stays paused for good (its spill disk is full, past its stuck timeout).
+        While no worker runs, what waits for one that ``ws`` could run would wait for
+        ever: it fails, saying why, as the tasks waiting on ``ws`` itself do."""
+        if any(other.status == "running" for other in self.workers.values()):
+            return
+        failure = _failure(WorkerMemoryError(why))
+        recs: Recs = {}
+        for ts in [t for t in self.tasks.values() if t.state in ("queued", "no-worker")]:
+            if ts.state in ("queued", "no-worker") and self.placement.fits(ts, ws):
+                self._transition(ts, "erred", recs, stim, failure)
+        self._transitions(recs, stim)
+
+    def _give_work(self, ws: WorkerState, recs: Recs, stim: str) -> None:
+        """``ws`` can take work (it joined, or resumed): what waited for a worker, and roots."""
+        for ts in self.tasks.values():
+            if ts.state == "no-worker" and self.placement.valid(ts, ws):
+                recs[ts.key] = "processing"
+        self._transitions(recs, stim)
+        self._fill(ws, recs, stim)
 
     # --------------------------------------------------------- clients
 
@@ -515,7 +550,7 @@ class SchedulerState:
         recs: Recs = {}
         if thief is not None:
             self._transition(ts, "processing", recs, ev.stimulus_id, thief)
-        else:  # the thief is gone: place it afresh
+        else:  # the thief is gone or paused, or the victim paused: place it afresh
             self._transition(ts, "released", recs, ev.stimulus_id, GONE)
         self._transitions(recs, ev.stimulus_id)
 

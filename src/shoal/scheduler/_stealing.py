@@ -7,9 +7,13 @@ expected to be quicker than waiting behind the busy worker's queue.  The
 busy worker gives a task up only if it has not started it; its answer
 (``steal-response``) moves the task, or leaves it where it is.
 
-This module only decides: :meth:`Stealing.balance` returns the requests to
-make and :meth:`Stealing.response` the move to make; the state machine
-writes the messages and performs the transitions.
+A worker that pauses for memory is neither thief nor victim; what waits on
+it unstarted is asked back at once (:meth:`Stealing.evacuate`) and placed
+afresh on the running workers.
+
+This module only decides: :meth:`Stealing.balance` and :meth:`Stealing.evacuate`
+return the requests to make and :meth:`Stealing.response` the move to make;
+the state machine writes the messages and performs the transitions.
 """
 
 from __future__ import annotations
@@ -61,6 +65,23 @@ class Stealing:
             requests.append((ts, victim))
         return requests
 
+    def evacuate(self, ws: WorkerState) -> list[TaskState]:
+        """The tasks to ask back from ``ws``, which paused: those another running
+        worker could take (the ones it already started it keeps).  Recorded with
+        ``ws`` itself as the thief: given up, they are placed afresh."""
+        running = [other for other in self.state.workers.values() if other.status == "running"]
+        if not running:
+            return []
+        valid = self.state.placement.valid
+        asked = []
+        for ts in ws.processing:
+            if ts in self.in_flight or ts in ws.long_running:
+                continue
+            if any(valid(ts, other) for other in running):
+                self.in_flight[ts] = ws
+                asked.append(ts)
+        return asked
+
     def _transfer_seconds(self, ts: TaskState, ws: WorkerState) -> float:
         missing = [dep for dep in ts.dependencies if ws not in dep.who_has]
         if not missing:
@@ -80,10 +101,11 @@ class Stealing:
             return None
         if ts.state != "processing" or ts.processing_on is not victim:
             return None
-        if thief.address in self.state.workers and self.state.placement.valid(ts, thief):
+        if (thief is not victim and thief.address in self.state.workers
+                and self.state.placement.valid(ts, thief)):
             self.count += 1
             return ts, thief
-        return ts, None
+        return ts, None  # the thief is gone or paused, or this was an evacuation
 
     def forget(self, ts: TaskState) -> None:
         self.in_flight.pop(ts, None)

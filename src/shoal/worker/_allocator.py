@@ -98,6 +98,11 @@ class Reclaimer:
         self._next = -float("inf")
         self.count = 0
 
+    def wake(self) -> None:
+        """Let the next call release at once: something worth giving back may have been
+        freed since the last one (a paused worker's task ended)."""
+        self._next = -float("inf")
+
     def __call__(self) -> bool:
         start = self._clock()
         if start < self._next:

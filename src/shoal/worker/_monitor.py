@@ -87,16 +87,25 @@ class MemoryMonitor:
         if limit <= 0:
             return MemoryCheck(rss, "ok", False, 0, None)
         spill_at = thresholds.bytes_for("spill", limit)
+        released = False
         if spill_at is not None and rss >= spill_at:
             spill_until_below(self.store.evict, self._rss, limit, thresholds,
                               reclaim=self._reclaim)
             rss = self._rss()
             if rss >= spill_at and self._reclaim():  # nothing (more) to spill: give back
+                released = True
                 rss = self._rss()
-        managed = self.store.memory_bytes
-        unmanaged = max(rss - managed, 0)
         pause_at = thresholds.bytes_for("pause", limit)
         paused = pause_at is not None and rss > pause_at
+        if paused and not self.paused and not released:
+            # Pausing stops all work: first give back what is free, throttle or not
+            # (the last release may have been while a task still used the memory).
+            self._wake_reclaim()
+            if self._reclaim():
+                rss = self._rss()
+                paused = pause_at is not None and rss > pause_at
+        managed = self.store.memory_bytes
+        unmanaged = max(rss - managed, 0)
         if paused != self.paused:
             self.paused = paused
             logger.warning("worker %s %s (%s)", self.name, "pauses" if paused else "resumes",
@@ -113,6 +122,19 @@ class MemoryMonitor:
             self._disk_stuck_since = self._clock()
         state = memory_state(rss, managed, limit, thresholds)
         return MemoryCheck(rss, state, paused, unmanaged, stuck)
+
+    def task_ended(self) -> None:
+        """A task's code ended, perhaps freeing what it held.  A paused worker looks at
+        once, not when the throttle next allows: a release during the task (when the
+        memory was still in use) must not keep it paused for twenty times as long as
+        that release took.  Paused, it starts no tasks, so this stays rare."""
+        if self.paused:
+            self._wake_reclaim()
+
+    def _wake_reclaim(self) -> None:
+        wake = getattr(self._reclaim, "wake", None)  # a plain function (tests) has none
+        if wake is not None:
+            wake()
 
     def _numbers(self, rss: int, unmanaged: int) -> str:
         store = self.store

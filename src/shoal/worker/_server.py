@@ -479,6 +479,7 @@ class Worker:
             else:
                 events.append(ExecuteFailure(o.key, o.exception, o.traceback, o.exception_text,
                                              self._stimulus("execute-failed")))
+        self.memory.task_ended()
         self._handle(*events)
 
     def _inline(self, key: str, value: Any, nbytes: int) -> Serialized | bytes | memoryview | None:
@@ -591,32 +592,46 @@ class Worker:
     async def _heartbeat(self) -> None:
         while self.status == "running":
             await asyncio.sleep(HEARTBEAT_INTERVAL)  # a period, not a synchronisation
-            check = self.check_memory()
-            self._send(
-                {
-                    "op": "heartbeat",
-                    "metrics": {
-                        "memory_process": check.rss,
-                        "memory_managed": self.data.memory_bytes,
-                        "memory_unmanaged": check.unmanaged,
-                        "memory_spilled": self.data.spilled_bytes,
-                        "executing": len(self.state.executing),
-                        "bytes_served": self.bytes_served,
-                        "bytes_fetched": self.bytes_fetched,
-                        "paused": self.state.paused,
-                        "memory_state": check.state,
-                        "memory_stuck": check.stuck,
-                        "spill_error": self.data.spill_error,
-                        "cpu": self._process.cpu_percent(),
-                    },
-                }
-            )
+            self._send_heartbeat(self.check_memory(report_pause=False))
 
-    def check_memory(self) -> MemoryCheck:
-        """Spill, give memory back and pause or resume as the memory monitor finds."""
+    def _send_heartbeat(self, check: MemoryCheck) -> None:
+        self._send(
+            {
+                "op": "heartbeat",
+                "metrics": {
+                    "memory_process": check.rss,
+                    "memory_managed": self.data.memory_bytes,
+                    "memory_unmanaged": check.unmanaged,
+                    "memory_spilled": self.data.spilled_bytes,
+                    "executing": len(self.state.executing),
+                    "bytes_served": self.bytes_served,
+                    "bytes_fetched": self.bytes_fetched,
+                    "paused": self.state.paused,
+                    "memory_state": check.state,
+                    "memory_stuck": check.stuck,
+                    # paused for good: the scheduler fails what no worker can take
+                    "memory_stuck_failure": self._stuck_failure(check),
+                    "spill_error": self.data.spill_error,
+                    "cpu": self._process.cpu_percent(),
+                },
+            }
+        )
+
+    def _stuck_failure(self, check: MemoryCheck) -> str | None:
+        failure = self.memory.stuck_failure() if check.paused else None
+        return str(failure) if failure is not None else None
+
+    def check_memory(self, report_pause: bool = True) -> MemoryCheck:
+        """Spill, give memory back and pause or resume as the memory monitor finds.
+
+        A pause or resume is reported to the scheduler at once (``report_pause``),
+        so that it stops or starts giving this worker work without waiting for
+        the next heartbeat."""
         check = self.memory.check()
         if check.paused != self.state.paused:
             self._handle(SetPaused(check.paused, self._stimulus("memory-pause")))
+            if report_pause:
+                self._send_heartbeat(check)
         if check.paused and self.state.ready and not self.state.executing:
             failure = self.memory.stuck_failure()
             if failure is not None:  # they would wait for ever: their clients hear why
