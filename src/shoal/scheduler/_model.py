@@ -7,6 +7,7 @@ their attributes directly.
 from __future__ import annotations
 
 import re
+import sys
 from typing import Any
 
 #: The shared value of a task's relation sets while they are empty.
@@ -18,12 +19,30 @@ def grow(relation: set[Any]) -> set[Any]:
     return relation if relation is not EMPTY else set()
 
 
+def with_item(items: tuple[Any, ...], item: Any) -> tuple[Any, ...]:
+    """``items`` with ``item`` (once).
+
+    ``who_has`` and ``who_wants`` are tuples: nearly always they hold one
+    worker and one client, and a tuple of one is 56 bytes where a set is 216
+    (with a million held tasks, that is most of the scheduler's memory).
+    """
+    return items if item in items else (*items, item)
+
+
+def without_item(items: tuple[Any, ...], item: Any) -> tuple[Any, ...]:
+    """``items`` without ``item``."""
+    if item not in items:
+        return items
+    return tuple(x for x in items if x != item) if len(items) > 1 else ()
+
+
 _HEX_TAIL = re.compile(r"[-_]?[0-9a-f]{8,}$")
 
 
 def key_prefix(key: str) -> str:
     """``"inc-9f86d08..."`` -> ``"inc"``: groups tasks of one function."""
-    return _HEX_TAIL.sub("", key.split("-")[0] if "-" in key else key) or key
+    # interned: a million tasks of one function share one prefix string
+    return sys.intern(_HEX_TAIL.sub("", key.split("-")[0] if "-" in key else key) or key)
 
 
 class TaskState:
@@ -70,8 +89,8 @@ class TaskState:
         self.dependents: set[TaskState] = EMPTY
         self.waiting_on: set[TaskState] = EMPTY
         self.waiters: set[TaskState] = EMPTY
-        self.who_has: set[WorkerState] = set()
-        self.who_wants: set[str] = set()
+        self.who_has: tuple[WorkerState, ...] = ()  # see with_item
+        self.who_wants: tuple[str, ...] = ()
         self.nbytes = 0
         self.processing_on: WorkerState | None = None
         self.retries = 0

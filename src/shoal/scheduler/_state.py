@@ -55,7 +55,7 @@ from ._events import (
     UpdateData,
     UpdateGraph,
 )
-from ._model import EMPTY, TaskState, WorkerState, grow, key_prefix
+from ._model import EMPTY, TaskState, WorkerState, grow, key_prefix, with_item, without_item
 from ._placement import Placement
 from ._stealing import Stealing
 from ._validate import validate_state
@@ -219,7 +219,7 @@ class SchedulerState:
             if ts is None:
                 ts = TaskState(key, key_prefix(key), None, None, (0, next(self._generation), 0))
                 self.tasks[key] = ts
-                ts.who_wants.add(REJOIN_HOLDER)
+                ts.who_wants = (REJOIN_HOLDER,)
             if ts.state == "memory":
                 self._add_replica(ts, ws)
             elif ts.state == "erred":
@@ -249,7 +249,7 @@ class SchedulerState:
                 self._transition(ts, "released", recs, stim, GONE)
         lost = []
         for ts in ws.has_what:
-            ts.who_has.discard(ws)
+            ts.who_has = without_item(ts.who_has, ws)
             if not ts.who_has:
                 lost.append(ts)
         ws.has_what.clear()
@@ -385,7 +385,7 @@ class SchedulerState:
                 ts = TaskState(key, key_prefix(key), None, None, (0, next(self._generation), 0))
                 self.tasks[key] = ts
             if ts.state != "memory":
-                ts.who_wants.add(ev.client)
+                ts.who_wants = with_item(ts.who_wants, ev.client)
                 self._transition(ts, "memory", recs, ev.stimulus_id,
                                  (workers, ev.nbytes.get(key, 0)))
             else:
@@ -398,7 +398,7 @@ class SchedulerState:
         if client in ts.who_wants or (client == FIRE_AND_FORGET
                                       and ts.state in ("memory", "erred")):
             return
-        ts.who_wants.add(client)
+        ts.who_wants = (*ts.who_wants, client)
         if ts.state == "memory":
             self._report_memory(ts, [client])
         elif ts.state == "erred":
@@ -420,7 +420,7 @@ class SchedulerState:
             ts = self.tasks.get(key)
             if ts is None or ev.client not in ts.who_wants:
                 continue
-            ts.who_wants.discard(ev.client)
+            ts.who_wants = without_item(ts.who_wants, ev.client)
             if not self._wanted(ts):
                 recs[key] = "forgotten" if not ts.dependents else "released"
         self._transitions(recs, ev.stimulus_id)
@@ -441,7 +441,7 @@ class SchedulerState:
         for ts in doomed:
             for client in ts.who_wants:
                 self.out.append(ToClient(client, {"op": "cancelled-keys", "keys": [ts.key]}))
-            ts.who_wants.clear()
+            ts.who_wants = ()
         for ts in doomed:
             if ts.key in self.tasks and not self._wanted(ts):
                 recs[ts.key] = "released"
@@ -485,7 +485,7 @@ class SchedulerState:
         errant = self.workers.get(ev.errant_worker)
         if ts is None or errant is None or errant not in ts.who_has:
             return
-        ts.who_has.discard(errant)
+        ts.who_has = without_item(ts.who_has, errant)
         errant.has_what.discard(ts)
         errant.nbytes -= ts.nbytes
         recs: Recs = {}
@@ -682,7 +682,7 @@ class SchedulerState:
         self._release_inputs(ts, recs)
         if ts.who_wants:
             self._report_memory(ts, ts.who_wants, inline)
-            ts.who_wants.discard(FIRE_AND_FORGET)
+            ts.who_wants = without_item(ts.who_wants, FIRE_AND_FORGET)
         if not self._wanted(ts):
             recs[ts.key] = "forgotten" if not ts.dependents else "released"
 
@@ -721,7 +721,7 @@ class SchedulerState:
         if ts.who_wants:
             self._report_erred(ts, ts.who_wants)
         if FIRE_AND_FORGET in ts.who_wants:
-            ts.who_wants.discard(FIRE_AND_FORGET)
+            ts.who_wants = without_item(ts.who_wants, FIRE_AND_FORGET)
             if not self._wanted(ts):
                 recs[ts.key] = "forgotten" if not ts.dependents else "released"
 
@@ -792,7 +792,7 @@ class SchedulerState:
 
     def _add_replica(self, ts: TaskState, ws: WorkerState) -> None:
         if ws not in ts.who_has:
-            ts.who_has.add(ws)
+            ts.who_has = (*ts.who_has, ws)
             ws.has_what.add(ts)
             ws.nbytes += ts.nbytes
 
@@ -801,7 +801,7 @@ class SchedulerState:
             ws.has_what.discard(ts)
             ws.nbytes -= ts.nbytes
             self.out.append(ToWorker(ws.address, {"op": "free-keys", "keys": [ts.key]}))
-        ts.who_has.clear()
+        ts.who_has = ()
 
     def _report_memory(self, ts: TaskState, clients: Iterable[str], inline: Any = None) -> None:
         workers = [ws.address for ws in ts.who_has]

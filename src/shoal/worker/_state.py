@@ -61,11 +61,14 @@ def _stimulus() -> str:
     """The id of an event built without one (in tests)."""
     return f"event-{next(_ids)}"
 
-#: When tasks take less than this on average, up to PREFETCH_PER_THREAD more
-#: per thread are handed to the executor ahead, so a thread goes from one tiny
-#: task to the next without waiting for the event loop in between.
+#: When tasks take less than this on average, more per thread are handed to
+#: the executor ahead, so a thread goes from one tiny task to the next without
+#: waiting for the event loop in between: as many as cover PREFETCH_SECONDS
+#: of work, at most PREFETCH_PER_THREAD.  Tiny tasks then cost one hand-over
+#: between the loop and a thread per batch, not per task.
 PREFETCH_BELOW_SECONDS = 0.005
-PREFETCH_PER_THREAD = 2
+PREFETCH_SECONDS = 0.002
+PREFETCH_PER_THREAD = 32
 
 #: Most peers fetched from at once, and most bytes asked of one peer at once.
 MAX_CONCURRENT_FETCHES = 8
@@ -420,7 +423,8 @@ class WorkerState:
         avg = self.avg_duration
         if avg is None or avg >= PREFETCH_BELOW_SECONDS:
             return 0
-        return self.nthreads * PREFETCH_PER_THREAD
+        ahead = max(2, min(PREFETCH_PER_THREAD, int(PREFETCH_SECONDS / max(avg, 1e-7))))
+        return self.nthreads * ahead
 
     def _ExecuteSuccess(self, ev: ExecuteSuccess) -> None:
         if ev.stop >= ev.start > 0:
