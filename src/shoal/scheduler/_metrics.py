@@ -132,9 +132,13 @@ class SchedulerMonitor:
 
     def refresh(self) -> int:
         """Take in new task-stream entries and heartbeats; the transfer total."""
+        histograms: dict[str, Any] = {}  # one label lookup per prefix, not per task
         for entry in self.tail.new_entries():
             prefix = key_prefix(entry["key"])
-            self.durations.labels(prefix).observe(max(0.0, entry["stop"] - entry["start"]))
+            histogram = histograms.get(prefix)
+            if histogram is None:
+                histogram = histograms[prefix] = self.durations.labels(prefix)
+            histogram.observe(max(0.0, entry["stop"] - entry["start"]))
             self.finished_by_prefix[prefix] = self.finished_by_prefix.get(prefix, 0) + 1
         return self.transfer.update(self.scheduler.state.workers)
 

@@ -37,12 +37,24 @@ def without_item(items: tuple[Any, ...], item: Any) -> tuple[Any, ...]:
 
 
 _HEX_TAIL = re.compile(r"[-_]?[0-9a-f]{8,}$")
+#: Prefixes found so far, by the key's first part (it is called for every task).
+_PREFIXES: dict[str, str] = {}
+MAX_CACHED_PREFIXES = 10_000
 
 
 def key_prefix(key: str) -> str:
     """``"inc-9f86d08..."`` -> ``"inc"``: groups tasks of one function."""
-    # interned: a million tasks of one function share one prefix string
-    return sys.intern(_HEX_TAIL.sub("", key.split("-")[0] if "-" in key else key) or key)
+    head = key.partition("-")[0]
+    prefix = _PREFIXES.get(head)
+    if prefix is None:
+        stripped = _HEX_TAIL.sub("", head)
+        if not stripped:
+            return key  # all of it is a hash: the key is its own group
+        if len(_PREFIXES) >= MAX_CACHED_PREFIXES:
+            _PREFIXES.clear()
+        # one shared string: a million tasks of one function hold one prefix
+        prefix = _PREFIXES[head] = sys.intern(stripped)
+    return prefix
 
 
 class TaskState:
