@@ -99,6 +99,10 @@ class Client(ClusterCalls, DatasetCalls):
         self._lock = threading.Lock()
         self._released: collections.deque[str] = collections.deque()
         self._release_scheduled = False
+        #: calls for the loop made from other threads, run in order (see _call_on_loop)
+        self._loop_calls: collections.deque[tuple[Callable[..., Any], tuple]] = (
+            collections.deque())
+        self._loop_calls_scheduled = False
         self._functions = FunctionCache()
         self._functions_sent: set[str] = set()  # the scheduler keeps these for us
         self._recipes: dict[str, Recipe] = {}  # of the keys this client holds futures for
@@ -260,10 +264,33 @@ class Client(ClusterCalls, DatasetCalls):
         return threading.get_ident() == self._loop_thread
 
     def _call_on_loop(self, callback: Callable[..., Any], *args: Any) -> None:
+        """Run ``callback`` on the client's loop, in the order of the calls.
+
+        From another thread the calls queue up and one wake-up of the loop
+        runs all that are queued by then: a loop of ``submit`` calls costs a
+        wake-up (a write to the loop's self-pipe) per batch, not per task, and
+        what they send leaves together.
+        """
         if self._on_loop():
             callback(*args)
-        elif self.loop is not None and not self.loop.is_closed():
-            self.loop.call_soon_threadsafe(callback, *args)
+            return
+        self._loop_calls.append((callback, args))
+        if not self._loop_calls_scheduled and self.loop is not None and not self.loop.is_closed():
+            self._loop_calls_scheduled = True
+            try:
+                self.loop.call_soon_threadsafe(self._run_loop_calls)
+            except RuntimeError:  # the loop closed meanwhile
+                pass
+
+    def _run_loop_calls(self) -> None:
+        self._loop_calls_scheduled = False  # first: a call queued from now on schedules anew
+        calls = self._loop_calls
+        while calls:
+            callback, args = calls.popleft()
+            try:
+                callback(*args)
+            except Exception:  # one failed call must not drop the ones queued after it
+                logger.exception("a call on the client's loop failed")
 
     def _send(self, msg: dict[str, Any]) -> None:
         if self._stream is None or self.status != "running":
