@@ -275,10 +275,14 @@ class Client(ClusterCalls, DatasetCalls):
             callback(*args)
             return
         self._loop_calls.append((callback, args))
-        if not self._loop_calls_scheduled and self.loop is not None and not self.loop.is_closed():
-            self._loop_calls_scheduled = True
+        self._wake_once("_loop_calls_scheduled", self._run_loop_calls)
+
+    def _wake_once(self, flag: str, callback: Callable[[], None]) -> None:
+        """Have the loop call ``callback`` unless the ``flag`` attribute says it will."""
+        if not getattr(self, flag) and self.loop is not None and not self.loop.is_closed():
+            setattr(self, flag, True)
             try:
-                self.loop.call_soon_threadsafe(self._run_loop_calls)
+                self.loop.call_soon_threadsafe(callback)
             except RuntimeError:  # the loop closed meanwhile
                 pass
 
@@ -326,12 +330,7 @@ class Client(ClusterCalls, DatasetCalls):
         where releases of one loop turn leave as one message.
         """
         self._released.append(key)
-        if not self._release_scheduled and self.loop is not None and not self.loop.is_closed():
-            self._release_scheduled = True
-            try:
-                self.loop.call_soon_threadsafe(self._process_releases)
-            except RuntimeError:  # the loop closed meanwhile
-                pass
+        self._wake_once("_release_scheduled", self._process_releases)
 
     def _process_releases(self) -> None:
         self._release_scheduled = False
