@@ -10,31 +10,7 @@ import re
 import sys
 from typing import Any
 
-#: The shared value of a task's relation sets while they are empty.
-EMPTY: Any = frozenset()
-
-
-def grow(relation: set[Any]) -> set[Any]:
-    """A relation set that can be added to (a new set in place of ``EMPTY``)."""
-    return relation if relation is not EMPTY else set()
-
-
-def with_item(items: tuple[Any, ...], item: Any) -> tuple[Any, ...]:
-    """``items`` with ``item`` (once).
-
-    ``who_has`` and ``who_wants`` are tuples: nearly always they hold one
-    worker and one client, and a tuple of one is 56 bytes where a set is 216
-    (with a million held tasks, that is most of the scheduler's memory).
-    """
-    return items if item in items else (*items, item)
-
-
-def without_item(items: tuple[Any, ...], item: Any) -> tuple[Any, ...]:
-    """``items`` without ``item``."""
-    if item not in items:
-        return items
-    return tuple(x for x in items if x != item) if len(items) > 1 else ()
-
+from .._relations import EMPTY
 
 _HEX_TAIL = re.compile(r"[-_]?[0-9a-f]{8,}$")
 #: Prefixes found so far, by the key's first part (it is called for every task).

@@ -29,6 +29,7 @@ import time
 from collections.abc import Callable, Iterable
 from typing import Any
 
+from .._relations import EMPTY, grow, with_item, without_item
 from .._story import DEFAULT_STORY_SIZE, Entry, Story
 from ._errors import InvalidTransition, KilledWorkerError, LostDataError
 from ._events import (
@@ -55,7 +56,7 @@ from ._events import (
     UpdateData,
     UpdateGraph,
 )
-from ._model import EMPTY, TaskState, WorkerState, grow, key_prefix, with_item, without_item
+from ._model import TaskState, WorkerState, key_prefix
 from ._placement import Placement
 from ._stealing import Stealing
 from ._validate import validate_state
