@@ -47,6 +47,9 @@ from ._tokenize import FunctionCache, task_key
 
 logger = logging.getLogger(__name__)
 
+#: Tasks per graph message a large ``map`` is sent in (see BatchedSend's weights).
+MAP_CHUNK = 2_000
+
 DEFAULT_TIMEOUT = 30.0
 #: How long a client tries to reconnect to a scheduler that went away.
 DEFAULT_RECONNECT_TIMEOUT = 60.0
@@ -296,11 +299,11 @@ class Client(ClusterCalls, DatasetCalls):
             except Exception:  # one failed call must not drop the ones queued after it
                 logger.exception("a call on the client's loop failed")
 
-    def _send(self, msg: dict[str, Any]) -> None:
+    def _send(self, msg: dict[str, Any], weight: int = 1) -> None:
         if self._stream is None or self.status != "running":
             return
         try:
-            self._stream.send(msg)
+            self._stream.send(msg, weight=weight)
         except CommClosedError:
             pass
 
@@ -515,7 +518,12 @@ class Client(ClusterCalls, DatasetCalls):
             tasks.append(task)
             deps.extend(task_deps)
             futures.append(Future(task["key"], self))
-        self._send_graph(tasks, ser_func, [t["key"] for t in tasks], deps)
+        # in graphs of MAP_CHUNK tasks, which the scheduler takes in one at a
+        # time while it serves everyone else; the inputs are held until the last
+        for start in range(0, max(len(tasks), 1), MAP_CHUNK):
+            chunk = tasks[start:start + MAP_CHUNK]
+            self._send_graph(chunk, ser_func, [t["key"] for t in chunk],
+                             deps if start + MAP_CHUNK >= len(tasks) else [])
         return futures
 
     def _new_function(self, token: str, ser: Serialized) -> dict[str, Serialized]:
@@ -567,7 +575,8 @@ class Client(ClusterCalls, DatasetCalls):
             if self.status == "running" and tasks:
                 token = tasks[0]["func"]
                 self._send({"op": "update-graph", "tasks": tasks,
-                            "functions": self._new_function(token, func), "wanted": wanted})
+                            "functions": self._new_function(token, func), "wanted": wanted},
+                           weight=len(tasks))
             keep_alive.clear()
 
         self._call_on_loop(send)

@@ -77,6 +77,8 @@ from ._state import DEFAULT_ALLOWED_FAILURES, FIRE_AND_FORGET, REJOIN_HOLDER, Sc
 logger = logging.getLogger(__name__)
 
 DEFAULT_WORKER_TTL = 10.0
+#: A stream that delivered more events than this at once lets the others in.
+YIELD_AFTER_EVENTS = 100
 #: Client ops the server handles itself rather than as state-machine events.
 _INLINE_CLIENT_OPS = frozenset({"close-client", "publish-dataset", "variable-set", "queue-put",
                                 "release-hold"})
@@ -284,6 +286,8 @@ class Scheduler:
             if events:
                 self.handle(*events)
                 self.retirement.poke()
+            if len(events) > YIELD_AFTER_EVENTS:  # let the others in before the next read
+                await asyncio.sleep(0)
 
     def _refused_report(self, address: str, msg: Any, exc: InvalidMessage) -> list[Event]:
         """A refused report of a task fails that task (only if this worker runs it)."""
@@ -392,6 +396,8 @@ class Scheduler:
             finally:
                 if events:
                     self.handle(*events)
+            # the next read may already be here: let the others (workers, HTTP) in first
+            await asyncio.sleep(0)
 
     def _client_message(self, client: str, msg: Any, strikes: Strikes,
                         events: list[Event]) -> bool:
