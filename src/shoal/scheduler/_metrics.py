@@ -163,8 +163,9 @@ def worker_state(ws: WorkerState) -> str:
 
 def tasks_by_state(scheduler: Scheduler) -> dict[str, int]:
     counts = dict.fromkeys(TASK_STATES, 0)
-    for ts in scheduler.state.tasks.values():
-        counts[ts.state] = counts.get(ts.state, 0) + 1
+    for by_state in scheduler.state.prefix_counts.values():  # not a walk over every task
+        for name, n in by_state.items():
+            counts[name] = counts.get(name, 0) + n
     return counts
 
 

@@ -85,6 +85,9 @@ TRANSITIONS: frozenset[tuple[str, str]] = frozenset({
     ("released", "forgotten"), ("memory", "forgotten"), ("erred", "forgotten"),
 })
 
+#: The states a task can be in while the scheduler knows it.
+TASK_STATES = ("released", "waiting", "queued", "no-worker", "processing", "memory", "erred")
+
 LEGAL_TRANSITIONS: dict[str, frozenset[str]] = {
     start: frozenset(f for s, f in TRANSITIONS if s == start)
     for start in sorted({s for s, _ in TRANSITIONS})
@@ -122,6 +125,9 @@ class SchedulerState:
         story_size: int = DEFAULT_STORY_SIZE,
     ) -> None:
         self.tasks: dict[str, TaskState] = {}
+        #: prefix -> state -> how many tasks: kept as tasks move, so that the
+        #: dashboard never walks a million tasks
+        self.prefix_counts: dict[str, dict[str, int]] = {}
         self.workers: dict[str, WorkerState] = {}
         self.clients: set[str] = set()
         self.functions: dict[str, Any] = {}
@@ -219,7 +225,7 @@ class SchedulerState:
             ts = self.tasks.get(key)
             if ts is None:
                 ts = TaskState(key, key_prefix(key), None, None, (0, next(self._generation), 0))
-                self.tasks[key] = ts
+                self._add_task(ts)
                 ts.who_wants = (REJOIN_HOLDER,)
             if ts.state == "memory":
                 self._add_replica(ts, ws)
@@ -348,7 +354,7 @@ class SchedulerState:
             return None
         ts = TaskState(spec.key, key_prefix(spec.key), spec.func, spec.args, priority)
         self._set_spec(ts, spec, deps)
-        self.tasks[ts.key] = ts
+        self._add_task(ts)
         return ts
 
     def _adopt_lineage(self, ts: TaskState, spec: TaskSpec, priority: tuple) -> None:
@@ -384,7 +390,7 @@ class SchedulerState:
             ts = self.tasks.get(key)
             if ts is None:
                 ts = TaskState(key, key_prefix(key), None, None, (0, next(self._generation), 0))
-                self.tasks[key] = ts
+                self._add_task(ts)
             if ts.state != "memory":
                 ts.who_wants = with_item(ts.who_wants, ev.client)
                 self._transition(ts, "memory", recs, ev.stimulus_id,
@@ -584,7 +590,21 @@ class SchedulerState:
                 f"{ts.key!r}: {start} -> {finish} is not allowed (stimulus {stim})")
         ts.state = finish
         self._record((ts.key, start, finish, stim, self._now))
+        counts = self.prefix_counts[ts.prefix]
+        counts[start] -= 1
+        if finish != "forgotten":
+            counts[finish] += 1
+        elif not any(counts.values()):
+            del self.prefix_counts[ts.prefix]
         move(ts, start, recs, stim, arg)
+
+    def _add_task(self, ts: TaskState) -> None:
+        """A new task (released), counted by prefix and state for the dashboard."""
+        self.tasks[ts.key] = ts
+        counts = self.prefix_counts.get(ts.prefix)
+        if counts is None:
+            counts = self.prefix_counts[ts.prefix] = dict.fromkeys(TASK_STATES, 0)
+        counts["released"] += 1
 
     def _check(self, ts: TaskState, finish: str) -> None:
         if (ts.state, finish) not in self._table:
