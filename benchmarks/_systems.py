@@ -1,4 +1,4 @@
-"""Start the same cluster shape on shoal or on dask.distributed.
+"""Start the same cluster shape on shoal or on dask.distributed (Ray: _ray_workloads).
 
 The benchmark compares two systems through one code path, so everything that
 differs between them (imports, LocalCluster keywords, command lines) is kept
@@ -37,7 +37,7 @@ WORKER_WAIT_SECONDS = 60.0
 STOP_WAIT_SECONDS = 10.0
 HERE = Path(__file__).resolve().parent
 SRC = HERE.parent / "src"
-SYSTEMS = ("shoal", "dask")
+SYSTEMS = ("shoal", "dask", "ray")
 
 # ``python -c`` entry point for shoal's CLI that works whatever main()'s signature.
 _SHOAL_MAIN = (
@@ -85,6 +85,10 @@ def load(name: str) -> System:
 
         return System("shoal", getattr(shoal, "__version__", "?"), shoal.Client,
                       shoal.LocalCluster, shoal.wait)
+    if name == "ray":  # its workloads are in _ray_workloads.py: no client/cluster classes
+        import ray
+
+        return System("ray", ray.__version__, None, None, ray.wait)
     raise ValueError(f"unknown system {name!r}; expected one of {SYSTEMS}")
 
 

@@ -1,4 +1,4 @@
-"""The five workloads of the performance goals, written once for both systems.
+"""The workloads of the performance goals, written once for shoal and dask.
 
 Each workload takes a ready :class:`_systems.System`, starts the cluster shape
 it needs, warms it up (connections open, functions cached on the workers),
@@ -25,6 +25,9 @@ FULL = {
     "tree_leaves": 8_192,
     "transfer_blocks": 8, "transfer_block_bytes": 32 * MiB,
     "memory_n": 100_000,
+    "million_n": 1_000_000,
+    "array_n": 8_000, "array_chunk": 500,
+    "dataframe_days": 30,
 }
 QUICK = {
     "roundtrip_n": 100, "roundtrip_warmup": 20,
@@ -32,6 +35,9 @@ QUICK = {
     "tree_leaves": 1_024,
     "transfer_blocks": 4, "transfer_block_bytes": 8 * MiB,
     "memory_n": 10_000,
+    "million_n": 100_000,
+    "array_n": 2_000, "array_chunk": 250,
+    "dataframe_days": 3,
 }
 WARMUP_TASKS = 200
 TRANSFER_ROUNDS = 3
@@ -46,8 +52,8 @@ class CpuMeter:
     so it is the figure to compare per-task costs with.
     """
 
-    def __init__(self, client: Any) -> None:
-        self.roles = _systems.process_roles(client)
+    def __init__(self, client: Any = None, roles: dict[int, str] | None = None) -> None:
+        self.roles = roles if roles is not None else _systems.process_roles(client)
         self.procs = {pid: psutil.Process(pid) for pid in self.roles}
         self.start: dict[int, float] = {}
         self.used: dict[int, float] = {}
@@ -205,10 +211,43 @@ def memory(system: _systems.System, sizes: dict[str, int]) -> dict[str, Any]:
             "memory_seconds": elapsed}
 
 
+def _compute(client: Any) -> Callable[[Any], Any]:
+    """A system's normal path for a dask collection: ``client.compute(c).result()``."""
+    return lambda collection: client.compute(collection).result()
+
+
+def array(system: _systems.System, sizes: dict[str, int]) -> dict[str, Any]:
+    """dask.array through the system's ``client.compute`` (see _userlevel.py)."""
+    import _userlevel
+
+    with _systems.local_cluster(system) as client:
+        _warm_up(client)
+        return _userlevel.array(_compute(client), sizes)
+
+
+def dataframe(system: _systems.System, sizes: dict[str, int]) -> dict[str, Any]:
+    """dask.dataframe groupby-aggregate through ``client.compute`` (see _userlevel.py)."""
+    import _userlevel
+
+    with _systems.local_cluster(system) as client:
+        _warm_up(client)
+        return _userlevel.dataframe(_compute(client), sizes)
+
+
+def million(system: _systems.System, sizes: dict[str, int]) -> dict[str, Any]:
+    """A million tasks at once (see _scale.py)."""
+    import _scale
+
+    return _scale.million(system, sizes)
+
+
 WORKLOADS: dict[str, Callable[[_systems.System, dict[str, int]], dict[str, Any]]] = {
     "roundtrip": roundtrip,
     "independent": independent,
     "tree": tree,
     "transfer": transfer,
     "memory": memory,
+    "million": million,
+    "array": array,
+    "dataframe": dataframe,
 }

@@ -84,7 +84,7 @@ MUTANTS: list[tuple[str, str, str, str]] = [
     (S, "        self.placement.secede(ts, ws)\n        recs: Recs = {}\n        self._fill(ws, recs, ev.stimulus_id)\n",
      "        self.placement.secede(ts, ws)\n        recs: Recs = {}\n",
      "scheduler: a seceded task's slot not refilled"),
-    (S, "            ts.who_wants.discard(FIRE_AND_FORGET)\n        if not self._wanted(ts):", "            pass\n        if not self._wanted(ts):",
+    (S, "            ts.who_wants = without_item(ts.who_wants, FIRE_AND_FORGET)\n        if not self._wanted(ts):", "            pass\n        if not self._wanted(ts):",
      "scheduler: a fire-and-forget task kept after it finished"),
     (W, "        while self.rejoining and len(self.executing) < self.nthreads:", "        while self.rejoining:",
      "worker: a seceded task rejoins with no free slot"),

@@ -51,9 +51,9 @@ def test_annotated_priority_and_resources_travel_with_their_tasks(client):
     sent: list[dict] = []
     real_send = client._send
 
-    def record(msg):  # the real send runs; this only keeps what went out
+    def record(msg, **kwargs):  # the real send runs; this only keeps what went out
         sent.append(msg)
-        real_send(msg)
+        real_send(msg, **kwargs)
 
     client._send = record
     try:

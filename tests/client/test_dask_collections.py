@@ -84,9 +84,9 @@ def test_a_graph_is_one_message_and_leaves_nothing_held_without_the_cyclic_gc(cl
     sent: list[str] = []
     real_send = client._send
 
-    def record(msg):  # the real send runs; this only notes what went out
+    def record(msg, **kwargs):  # the real send runs; this only notes what went out
         sent.append(msg["op"])
-        real_send(msg)
+        real_send(msg, **kwargs)
 
     client._send = record
     x = da.random.default_rng(0).random((400, 400), chunks=50)

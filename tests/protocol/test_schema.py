@@ -48,3 +48,41 @@ def test_specs_describe_themselves_in_their_errors():
                         ({"sizes": [], "rate": 1, "name": "abcd"}, "name: a string of 4")):
         with pytest.raises(InvalidMessage, match=text.replace("[", r"\[").replace("]", r"\]")):
             spec.check(value, "")
+
+
+def _accepted_by_check(spec, value) -> bool:
+    try:
+        spec.check(value, "")
+    except InvalidMessage:
+        return False
+    return True
+
+
+def test_the_fast_answer_agrees_with_the_explanation_on_every_message():
+    """``Spec.ok`` (asked of every message) and ``Spec.check`` (which says what is
+    wrong) must agree: a value ``ok`` lets through is one ``check`` accepts."""
+    import random
+
+    from shoal.protocol import _ops
+    from tests.fuzz.generate import AWKWARD, Inputs
+
+    tables = [_ops.SCHEDULER_RPC, _ops.SCHEDULER_OPEN, _ops.FROM_WORKER, _ops.FROM_CLIENT,
+              _ops.WORKER_RPC, _ops.FROM_SCHEDULER]
+    inputs = Inputs(random.Random(11))
+    checked = refused = 0
+    for i in range(6_000):
+        table = tables[i % len(tables)]
+        msg = inputs.maybe_broken(table)
+        op = msg.get("op") if isinstance(msg, dict) else None
+        specs = [table[op]] if type(op) is str and op in table else list(table.values())
+        fields = {k: v for k, v in msg.items() if k != "op"} if isinstance(msg, dict) else msg
+        for spec in specs:
+            explained_ok = _accepted_by_check(spec, fields)
+            assert spec.ok(fields) == explained_ok, (spec.describe(), msg)
+            checked += 1
+            refused += not explained_ok
+    for value in AWKWARD:
+        for spec in (Str(max_length=3, min_length=1), Int(lo=0, hi=5), Num(lo=0),
+                     ListOf(Str(max_length=2)), ListOf(Int())):
+            assert spec.ok(value) == _accepted_by_check(spec, value), (spec.describe(), value)
+    assert checked > 6_000 and 0 < refused < checked

@@ -6,6 +6,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from shoal.worker._state import (
+    PREFETCH_PER_THREAD,
     AcquireReplicas,
     ComputeTask,
     Execute,
@@ -177,9 +178,18 @@ def test_random_events_keep_invariants(events):
 def test_tiny_tasks_are_prefetched_into_the_executor():
     ws = WorkerState("me", 1)
     ws.handle(ComputeTask("warm", "f", None, (0,)))
-    ws.handle(ExecuteSuccess("warm", 1, 1.0, 1.0001))  # 0.1 ms tasks
-    out = ws.handle(*(ComputeTask(f"t{i}", "f", None, (i,)) for i in range(10)))
-    assert len([i for i in out if isinstance(i, Execute)]) == 1 + ws.prefetch == 3
+    ws.handle(ExecuteSuccess("warm", 1, 1.0, 1.0001))  # 0.1 ms tasks: 2 ms cover 20
+    out = ws.handle(*(ComputeTask(f"t{i}", "f", None, (i,)) for i in range(30)))
+    assert len([i for i in out if isinstance(i, Execute)]) == 1 + ws.prefetch == 21
+    ws.validate()
+
+
+def test_prefetching_is_bounded_whatever_the_tasks_speed():
+    ws = WorkerState("me", 2)
+    ws.handle(ComputeTask("warm", "f", None, (0,)))
+    ws.handle(ExecuteSuccess("warm", 1, 1.0, 1.0))  # too fast to time
+    out = ws.handle(*(ComputeTask(f"t{i}", "f", None, (i,)) for i in range(200)))
+    assert len([i for i in out if isinstance(i, Execute)]) == 2 * (1 + PREFETCH_PER_THREAD)
     ws.validate()
 
 

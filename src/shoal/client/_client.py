@@ -48,6 +48,9 @@ from ._tokenize import FunctionCache, task_key
 
 logger = logging.getLogger(__name__)
 
+#: Tasks per graph message a large ``map`` is sent in (see BatchedSend's weights).
+MAP_CHUNK = 2_000
+
 DEFAULT_TIMEOUT = 30.0
 #: How long a client tries to reconnect to a scheduler that went away.
 DEFAULT_RECONNECT_TIMEOUT = 60.0
@@ -109,6 +112,10 @@ class Client(ClusterCalls, DatasetCalls):
         self._lock = threading.Lock()
         self._released: collections.deque[str] = collections.deque()
         self._release_scheduled = False
+        #: calls for the loop made from other threads, run in order (see _call_on_loop)
+        self._loop_calls: collections.deque[tuple[Callable[..., Any], tuple]] = (
+            collections.deque())
+        self._loop_calls_scheduled = False
         self._functions = FunctionCache()
         self._functions_sent: set[str] = set()  # the scheduler keeps these for us
         self._recipes: dict[str, Recipe] = {}  # of the keys this client holds futures for
@@ -289,16 +296,43 @@ class Client(ClusterCalls, DatasetCalls):
         return threading.get_ident() == self._loop_thread
 
     def _call_on_loop(self, callback: Callable[..., Any], *args: Any) -> None:
+        """Run ``callback`` on the client's loop, in the order of the calls.
+
+        From another thread the calls queue up and one wake-up of the loop
+        runs all that are queued by then: a loop of ``submit`` calls costs a
+        wake-up (a write to the loop's self-pipe) per batch, not per task, and
+        what they send leaves together.
+        """
         if self._on_loop():
             callback(*args)
-        elif self.loop is not None and not self.loop.is_closed():
-            self.loop.call_soon_threadsafe(callback, *args)
+            return
+        self._loop_calls.append((callback, args))
+        self._wake_once("_loop_calls_scheduled", self._run_loop_calls)
 
-    def _send(self, msg: dict[str, Any]) -> None:
+    def _wake_once(self, flag: str, callback: Callable[[], None]) -> None:
+        """Have the loop call ``callback`` unless the ``flag`` attribute says it will."""
+        if not getattr(self, flag) and self.loop is not None and not self.loop.is_closed():
+            setattr(self, flag, True)
+            try:
+                self.loop.call_soon_threadsafe(callback)
+            except RuntimeError:  # the loop closed meanwhile
+                pass
+
+    def _run_loop_calls(self) -> None:
+        self._loop_calls_scheduled = False  # first: a call queued from now on schedules anew
+        calls = self._loop_calls
+        while calls:
+            callback, args = calls.popleft()
+            try:
+                callback(*args)
+            except Exception:  # one failed call must not drop the ones queued after it
+                logger.exception("a call on the client's loop failed")
+
+    def _send(self, msg: dict[str, Any], weight: int = 1) -> None:
         if self._stream is None or self.status != "running":
             return
         try:
-            self._stream.send(msg)
+            self._stream.send(msg, weight=weight)
         except CommClosedError:
             pass
 
@@ -328,12 +362,7 @@ class Client(ClusterCalls, DatasetCalls):
         where releases of one loop turn leave as one message.
         """
         self._released.append(key)
-        if not self._release_scheduled and self.loop is not None and not self.loop.is_closed():
-            self._release_scheduled = True
-            try:
-                self.loop.call_soon_threadsafe(self._process_releases)
-            except RuntimeError:  # the loop closed meanwhile
-                pass
+        self._wake_once("_release_scheduled", self._process_releases)
 
     def _process_releases(self) -> None:
         self._release_scheduled = False
@@ -518,7 +547,12 @@ class Client(ClusterCalls, DatasetCalls):
             tasks.append(task)
             deps.extend(task_deps)
             futures.append(Future(task["key"], self))
-        self._send_graph(tasks, ser_func, [t["key"] for t in tasks], deps)
+        # in graphs of MAP_CHUNK tasks, which the scheduler takes in one at a
+        # time while it serves everyone else; the inputs are held until the last
+        for start in range(0, max(len(tasks), 1), MAP_CHUNK):
+            chunk = tasks[start:start + MAP_CHUNK]
+            self._send_graph(chunk, ser_func, [t["key"] for t in chunk],
+                             deps if start + MAP_CHUNK >= len(tasks) else [])
         return futures
 
     def _new_function(self, token: str, ser: Serialized) -> dict[str, Serialized]:
@@ -570,7 +604,8 @@ class Client(ClusterCalls, DatasetCalls):
             if self.status == "running" and tasks:
                 token = tasks[0]["func"]
                 self._send({"op": "update-graph", "tasks": tasks,
-                            "functions": self._new_function(token, func), "wanted": wanted})
+                            "functions": self._new_function(token, func), "wanted": wanted},
+                           weight=len(tasks))
             keep_alive.clear()
 
         self._call_on_loop(send)

@@ -34,8 +34,8 @@ class FutureState:
     """What the client knows about one key; shared by its Futures."""
 
     __slots__ = (
+        "_event",
         "callbacks",
-        "event",
         "exception",
         "exception_text",
         "inline",
@@ -49,14 +49,25 @@ class FutureState:
     def __init__(self, key: str) -> None:
         self.key = key
         self.status = "pending"
-        self.event = asyncio.Event()
+        # made when someone waits (on the client's loop): an asyncio.Event
+        # costs some 700 bytes, and most futures are only ever gathered once
+        self._event: asyncio.Event | None = None
         self.exception: Serialized | None = None
         self.traceback = ""
         self.exception_text = ""
         self.workers: list[str] = []
         self.nbytes = 0
-        self.callbacks: list[Callable[[], None]] = []
+        self.callbacks: list[Callable[[], None]] | None = None  # made by the first one
         self.inline: Serialized | None = None  # a small result sent along with the report
+
+    @property
+    def event(self) -> asyncio.Event:
+        """Set while the key is done; only for use on the client's loop."""
+        if self._event is None:
+            self._event = asyncio.Event()
+            if self.status in FINAL:
+                self._event.set()
+        return self._event
 
     def finish(self, workers: list[str], nbytes: int, inline: Serialized | None = None) -> None:
         self.status = "finished"
@@ -79,12 +90,14 @@ class FutureState:
         self.status = "pending"
         self.workers = []
         self.inline = None
-        self.event.clear()
+        if self._event is not None:
+            self._event.clear()
 
     def _done(self) -> None:
-        self.event.set()
-        callbacks, self.callbacks = self.callbacks, []
-        for callback in callbacks:
+        if self._event is not None:
+            self._event.set()
+        callbacks, self.callbacks = self.callbacks, None
+        for callback in callbacks or ():
             _call_guarded(callback, self.key)
 
     def make_exception(self) -> BaseException:
@@ -184,6 +197,8 @@ class Future:
         def attach() -> None:
             if state.status in FINAL:
                 _call_guarded(call, self.key)
+            elif state.callbacks is None:
+                state.callbacks = [call]
             else:
                 state.callbacks.append(call)
 

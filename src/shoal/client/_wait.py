@@ -41,6 +41,11 @@ def wait(futures: Iterable[Future] | Future, timeout: float | None = None,
 
 
 async def _wait(futures: list[Future], return_when: str) -> None:
+    if return_when == ALL_COMPLETED:  # one after the other: linear in the number of futures
+        for f in futures:
+            if not f.done():
+                await f._state.event.wait()
+        return
     pending = {asyncio.ensure_future(f._state.event.wait()) for f in futures if not f.done()}
     try:
         while pending:

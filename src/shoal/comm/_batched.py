@@ -5,6 +5,10 @@ after every callback already scheduled in this loop turn, so everything sent
 in the same turn leaves as one message; while a write is in flight, further
 messages pile up and go out together in the next.  No timer is involved: a
 lone message leaves at once, a flood batches itself.
+
+A flood is cut into writes of at most :data:`MAX_BATCH_WEIGHT` messages (or
+of messages weighing that much: a graph of 2,000 tasks weighs 2,000), so the
+peer decodes and handles it in slices and stays responsive meanwhile.
 """
 
 from __future__ import annotations
@@ -18,6 +22,9 @@ from ._supervise import spawn
 
 logger = logging.getLogger(__name__)
 
+#: The most messages (or message weight, see ``send``) one write carries.
+MAX_BATCH_WEIGHT = 2_000
+
 
 class BatchedSend:
     """A stream of small messages over one comm, written in batches."""
@@ -25,16 +32,24 @@ class BatchedSend:
     def __init__(self, comm: Comm) -> None:
         self.comm = comm
         self._buffer: list[Any] = []
+        self._cuts: list[int] = []  # where the buffer is cut into writes
+        self._weight = 0  # of the buffer since the last cut
         self._wake = asyncio.Event()
         self._closing = False
         self.messages_sent = 0
         self.batches_sent = 0
         self._task = spawn(self._run(), f"batched stream to {comm.peer_address}")
 
-    def send(self, *msgs: Any) -> None:
+    def send(self, *msgs: Any, weight: int | None = None) -> None:
+        """Queue ``msgs``; ``weight`` (default: one per message) says how much
+        handling they cost the peer, e.g. the number of tasks in a graph."""
         if self._closing or self.comm.closed():
             raise CommClosedError(f"stream to {self.comm.peer_address} is closed")
         self._buffer.extend(msgs)
+        self._weight += len(msgs) if weight is None else weight
+        if self._weight >= MAX_BATCH_WEIGHT:
+            self._cuts.append(len(self._buffer))
+            self._weight = 0
         self._wake.set()
 
     async def _run(self) -> None:
@@ -45,15 +60,21 @@ class BatchedSend:
                 if self._closing:
                     return
                 continue
-            batch, self._buffer = self._buffer, []
+            batch, cuts = self._buffer, self._cuts
+            self._buffer, self._cuts, self._weight = [], [], 0
+            start = 0
             try:
-                await self.comm.write(batch)
+                for end in (*cuts, len(batch)):
+                    if end > start:
+                        await self.comm.write(batch[start:end] if cuts else batch)
+                        self.messages_sent += end - start
+                        self.batches_sent += 1
+                    start = end
             except CommClosedError:
-                logger.debug("stream to %s closed with %d unsent", self.comm.peer_address, len(batch))
+                logger.debug("stream to %s closed with %d unsent", self.comm.peer_address,
+                             len(batch) - start)
                 self._closing = True
                 return
-            self.messages_sent += len(batch)
-            self.batches_sent += 1
             if self._closing and not self._buffer:
                 return
 

@@ -235,6 +235,10 @@ def check_message(table: Mapping[str, Record], msg: Any) -> tuple[str, dict[str,
     spec = table.get(op)
     if spec is None:
         raise InvalidMessage("op", f"unknown operation {op[:80]!r}")
-    fields = {k: v for k, v in msg.items() if k != "op" and k != "reply"}
-    spec.check(fields, "")
+    fields = dict(msg)
+    del fields["op"]
+    fields.pop("reply", None)
+    if not spec.ok(fields):  # only a refused message pays for saying what is wrong
+        spec.check(fields, "")
+        raise InvalidMessage("", f"{op!r} does not fit its shape")
     return op, fields

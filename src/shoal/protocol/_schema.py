@@ -54,9 +54,23 @@ def _join(path: str, name: str) -> str:
 
 
 class Spec:
-    """The shape of one value; ``check`` raises InvalidMessage or returns None."""
+    """The shape of one value.
+
+    ``ok`` answers whether a value fits, building nothing (it runs for every
+    message, so it must cost little); ``check`` raises InvalidMessage naming
+    the field and the problem, or returns None.  The two agree on every value
+    (tests/protocol/test_schema.py holds them to it): ``check_message`` asks
+    ``ok`` first, and only a refused value pays for the explanation.
+    """
 
     __slots__ = ()
+
+    def ok(self, value: Any) -> bool:
+        try:
+            self.check(value, "")
+        except InvalidMessage:
+            return False
+        return True
 
     def check(self, value: Any, path: str) -> None:
         raise NotImplementedError
@@ -69,6 +83,9 @@ class Anything(Spec):
     """Any value (relayed as it is, e.g. a broadcast's arguments)."""
 
     __slots__ = ()
+
+    def ok(self, value: Any) -> bool:
+        return True
 
     def check(self, value: Any, path: str) -> None:
         return None
@@ -84,6 +101,9 @@ class Str(Spec):
         self.max_length = max_length
         self.min_length = min_length
 
+    def ok(self, value: Any) -> bool:
+        return type(value) is str and self.min_length <= len(value) <= self.max_length
+
     def check(self, value: Any, path: str) -> None:
         if type(value) is not str:
             raise InvalidMessage(path, f"expected a string, got {_shown(value)}")
@@ -97,6 +117,9 @@ class Str(Spec):
 
 class Bool(Spec):
     __slots__ = ()
+
+    def ok(self, value: Any) -> bool:
+        return type(value) is bool
 
     def check(self, value: Any, path: str) -> None:
         if type(value) is not bool:
@@ -114,6 +137,10 @@ class Int(Spec):
     def __init__(self, lo: int | None = None, hi: int | None = None) -> None:
         self.lo = lo
         self.hi = hi
+
+    def ok(self, value: Any) -> bool:
+        return type(value) is int and (self.lo is None or value >= self.lo) and (
+            self.hi is None or value <= self.hi)
 
     def check(self, value: Any, path: str) -> None:
         if type(value) is not int:
@@ -138,6 +165,14 @@ class Num(Spec):
         self.lo = lo
         self.hi = hi
 
+    def ok(self, value: Any) -> bool:
+        kind = type(value)
+        if kind is not float and kind is not int:
+            return False
+        if kind is float and not math.isfinite(value):
+            return False
+        return (self.lo is None or value >= self.lo) and (self.hi is None or value <= self.hi)
+
     def check(self, value: Any, path: str) -> None:
         kind = type(value)
         if kind is not float and kind is not int:
@@ -158,6 +193,9 @@ class Blob(Spec):
 
     __slots__ = ()
 
+    def ok(self, value: Any) -> bool:
+        return isinstance(value, (Serialized, bytes, memoryview))
+
     def check(self, value: Any, path: str) -> None:
         if not isinstance(value, (Serialized, bytes, memoryview)):
             raise InvalidMessage(path, f"expected serialized data, got {_shown(value)}")
@@ -172,6 +210,9 @@ class Nullable(Spec):
     def __init__(self, spec: Spec) -> None:
         self.spec = spec
 
+    def ok(self, value: Any) -> bool:
+        return value is None or self.spec.ok(value)
+
     def check(self, value: Any, path: str) -> None:
         if value is not None:
             self.spec.check(value, path)
@@ -185,6 +226,9 @@ class AnyOf(Spec):
 
     def __init__(self, *specs: Spec) -> None:
         self.specs = specs
+
+    def ok(self, value: Any) -> bool:
+        return any(spec.ok(value) for spec in self.specs)
 
     def check(self, value: Any, path: str) -> None:
         for spec in self.specs:
@@ -207,6 +251,18 @@ class ListOf(Spec):
         self.min_length = min_length
         self.max_length = max_length
 
+    def ok(self, value: Any) -> bool:
+        if type(value) is not list or len(value) < self.min_length or (
+            self.max_length is not None and len(value) > self.max_length
+        ):
+            return False
+        item = self.item
+        if type(item) is Str:  # the common case, inlined: lists of keys
+            lo, hi = item.min_length, item.max_length
+            return all(type(v) is str and lo <= len(v) <= hi for v in value)
+        ok = item.ok
+        return all(ok(v) for v in value)
+
     def check(self, value: Any, path: str) -> None:
         if type(value) is not list:
             raise InvalidMessage(path, f"expected a list, got {_shown(value)}")
@@ -217,9 +273,9 @@ class ListOf(Spec):
                                  f"{self.min_length}..{self.max_length or 'any'}")
         check = self.item.check
         if type(self.item) is Str:  # the common case, inlined: lists of keys
-            limit = self.item.max_length
+            lo, hi = self.item.min_length, self.item.max_length
             for i, item in enumerate(value):
-                if type(item) is not str or len(item) > limit:
+                if type(item) is not str or not lo <= len(item) <= hi:
                     check(item, f"{path}[{i}]")
             return
         for i, item in enumerate(value):
@@ -235,6 +291,12 @@ class MapOf(Spec):
     def __init__(self, key: Spec, value: Spec) -> None:
         self.key = key
         self.value = value
+
+    def ok(self, value: Any) -> bool:
+        if type(value) is not dict:
+            return False
+        key_ok, value_ok = self.key.ok, self.value.ok
+        return all(key_ok(k) and value_ok(v) for k, v in value.items())
 
     def check(self, value: Any, path: str) -> None:
         if type(value) is not dict:
@@ -268,6 +330,24 @@ class Record(Spec):
     @property
     def required(self) -> frozenset[str]:
         return frozenset(self.fields) - self.optional
+
+    def ok(self, value: Any) -> bool:
+        if type(value) is not dict:
+            return False
+        fields, optional = self.fields, self.optional
+        seen = 0
+        for name, item in value.items():
+            spec = fields.get(name)
+            if spec is None:
+                if type(name) is not str or self.extra is None or not self.extra.ok(item):
+                    return False
+                continue
+            seen += 1
+            if (item is not None or name not in optional) and not spec.ok(item):
+                return False
+        if seen < len(fields):
+            return all(name in value or name in optional for name in fields)
+        return True
 
     def check(self, value: Any, path: str) -> None:
         if type(value) is not dict:

@@ -17,20 +17,25 @@ from __future__ import annotations
 import math
 from typing import TYPE_CHECKING
 
+from ._placement import UNKNOWN_TASK_DURATION
+
 if TYPE_CHECKING:
     from ._state import SchedulerState
 
 DEFAULT_TARGET_DURATION = 5.0
+#: The states of tasks that still need a thread.
+PENDING_STATES = ("processing", "queued", "no-worker", "waiting")
 #: Fraction of a worker's memory limit counted as usable before spilling.
 MEMORY_USABLE_FRACTION = 0.6
 
 
 def pending_seconds(state: SchedulerState) -> float:
-    estimate = state.placement.estimate
+    durations = state.placement.durations
     total = 0.0
-    for ts in state.tasks.values():
-        if ts.state in ("processing", "queued", "no-worker", "waiting"):
-            total += estimate(ts)
+    for prefix, counts in state.prefix_counts.items():  # not a walk over every task
+        pending = sum(counts[name] for name in PENDING_STATES)
+        if pending:
+            total += pending * durations.get(prefix, UNKNOWN_TASK_DURATION)
     return total
 
 
@@ -46,6 +51,7 @@ def adaptive_target(state: SchedulerState, target_duration: float = DEFAULT_TARG
         usable = MEMORY_USABLE_FRACTION * sum(limits) / len(limits)
         memory = math.ceil(held / usable)
     target = max(cpu, memory)
-    if target == 0 and any(ts.state in ("queued", "no-worker") for ts in state.tasks.values()):
+    if target == 0 and any(counts["queued"] or counts["no-worker"]
+                           for counts in state.prefix_counts.values()):
         target = 1
     return target

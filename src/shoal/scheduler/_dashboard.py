@@ -118,14 +118,9 @@ def busy_fractions(scheduler: Scheduler, now: float) -> dict[str, float]:
 
 
 def counts_by_prefix(scheduler: Scheduler) -> dict[str, dict[str, int]]:
-    """Per task prefix, how many tasks are in each state (one pass over the tasks)."""
-    by_prefix: dict[str, dict[str, int]] = {}
-    for ts in scheduler.state.tasks.values():
-        counts = by_prefix.get(ts.prefix)
-        if counts is None:
-            counts = by_prefix[ts.prefix] = dict.fromkeys(PROGRESS_STATES, 0)
-        counts[ts.state] = counts.get(ts.state, 0) + 1
-    return by_prefix
+    """Per task prefix, how many tasks are in each state (kept by the state machine)."""
+    return {prefix: {name: counts.get(name, 0) for name in PROGRESS_STATES}
+            for prefix, counts in scheduler.state.prefix_counts.items()}
 
 
 def progress(scheduler: Scheduler, monitor: SchedulerMonitor,

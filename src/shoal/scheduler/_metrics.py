@@ -132,9 +132,13 @@ class SchedulerMonitor:
 
     def refresh(self) -> int:
         """Take in new task-stream entries and heartbeats; the transfer total."""
+        histograms: dict[str, Any] = {}  # one label lookup per prefix, not per task
         for entry in self.tail.new_entries():
             prefix = key_prefix(entry["key"])
-            self.durations.labels(prefix).observe(max(0.0, entry["stop"] - entry["start"]))
+            histogram = histograms.get(prefix)
+            if histogram is None:
+                histogram = histograms[prefix] = self.durations.labels(prefix)
+            histogram.observe(max(0.0, entry["stop"] - entry["start"]))
             self.finished_by_prefix[prefix] = self.finished_by_prefix.get(prefix, 0) + 1
         return self.transfer.update(self.scheduler.state.workers)
 
@@ -159,8 +163,9 @@ def worker_state(ws: WorkerState) -> str:
 
 def tasks_by_state(scheduler: Scheduler) -> dict[str, int]:
     counts = dict.fromkeys(TASK_STATES, 0)
-    for ts in scheduler.state.tasks.values():
-        counts[ts.state] = counts.get(ts.state, 0) + 1
+    for by_state in scheduler.state.prefix_counts.values():  # not a walk over every task
+        for name, n in by_state.items():
+            counts[name] = counts.get(name, 0) + n
     return counts
 
 

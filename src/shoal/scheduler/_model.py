@@ -7,23 +7,30 @@ their attributes directly.
 from __future__ import annotations
 
 import re
+import sys
 from typing import Any
 
-#: The shared value of a task's relation sets while they are empty.
-EMPTY: Any = frozenset()
-
-
-def grow(relation: set[Any]) -> set[Any]:
-    """A relation set that can be added to (a new set in place of ``EMPTY``)."""
-    return relation if relation is not EMPTY else set()
-
+from .._relations import EMPTY
 
 _HEX_TAIL = re.compile(r"[-_]?[0-9a-f]{8,}$")
+#: Prefixes found so far, by the key's first part (it is called for every task).
+_PREFIXES: dict[str, str] = {}
+MAX_CACHED_PREFIXES = 10_000
 
 
 def key_prefix(key: str) -> str:
     """``"inc-9f86d08..."`` -> ``"inc"``: groups tasks of one function."""
-    return _HEX_TAIL.sub("", key.split("-")[0] if "-" in key else key) or key
+    head = key.partition("-")[0]
+    prefix = _PREFIXES.get(head)
+    if prefix is None:
+        stripped = _HEX_TAIL.sub("", head)
+        if not stripped:
+            return key  # all of it is a hash: the key is its own group
+        if len(_PREFIXES) >= MAX_CACHED_PREFIXES:
+            _PREFIXES.clear()
+        # one shared string: a million tasks of one function hold one prefix
+        prefix = _PREFIXES[head] = sys.intern(stripped)
+    return prefix
 
 
 class TaskState:
@@ -70,8 +77,8 @@ class TaskState:
         self.dependents: set[TaskState] = EMPTY
         self.waiting_on: set[TaskState] = EMPTY
         self.waiters: set[TaskState] = EMPTY
-        self.who_has: set[WorkerState] = set()
-        self.who_wants: set[str] = set()
+        self.who_has: tuple[WorkerState, ...] = ()  # see with_item
+        self.who_wants: tuple[str, ...] = ()
         self.nbytes = 0
         self.processing_on: WorkerState | None = None
         self.retries = 0

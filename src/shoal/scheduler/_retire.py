@@ -85,7 +85,7 @@ class Retirement:
 
     def _stranded(self, chosen: list[WorkerState]) -> list[TaskState]:
         leaving = set(chosen)
-        return [ts for ws in chosen for ts in ws.has_what if ts.who_has <= leaving]
+        return [ts for ws in chosen for ts in ws.has_what if leaving.issuperset(ts.who_has)]
 
     def _replicate(self, chosen: list[WorkerState]) -> None:
         state = self.scheduler.state

@@ -78,6 +78,11 @@ from ._state import DEFAULT_ALLOWED_FAILURES, FIRE_AND_FORGET, REJOIN_HOLDER, Sc
 logger = logging.getLogger(__name__)
 
 DEFAULT_WORKER_TTL = 10.0
+#: A stream that delivered more events than this at once lets the others in.
+YIELD_AFTER_EVENTS = 100
+#: Client ops the server handles itself rather than as state-machine events.
+_INLINE_CLIENT_OPS = frozenset({"close-client", "publish-dataset", "variable-set", "queue-put",
+                                "release-hold"})
 #: Seconds the data a rejoining worker announces is kept for clients to claim
 #: (a client reconnecting to a restarted scheduler resubmits what it wants).
 DEFAULT_REJOIN_GRACE = 60.0
@@ -288,6 +293,8 @@ class Scheduler:
             if events:
                 self.handle(*events)
                 self.retirement.poke()
+            if len(events) > YIELD_AFTER_EVENTS:  # let the others in before the next read
+                await asyncio.sleep(0)
 
     def _refused_report(self, address: str, msg: Any, exc: InvalidMessage) -> list[Event]:
         """A refused report of a task fails that task (only if this worker runs it)."""
@@ -386,34 +393,54 @@ class Scheduler:
         strikes = Strikes(f"client {client}")
         while True:
             batch = await comm.read()
-            for msg in batch if type(batch) is list else [batch]:
-                try:
-                    op, fields = check_message(FROM_CLIENT, msg)
-                except InvalidMessage as exc:
-                    self._refuse(client, msg, exc)
-                    if strikes.refuse(exc):
+            # the events of one read go to the state machine together; what is
+            # handled here instead waits until the events before it are in
+            events: list[Event] = []
+            try:
+                for msg in batch if type(batch) is list else [batch]:
+                    if not self._client_message(client, msg, strikes, events):
                         return
-                    continue
-                if op == "close-client":
-                    return
-                if op == "publish-dataset":
-                    self.datasets.publish(client, fields.get("name"), fields.get("data"),
-                                          fields.get("keys"), bool(fields.get("override")),
-                                          fields.get("request"))
-                    continue
-                if op in ("variable-set", "queue-put"):
-                    self.shared.store(client, msg)
-                    continue
-                if op == "release-hold":
-                    self.holds.release_for(client, fields.get("hold"))
-                    continue
-                try:
-                    ev = self._client_event(client, op, fields)
-                except Exception:  # a bug reading one message: log it, read the next
-                    logger.exception("reading %r from client %s failed", op, client)
-                    continue
-                if ev is not None:
-                    self.handle(ev)
+            finally:
+                if events:
+                    self.handle(*events)
+            # the next read may already be here: let the others (workers, HTTP) in first
+            await asyncio.sleep(0)
+
+    def _client_message(self, client: str, msg: Any, strikes: Strikes,
+                        events: list[Event]) -> bool:
+        """Take one message from ``client`` (events into ``events``); False: stop reading."""
+        try:
+            op, fields = check_message(FROM_CLIENT, msg)
+        except InvalidMessage as exc:
+            self._flush(events)
+            self._refuse(client, msg, exc)
+            return not strikes.refuse(exc)
+        if op in _INLINE_CLIENT_OPS:
+            self._flush(events)
+        if op == "close-client":
+            return False
+        if op == "publish-dataset":
+            self.datasets.publish(client, fields.get("name"), fields.get("data"),
+                                  fields.get("keys"), bool(fields.get("override")),
+                                  fields.get("request"))
+        elif op in ("variable-set", "queue-put"):
+            self.shared.store(client, msg)
+        elif op == "release-hold":
+            self.holds.release_for(client, fields.get("hold"))
+        else:
+            try:
+                ev = self._client_event(client, op, fields)
+            except Exception:  # a bug reading one message: log it, read the next
+                logger.exception("reading %r from client %s failed", op, client)
+                return True
+            if ev is not None:
+                events.append(ev)
+        return True
+
+    def _flush(self, events: list[Event]) -> None:
+        if events:
+            self.handle(*events)
+            events.clear()
 
     def _client_event(self, client: str, op: str, msg: dict[str, Any]) -> Event | None:
         stim = self.stimulus(op)

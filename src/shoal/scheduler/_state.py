@@ -30,6 +30,7 @@ from collections.abc import Callable, Iterable
 from typing import Any
 
 from .._exceptions import WorkerMemoryError
+from .._relations import EMPTY, grow, with_item, without_item
 from .._story import DEFAULT_STORY_SIZE, Entry, Story
 from ._errors import InvalidTransition, KilledWorkerError, LostDataError
 from ._events import (
@@ -56,7 +57,7 @@ from ._events import (
     UpdateData,
     UpdateGraph,
 )
-from ._model import ACTIVE, EMPTY, TaskState, WorkerState, grow, key_prefix
+from ._model import ACTIVE, TaskState, WorkerState, key_prefix
 from ._placement import Placement
 from ._stealing import Stealing
 from ._validate import validate_state
@@ -84,6 +85,9 @@ TRANSITIONS: frozenset[tuple[str, str]] = frozenset({
     ("no-worker", "erred"), ("processing", "erred"),
     ("released", "forgotten"), ("memory", "forgotten"), ("erred", "forgotten"),
 })
+
+#: The states a task can be in while the scheduler knows it.
+TASK_STATES = ("released", "waiting", "queued", "no-worker", "processing", "memory", "erred")
 
 LEGAL_TRANSITIONS: dict[str, frozenset[str]] = {
     start: frozenset(f for s, f in TRANSITIONS if s == start)
@@ -122,6 +126,9 @@ class SchedulerState:
         story_size: int = DEFAULT_STORY_SIZE,
     ) -> None:
         self.tasks: dict[str, TaskState] = {}
+        #: prefix -> state -> how many tasks: kept as tasks move, so that the
+        #: dashboard never walks a million tasks
+        self.prefix_counts: dict[str, dict[str, int]] = {}
         self.workers: dict[str, WorkerState] = {}
         self.clients: set[str] = set()
         self.functions: dict[str, Any] = {}
@@ -215,8 +222,8 @@ class SchedulerState:
             ts = self.tasks.get(key)
             if ts is None:
                 ts = TaskState(key, key_prefix(key), None, None, (0, next(self._generation), 0))
-                self.tasks[key] = ts
-                ts.who_wants.add(REJOIN_HOLDER)
+                self._add_task(ts)
+                ts.who_wants = (REJOIN_HOLDER,)
             if ts.state == "memory":
                 self._add_replica(ts, ws)
             elif ts.state == "erred":
@@ -246,7 +253,7 @@ class SchedulerState:
                 self._transition(ts, "released", recs, stim, GONE)
         lost = []
         for ts in ws.has_what:
-            ts.who_has.discard(ws)
+            ts.who_has = without_item(ts.who_has, ws)
             if not ts.who_has:
                 lost.append(ts)
         ws.has_what.clear()
@@ -382,7 +389,7 @@ class SchedulerState:
             return None
         ts = TaskState(spec.key, key_prefix(spec.key), spec.func, spec.args, priority)
         self._set_spec(ts, spec, deps)
-        self.tasks[ts.key] = ts
+        self._add_task(ts)
         return ts
 
     def _adopt_lineage(self, ts: TaskState, spec: TaskSpec, priority: tuple) -> None:
@@ -418,9 +425,9 @@ class SchedulerState:
             ts = self.tasks.get(key)
             if ts is None:
                 ts = TaskState(key, key_prefix(key), None, None, (0, next(self._generation), 0))
-                self.tasks[key] = ts
+                self._add_task(ts)
             if ts.state != "memory":
-                ts.who_wants.add(ev.client)
+                ts.who_wants = with_item(ts.who_wants, ev.client)
                 self._transition(ts, "memory", recs, ev.stimulus_id,
                                  (workers, ev.nbytes.get(key, 0)))
             else:
@@ -433,7 +440,7 @@ class SchedulerState:
         if client in ts.who_wants or (client == FIRE_AND_FORGET
                                       and ts.state in ("memory", "erred")):
             return
-        ts.who_wants.add(client)
+        ts.who_wants = (*ts.who_wants, client)
         if ts.state == "memory":
             self._report_memory(ts, [client])
         elif ts.state == "erred":
@@ -455,7 +462,7 @@ class SchedulerState:
             ts = self.tasks.get(key)
             if ts is None or ev.client not in ts.who_wants:
                 continue
-            ts.who_wants.discard(ev.client)
+            ts.who_wants = without_item(ts.who_wants, ev.client)
             if not self._wanted(ts):
                 recs[key] = "forgotten" if not ts.dependents else "released"
         self._transitions(recs, ev.stimulus_id)
@@ -476,7 +483,7 @@ class SchedulerState:
         for ts in doomed:
             for client in ts.who_wants:
                 self.out.append(ToClient(client, {"op": "cancelled-keys", "keys": [ts.key]}))
-            ts.who_wants.clear()
+            ts.who_wants = ()
         for ts in doomed:
             if ts.key in self.tasks and not self._wanted(ts):
                 recs[ts.key] = "released"
@@ -520,7 +527,7 @@ class SchedulerState:
         errant = self.workers.get(ev.errant_worker)
         if ts is None or errant is None or errant not in ts.who_has:
             return
-        ts.who_has.discard(errant)
+        ts.who_has = without_item(ts.who_has, errant)
         errant.has_what.discard(ts)
         errant.nbytes -= ts.nbytes
         recs: Recs = {}
@@ -618,7 +625,21 @@ class SchedulerState:
                 f"{ts.key!r}: {start} -> {finish} is not allowed (stimulus {stim})")
         ts.state = finish
         self._record((ts.key, start, finish, stim, self._now))
+        counts = self.prefix_counts[ts.prefix]
+        counts[start] -= 1
+        if finish != "forgotten":
+            counts[finish] += 1
+        elif not any(counts.values()):
+            del self.prefix_counts[ts.prefix]
         move(ts, start, recs, stim, arg)
+
+    def _add_task(self, ts: TaskState) -> None:
+        """A new task (released), counted by prefix and state for the dashboard."""
+        self.tasks[ts.key] = ts
+        counts = self.prefix_counts.get(ts.prefix)
+        if counts is None:
+            counts = self.prefix_counts[ts.prefix] = dict.fromkeys(TASK_STATES, 0)
+        counts["released"] += 1
 
     def _check(self, ts: TaskState, finish: str) -> None:
         if (ts.state, finish) not in self._table:
@@ -717,7 +738,7 @@ class SchedulerState:
         self._release_inputs(ts, recs)
         if ts.who_wants:
             self._report_memory(ts, ts.who_wants, inline)
-            ts.who_wants.discard(FIRE_AND_FORGET)
+            ts.who_wants = without_item(ts.who_wants, FIRE_AND_FORGET)
         if not self._wanted(ts):
             recs[ts.key] = "forgotten" if not ts.dependents else "released"
 
@@ -756,7 +777,7 @@ class SchedulerState:
         if ts.who_wants:
             self._report_erred(ts, ts.who_wants)
         if FIRE_AND_FORGET in ts.who_wants:
-            ts.who_wants.discard(FIRE_AND_FORGET)
+            ts.who_wants = without_item(ts.who_wants, FIRE_AND_FORGET)
             if not self._wanted(ts):
                 recs[ts.key] = "forgotten" if not ts.dependents else "released"
 
@@ -827,7 +848,7 @@ class SchedulerState:
 
     def _add_replica(self, ts: TaskState, ws: WorkerState) -> None:
         if ws not in ts.who_has:
-            ts.who_has.add(ws)
+            ts.who_has = (*ts.who_has, ws)
             ws.has_what.add(ts)
             ws.nbytes += ts.nbytes
 
@@ -836,7 +857,7 @@ class SchedulerState:
             ws.has_what.discard(ts)
             ws.nbytes -= ts.nbytes
             self.out.append(ToWorker(ws.address, {"op": "free-keys", "keys": [ts.key]}))
-        ts.who_has.clear()
+        ts.who_has = ()
 
     def _report_memory(self, ts: TaskState, clients: Iterable[str], inline: Any = None) -> None:
         workers = [ws.address for ws in ts.who_has]

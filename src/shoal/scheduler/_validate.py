@@ -13,9 +13,12 @@ if TYPE_CHECKING:
 
 def validate_state(state: SchedulerState) -> None:
     """Check every invariant; raises AssertionError naming the broken one."""
+    recount: dict[str, dict[str, int]] = {}
     for key, ts in state.tasks.items():
         assert ts.key == key
         ts.validate()
+        by_state = recount.setdefault(ts.prefix, {})
+        by_state[ts.state] = by_state.get(ts.state, 0) + 1
         for dep in ts.dependencies:
             assert dep.key in state.tasks, f"{key}: dependency {dep.key} forgotten"
             assert ts in dep.dependents, f"{key} not among {dep.key}'s dependents"
@@ -26,6 +29,9 @@ def validate_state(state: SchedulerState) -> None:
             assert ts in state.placement.queued, f"{key} queued but not in the queue"
         for ws in ts.who_has:
             assert ws.address in state.workers and ts in ws.has_what
+    kept = {prefix: {s: n for s, n in counts.items() if n}
+            for prefix, counts in state.prefix_counts.items()}
+    assert kept == recount, f"counts by prefix {kept} != {recount}"
     for ws in state.workers.values():
         ws.validate()
         for ts in ws.has_what:

@@ -266,11 +266,16 @@ class Worker:
         }
 
     async def _read_scheduler(self, comm: Comm) -> None:
-        handlers: dict[str, Callable[..., None]] = {
+        # ops that become state-machine events: those of one read are handled
+        # together (one pass of the state machine, one hand-over to the executor)
+        to_event: dict[str, Callable[..., Any]] = {
             "compute-task": self._compute_task,
-            "free-keys": self._free_keys,
-            "acquire-replicas": self._acquire_replicas,
-            "steal-request": self._steal_request,
+            "free-keys": lambda keys: FreeKeys(keys, self._stimulus("free-keys")),
+            "acquire-replicas": lambda who_has, nbytes: AcquireReplicas(
+                who_has, nbytes, self._stimulus("acquire-replicas")),
+            "steal-request": lambda key: StealRequest(key, self._stimulus("steal-request")),
+        }
+        handlers: dict[str, Callable[..., None]] = {
             "close": self._close_request,
             "restart": self._restart_request,
             "error": self._error_from_scheduler,
@@ -279,6 +284,7 @@ class Worker:
         try:
             while True:
                 batch = await comm.read()
+                events: list[Any] = []
                 for msg in batch if type(batch) is list else [batch]:
                     try:
                         op, fields = check_message(FROM_SCHEDULER, msg)
@@ -288,9 +294,18 @@ class Worker:
                             raise CommClosedError("too many bad messages") from exc
                         continue
                     try:
+                        make = to_event.get(op)
+                        if make is not None:
+                            ev = make(**fields)
+                            if ev is not None:
+                                events.append(ev)
+                            continue
+                        self._handle_events(events)  # what came before goes first
+                        events = []
                         handlers[op](**fields)
                     except Exception:  # one message's failure stops no other
                         logger.exception("handling %r from the scheduler failed", op)
+                self._handle_events(events)
         except CommClosedError:
             pass
         if self.status == "running":
@@ -378,35 +393,34 @@ class Worker:
         nbytes: dict | None = None,
         resources: dict | None = None,
         report: bool = False,
-    ) -> None:
+    ) -> ComputeTask | None:
+        """The event of a compute-task message, or None if the task errs at once."""
         if function is not None and func not in self.functions:
             try:
                 self.functions[func] = deserialize(function)
             except SerializationError as exc:
                 self._refuse_task(key, exc)
-                return
-        unknown = sorted(set(resources or {}) - set(self.resources))
-        if unknown:
-            self._refuse_task(key, ValueError(f"worker {self.name} has no resource {unknown}"))
-            return
-        self._handle(
-            ComputeTask(key, func, args, tuple(priority), who_has or {}, nbytes or {}, resources,
-                        report, self._stimulus("compute-task"))
-        )
+                return None
+        if resources:
+            unknown = sorted(set(resources) - set(self.resources))
+            if unknown:
+                self._refuse_task(key, ValueError(f"worker {self.name} has no resource {unknown}"))
+                return None
+        return ComputeTask(key, func, args, tuple(priority), who_has or {}, nbytes or {},
+                           resources, report, self._stimulus("compute-task"))
 
     def _refuse_task(self, key: str, exc: Exception) -> None:
         """A task this worker cannot even start: it errs at once."""
         self._send({"op": "task-erred", "key": key, "exception": serialize(exc),
                     "traceback": "", "exception_text": str(exc)})
 
-    def _free_keys(self, keys: list[str]) -> None:
-        self._handle(FreeKeys(keys, self._stimulus("free-keys")))
-
-    def _steal_request(self, key: str) -> None:
-        self._handle(StealRequest(key, self._stimulus("steal-request")))
-
-    def _acquire_replicas(self, who_has: dict, nbytes: dict) -> None:
-        self._handle(AcquireReplicas(who_has, nbytes, self._stimulus("acquire-replicas")))
+    def _handle_events(self, events: list[Any]) -> None:
+        if events:
+            try:
+                self._handle(*events)
+            except Exception:  # a bug on one batch must not stop the stream
+                logger.exception("the state machine failed on %d events from the scheduler",
+                                 len(events))
 
     # ------------------------------------------------------------ instructions
 

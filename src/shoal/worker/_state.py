@@ -28,6 +28,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .._exceptions import InvalidTransition
+from .._relations import EMPTY, grow
 from .._story import DEFAULT_STORY_SIZE, Entry, Story
 
 #: Every legal move, ``(start, finish)``.
@@ -61,11 +62,14 @@ def _stimulus() -> str:
     """The id of an event built without one (in tests)."""
     return f"event-{next(_ids)}"
 
-#: When tasks take less than this on average, up to PREFETCH_PER_THREAD more
-#: per thread are handed to the executor ahead, so a thread goes from one tiny
-#: task to the next without waiting for the event loop in between.
+#: When tasks take less than this on average, more per thread are handed to
+#: the executor ahead, so a thread goes from one tiny task to the next without
+#: waiting for the event loop in between: as many as cover PREFETCH_SECONDS
+#: of work, at most PREFETCH_PER_THREAD.  Tiny tasks then cost one hand-over
+#: between the loop and a thread per batch, not per task.
 PREFETCH_BELOW_SECONDS = 0.005
-PREFETCH_PER_THREAD = 2
+PREFETCH_SECONDS = 0.002
+PREFETCH_PER_THREAD = 32
 
 #: Most peers fetched from at once, and most bytes asked of one peer at once.
 MAX_CONCURRENT_FETCHES = 8
@@ -241,10 +245,12 @@ class WTask:
         self.func: str | None = None
         self.args: Any = None
         self.priority: tuple = ()
-        self.dependencies: set[WTask] = set()
-        self.dependents: set[WTask] = set()
+        # empty relations share one frozenset until something is added (see
+        # ``grow``): most tasks here have no inputs and are fetched by no one
+        self.dependencies: set[WTask] = EMPTY
+        self.dependents: set[WTask] = EMPTY
         self.report = False
-        self.who_has: set[str] = set()
+        self.who_has: set[str] = EMPTY
         self.nbytes = 0
         self.resources: dict[str, float] | None = None
         self.replica = False  # held for others (a fetched input), not computed here
@@ -371,15 +377,19 @@ class WorkerState:
             elif dep.state == "fetch":
                 self._add_peers(dep, workers)
             else:
+                dep.who_has = grow(dep.who_has)
                 dep.who_has.update(w for w in workers if w != self.address)
             dep.nbytes = ev.nbytes.get(dep_key, dep.nbytes)
+            ts.dependencies = grow(ts.dependencies)
             ts.dependencies.add(dep)
+            dep.dependents = grow(dep.dependents)
             dep.dependents.add(ts)
         self._maybe_ready(ts)
 
     def _add_peers(self, ts: WTask, peers: Any) -> None:
         """More peers to fetch a task in state fetch from."""
         new = [w for w in peers if w != self.address and w not in ts.who_has]
+        ts.who_has = grow(ts.who_has)
         ts.who_has.update(new)
         for peer in new:
             self.fetch_by_peer.setdefault(peer, set()).add(ts)
@@ -420,7 +430,8 @@ class WorkerState:
         avg = self.avg_duration
         if avg is None or avg >= PREFETCH_BELOW_SECONDS:
             return 0
-        return self.nthreads * PREFETCH_PER_THREAD
+        ahead = max(2, min(PREFETCH_PER_THREAD, int(PREFETCH_SECONDS / max(avg, 1e-7))))
+        return self.nthreads * ahead
 
     def _ExecuteSuccess(self, ev: ExecuteSuccess) -> None:
         if ev.stop >= ev.start > 0:
@@ -459,7 +470,8 @@ class WorkerState:
                 self._transition(ts, "memory", ev.received[ts.key])
                 received.append(ts.key)
                 continue
-            ts.who_has.discard(ev.worker)
+            if ev.worker in ts.who_has:
+                ts.who_has.discard(ev.worker)
             self._transition(ts, "fetch")
             if not ts.who_has:
                 self.out.append(
@@ -473,7 +485,8 @@ class WorkerState:
     def _forget_peer(self, worker: str) -> None:
         self.fetch_by_peer.pop(worker, None)
         for ts in self.tasks.values():
-            ts.who_has.discard(worker)
+            if worker in ts.who_has:
+                ts.who_has.discard(worker)
 
     def _AcquireReplicas(self, ev: AcquireReplicas) -> None:
         for key, workers in ev.who_has.items():
@@ -579,6 +592,7 @@ class WorkerState:
 
     def _to_fetch_state(self, ts: WTask, start: str, peers: Any) -> None:
         """Into state fetch, from any of ``peers`` (added to what it knew)."""
+        ts.who_has = grow(ts.who_has)
         ts.who_has.update(w for w in peers or () if w != self.address)
         self.fetching.add(ts)
         for peer in ts.who_has:
@@ -597,15 +611,17 @@ class WorkerState:
             self._finish_execution(ts)
         self.tasks.pop(ts.key, None)
         for dep in ts.dependencies:
-            dep.dependents.discard(ts)
+            if ts in dep.dependents:
+                dep.dependents.discard(ts)
             if not dep.dependents and dep.replica and dep.state in ("fetch", "flight"):
                 self._transition(dep, "released")
-        ts.dependencies.clear()
+        ts.dependencies = EMPTY
         for dts in list(ts.dependents):
             if dts.state in ("waiting", "ready"):
                 # an input vanished under a waiting task: the scheduler will
                 # reassign it; drop it here
-                dts.dependencies.discard(ts)
+                if ts in dts.dependencies:
+                    dts.dependencies.discard(ts)
                 self._transition(dts, "released")
 
     def _finish_execution(self, ts: WTask) -> None:
@@ -619,8 +635,9 @@ class WorkerState:
 
     def _done_with_inputs(self, ts: WTask) -> None:
         for dep in ts.dependencies:
-            dep.dependents.discard(ts)
-        ts.dependencies.clear()
+            if ts in dep.dependents:
+                dep.dependents.discard(ts)
+        ts.dependencies = EMPTY
 
     # ------------------------------------------------------------ driving
 
