@@ -10,6 +10,7 @@ from here under the same names; docs/coming-from-dask.md lists the others.
 """
 
 from ._exceptions import (
+    ActorLostError,
     CancelledError,
     ClientClosedError,
     CommClosedError,
@@ -46,6 +47,7 @@ from .client import (
     default_client,
     wait,
 )
+from .client._actor import Actor, ActorFuture, BaseActorFuture
 from .client._coordination import Event, Lock, MultiLock, Semaphore
 from .client._dask import futures_of
 from .client._diagnostics import get_task_stream, performance_report
@@ -70,7 +72,11 @@ __all__ = [
     "ALL_COMPLETED",
     "FIRST_COMPLETED",
     "FIRST_EXCEPTION",
+    "Actor",
+    "ActorFuture",
+    "ActorLostError",
     "Adaptive",
+    "BaseActorFuture",
     "CancelledError",
     "Client",
     "ClientClosedError",

@@ -203,6 +203,9 @@ WORKER_RPC: dict[str, Record] = {
     "info": EMPTY,
     "get_logs": Record({"n": COUNT}, optional=("n",)),
     "story": Record({"keys": KEYS}),
+    "actor_execute": Record({"key": KEY, "method": Str(max_length=1024, min_length=1),
+                             "args": Blob(), "kwargs": Blob()}, optional=("args", "kwargs")),
+    "actor_attribute": Record({"key": KEY, "attribute": Str(max_length=1024, min_length=1)}),
 }
 
 FROM_SCHEDULER: dict[str, Record] = {

@@ -38,6 +38,16 @@ def run_in_context(worker: Worker, key: str, func: Callable[..., Any], args: Ser
         _local.worker = _local.key = None
 
 
+def as_actor_call(worker: Worker, key: str, func: Callable[..., Any], args: tuple,
+                  kwargs: dict[str, Any]) -> Any:
+    """In an actor's thread: one method call, with ``get_worker()`` its worker."""
+    _local.worker, _local.key, _local.seceded = worker, key, True  # holds no task slot
+    try:
+        return func(*args, **kwargs)
+    finally:
+        _local.worker = _local.key = None
+
+
 def task_worker() -> Worker | None:
     """The worker running the calling task, or None outside a task."""
     return getattr(_local, "worker", None)

@@ -47,6 +47,7 @@ from ..protocol import SerializationError, Serialized, ToPickle, deserialize, se
 from ..protocol._call import call_injecting
 from ..protocol._ops import FROM_SCHEDULER, MAX_NTHREADS, WORKER_RPC, check_message
 from ..protocol._schema import InvalidMessage
+from ._actors import ActorHost
 from ._allocator import tune_allocator
 from ._context import run_in_context, task_worker, wake_rejoins
 from ._execute import Executor, Outcome
@@ -143,6 +144,7 @@ class Worker:
         self.thresholds = memory_thresholds or MemoryThresholds()
         self.memory_stuck_timeout = memory_stuck_timeout
         self.address = ""
+        self.actors = ActorHost(self)
         self.rpc = RPCServer(
             {
                 "get_data": self.get_data,
@@ -152,6 +154,7 @@ class Worker:
                 "info": self.info,
                 "get_logs": get_logs,
                 "story": self.story,
+                **self.actors.handlers(),
             },
             {},
             schemas=WORKER_RPC,
@@ -320,6 +323,7 @@ class Worker:
         for hook in self.on_close:
             await loop.run_in_executor(None, hook)
         self.executor.shutdown()
+        self.actors.close()
         self.pool.close()
         for task in list(self._tasks):
             if task is not asyncio.current_task():
@@ -412,6 +416,7 @@ class Worker:
             elif kind is Forget:
                 self.data.discard(inst.key)
                 self._undecodable.pop(inst.key, None)
+                self.actors.release(inst.key)
             elif kind is Rejoined:
                 wake_rejoins(self, [inst.key])
         if runs:
