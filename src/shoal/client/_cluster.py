@@ -232,8 +232,79 @@ class ClusterCalls:
 
     ncores = nthreads
 
+    def register_plugin(self, plugin: Any, name: str | None = None,
+                        idempotent: bool | None = None) -> Any:
+        """Run a SchedulerPlugin on the scheduler, a WorkerPlugin on every worker
+        (and each that joins later), a NannyPlugin on every nanny (before its
+        worker starts; one with ``restart = True`` restarts the workers now)."""
+        return register_plugin(self._me, plugin, name, bool(idempotent))
+
+    def register_worker_plugin(self, plugin: Any, name: str | None = None,
+                               nanny: bool | None = None) -> Any:
+        """dask's older name for :meth:`register_plugin`."""
+        return register_plugin(self._me, plugin, name, False)
+
+    def register_scheduler_plugin(self, plugin: Any, name: str | None = None,
+                                  idempotent: bool | None = None) -> Any:
+        """dask's older name for :meth:`register_plugin`."""
+        return register_plugin(self._me, plugin, name, bool(idempotent))
+
+    def unregister_plugin(self, name: str) -> Any:
+        """Remove the plugin registered as ``name`` (tearing it down or closing it)."""
+        return unregister_plugin(self._me, name)
+
+    def unregister_worker_plugin(self, name: str, nanny: bool | None = None) -> Any:
+        return unregister_plugin(self._me, name)
+
+    def unregister_scheduler_plugin(self, name: str) -> Any:
+        return unregister_plugin(self._me, name)
+
     def get_task_stream(self, start: float = 0.0) -> list[dict[str, Any]]:
         """Tasks that finished since ``start`` (a ``time.time()``): key, worker, startstops."""
         from ._diagnostics import task_stream
 
         return task_stream(self._me, start)
+
+
+def _raise_failure(answer: dict[str, Any]) -> None:
+    if answer.get("exception") is not None:
+        raise deserialize(answer["exception"])
+
+
+def register_plugin(client: Client, plugin: Any, name: str | None,
+                    idempotent: bool) -> Any:
+    from .._plugins import plugin_kind, plugin_name
+
+    kind, name = plugin_kind(plugin), plugin_name(plugin, name)
+    ser = serialize(plugin)
+
+    async def ask() -> Any:
+        address = client.scheduler_address
+        if kind == "scheduler":
+            answer = await client.pool.request(address, "register_scheduler_plugin", plugin=ser,
+                                               name=name, idempotent=idempotent)
+            _raise_failure(answer)
+            return None
+        if kind == "nanny":
+            answer = await client.pool.request(
+                address, "register_nanny_plugin", plugin=ser, name=name,
+                idempotent=idempotent, restart=bool(getattr(plugin, "restart", False)))
+            return {w: {"status": "OK"} for w in answer["workers"]}
+        answer = await client.pool.request(address, "register_worker_plugin", plugin=ser,
+                                           name=name, idempotent=idempotent)
+        for reply in answer["workers"].values():
+            if isinstance(reply, dict):
+                _raise_failure(reply)
+        return {w: {"status": "OK"} for w in answer["workers"]}
+
+    return client.sync(ask)
+
+
+def unregister_plugin(client: Client, name: str) -> Any:
+    async def ask() -> None:
+        answer = await client.pool.request(client.scheduler_address, "unregister_plugin",
+                                           name=name)
+        if not answer["found"]:
+            raise ValueError(f"no plugin named {name!r} is registered")
+
+    return client.sync(ask)

@@ -71,6 +71,9 @@ COUNT = Nullable(Int(lo=0))
 #: Values pickled with their futures as keys (datasets, variables, queues).
 STORED = {"name": NAME, "data": Blob(), "keys": KEYS, "request": Str(max_length=1024)}
 
+#: A pickled plugin and the name it is registered under.
+PLUGIN = {"plugin": Blob(), "name": NAME, "idempotent": Bool()}
+
 TASK = Record(
     {
         "key": KEY,
@@ -128,6 +131,13 @@ SCHEDULER_RPC: dict[str, Record] = {
     "list_datasets": EMPTY,
     "unpublish_dataset": Record({"name": NAME}),
     "ping": EMPTY,
+    "register_scheduler_plugin": Record(PLUGIN, optional=("idempotent",)),
+    "register_worker_plugin": Record(PLUGIN, optional=("idempotent",)),
+    "register_nanny_plugin": Record({**PLUGIN, "restart": Bool()},
+                                    optional=("idempotent", "restart")),
+    "unregister_plugin": Record({"name": NAME}),
+    "nanny_plugins": EMPTY,
+    "terminate": EMPTY,
 }
 
 SCHEDULER_OPEN: dict[str, Record] = {
@@ -206,6 +216,8 @@ WORKER_RPC: dict[str, Record] = {
     "actor_execute": Record({"key": KEY, "method": Str(max_length=1024, min_length=1),
                              "args": Blob(), "kwargs": Blob()}, optional=("args", "kwargs")),
     "actor_attribute": Record({"key": KEY, "attribute": Str(max_length=1024, min_length=1)}),
+    "plugin_add": Record({"plugin": Blob(), "name": NAME}),
+    "plugin_remove": Record({"name": NAME}),
 }
 
 FROM_SCHEDULER: dict[str, Record] = {

@@ -68,6 +68,7 @@ from ._events import (
     UpdateGraph,
 )
 from ._holds import Holds
+from ._plugins import Plugins
 from ._replicate import replicate
 from ._restart import restart
 from ._retire import Retirement
@@ -113,6 +114,7 @@ class Scheduler:
         self.holds = Holds(self)
         self.datasets = Datasets(self)
         self.shared = Shared(self)
+        self.plugins = Plugins(self)
         self.rpc = RPCServer(
             {
                 "who_has": self.who_has,
@@ -130,6 +132,8 @@ class Scheduler:
                 "run_function": self.run_function,
                 **self.coordination.handlers(),
                 **self.shared.handlers(),
+                **self.plugins.handlers(),
+                "terminate": self.terminate,
                 "get_dataset": lambda name, client: self.datasets.get(name, client),
                 "list_datasets": lambda: self.datasets.names(),
                 "unpublish_dataset": lambda name: self.datasets.unpublish(name),
@@ -153,6 +157,7 @@ class Scheduler:
         self._tasks: set[asyncio.Task] = set()
         self._http: Any = None
         self.task_stream: list[dict[str, Any]] = []
+        self._closed = asyncio.Event()
 
     async def start(self) -> Scheduler:
         install_log_buffer()
@@ -190,9 +195,21 @@ class Scheduler:
         self.pool.close()
         if self._http is not None:
             self._http.stop()
+        await self.plugins.close()
         for task in list(self._tasks):
             if task is not asyncio.current_task():
                 task.cancel()
+        self._closed.set()
+
+    async def finished(self) -> None:
+        """Wait until the scheduler has closed (``Client.shutdown``, ``close``)."""
+        await self._closed.wait()
+
+    def terminate(self) -> dict[str, Any]:
+        """``Client.shutdown``: close the workers and this scheduler, after answering."""
+        logger.info("shutting down on a client's request")
+        asyncio.get_running_loop().call_soon(lambda: self._spawn(self.close()))
+        return {"status": "ok"}
 
     # ------------------------------------------------------------ routing
 
@@ -215,6 +232,8 @@ class Scheduler:
                     stream.send(inst.msg)
                 except CommClosedError:
                     pass
+        if self.plugins.active:
+            self.plugins.after(events)
 
     # ------------------------------------------------------------ workers
 
@@ -229,7 +248,7 @@ class Scheduler:
                               "message": f"a worker named {name!r} at {address} is registered"})
             comm.abort()
             return
-        await comm.write({"status": "ok"})
+        await comm.write({"status": "ok", **self.plugins.for_new_worker()})
         self.worker_streams[address] = BatchedSend(comm)
         self.worker_info[address] = {"http_address": http_address, **extra}
         reason = "connection lost"

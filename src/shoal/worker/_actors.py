@@ -22,7 +22,8 @@ import logging
 import threading
 from typing import TYPE_CHECKING, Any
 
-from ..protocol import SerializationError, Serialized, ToPickle, deserialize, serialize
+from ..protocol import Serialized, ToPickle, deserialize
+from ..protocol._call import raised
 from ._context import as_actor_call
 
 if TYPE_CHECKING:
@@ -98,21 +99,12 @@ class ActorHost:
                     hosted.executor, as_actor_call, self.worker, key, func, call_args,
                     call_kwargs)
         except Exception as exc:  # noqa: BLE001 - the caller re-raises it as itself
-            return _failed(exc)
+            return raised(exc)
         return {"status": "ok", "result": ToPickle(result)}
 
     def attribute(self, key: str, attribute: str) -> dict[str, Any]:
         try:
             value = getattr(self._get(key).instance, attribute)
         except Exception as exc:  # noqa: BLE001 - the caller re-raises it as itself
-            return _failed(exc)
+            return raised(exc)
         return {"status": "ok", "result": ToPickle(value)}
-
-
-def _failed(exc: Exception) -> dict[str, Any]:
-    exc.__traceback__ = None
-    try:
-        ser = serialize(exc)
-    except SerializationError:
-        ser = serialize(RuntimeError(f"{type(exc).__name__}: {exc}"))
-    return {"status": "ok", "exception": ser, "text": f"{type(exc).__name__}: {exc}"}

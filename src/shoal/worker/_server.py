@@ -54,6 +54,7 @@ from ._execute import Executor, Outcome
 from ._memory import MemoryThresholds, memory_limit_for, process_memory
 from ._monitor import DEFAULT_STUCK_TIMEOUT, MemoryCheck, MemoryMonitor
 from ._nanny import NANNY_PID_ENV
+from ._plugins import WorkerPlugins
 from ._sizeof import sizeof
 from ._state import (
     AcquireReplicas,
@@ -145,6 +146,7 @@ class Worker:
         self.memory_stuck_timeout = memory_stuck_timeout
         self.address = ""
         self.actors = ActorHost(self)
+        self.plugins = WorkerPlugins(self)
         self.rpc = RPCServer(
             {
                 "get_data": self.get_data,
@@ -155,6 +157,7 @@ class Worker:
                 "get_logs": get_logs,
                 "story": self.story,
                 **self.actors.handlers(),
+                **self.plugins.handlers(),
             },
             {},
             schemas=WORKER_RPC,
@@ -238,6 +241,7 @@ class Worker:
             comm.abort()
             raise RuntimeError(f"the scheduler refused worker {self.name}: {answer}")
         self.stream = BatchedSend(comm)
+        await self.plugins.add_all(answer.get("plugins") or {})
         self._spawn(self._read_scheduler(comm))
 
     def _registration(self) -> dict[str, Any]:
@@ -319,6 +323,7 @@ class Worker:
             self._send({"op": "goodbye"})
             await self.stream.close(timeout)
         wake_rejoins(self)
+        await self.plugins.close()
         loop = asyncio.get_running_loop()
         for hook in self.on_close:
             await loop.run_in_executor(None, hook)
@@ -421,6 +426,8 @@ class Worker:
                 wake_rejoins(self, [inst.key])
         if runs:
             self.executor.submit_many(runs)
+        if self.plugins.tap.pending:
+            self.plugins.flush()
 
     def _send(self, msg: dict[str, Any]) -> None:
         if self.stream is not None:
