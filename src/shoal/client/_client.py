@@ -610,7 +610,11 @@ class Client(ClusterCalls, DatasetCalls):
             if answer is not None:
                 data = answer["data"]
                 missing = [k for k in keys if k not in data and k not in answer["errors"]]
-                return data, answer["errors"], missing
+                if not missing:
+                    return data, answer["errors"], missing
+                # moved since we heard where it was (rebalanced): the scheduler knows
+                found, errors, missing = await self._get_data("", missing)
+                return {**data, **found}, {**answer["errors"], **errors}, missing
         answer = await self.pool.request(self.scheduler_address, "gather", keys=keys)
         return answer["data"], answer["errors"], answer["missing"]
 

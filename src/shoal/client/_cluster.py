@@ -222,6 +222,19 @@ class ClusterCalls:
 
         return client.sync(ask)
 
+    def rebalance(self, futures: Iterable[Future] | None = None,
+                  workers: list[str] | None = None, timeout: float = 30.0) -> Any:
+        """Move results between ``workers`` (all if None) so that they hold similar
+        numbers of bytes; only those of ``futures``, if given."""
+        client = self._me
+        keys = [f.key for f in futures] if futures is not None else None
+
+        async def ask() -> None:
+            await client.pool.request(client.scheduler_address, "rebalance", keys=keys,
+                                      workers=workers, timeout=timeout)
+
+        return client.sync(ask)
+
     def has_what(self, workers: list[str] | None = None) -> Any:
         """``{worker: [keys it holds]}``."""
         return has_what(self._me, workers)
@@ -249,6 +262,11 @@ class ClusterCalls:
         """dask's older name for :meth:`register_plugin`."""
         return register_plugin(self._me, plugin, name, bool(idempotent))
 
+    def shutdown(self) -> Any:
+        """Close the scheduler and every worker (other clients lose them too), then
+        this client, and the cluster object it was given or made, if any."""
+        return shutdown(self._me)
+
     def unregister_plugin(self, name: str) -> Any:
         """Remove the plugin registered as ``name`` (tearing it down or closing it)."""
         return unregister_plugin(self._me, name)
@@ -264,6 +282,37 @@ class ClusterCalls:
         from ._diagnostics import task_stream
 
         return task_stream(self._me, start)
+
+
+async def _shutdown(client: Client) -> None:
+    from ..comm import CommClosedError
+
+    try:
+        await client.pool.request(client.scheduler_address, "terminate")
+    except (CommClosedError, OSError):
+        pass  # gone already
+    cluster = client.cluster
+    await client._close()
+    if cluster is not None:
+        closing = cluster.close() if not client._own_cluster else None
+        if closing is not None and hasattr(closing, "__await__"):
+            await closing
+
+
+def shutdown(client: Client) -> Any:
+    if client.asynchronous:
+        return _shutdown(client)
+    from ..comm import CommClosedError
+
+    cluster = client.cluster
+    try:
+        client.sync(lambda: client.pool.request(client.scheduler_address, "terminate"))
+    except (CommClosedError, OSError):
+        pass  # gone already
+    client.close()  # closes a cluster it made itself
+    if cluster is not None and not client._own_cluster:
+        cluster.close()
+    return None
 
 
 def _raise_failure(answer: dict[str, Any]) -> None:

@@ -104,6 +104,8 @@ SCHEDULER_RPC: dict[str, Record] = {
     "has_what": EMPTY,
     "replicate": Record({"keys": KEYS, "n": COUNT, "timeout": TIMEOUT},
                         optional=("n", "timeout")),
+    "rebalance": Record({"keys": Nullable(KEYS), "workers": Nullable(ADDRESSES),
+                         "timeout": TIMEOUT}, optional=("keys", "workers", "timeout")),
     "get_logs": Record({"n": COUNT}, optional=("n",)),
     "get_task_stream": Record({"since": Num(lo=0)}, optional=("since",)),
     "restart": Record({"timeout": TIMEOUT}, optional=("timeout",)),
@@ -216,6 +218,7 @@ WORKER_RPC: dict[str, Record] = {
     "actor_execute": Record({"key": KEY, "method": Str(max_length=1024, min_length=1),
                              "args": Blob(), "kwargs": Blob()}, optional=("args", "kwargs")),
     "actor_attribute": Record({"key": KEY, "attribute": Str(max_length=1024, min_length=1)}),
+    "remove_replicas": Record({"keys": KEYS}),
     "plugin_add": Record({"plugin": Blob(), "name": NAME}),
     "plugin_remove": Record({"name": NAME}),
 }

@@ -69,6 +69,7 @@ from ._events import (
 )
 from ._holds import Holds
 from ._plugins import Plugins
+from ._rebalance import rebalance
 from ._replicate import replicate
 from ._restart import restart
 from ._retire import Retirement
@@ -125,6 +126,8 @@ class Scheduler:
                 "adaptive_target": self.adaptive_target,
                 "has_what": self.has_what,
                 "replicate": lambda keys, n=None, timeout=30.0: replicate(self, keys, n, timeout),
+                "rebalance": lambda keys=None, workers=None, timeout=30.0: rebalance(
+                    self, keys, workers, timeout),
                 "get_logs": get_logs,
                 "get_task_stream": lambda since=0.0: recent_stream(self.task_stream,
                                                                    float(since)),

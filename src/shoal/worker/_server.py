@@ -156,6 +156,7 @@ class Worker:
                 "info": self.info,
                 "get_logs": get_logs,
                 "story": self.story,
+                "remove_replicas": self.remove_replicas,
                 **self.actors.handlers(),
                 **self.plugins.handlers(),
             },
@@ -556,6 +557,21 @@ class Worker:
             self.data.set_with_size(key, value, nbytes[key])
         self._handle(AddData(nbytes, self._stimulus("update-data")))
         return {"status": "ok", "nbytes": nbytes}
+
+    def remove_replicas(self, keys: list[str]) -> dict[str, Any]:
+        """``rebalance``: drop these copies (held elsewhere too), except an actor's
+        and the inputs of work started here; answer which were dropped."""
+        dropped = []
+        for key in keys:
+            ts = self.state.tasks.get(key)
+            if ts is None or ts.state != "memory" or key in self.actors.actors:
+                continue
+            if any(d.state in ("waiting", "ready", "executing") for d in ts.dependents):
+                continue
+            dropped.append(key)
+        if dropped:
+            self._handle(FreeKeys(dropped, self._stimulus("remove-replicas")))
+        return {"status": "ok", "dropped": dropped}
 
     def story(self, keys: list[str]) -> dict[str, Any]:
         return {"status": "ok", "story": self.state.story(*keys)}
