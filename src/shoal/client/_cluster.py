@@ -277,6 +277,19 @@ class ClusterCalls:
     def unregister_scheduler_plugin(self, name: str) -> Any:
         return unregister_plugin(self._me, name)
 
+    def profile(self, key: str | None = None, start: float | None = None,
+                stop: float | None = None, workers: list[str] | None = None,
+                merge_workers: bool = True, filename: str | None = None,
+                plot: bool = False) -> Any:
+        """The statistical profile of the tasks run on ``workers`` (all if None)
+        between ``start`` and ``stop`` (``time.time()`` values), of tasks of
+        prefix ``key`` only if given: dask's tree of frames and sample counts,
+        merged over the workers unless ``merge_workers=False``; ``filename``
+        also writes it as an HTML page (``plot`` is accepted and ignored)."""
+        from ._profile import profile
+
+        return profile(self._me, key, start, stop, workers, merge_workers, filename)
+
     def get_task_stream(self, start: float = 0.0) -> list[dict[str, Any]]:
         """Tasks that finished since ``start`` (a ``time.time()``): key, worker, startstops."""
         from ._diagnostics import task_stream

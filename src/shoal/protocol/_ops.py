@@ -222,6 +222,9 @@ WORKER_RPC: dict[str, Record] = {
                              "args": Blob(), "kwargs": Blob()}, optional=("args", "kwargs")),
     "actor_attribute": Record({"key": KEY, "attribute": Str(max_length=1024, min_length=1)}),
     "remove_replicas": Record({"keys": KEYS}),
+    "profile": Record({"start": Nullable(Num()), "stop": Nullable(Num()),
+                       "key": Nullable(Str(max_length=1024))},
+                      optional=("start", "stop", "key")),
     "plugin_add": Record({"plugin": Blob(), "name": NAME}),
     "plugin_remove": Record({"name": NAME}),
 }

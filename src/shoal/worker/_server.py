@@ -49,12 +49,13 @@ from ..protocol._ops import FROM_SCHEDULER, MAX_NTHREADS, WORKER_RPC, check_mess
 from ..protocol._schema import InvalidMessage
 from ._actors import ActorHost
 from ._allocator import tune_allocator
-from ._context import run_in_context, task_worker, wake_rejoins
-from ._execute import Executor, Outcome
+from ._context import as_actor_call, run_in_context, task_worker, wake_rejoins
+from ._execute import Executor, Outcome, run_task
 from ._memory import MemoryThresholds, memory_limit_for, process_memory
 from ._monitor import DEFAULT_STUCK_TIMEOUT, MemoryCheck, MemoryMonitor
 from ._nanny import NANNY_PID_ENV
 from ._plugins import WorkerPlugins
+from ._profile import Profiler
 from ._sizeof import sizeof
 from ._state import (
     AcquireReplicas,
@@ -147,6 +148,10 @@ class Worker:
         self.address = ""
         self.actors = ActorHost(self)
         self.plugins = WorkerPlugins(self)
+        #: thread id -> key of the task (or actor) it runs, for the profiler
+        self.running_threads: dict[int, str] = {}
+        self.profiler = Profiler(self.running_threads,
+                                 frozenset({run_task.__code__, as_actor_call.__code__}))
         self.rpc = RPCServer(
             {
                 "get_data": self.get_data,
@@ -157,6 +162,8 @@ class Worker:
                 "get_logs": get_logs,
                 "story": self.story,
                 "remove_replicas": self.remove_replicas,
+                "profile": lambda start=None, stop=None, key=None: {
+                    "status": "ok", "profile": self.profiler.profile(start, stop, key)},
                 **self.actors.handlers(),
                 **self.plugins.handlers(),
             },
@@ -201,6 +208,7 @@ class Worker:
             tune_allocator()  # freed results must lower the RSS the monitor watches
         self.state = WorkerState(self.address, self.nthreads, self.resources, self.story_size)
         self.executor = Executor(self.nthreads, self._executed, name=str(self.name))
+        self.profiler.start()
         if self.http_port is not None:  # health and metrics (worker/_http.py)
             from ._http import start_http
 
@@ -329,6 +337,7 @@ class Worker:
         for hook in self.on_close:
             await loop.run_in_executor(None, hook)
         self.executor.shutdown()
+        self.profiler.stop()
         self.actors.close()
         self.pool.close()
         for task in list(self._tasks):
