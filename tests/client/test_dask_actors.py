@@ -123,3 +123,18 @@ def test_a_dead_worker_holding_an_actor_gives_a_clear_error():
 def test_actor_keyword_needs_a_class(proc_client):
     with pytest.raises(TypeError, match="needs a class"):
         proc_client.submit(len, actor=True)
+
+
+def test_the_actor_example_of_the_dask_page_runs_as_written(tmp_path):
+    import re
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    doc = Path(__file__).resolve().parents[2] / "docs" / "coming-from-dask.md"
+    section = doc.read_text().split("## Actors", 1)[1]
+    script = tmp_path / "actors.py"
+    script.write_text(re.findall(r"```python\n(.*?)```", section, re.DOTALL)[0])
+    out = subprocess.run([sys.executable, str(script)], check=False, capture_output=True,
+                         text=True, timeout=180, cwd=tmp_path)
+    assert out.returncode == 0, out.stderr[-3000:]
