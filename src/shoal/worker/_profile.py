@@ -38,12 +38,23 @@ def new_tree(identifier: str = "root", description: dict[str, Any] | None = None
                                            "line": ""}}
 
 
+#: (code, line) -> (identifier, description): a sample costs a lookup per frame
+_described: dict[tuple[Any, int], tuple[str, dict[str, Any]]] = {}
+_MAX_DESCRIBED = 100_000
+
+
 def _identify(frame: FrameType) -> tuple[str, dict[str, Any]]:
     code = frame.f_code
-    identifier = f"{code.co_name};{code.co_filename};{code.co_firstlineno}"
-    line = linecache.getline(code.co_filename, frame.f_lineno).strip()
-    return identifier, {"filename": code.co_filename, "name": code.co_name,
-                        "line_number": frame.f_lineno, "line": line}
+    found = _described.get((code, frame.f_lineno))
+    if found is None:
+        if len(_described) > _MAX_DESCRIBED:
+            _described.clear()
+        line = linecache.getline(code.co_filename, frame.f_lineno).strip()
+        found = _described[code, frame.f_lineno] = (
+            f"{code.co_name};{code.co_filename};{code.co_firstlineno}",
+            {"filename": code.co_filename, "name": code.co_name,
+             "line_number": frame.f_lineno, "line": line})
+    return found
 
 
 def add_stack(tree: Tree, frames: list[FrameType]) -> None:
@@ -52,9 +63,10 @@ def add_stack(tree: Tree, frames: list[FrameType]) -> None:
     node = tree
     for frame in frames:
         identifier, description = _identify(frame)
-        child = node["children"].get(identifier)
+        children = node["children"]
+        child = children.get(identifier)
         if child is None:
-            child = node["children"][identifier] = new_tree(identifier, description)
+            child = children[identifier] = new_tree(identifier, dict(description))
         child["count"] += 1
         node = child
 
