@@ -129,6 +129,34 @@ class PipInstall(InstallPlugin):
         logger.info("pip installed %s", ", ".join(self.packages))
 
 
+def install_file(name: str, data: bytes, directory: str) -> str:
+    """On a worker: save an uploaded file, make it importable, (re)import it."""
+    import importlib.util
+
+    os.makedirs(directory, exist_ok=True)
+    path = os.path.join(directory, name)
+    with open(path, "wb") as f:
+        f.write(data)
+    if directory not in sys.path:
+        sys.path.insert(0, directory)
+    importlib.invalidate_caches()
+    module = name.rsplit(".", 1)[0]
+    if name.endswith(".py"):
+        # bytecode cached from an earlier upload is checked by mtime and size
+        # only: a same-sized file written within the same second would pass
+        try:
+            os.remove(importlib.util.cache_from_source(path))
+        except FileNotFoundError:
+            pass
+        if module in sys.modules:
+            importlib.reload(sys.modules[module])
+        else:
+            importlib.import_module(module)
+    elif name.endswith((".zip", ".egg", ".whl")) and path not in sys.path:
+        sys.path.insert(0, path)
+    return path
+
+
 def _upload_directory(worker: Any) -> Path:
     base = getattr(worker, "directory", None) or tempfile.gettempdir()
     path = Path(base) / "uploads"
@@ -149,11 +177,9 @@ class UploadFile(WorkerPlugin):
         self.name = f"upload-file-{self.filename}"
 
     def setup(self, worker: Any) -> None:
-        from .client._cluster import _install_file
-
         directory = str(_upload_directory(worker))
         if self.load:
-            _install_file(self.filename, self.data, directory)
+            install_file(self.filename, self.data, directory)
         else:
             (Path(directory) / self.filename).write_bytes(self.data)
 

@@ -1,8 +1,8 @@
 """Questions and calls about the cluster as a whole, for ``Client`` (which
 mixes in :class:`ClusterCalls`): ``run_on_scheduler``, ``wait_for_workers``,
 ``has_what``, ``nthreads``, ``restart``, ``get_versions``, ``replicate``,
-logs, the task stream, and ``upload_file`` (to the workers connected now;
-workers that join later do not get the file)."""
+logs, the task stream, plugins (``register_plugin``; ``upload_file`` is
+one), ``rebalance``, ``profile`` and ``shutdown``."""
 
 from __future__ import annotations
 
@@ -117,45 +117,16 @@ def get_versions(client: Client, check: bool, packages: tuple[str, ...]) -> dict
     return out
 
 
-def _install_file(name: str, data: bytes, directory: str) -> str:
-    """On a worker: save an uploaded file, make it importable, (re)import it."""
-    import importlib
-    import importlib.util
+def upload_file(client: Client, filename: str, load: bool = True) -> dict[str, Any]:
+    """As a worker plugin (as dask does): workers that join later get the file too;
+    uploading a file of the same name again replaces it (and reloads the module)."""
     import os
-    import sys
 
-    os.makedirs(directory, exist_ok=True)
-    path = os.path.join(directory, name)
-    with open(path, "wb") as f:
-        f.write(data)
-    if directory not in sys.path:
-        sys.path.insert(0, directory)
-    importlib.invalidate_caches()
-    module = name.rsplit(".", 1)[0]
-    if name.endswith(".py"):
-        # bytecode cached from an earlier upload is checked by mtime and size
-        # only: a same-sized file written within the same second would pass
-        try:
-            os.remove(importlib.util.cache_from_source(path))
-        except FileNotFoundError:
-            pass
-        if module in sys.modules:
-            importlib.reload(sys.modules[module])
-        else:
-            importlib.import_module(module)
-    elif name.endswith((".zip", ".egg", ".whl")) and path not in sys.path:
-        sys.path.insert(0, path)
-    return path
+    from .._plugins import UploadFile
 
-
-def upload_file(client: Client, filename: str) -> dict[str, str]:
-    import os
-    import tempfile
-
-    with open(filename, "rb") as f:
-        data = f.read()
-    directory = os.path.join(tempfile.gettempdir(), f"shoal-uploads-{client.id[-12:]}")
-    return client.run(_install_file, os.path.basename(filename), data, directory)
+    plugin = UploadFile(filename, load=load)
+    return cast("dict[str, Any]", register_plugin(
+        client, plugin, f"upload-file-{os.path.basename(filename)}", False))
 
 
 def logs(client: Client, n: int | None, workers: list[str] | None, scheduler: bool) -> Any:
@@ -199,9 +170,10 @@ class ClusterCalls:
         ``check=True``, a ValueError naming what differs."""
         return get_versions(self._me, check, tuple(packages))
 
-    def upload_file(self, filename: str) -> Any:
-        """Send a ``.py`` (imported) or ``.zip``/``.egg``/``.whl`` file to every worker."""
-        return upload_file(self._me, filename)
+    def upload_file(self, filename: str, load: bool = True) -> Any:
+        """Send a ``.py`` (imported) or ``.zip``/``.egg``/``.whl`` file to every
+        worker, and to each worker that joins later."""
+        return upload_file(self._me, filename, load)
 
     def get_scheduler_logs(self, n: int | None = None) -> Any:
         """The scheduler's newest ``n`` log lines: ``[(level, line), ...]``."""

@@ -63,13 +63,20 @@ def _node(tree: Tree, total: int, depth: int) -> str:
     return f"<details{opened}><summary>{label}</summary>{inner}</details>"
 
 
+PROFILE_STYLE = (
+    "details,.leaf{margin-left:1.2em}.w{color:#666}.n{color:#036;margin:0 .5em}"
+    ".src{color:#555;font-family:monospace;margin-left:1.2em}"
+    ".bar{display:inline-block;height:.7em;background:#4a90d9}")
+
+
+def profile_section(tree: Tree) -> str:
+    """The tree as nested, collapsible HTML (styled by ``PROFILE_STYLE``)."""
+    return _node(tree, tree["count"], 0) if tree["count"] else "<p>No samples.</p>"
+
+
 def profile_html(tree: Tree, key: str | None = None) -> str:
     """The tree as a page that opens offline."""
     title = f"shoal profile{f' of {key}' if key else ''}: {tree['count']} samples"
-    body = _node(tree, tree["count"], 0) if tree["count"] else "<p>No samples.</p>"
-    style = ("body{font:13px sans-serif;margin:1em}details,.leaf{margin-left:1.2em}"
-             ".w{color:#666}.n{color:#036;margin:0 .5em}.src{color:#555;font-family:monospace;"
-             "margin-left:1.2em}.bar{display:inline-block;height:.7em;background:#4a90d9}")
     return (f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>{html.escape(title)}"
-            f"</title><style>{style}</style></head><body><h1>{html.escape(title)}</h1>"
-            f"{body}</body></html>")
+            f"</title><style>body{{font:13px sans-serif;margin:1em}}{PROFILE_STYLE}</style>"
+            f"</head><body><h1>{html.escape(title)}</h1>{profile_section(tree)}</body></html>")

@@ -137,16 +137,22 @@ class Profiler:
                 filed = now
 
     def sample(self) -> None:
+        # ``frames`` holds this very frame too: a cycle that would keep every
+        # thread's frames, and what their locals hold, alive until the cyclic
+        # collector ran; only the frames of tasks are looked up, then dropped.
         frames = sys._current_frames()
+        wanted = {ident: frames.get(ident) for ident in list(self.running)}
+        del frames
         with self._lock:
-            for ident, key in list(self.running.items()):
-                frame = frames.get(ident)
-                if frame is None:
+            for ident, frame in wanted.items():
+                key = self.running.get(ident)
+                if frame is None or key is None:
                     continue
                 tree = self.current.get(prefix(key))
                 if tree is None:
                     tree = self.current[prefix(key)] = new_tree()
                 add_stack(tree, _task_frames(frame, self.stop_at))
+        wanted.clear()
 
     def profile(self, start: float | None = None, stop: float | None = None,
                 key: str | None = None) -> Tree:
