@@ -19,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import functools
+import weakref
 from collections.abc import Callable, Generator
 from typing import Any, Generic, TypeVar
 
@@ -26,6 +27,20 @@ from .._exceptions import ActorLostError, CommClosedError, ShoalTimeoutError
 from ..protocol import deserialize, serialize
 
 T = TypeVar("T")
+
+#: Connections one process keeps busy with calls to one worker's actors at
+#: once: a burst of calls queues for them instead of opening one each.
+ACTOR_CONNECTIONS = 4
+_gates: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, dict[str, asyncio.Semaphore]] = (
+    weakref.WeakKeyDictionary())
+
+
+def _gate(address: str) -> asyncio.Semaphore:
+    gates = _gates.setdefault(asyncio.get_running_loop(), {})
+    gate = gates.get(address)
+    if gate is None:
+        gate = gates[address] = asyncio.Semaphore(ACTOR_CONNECTIONS)
+    return gate
 
 
 class BaseActorFuture(Generic[T]):
@@ -115,7 +130,8 @@ class Actor:
 
     async def _request(self, pool: Any, op: str, **kwargs: Any) -> Any:
         try:
-            answer = await pool.request(self._address, op, key=self.key, **kwargs)
+            async with _gate(self._address):
+                answer = await pool.request(self._address, op, key=self.key, **kwargs)
         except (CommClosedError, OSError) as exc:
             raise ActorLostError(
                 f"the worker {self._address} holding actor {self.key!r} is gone: {exc}"
