@@ -108,6 +108,7 @@ def test_a_worker_plugin_sees_transitions_and_is_torn_down(proc_client):
     proc_client.unregister_plugin("recorder")
     torn = proc_client.run(lambda dask_worker: dask_worker.torn_down)
     assert all(torn.values())
+    assert all(proc_client.run(unhooked).values())
     with pytest.raises(ValueError, match="no plugin named"):
         proc_client.unregister_plugin("recorder")
 
@@ -135,6 +136,15 @@ def test_scheduler_plugins_see_workers_graphs_and_transitions_and_bugs_are_conta
         assert len(seen["workers"]) == 1  # the one that joined after registering
         client.unregister_plugin("broken")
         client.unregister_plugin("watcher")
+        assert client.run_on_scheduler(unhooked)  # no plugin left: no cost left
+
+
+def unhooked(dask_scheduler: Any = None, dask_worker: Any = None) -> bool:
+    """The state machine records transitions with its story log's own call again."""
+    server = dask_scheduler or dask_worker
+    state = server.state
+    return bool(state._record == state.story_log.entries.extend
+                and not getattr(server.plugins, "active", False))
 
 
 def test_worker_plugins_reach_workers_that_join_later(tmp_path):
