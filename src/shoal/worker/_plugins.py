@@ -10,6 +10,7 @@ that hook: a worker without one pays one attribute test per batch of events.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from typing import TYPE_CHECKING, Any
 
@@ -20,6 +21,9 @@ if TYPE_CHECKING:
     from ._server import Worker
 
 logger = logging.getLogger(__name__)
+
+#: How often a joining worker says it is alive while it sets up plugins.
+SETUP_HEARTBEAT_INTERVAL = 1.0
 
 
 class WorkerPlugins:
@@ -43,10 +47,26 @@ class WorkerPlugins:
         return {"status": "ok"}
 
     async def add_all(self, plugins: dict[str, Any]) -> None:
-        """On joining: the plugins registered before (those not set up already)."""
-        for name, plugin in plugins.items():
-            if name not in self.plugins:
+        """On joining: the plugins registered before (those not set up already).
+
+        A setup may take long (``PipInstall``): the worker is not heart-beating
+        yet, so it says it is alive meanwhile, lest the scheduler drop it.
+        """
+        todo = {name: p for name, p in plugins.items() if name not in self.plugins}
+        if not todo:
+            return
+
+        async def alive() -> None:
+            while True:
+                await asyncio.sleep(SETUP_HEARTBEAT_INTERVAL)  # a period, not a sync
+                self.worker._send({"op": "heartbeat"})
+
+        beating = asyncio.get_running_loop().create_task(alive())
+        try:
+            for name, plugin in todo.items():
                 await self.add(plugin, name)
+        finally:
+            beating.cancel()
 
     async def remove(self, name: str) -> dict[str, Any]:
         old = self.plugins.pop(name, None)
