@@ -10,6 +10,7 @@ from here under the same names; docs/coming-from-dask.md lists the others.
 """
 
 from ._exceptions import (
+    ActorLostError,
     CancelledError,
     ClientClosedError,
     CommClosedError,
@@ -38,6 +39,16 @@ from ._exceptions import (
     VersionMismatchError,
     WorkerMemoryError,
 )
+from ._plugins import (
+    Environ,
+    InstallPlugin,
+    NannyPlugin,
+    PipInstall,
+    SchedulerPlugin,
+    UploadDirectory,
+    UploadFile,
+    WorkerPlugin,
+)
 from .client import (
     ALL_COMPLETED,
     FIRST_COMPLETED,
@@ -48,6 +59,7 @@ from .client import (
     default_client,
     wait,
 )
+from .client._actor import Actor, ActorFuture, BaseActorFuture
 from .client._coordination import Event, Lock, MultiLock, Semaphore
 from .client._dask import futures_of
 from .client._diagnostics import get_task_stream, performance_report
@@ -73,7 +85,11 @@ __all__ = [
     "ALL_COMPLETED",
     "FIRST_COMPLETED",
     "FIRST_EXCEPTION",
+    "Actor",
+    "ActorFuture",
+    "ActorLostError",
     "Adaptive",
+    "BaseActorFuture",
     "CancelledError",
     "Client",
     "ClientClosedError",
@@ -81,9 +97,11 @@ __all__ = [
     "CompatibleExecutor",
     "DataUnavailableError",
     "EncryptionRequiredError",
+    "Environ",
     "Event",
     "FramingError",
     "Future",
+    "InstallPlugin",
     "InvalidSpec",
     "InvalidTransition",
     "KilledWorker",
@@ -95,11 +113,14 @@ __all__ = [
     "LostDataError",
     "MessageError",
     "MultiLock",
+    "NannyPlugin",
+    "PipInstall",
     "ProtocolError",
     "Queue",
     "RemoteError",
     "Scheduler",
     "SchedulerLostError",
+    "SchedulerPlugin",
     "SchedulerRefusedError",
     "Security",
     "Semaphore",
@@ -110,10 +131,13 @@ __all__ = [
     "TaskError",
     "TaskFailed",
     "TimeoutError",
+    "UploadDirectory",
+    "UploadFile",
     "Variable",
     "VersionMismatchError",
     "Worker",
     "WorkerMemoryError",
+    "WorkerPlugin",
     "as_completed",
     "default_client",
     "fire_and_forget",

@@ -25,6 +25,7 @@ from ``shoal``::
     ├── SerializationError              (TypeError)  a value that cannot be (un)pickled
     ├── RemoteError                     (RuntimeError)  a peer answered a request with an error
     ├── DataUnavailableError            (RuntimeError)  results no worker could hand over
+    ├── ActorLostError                  (RuntimeError)  the worker holding an actor is gone
     ├── TaskError                       (RuntimeError)  a task failed
     │   ├── TaskFailed                  its own exception could not be sent back
     │   ├── KilledWorkerError           it was running on too many workers that died;
@@ -108,6 +109,10 @@ class RemoteError(ShoalError, RuntimeError):
 
 class DataUnavailableError(ShoalError, RuntimeError):
     """Finished results that could not be fetched from any worker, after retries."""
+
+
+class ActorLostError(ShoalError, RuntimeError):
+    """A call to an actor whose worker is gone (the object and its state with it)."""
 
 
 class TaskError(ShoalError, RuntimeError):

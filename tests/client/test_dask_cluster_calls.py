@@ -10,6 +10,7 @@ import sys
 import pytest
 
 from shoal import wait
+from tests.polling import wait_for
 
 
 def scheduler_facts(dask_scheduler, extra: int = 0) -> tuple[str, int, int]:
@@ -92,3 +93,51 @@ def test_replicate_puts_copies_on_more_workers(proc_client):
     holders = proc_client.who_has(futures)
     assert all(len(holders[f.key]) == 2 for f in futures)
     assert proc_client.gather(futures) == [1, 2, 3, 4]
+
+
+def test_shutdown_closes_the_scheduler_the_workers_and_the_cluster():
+    import psutil
+
+    from shoal import Client, LocalCluster
+
+    def running(pid: int) -> bool:
+        try:
+            return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+        except psutil.NoSuchProcess:
+            return False
+
+    with LocalCluster(n_workers=2, threads_per_worker=1, processes=True,
+                      dashboard_address=None) as cluster:
+        client = Client(cluster.scheduler_address, timeout=20)  # knows no cluster object
+        pids = [*client.run(os.getpid).values(), client.run_on_scheduler(os.getpid)]
+        client.shutdown()
+        assert client.status == "closed"
+        wait_for(lambda: not any(running(p) for p in pids), timeout=30,
+                 what="the scheduler and worker processes to exit")
+    with Client(n_workers=1, threads_per_worker=1, dashboard_address=None) as owner:
+        owned = owner.cluster
+        owner.shutdown()
+        assert owner.status == "closed" and owned.status == "closed"
+
+
+def held_keys(dask_worker) -> list[str]:
+    return sorted(k for k, t in dask_worker.state.tasks.items() if t.state == "memory")
+
+
+def test_rebalance_evens_out_the_bytes_held_and_who_has_stays_true():
+    from shoal import Client, LocalCluster
+
+    with LocalCluster(n_workers=2, threads_per_worker=1, processes=True,
+                      dashboard_address=None) as cluster, Client(cluster, timeout=20) as client:
+        first, second = sorted(client.scheduler_info()["workers"])
+        futures = client.scatter([bytes([i]) * 200_000 for i in range(10)], workers=[first])
+        assert {len(v) for v in client.has_what().values()} == {0, 10}
+        client.rebalance(futures[:2])  # only these may move
+        assert len(client.has_what()[second]) == 2
+        client.rebalance()
+        has_what = client.has_what()
+        assert sorted(len(v) for v in has_what.values()) == [5, 5]
+        assert {k: len(v) for k, v in client.who_has(futures).items()} == {
+            f.key: 1 for f in futures}
+        assert {a: sorted(keys) for a, keys in has_what.items()} == client.run(held_keys)
+        assert client.gather(futures) == [bytes([i]) * 200_000 for i in range(10)]

@@ -193,3 +193,60 @@ def test_multilock_takes_all_its_names_or_none(proc_client):
         assert taken.locked()
     with pytest.raises(RuntimeError, match="holds no locks"):
         both.release()
+
+
+def hold_lease_until_killed(name: str, lease_timeout: float) -> None:
+    assert Semaphore(1, name, lease_timeout=lease_timeout).acquire(timeout=20)
+    Event(f"{name}-held").set()
+    Event(f"{name}-never").wait(timeout=60)
+
+
+def test_a_lease_held_by_a_dead_worker_is_released_after_its_timeout():
+    import os
+    import signal
+
+    from shoal import LocalCluster
+
+    with LocalCluster(n_workers=2, threads_per_worker=1, processes=True,
+                      dashboard_address=None) as cluster, Client(cluster, timeout=20) as client:
+        victim = min(client.scheduler_info()["workers"])
+        pid = client.run(os.getpid, workers=[victim])[victim]
+        holder = client.submit(hold_lease_until_killed, "leased", 1.0, workers=[victim],
+                               pure=False)
+        assert Event("leased-held", client=client).wait(timeout=30)
+        mine = Semaphore(1, "leased", client=client, lease_timeout=1.0)
+        assert mine.acquire(timeout=0.5) is False  # its live holder keeps refreshing it
+        os.kill(pid, signal.SIGKILL)
+        assert mine.acquire(timeout=20) is True  # taken back once not refreshed for 1 s
+        mine.release()
+        client.cancel(holder)
+
+
+def test_a_live_holder_keeps_its_lease_past_the_timeout(proc_client):
+    first = Lock("refreshed", client=proc_client, lease_timeout=1.0)
+    assert first.acquire()
+    second = Lock("refreshed", client=proc_client, lease_timeout=1.0)
+    assert second.acquire(timeout=3.0) is False  # three lease timeouts: refreshed meanwhile
+    first.release()
+    assert second.acquire(timeout=10) is True
+    second.release()
+
+
+def test_a_bounded_queue_makes_put_wait_for_room(proc_client):
+    import threading
+
+    queue = Queue("bounded", client=proc_client, maxsize=2)
+    queue.put(1)
+    queue.put(2)
+    with pytest.raises(TimeoutError, match="no room within timeout=0.2s"):
+        queue.put("never", timeout=0.2)
+    waiting = threading.Thread(target=queue.put, args=(3,), kwargs={"timeout": 30})
+    waiting.start()
+    wait_for(lambda: proc_client.run_on_scheduler(
+        lambda dask_scheduler: len(dask_scheduler.shared.waiting_puts.get("bounded", ()))),
+        timeout=20, what="the put to wait for room")
+    assert queue.get(timeout=10) == 1  # makes room: the waiting put goes in
+    waiting.join(timeout=30)
+    assert not waiting.is_alive()
+    assert [queue.get(timeout=10) for _ in range(2)] == [2, 3]
+    assert queue.qsize() == 0

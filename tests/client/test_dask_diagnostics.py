@@ -35,6 +35,7 @@ def test_performance_report_is_a_self_contained_html_file(proc_client, tmp_path)
     page = target.read_text()
     assert page.startswith("<!DOCTYPE html>") and "</html>" in page
     assert "4 tasks" in page and "slow_inc" in page and "<svg" in page
+    assert "<h2>Profile (" in page  # the workers' samples of the block
     assert not re.search(r"""(src|href)\s*=|url\(|<script|<link""", page)  # opens offline
 
 

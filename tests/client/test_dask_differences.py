@@ -111,11 +111,12 @@ class Counter:
         self.n = 0
 
 
-def test_actor_true_is_refused_instead_of_passed_to_the_function(client):
-    with pytest.raises(NotImplementedError, match="actors"):
-        client.submit(Counter, actor=True)
-    with pytest.raises(NotImplementedError, match="actors"):
-        client.map(Counter, [], actor=True)
+def test_actor_keyword_is_never_passed_to_the_function(client):
+    from shoal import Actor
+
+    counter = client.submit(Counter, actor=True).result(timeout=10)
+    assert isinstance(counter, Actor) and counter.n == 0  # in one process, too
+    assert [type(c) for c in client.gather(client.map(Counter, [], actor=True))] == []
     assert isinstance(client.submit(Counter, actor=False).result(), Counter)
 
 

@@ -194,7 +194,8 @@ def tame(msg: Any, protected: frozenset[str] = frozenset()) -> Any:
 
     The fuzzer must not retire the worker it checks (also not through a
     flipped byte: ``workers: []`` stays empty), broadcast random "functions"
-    to it, or register a worker under a ``protected`` name or address (the
+    to it, shut the cluster down (``terminate``), restart its workers for a
+    nanny plugin, or register a worker under a ``protected`` name or address (the
     checked worker's: taking over an identity is for TLS to prevent, and it
     would refuse the real worker when it reconnects).
     """
@@ -203,6 +204,10 @@ def tame(msg: Any, protected: frozenset[str] = frozenset()) -> Any:
     op = msg.get("op")
     if op == "retire_workers":
         return {"op": "retire_workers", "workers": []}
+    if op == "terminate":
+        return {"op": "ping"}
+    if op == "register_nanny_plugin":
+        return {**msg, "restart": False}
     if op in ("broadcast", "run"):
         return {**msg, "op": "broadcast", "worker_op": "ping", "workers": None}
     if op == "register-worker" and any(msg.get(f) in protected for f in ("name", "address")

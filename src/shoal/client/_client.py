@@ -37,6 +37,7 @@ from ..comm._core import Comm
 from ..protocol import SerializationError, Serialized, deserialize, serialize
 from ..protocol._task import KEEP, KeyRef, replace
 from . import _dask
+from ._actor import Actor, actor_maker
 from ._cluster import ClusterCalls
 from ._datasets import DatasetCalls, abandon, confirm
 from ._future import FINAL, Future, FutureState
@@ -519,7 +520,8 @@ class Client(ClusterCalls, DatasetCalls):
         """Run ``func(*args, **kwargs)`` on the cluster; futures in args become inputs."""
         if not callable(func):
             raise TypeError(f"submit needs a callable, got {type(func).__name__}")
-        _refuse_actors(kwargs)
+        if _wants_actor(kwargs):
+            func, pure = actor_maker(func), False
         token, ser_func = self._functions.get(func)
         task, deps_futures = self._task(token, args, kwargs, key, pure)
         _restrict(task, workers, allow_other_workers, retries, priority, resources)
@@ -535,7 +537,8 @@ class Client(ClusterCalls, DatasetCalls):
         """``submit`` for each element of the iterables, shipping ``func`` once."""
         if not callable(func):
             raise TypeError(f"map needs a callable, got {type(func).__name__}")
-        _refuse_actors(kwargs)
+        if _wants_actor(kwargs):
+            func, pure = actor_maker(func), False
         token, ser_func = self._functions.get(func)
         columns = [list(it) for it in iterables]
         keys = key if isinstance(key, list) else None
@@ -639,6 +642,9 @@ class Client(ClusterCalls, DatasetCalls):
             values.update(got)
             todo = {k: todo[k] for k in failed}
             if not todo:
+                for key, value in values.items():
+                    if type(value) is Actor and value._future is None:
+                        value._future = Future(key, self)  # the object lives while held
                 return values
             await asyncio.sleep(0.05 * (_attempt + 1))  # back off while data is recomputed
         raise DataUnavailableError(f"could not fetch {sorted(todo)[:5]} from any worker")
@@ -668,7 +674,11 @@ class Client(ClusterCalls, DatasetCalls):
             if answer is not None:
                 data = answer["data"]
                 missing = [k for k in keys if k not in data and k not in answer["errors"]]
-                return data, answer["errors"], missing
+                if not missing:
+                    return data, answer["errors"], missing
+                # moved since we heard where it was (rebalanced): the scheduler knows
+                found, errors, missing = await self._get_data("", missing)
+                return {**data, **found}, {**answer["errors"], **errors}, missing
         answer = await self.pool.request(self.scheduler_address, "gather", keys=keys)
         return answer["data"], answer["errors"], answer["missing"]
 
@@ -874,10 +884,9 @@ def _restrict(task: dict[str, Any], workers: Iterable[str] | str | None, allow_o
         task["resources"] = resources
 
 
-def _refuse_actors(kwargs: dict[str, Any]) -> None:
-    """``actor=`` is dask.distributed's keyword (not the function's): not supported yet."""
-    if kwargs.pop("actor", False):
-        raise NotImplementedError("actors (actor=True) are not supported by shoal yet")
+def _wants_actor(kwargs: dict[str, Any]) -> bool:
+    """``actor=`` (or ``actors=``) is dask.distributed's keyword, not the function's."""
+    return bool(kwargs.pop("actor", False) | kwargs.pop("actors", False))
 
 
 def default_client() -> Client:

@@ -1,8 +1,8 @@
 """Questions and calls about the cluster as a whole, for ``Client`` (which
 mixes in :class:`ClusterCalls`): ``run_on_scheduler``, ``wait_for_workers``,
 ``has_what``, ``nthreads``, ``restart``, ``get_versions``, ``replicate``,
-logs, the task stream, and ``upload_file`` (to the workers connected now;
-workers that join later do not get the file)."""
+logs, the task stream, plugins (``register_plugin``; ``upload_file`` is
+one), ``rebalance``, ``profile`` and ``shutdown``."""
 
 from __future__ import annotations
 
@@ -117,50 +117,16 @@ def get_versions(client: Client, check: bool, packages: tuple[str, ...]) -> dict
     return out
 
 
-def _install_file(name: str, data: bytes, directory: str) -> str:
-    """On a worker: save an uploaded file, make it importable, (re)import it."""
-    import importlib
-    import importlib.util
+def upload_file(client: Client, filename: str, load: bool = True) -> dict[str, Any]:
+    """As a worker plugin (as dask does): workers that join later get the file too;
+    uploading a file of the same name again replaces it (and reloads the module)."""
     import os
-    import sys
 
-    # A directory per process: workers on one host must not rewrite the file while
-    # another imports it (a reload of a half-written module keeps the old names).
-    directory = os.path.join(directory, str(os.getpid()))
-    os.makedirs(directory, exist_ok=True)
-    path = os.path.join(directory, name)
-    partial = f"{path}.{os.getpid()}.partial"
-    with open(partial, "wb") as f:
-        f.write(data)
-    os.replace(partial, path)  # whole or not at all, for any reader
-    if directory not in sys.path:
-        sys.path.insert(0, directory)
-    importlib.invalidate_caches()
-    module = name.rsplit(".", 1)[0]
-    if name.endswith(".py"):
-        # bytecode cached from an earlier upload is checked by mtime and size
-        # only: a same-sized file written within the same second would pass
-        try:
-            os.remove(importlib.util.cache_from_source(path))
-        except FileNotFoundError:
-            pass
-        if module in sys.modules:
-            importlib.reload(sys.modules[module])
-        else:
-            importlib.import_module(module)
-    elif name.endswith((".zip", ".egg", ".whl")) and path not in sys.path:
-        sys.path.insert(0, path)
-    return path
+    from .._plugins import UploadFile
 
-
-def upload_file(client: Client, filename: str) -> dict[str, str]:
-    import os
-    import tempfile
-
-    with open(filename, "rb") as f:
-        data = f.read()
-    directory = os.path.join(tempfile.gettempdir(), f"shoal-uploads-{client.id[-12:]}")
-    return client.run(_install_file, os.path.basename(filename), data, directory)
+    plugin = UploadFile(filename, load=load)
+    return cast("dict[str, Any]", register_plugin(
+        client, plugin, f"upload-file-{os.path.basename(filename)}", False))
 
 
 def logs(client: Client, n: int | None, workers: list[str] | None, scheduler: bool) -> Any:
@@ -204,9 +170,10 @@ class ClusterCalls:
         ``check=True``, a ValueError naming what differs."""
         return get_versions(self._me, check, tuple(packages))
 
-    def upload_file(self, filename: str) -> Any:
-        """Send a ``.py`` (imported) or ``.zip``/``.egg``/``.whl`` file to every worker."""
-        return upload_file(self._me, filename)
+    def upload_file(self, filename: str, load: bool = True) -> Any:
+        """Send a ``.py`` (imported) or ``.zip``/``.egg``/``.whl`` file to every
+        worker, and to each worker that joins later."""
+        return upload_file(self._me, filename, load)
 
     def get_scheduler_logs(self, n: int | None = None) -> Any:
         """The scheduler's newest ``n`` log lines: ``[(level, line), ...]``."""
@@ -227,6 +194,19 @@ class ClusterCalls:
 
         return client.sync(ask)
 
+    def rebalance(self, futures: Iterable[Future] | None = None,
+                  workers: list[str] | None = None, timeout: float = 30.0) -> Any:
+        """Move results between ``workers`` (all if None) so that they hold similar
+        numbers of bytes; only those of ``futures``, if given."""
+        client = self._me
+        keys = [f.key for f in futures] if futures is not None else None
+
+        async def ask() -> None:
+            await client.pool.request(client.scheduler_address, "rebalance", keys=keys,
+                                      workers=workers, timeout=timeout)
+
+        return client.sync(ask)
+
     def has_what(self, workers: list[str] | None = None) -> Any:
         """``{worker: [keys it holds]}``."""
         return has_what(self._me, workers)
@@ -237,8 +217,128 @@ class ClusterCalls:
 
     ncores = nthreads
 
+    def register_plugin(self, plugin: Any, name: str | None = None,
+                        idempotent: bool | None = None) -> Any:
+        """Run a SchedulerPlugin on the scheduler, a WorkerPlugin on every worker
+        (and each that joins later), a NannyPlugin on every nanny (before its
+        worker starts; one with ``restart = True`` restarts the workers now)."""
+        return register_plugin(self._me, plugin, name, bool(idempotent))
+
+    def register_worker_plugin(self, plugin: Any, name: str | None = None,
+                               nanny: bool | None = None) -> Any:
+        """dask's older name for :meth:`register_plugin`."""
+        return register_plugin(self._me, plugin, name, False)
+
+    def register_scheduler_plugin(self, plugin: Any, name: str | None = None,
+                                  idempotent: bool | None = None) -> Any:
+        """dask's older name for :meth:`register_plugin`."""
+        return register_plugin(self._me, plugin, name, bool(idempotent))
+
+    def shutdown(self) -> Any:
+        """Close the scheduler and every worker (other clients lose them too), then
+        this client, and the cluster object it was given or made, if any."""
+        return shutdown(self._me)
+
+    def unregister_plugin(self, name: str) -> Any:
+        """Remove the plugin registered as ``name`` (tearing it down or closing it)."""
+        return unregister_plugin(self._me, name)
+
+    def unregister_worker_plugin(self, name: str, nanny: bool | None = None) -> Any:
+        return unregister_plugin(self._me, name)
+
+    def unregister_scheduler_plugin(self, name: str) -> Any:
+        return unregister_plugin(self._me, name)
+
+    def profile(self, key: str | None = None, start: float | None = None,
+                stop: float | None = None, workers: list[str] | None = None,
+                merge_workers: bool = True, filename: str | None = None,
+                plot: bool = False) -> Any:
+        """The statistical profile of the tasks run on ``workers`` (all if None)
+        between ``start`` and ``stop`` (``time.time()`` values), of tasks of
+        prefix ``key`` only if given: dask's tree of frames and sample counts,
+        merged over the workers unless ``merge_workers=False``; ``filename``
+        also writes it as an HTML page (``plot`` is accepted and ignored)."""
+        from ._profile import profile
+
+        return profile(self._me, key, start, stop, workers, merge_workers, filename)
+
     def get_task_stream(self, start: float = 0.0) -> list[dict[str, Any]]:
         """Tasks that finished since ``start`` (a ``time.time()``): key, worker, startstops."""
         from ._diagnostics import task_stream
 
         return task_stream(self._me, start)
+
+
+async def _shutdown(client: Client) -> None:
+    from ..comm import CommClosedError
+
+    try:
+        await client.pool.request(client.scheduler_address, "terminate")
+    except (CommClosedError, OSError):
+        pass  # gone already
+    cluster = client.cluster
+    await client._close()
+    if cluster is not None:
+        closing = cluster.close() if not client._own_cluster else None
+        if closing is not None and hasattr(closing, "__await__"):
+            await closing
+
+
+def shutdown(client: Client) -> Any:
+    if client.asynchronous:
+        return _shutdown(client)
+    from ..comm import CommClosedError
+
+    cluster = client.cluster
+    try:
+        client.sync(lambda: client.pool.request(client.scheduler_address, "terminate"))
+    except (CommClosedError, OSError):
+        pass  # gone already
+    client.close()  # closes a cluster it made itself
+    if cluster is not None and not client._own_cluster:
+        cluster.close()
+    return None
+
+
+def _raise_failure(answer: dict[str, Any]) -> None:
+    if answer.get("exception") is not None:
+        raise deserialize(answer["exception"])
+
+
+def register_plugin(client: Client, plugin: Any, name: str | None,
+                    idempotent: bool) -> Any:
+    from .._plugins import plugin_kind, plugin_name
+
+    kind, name = plugin_kind(plugin), plugin_name(plugin, name)
+    ser = serialize(plugin)
+
+    async def ask() -> Any:
+        address = client.scheduler_address
+        if kind == "scheduler":
+            answer = await client.pool.request(address, "register_scheduler_plugin", plugin=ser,
+                                               name=name, idempotent=idempotent)
+            _raise_failure(answer)
+            return None
+        if kind == "nanny":
+            answer = await client.pool.request(
+                address, "register_nanny_plugin", plugin=ser, name=name,
+                idempotent=idempotent, restart=bool(getattr(plugin, "restart", False)))
+            return {w: {"status": "OK"} for w in answer["workers"]}
+        answer = await client.pool.request(address, "register_worker_plugin", plugin=ser,
+                                           name=name, idempotent=idempotent)
+        for reply in answer["workers"].values():
+            if isinstance(reply, dict):
+                _raise_failure(reply)
+        return {w: {"status": "OK"} for w in answer["workers"]}
+
+    return client.sync(ask)
+
+
+def unregister_plugin(client: Client, name: str) -> Any:
+    async def ask() -> None:
+        answer = await client.pool.request(client.scheduler_address, "unregister_plugin",
+                                           name=name)
+        if not answer["found"]:
+            raise ValueError(f"no plugin named {name!r} is registered")
+
+    return client.sync(ask)

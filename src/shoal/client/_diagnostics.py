@@ -5,7 +5,8 @@ task stream its dashboard draws, newest 2,000 kept).  ``get_task_stream``
 returns those records in dask.distributed's shape; used as a context
 manager it collects what finished inside the block.  ``performance_report``
 writes the same as a self-contained HTML page (inline SVG and styles, no
-script, no network) that opens offline.
+script, no network) that opens offline, with the workers' statistical
+profile of the block (``client.profile``).
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from pathlib import Path
 from typing import Any, Self
 
 from ._client import Client, default_client
+from ._profile import PROFILE_STYLE, profile_section
 
 
 def task_stream(client: Client, since: float = 0.0) -> list[dict[str, Any]]:
@@ -57,10 +59,12 @@ class performance_report:  # lower case: dask.distributed's name
 
     def __exit__(self, *exc: object) -> None:
         self._stream.__exit__(*exc)
-        Path(self.filename).write_text(report_html(self._stream.data, self._stream._start))
+        tree = self._stream.client.profile(start=self._stream._start)
+        Path(self.filename).write_text(report_html(self._stream.data, self._stream._start, tree))
 
 
-def report_html(records: list[dict[str, Any]], start: float) -> str:
+def report_html(records: list[dict[str, Any]], start: float,
+                profile: dict[str, Any] | None = None) -> str:
     """The report page: totals per task prefix, and a timeline per worker (inline SVG)."""
     end = max((r["startstops"][0]["stop"] for r in records), default=start)
     span = max(end - start, 1e-6)
@@ -83,13 +87,15 @@ def report_html(records: list[dict[str, Any]], start: float) -> str:
             bars.append(f'<rect x="{x:.1f}" y="{i * lane + 2}" width="{w:.1f}" height="14" '
                         f'fill="#3b7dd8"><title>{html.escape(prefix)}: {e - s:.4f}s</title></rect>')
     height = max(len(rows), 1) * lane
+    profiled = "" if profile is None else (
+        f"<h2>Profile ({profile['count']} samples)</h2>{profile_section(profile)}")
     return (
         "<!DOCTYPE html><html><head><meta charset='utf-8'><title>shoal performance report"
         "</title><style>body{font-family:sans-serif;margin:2em}td,th{padding:2px 8px;"
-        "text-align:left}</style></head><body><h1>shoal performance report</h1>"
+        f"text-align:left}}{PROFILE_STYLE}</style></head><body><h1>shoal performance report</h1>"
         f"<p>{len(records)} tasks in {span:.3f} s on {len(rows)} workers.</p>"
         "<h2>Task stream</h2>"
         f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}">'
         f"{''.join(bars)}</svg><h2>By task prefix</h2><table><tr><th>prefix</th>"
-        f"<th>tasks</th><th>compute seconds</th></tr>{table}</table></body></html>"
+        f"<th>tasks</th><th>compute seconds</th></tr>{table}</table>{profiled}</body></html>"
     )

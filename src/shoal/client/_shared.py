@@ -12,6 +12,7 @@ from typing import Any
 
 from .._exceptions import ShoalTimeoutError
 from . import _datasets
+from ._client import Client
 from ._coordination import _Named
 
 
@@ -50,10 +51,26 @@ class Variable(_Shared):
 
 
 class Queue(_Shared):
-    """A first-in first-out queue by name: ``put``, ``get(timeout)``, ``qsize``."""
+    """A first-in first-out queue by name: ``put``, ``get(timeout)``, ``qsize``;
+    with ``maxsize`` (0: unbounded), ``put`` waits while it is full."""
 
-    def put(self, value: Any) -> None:
-        self._store("queue-put", value)
+    def __init__(self, name: str | None = None, client: Client | None = None,
+                 maxsize: int = 0) -> None:
+        super().__init__(name, client)
+        if isinstance(maxsize, bool) or not isinstance(maxsize, int) or maxsize < 0:
+            raise ValueError(f"maxsize must be a non-negative integer, got {maxsize!r}")
+        self.maxsize = maxsize
+
+    def put(self, value: Any, timeout: float | None = None) -> None:
+        """Add ``value``; if the queue is full, wait up to ``timeout`` for room."""
+        client = self.client
+        try:
+            client.sync(lambda: _datasets.store(client, "queue-put", self.name, value,
+                                                maxsize=self.maxsize, timeout=timeout))
+        except ValueError as exc:
+            if str(exc).startswith("full: "):
+                raise ShoalTimeoutError(f"{self!r}: {str(exc)[6:]}") from None
+            raise
 
     def get(self, timeout: float | None = None, batch: bool | int = False) -> Any:
         """The oldest item (waiting up to ``timeout``); ``batch=n``: a list of n."""
@@ -64,3 +81,6 @@ class Queue(_Shared):
 
     def qsize(self) -> int:
         return int(self._ask("queue_size")["size"])
+
+    def __reduce__(self) -> Any:
+        return (Queue, (self.name, None, self.maxsize))

@@ -21,3 +21,16 @@ def call_injecting(func: Callable[..., Any], args: tuple, kwargs: dict[str, Any]
         params = {}  # type: ignore[assignment]
     extra = {k: v for k, v in available.items() if k in params and k not in kwargs}
     return func(*args, **kwargs, **extra)
+
+
+def raised(exc: BaseException) -> dict[str, Any]:
+    """The answer to a request whose user code raised ``exc``: it, pickled, for
+    the caller to raise as itself (a stand-in if it cannot be pickled)."""
+    from ._serialize import SerializationError, serialize
+
+    exc.__traceback__ = None
+    try:
+        ser = serialize(exc)
+    except SerializationError:
+        ser = serialize(RuntimeError(f"{type(exc).__name__}: {exc}"))
+    return {"status": "ok", "exception": ser, "text": f"{type(exc).__name__}: {exc}"}

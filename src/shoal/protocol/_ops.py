@@ -71,6 +71,9 @@ COUNT = Nullable(Int(lo=0))
 #: Values pickled with their futures as keys (datasets, variables, queues).
 STORED = {"name": NAME, "data": Blob(), "keys": KEYS, "request": Str(max_length=1024)}
 
+#: A pickled plugin and the name it is registered under.
+PLUGIN = {"plugin": Blob(), "name": NAME, "idempotent": Bool()}
+
 TASK = Record(
     {
         "key": KEY,
@@ -101,6 +104,8 @@ SCHEDULER_RPC: dict[str, Record] = {
     "has_what": EMPTY,
     "replicate": Record({"keys": KEYS, "n": COUNT, "timeout": TIMEOUT},
                         optional=("n", "timeout")),
+    "rebalance": Record({"keys": Nullable(KEYS), "workers": Nullable(ADDRESSES),
+                         "timeout": TIMEOUT}, optional=("keys", "workers", "timeout")),
     "get_logs": Record({"n": COUNT}, optional=("n",)),
     "get_task_stream": Record({"since": Num(lo=0)}, optional=("since",)),
     "restart": Record({"timeout": TIMEOUT}, optional=("timeout",)),
@@ -111,7 +116,9 @@ SCHEDULER_RPC: dict[str, Record] = {
     "event_wait": Record({"name": NAME, "timeout": TIMEOUT}, optional=("timeout",)),
     "event_is_set": Record({"name": NAME}),
     "semaphore_acquire": Record({"name": NAME, "lease": NAME, "max_leases": Int(lo=1),
-                                 "timeout": TIMEOUT}, optional=("max_leases", "timeout")),
+                                 "timeout": TIMEOUT, "lease_timeout": TIMEOUT},
+                                optional=("max_leases", "timeout", "lease_timeout")),
+    "semaphore_refresh": Record({"name": NAME, "leases": ListOf(NAME)}),
     "semaphore_release": Record({"name": NAME, "lease": NAME}),
     "semaphore_value": Record({"name": NAME}),
     "multilock_acquire": Record({"names": ListOf(NAME), "lease": NAME, "num_locks": COUNT,
@@ -128,6 +135,13 @@ SCHEDULER_RPC: dict[str, Record] = {
     "list_datasets": EMPTY,
     "unpublish_dataset": Record({"name": NAME}),
     "ping": EMPTY,
+    "register_scheduler_plugin": Record(PLUGIN, optional=("idempotent",)),
+    "register_worker_plugin": Record(PLUGIN, optional=("idempotent",)),
+    "register_nanny_plugin": Record({**PLUGIN, "restart": Bool()},
+                                    optional=("idempotent", "restart")),
+    "unregister_plugin": Record({"name": NAME}),
+    "nanny_plugins": EMPTY,
+    "terminate": EMPTY,
 }
 
 SCHEDULER_OPEN: dict[str, Record] = {
@@ -189,7 +203,8 @@ FROM_CLIENT: dict[str, Record] = {
     "fire-and-forget": Record({"keys": KEYS}),
     "publish-dataset": Record({**STORED, "override": Bool()}, optional=("override",)),
     "variable-set": Record(STORED),
-    "queue-put": Record(STORED),
+    "queue-put": Record({**STORED, "maxsize": Int(lo=0), "timeout": TIMEOUT},
+                        optional=("maxsize", "timeout")),
     "release-hold": Record({"hold": AnyOf(Int(), Str(max_length=1024))}),
     "close-client": EMPTY,
 }
@@ -203,6 +218,15 @@ WORKER_RPC: dict[str, Record] = {
     "info": EMPTY,
     "get_logs": Record({"n": COUNT}, optional=("n",)),
     "story": Record({"keys": KEYS}),
+    "actor_execute": Record({"key": KEY, "method": Str(max_length=1024, min_length=1),
+                             "args": Blob(), "kwargs": Blob()}, optional=("args", "kwargs")),
+    "actor_attribute": Record({"key": KEY, "attribute": Str(max_length=1024, min_length=1)}),
+    "remove_replicas": Record({"keys": KEYS}),
+    "profile": Record({"start": Nullable(Num()), "stop": Nullable(Num()),
+                       "key": Nullable(Str(max_length=1024))},
+                      optional=("start", "stop", "key")),
+    "plugin_add": Record({"plugin": Blob(), "name": NAME}),
+    "plugin_remove": Record({"name": NAME}),
 }
 
 FROM_SCHEDULER: dict[str, Record] = {

@@ -4,13 +4,18 @@ on the scheduler.
 Clients and tasks anywhere in the cluster coordinate through them by name,
 as with dask.distributed's ``Event``, ``Lock`` and ``Semaphore``.  A waiting
 request waits here (bounded by the caller's timeout), not in a polling loop.
-A lease is named by its holder; a holder that disappears keeps its lease
-(there are no lease timeouts yet).
+A lease is named by its holder.  A semaphore acquired with a
+``lease_timeout`` keeps each lease only while its holder refreshes it
+(``semaphore_refresh``, which the client does every fifth of the timeout):
+a lease not refreshed for that long (its client or worker died) is taken
+back, when someone waits for it or asks for the value.  Without one, a
+holder that disappears keeps its lease.
 """
 
 from __future__ import annotations
 
 import asyncio
+import time
 from typing import Any
 
 
@@ -31,8 +36,21 @@ class _Semaphore:
 
     def __init__(self, max_leases: int) -> None:
         self.max_leases = max_leases
-        self.holders: set[str] = set()
+        #: lease -> (seconds it lasts unrefreshed or None, when it expires or None)
+        self.holders: dict[str, tuple[float | None, float | None]] = {}
         self.changed = asyncio.Condition()
+
+    def expire(self, now: float) -> bool:
+        """Take back the leases not refreshed in time; whether any were."""
+        stale = [lease for lease, (_, until) in self.holders.items()
+                 if until is not None and until <= now]
+        for lease in stale:
+            del self.holders[lease]
+        return bool(stale)
+
+    def next_expiry(self) -> float | None:
+        times = [until for _, until in self.holders.values() if until is not None]
+        return min(times) if times else None
 
 
 class Coordination:
@@ -44,12 +62,14 @@ class Coordination:
         self.multilocks: dict[str, str] = {}  # name -> the lease holding it
         self._multilock_leases: dict[str, list[str]] = {}  # lease -> names it holds
         self._multilock_changed = asyncio.Condition()
+        self._notifying: set[asyncio.Task] = set()
 
     def handlers(self) -> dict[str, Any]:
         return {"event_set": self.event_set, "event_clear": self.event_clear,
                 "event_wait": self.event_wait, "event_is_set": self.event_is_set,
                 "semaphore_acquire": self.semaphore_acquire,
                 "semaphore_release": self.semaphore_release,
+                "semaphore_refresh": self.semaphore_refresh,
                 "semaphore_value": self.semaphore_value,
                 "multilock_acquire": self.multilock_acquire,
                 "multilock_release": self.multilock_release,
@@ -87,29 +107,65 @@ class Coordination:
         return sem
 
     async def semaphore_acquire(self, name: str, lease: str, max_leases: int = 1,
-                                timeout: float | None = None) -> dict[str, Any]:
+                                timeout: float | None = None,
+                                lease_timeout: float | None = None) -> dict[str, Any]:
         sem = self._semaphore(name, max_leases)
         lease = _name(lease)
-        try:
-            async with asyncio.timeout(_timeout(timeout)), sem.changed:
-                await sem.changed.wait_for(lambda: len(sem.holders) < sem.max_leases)
-                sem.holders.add(lease)
-        except TimeoutError:
-            return {"status": "ok", "acquired": False}
-        return {"status": "ok", "acquired": True}
+        timeout, lease_timeout = _timeout(timeout), _timeout(lease_timeout)
+        deadline = None if timeout is None else time.monotonic() + timeout
+        async with sem.changed:
+            while True:
+                now = time.monotonic()
+                sem.expire(now)
+                if len(sem.holders) < sem.max_leases:
+                    until = None if lease_timeout is None else now + lease_timeout
+                    sem.holders[lease] = (lease_timeout, until)
+                    return {"status": "ok", "acquired": True}
+                wake = [t for t in (deadline, sem.next_expiry()) if t is not None]
+                if deadline is not None and now >= deadline:
+                    return {"status": "ok", "acquired": False}
+                try:
+                    await asyncio.wait_for(sem.changed.wait(),
+                                           max(0.0, min(wake) - now) if wake else None)
+                except TimeoutError:
+                    pass  # a deadline or an expiry: look again
+
+    def semaphore_refresh(self, name: str, leases: list[str]) -> dict[str, Any]:
+        """The holder of ``leases`` is alive: they last another lease timeout."""
+        sem = self.semaphores.get(_name(name))
+        now = time.monotonic()
+        lost = []
+        for lease in leases:
+            held = sem.holders.get(lease) if sem is not None else None
+            if held is None:
+                lost.append(lease)
+            elif held[0] is not None:
+                sem.holders[lease] = (held[0], now + held[0])  # type: ignore[union-attr]
+        return {"status": "ok", "lost": lost}
 
     async def semaphore_release(self, name: str, lease: str) -> dict[str, Any]:
         sem = self.semaphores.get(_name(name))
         if sem is None or lease not in sem.holders:
             return {"status": "error", "message": f"{lease!r} holds no lease of {name!r}"}
         async with sem.changed:
-            sem.holders.discard(lease)
+            sem.holders.pop(lease, None)
             sem.changed.notify()
         return {"status": "ok"}
 
     def semaphore_value(self, name: str) -> dict[str, Any]:
         sem = self.semaphores.get(_name(name))
+        if sem is not None and sem.expire(time.monotonic()):
+            self._spawn_notify(sem)
         return {"status": "ok", "value": len(sem.holders) if sem is not None else 0}
+
+    def _spawn_notify(self, sem: _Semaphore) -> None:
+        async def notify() -> None:
+            async with sem.changed:
+                sem.changed.notify_all()
+
+        task = asyncio.get_running_loop().create_task(notify())
+        self._notifying.add(task)
+        task.add_done_callback(self._notifying.discard)
 
     async def multilock_acquire(self, names: list[str], lease: str, num_locks: int | None = None,
                                 timeout: float | None = None) -> dict[str, Any]:

@@ -39,13 +39,7 @@ async def replicate(scheduler: Scheduler, keys: list[str], n: int | None = None,
             plan = plans.setdefault(target.address, {"who_has": {}, "nbytes": {}})
             plan["who_has"][ts.key] = [w.address for w in ts.who_has]
             plan["nbytes"][ts.key] = ts.nbytes
-    for address, plan in plans.items():
-        stream = scheduler.worker_streams.get(address)
-        if stream is not None:
-            try:
-                stream.send({"op": "acquire-replicas", **plan})
-            except CommClosedError:
-                pass
+    send_plans(scheduler, plans)
     deadline = time.monotonic() + timeout
     while any(ts.state == "memory" and len(ts.who_has) < wanted for ts in tasks):
         if time.monotonic() > deadline:
@@ -53,3 +47,14 @@ async def replicate(scheduler: Scheduler, keys: list[str], n: int | None = None,
                     f"timeout={timeout}s"}
         await asyncio.sleep(REPLICA_POLL_INTERVAL)  # a polling period, not a sync
     return {"status": "ok", "copies": wanted}
+
+
+def send_plans(scheduler: Scheduler, plans: dict[str, dict[str, Any]]) -> None:
+    """Ask each worker to fetch its plan's keys: ``{address: {"who_has", "nbytes"}}``."""
+    for address, plan in plans.items():
+        stream = scheduler.worker_streams.get(address)
+        if stream is not None:
+            try:
+                stream.send({"op": "acquire-replicas", **plan})
+            except CommClosedError:
+                pass

@@ -26,12 +26,29 @@ REJOIN_POLL_INTERVAL = 0.05
 
 
 async def restart(scheduler: Scheduler, timeout: float = 30.0) -> dict[str, Any]:
+    refused = _without_nanny(scheduler)
+    if refused is not None:
+        return refused
+    _forget_everything(scheduler)
+    return await restart_workers(scheduler, timeout)
+
+
+def _without_nanny(scheduler: Scheduler) -> dict[str, Any] | None:
     without = sorted(a for a in scheduler.state.workers
                      if not scheduler.worker_info.get(a, {}).get("nanny"))
     if without:
         return {"status": "error", "message": f"cannot restart workers without a nanny: "
                 f"{without[:3]} (start them with a nanny, the default of `shoal worker`)"}
-    _forget_everything(scheduler)
+    return None
+
+
+async def restart_workers(scheduler: Scheduler, timeout: float = 30.0) -> dict[str, Any]:
+    """Tell every worker to exit for its nanny to start it again; answer once as
+    many workers as before are back, none of them an old one (what they held is
+    lost: the scheduler recomputes what is still wanted)."""
+    refused = _without_nanny(scheduler)
+    if refused is not None:
+        return refused
     old = set(scheduler.state.workers)
     for address in old:
         stream = scheduler.worker_streams.get(address)

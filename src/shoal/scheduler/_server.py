@@ -69,6 +69,8 @@ from ._events import (
     UpdateGraph,
 )
 from ._holds import Holds
+from ._plugins import Plugins
+from ._rebalance import rebalance
 from ._replicate import replicate
 from ._restart import restart
 from ._retire import Retirement
@@ -123,6 +125,7 @@ class Scheduler:
         self.holds = Holds(self)
         self.datasets = Datasets(self)
         self.shared = Shared(self)
+        self.plugins = Plugins(self)
         self.rpc = RPCServer(
             {
                 "who_has": self.who_has,
@@ -133,6 +136,8 @@ class Scheduler:
                 "adaptive_target": self.adaptive_target,
                 "has_what": self.has_what,
                 "replicate": lambda keys, n=None, timeout=30.0: replicate(self, keys, n, timeout),
+                "rebalance": lambda keys=None, workers=None, timeout=30.0: rebalance(
+                    self, keys, workers, timeout),
                 "get_logs": get_logs,
                 "get_task_stream": lambda since=0.0: recent_stream(self.task_stream,
                                                                    float(since)),
@@ -140,6 +145,8 @@ class Scheduler:
                 "run_function": self.run_function,
                 **self.coordination.handlers(),
                 **self.shared.handlers(),
+                **self.plugins.handlers(),
+                "terminate": self.terminate,
                 "get_dataset": lambda name, client: self.datasets.get(name, client),
                 "list_datasets": lambda: self.datasets.names(),
                 "unpublish_dataset": lambda name: self.datasets.unpublish(name),
@@ -164,6 +171,7 @@ class Scheduler:
         self._tasks: set[asyncio.Task] = set()
         self._http: Any = None
         self.task_stream: list[dict[str, Any]] = []
+        self._closed = asyncio.Event()
 
     async def start(self) -> Scheduler:
         install_log_buffer()
@@ -202,9 +210,21 @@ class Scheduler:
         self.pool.close()
         if self._http is not None:
             self._http.stop()
+        await self.plugins.close()
         for task in list(self._tasks):
             if task is not asyncio.current_task():
                 task.cancel()
+        self._closed.set()
+
+    async def finished(self) -> None:
+        """Wait until the scheduler has closed (``Client.shutdown``, ``close``)."""
+        await self._closed.wait()
+
+    def terminate(self) -> dict[str, Any]:
+        """``Client.shutdown``: close the workers and this scheduler, after answering."""
+        logger.info("shutting down on a client's request")
+        asyncio.get_running_loop().call_soon(lambda: self._spawn(self.close()))
+        return {"status": "ok"}
 
     # ------------------------------------------------------------ routing
 
@@ -227,6 +247,8 @@ class Scheduler:
                     stream.send(inst.msg)
                 except CommClosedError:
                     pass
+        if self.plugins.active:
+            self.plugins.after(events)
 
     # ------------------------------------------------------------ workers
 
@@ -241,7 +263,7 @@ class Scheduler:
                               "message": f"a worker named {name!r} at {address} is registered"})
             comm.abort()
             return
-        await comm.write({"status": "ok"})
+        await comm.write({"status": "ok", **self.plugins.for_new_worker()})
         self.worker_streams[address] = BatchedSend(comm)
         self.worker_info[address] = {"http_address": http_address, **extra}
         reason = "connection lost"

@@ -7,7 +7,9 @@ Values arrive pickled by the client (futures recorded as keys, see
 that made their futures, and are confirmed on it.  Each stored value holds
 its keys (see ``_holds.py``); a value handed out is held for the receiving
 client until it has taken its own hold.  ``get`` waits here, bounded by the
-caller's timeout.
+caller's timeout.  A queue with a ``maxsize`` holds a put that finds it
+full (its value held meanwhile) until a get makes room, in the order the
+puts came, and confirms it then; or refuses it when its timeout passes.
 """
 
 from __future__ import annotations
@@ -20,6 +22,16 @@ if TYPE_CHECKING:
     from ._server import Scheduler
 
 Value = tuple[Any, list[str]]  # pickled data, keys of the futures inside
+
+
+class _WaitingPut:
+    """A put into a full queue: its item (held), whom to confirm, its timer."""
+
+    __slots__ = ("client", "item", "request", "timer")
+
+    def __init__(self, item: tuple[Value, str], client: str, request: Any) -> None:
+        self.item, self.client, self.request = item, client, request
+        self.timer: asyncio.TimerHandle | None = None
 
 
 def _check(name: Any, data: Any, keys: Any) -> str | None:
@@ -36,6 +48,8 @@ class Shared:
         self.scheduler = scheduler
         self.variables: dict[str, tuple[Value, str]] = {}  # name -> value, its hold
         self.queues: dict[str, collections.deque[tuple[Value, str]]] = {}
+        self.maxsizes: dict[str, int] = {}
+        self.waiting_puts: dict[str, collections.deque[_WaitingPut]] = {}
         self._changed: dict[str, asyncio.Condition] = {}
 
     def _condition(self, name: str) -> asyncio.Condition:
@@ -61,10 +75,46 @@ class Shared:
                 if old is not None:
                     holds.release(old[1])
             else:
-                self.queues.setdefault(name, collections.deque()).append(
-                    ((data, keys), holds.hold(keys, "queue")))
+                item = ((data, keys), holds.hold(keys, "queue"))
+                if msg.get("maxsize"):
+                    self.maxsizes[name] = msg["maxsize"]
+                if self._full(name) or self.waiting_puts.get(name):
+                    self._wait_for_room(name, _WaitingPut(item, client, msg.get("request")),
+                                        msg.get("timeout"))
+                    return  # confirmed once there is room
+                self.queues.setdefault(name, collections.deque()).append(item)
             self.scheduler._spawn(self._wake(name))
         self.scheduler.confirm(client, msg.get("request"), error)
+
+    def _full(self, name: str) -> bool:
+        maxsize = self.maxsizes.get(name, 0)
+        return maxsize > 0 and len(self.queues.get(name, ())) >= maxsize
+
+    def _wait_for_room(self, name: str, put: _WaitingPut, timeout: float | None) -> None:
+        self.waiting_puts.setdefault(name, collections.deque()).append(put)
+        if timeout is not None:
+            put.timer = asyncio.get_running_loop().call_later(
+                timeout, self._put_timed_out, name, put, timeout)
+
+    def _put_timed_out(self, name: str, put: _WaitingPut, timeout: float) -> None:
+        waiting = self.waiting_puts.get(name)
+        if waiting is None or put not in waiting:
+            return
+        waiting.remove(put)
+        self.scheduler.holds.release(put.item[1])
+        self.scheduler.confirm(put.client, put.request,
+                               f"full: queue {name!r} had no room within timeout={timeout}s")
+
+    def _admit(self, name: str) -> None:
+        """A get made room: the waiting puts go in, oldest first."""
+        waiting = self.waiting_puts.get(name)
+        while waiting and not self._full(name):
+            put = waiting.popleft()
+            if put.timer is not None:
+                put.timer.cancel()
+            self.queues.setdefault(name, collections.deque()).append(put.item)
+            self.scheduler.confirm(put.client, put.request, None)
+            self.scheduler._spawn(self._wake(name))
 
     async def _wake(self, name: str) -> None:
         async with self._condition(name):
@@ -102,6 +152,7 @@ class Shared:
                 value, hold = self.queues[name].popleft()
         except TimeoutError:
             return {"status": "ok", "found": False}
+        self._admit(name)
         answer = self._hand_out(value, client)
         self.scheduler.holds.release(hold)
         return answer
@@ -112,3 +163,8 @@ class Shared:
     def clear(self) -> None:
         self.variables.clear()
         self.queues.clear()
+        for waiting in self.waiting_puts.values():
+            for put in waiting:
+                if put.timer is not None:
+                    put.timer.cancel()
+        self.waiting_puts.clear()

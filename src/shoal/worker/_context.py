@@ -32,10 +32,26 @@ def run_in_context(worker: Worker, key: str, func: Callable[..., Any], args: Ser
                    inputs: Mapping[str, Any]) -> Outcome:
     """In an executor thread: run one task with its worker and key on record."""
     _local.worker, _local.key, _local.seceded = worker, key, False
+    ident = threading.get_ident()
+    worker.running_threads[ident] = key  # seen by the profiler
     try:
         return run_task(key, func, args, inputs, sizeof)
     finally:
         _local.worker = _local.key = None
+        worker.running_threads.pop(ident, None)
+
+
+def as_actor_call(worker: Worker, key: str, func: Callable[..., Any], args: tuple,
+                  kwargs: dict[str, Any]) -> Any:
+    """In an actor's thread: one method call, with ``get_worker()`` its worker."""
+    _local.worker, _local.key, _local.seceded = worker, key, True  # holds no task slot
+    ident = threading.get_ident()
+    worker.running_threads[ident] = key  # seen by the profiler
+    try:
+        return func(*args, **kwargs)
+    finally:
+        _local.worker = _local.key = None
+        worker.running_threads.pop(ident, None)
 
 
 def task_worker() -> Worker | None:

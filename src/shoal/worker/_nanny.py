@@ -17,7 +17,10 @@ the OOM killer, user code calling ``os._exit``.  The nanny
 * stops without restarting on :meth:`Nanny.close`, on SIGTERM/SIGINT in
   :meth:`Nanny.run` (forwarded to the child, which gets ``timeout`` seconds
   to finish before SIGKILL), and when the child exits with status 0 (a worker
-  that was told to close, e.g. retired by the scheduler).
+  that was told to close, e.g. retired by the scheduler);
+* given the scheduler's address, asks it for the nanny plugins clients
+  registered (``client.register_plugin``) and sets them up before starting
+  each worker process: ``Environ`` puts variables in its environment.
 
 No child is ever left behind:
 
@@ -77,6 +80,8 @@ EXIT_PARENT_GONE = 70
 
 DEFAULT_POLL_INTERVAL = 0.15
 DEFAULT_CLOSE_TIMEOUT = 5.0
+#: Bound on asking the scheduler for nanny plugins before starting a worker.
+PLUGIN_REQUEST_TIMEOUT = 5.0
 #: Bound on waiting for a SIGKILLed process to be reaped.
 KILL_WAIT_TIMEOUT = 5.0
 
@@ -171,6 +176,7 @@ class Nanny:
         env: Mapping[str, str] | None = None,
         cwd: str | None = None,
         local_directory: str | None = None,
+        scheduler_address: str | None = None,
     ) -> None:
         if not argv:
             raise ValueError("Nanny needs a command line to run")
@@ -185,6 +191,9 @@ class Nanny:
         self.max_backoff = max_backoff
         self.stable_after = stable_after
         self._env = dict(os.environ if env is None else env)
+        #: where to ask for nanny plugins before starting each worker (None: none)
+        self.scheduler_address = scheduler_address
+        self.plugins: dict[str, object] = {}
         self._cwd = cwd
         self.local_directory = local_directory
         #: the current child's directory (when ``local_directory`` is set)
@@ -199,6 +208,11 @@ class Nanny:
         self._close_signal: int = signal.SIGTERM
 
     # -- public API ------------------------------------------------------------
+
+    @property
+    def env(self) -> dict[str, str]:
+        """The environment the next worker process starts with (plugins may add to it)."""
+        return self._env
 
     @property
     def pid(self) -> int | None:
@@ -291,6 +305,8 @@ class Nanny:
                 loop.remove_signal_handler(sig)
 
     async def _spawn(self) -> None:
+        if self.scheduler_address is not None:
+            await self._setup_plugins(self.scheduler_address)
         env = {**self._env, NANNY_PID_ENV: str(os.getpid())}
         if self.local_directory is not None:
             self.directory = WorkerDirectory(self.local_directory)
@@ -348,6 +364,33 @@ class Nanny:
             except _SPAWN_ERRORS as exc:  # e.g. out of pids or memory: try again later
                 logger.error("cannot restart the worker: %s", exc)
                 self._process = None
+
+    async def _setup_plugins(self, address: str) -> None:
+        """Set up the nanny plugins the scheduler has, before each worker process
+        (bounded: a scheduler not reachable yet means none this time)."""
+        from shoal._plugins import call_hook
+        from shoal.comm import CommClosedError, ConnectionPool
+        from shoal.protocol import SerializationError, deserialize
+
+        pool = ConnectionPool(timeout=PLUGIN_REQUEST_TIMEOUT)
+        try:
+            answer = await asyncio.wait_for(pool.request(address, "nanny_plugins"),
+                                            PLUGIN_REQUEST_TIMEOUT)
+        except (CommClosedError, OSError, TimeoutError) as exc:
+            logger.debug("no nanny plugins from %s: %s", address, exc)
+            return
+        finally:
+            pool.close()
+        for name, blob in (answer.get("plugins") or {}).items():
+            try:
+                plugin = deserialize(blob)
+            except SerializationError as exc:
+                logger.error("nanny plugin %r cannot be unpickled here: %s", name, exc)
+                continue
+            self.plugins[name] = plugin
+            result = call_hook(plugin, "setup", nanny=self)
+            if result is not None:
+                await result
 
     async def _backoff(self, delay: float) -> bool:
         """Wait ``delay`` seconds unless closed meanwhile; False if closed."""
@@ -430,6 +473,7 @@ def run_nanny(shoal_argv: Sequence[str], args: argparse.Namespace | None = None)
         terminate_fraction=getattr(args, "memory_terminate", MemoryThresholds().terminate),
         env=env,
         local_directory=getattr(args, "local_directory", None) or tempfile.gettempdir(),
+        scheduler_address=getattr(args, "address", None),
     )
     logger.info("nanny %d supervises: shoal %s", os.getpid(), " ".join(shoal_argv))
     return nanny.run()

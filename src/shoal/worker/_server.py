@@ -48,12 +48,15 @@ from ..protocol import SerializationError, Serialized, ToPickle, deserialize, se
 from ..protocol._call import call_injecting
 from ..protocol._ops import FROM_SCHEDULER, MAX_NTHREADS, WORKER_RPC, check_message
 from ..protocol._schema import InvalidMessage
+from ._actors import ActorHost
 from ._allocator import tune_allocator
-from ._context import run_in_context, task_worker, wake_rejoins
-from ._execute import Executor, Outcome
+from ._context import as_actor_call, run_in_context, task_worker, wake_rejoins
+from ._execute import Executor, Outcome, run_task
 from ._memory import MemoryThresholds, memory_limit_for, process_memory
 from ._monitor import DEFAULT_STUCK_TIMEOUT, MemoryCheck, MemoryMonitor
 from ._nanny import NANNY_PID_ENV
+from ._plugins import WorkerPlugins
+from ._profile import Profiler
 from ._sizeof import sizeof
 from ._state import (
     AcquireReplicas,
@@ -149,6 +152,12 @@ class Worker:
         self.thresholds = memory_thresholds or MemoryThresholds()
         self.memory_stuck_timeout = memory_stuck_timeout
         self.address = ""
+        self.actors = ActorHost(self)
+        self.plugins = WorkerPlugins(self)
+        #: thread id -> key of the task (or actor) it runs, for the profiler
+        self.running_threads: dict[int, str] = {}
+        self.profiler = Profiler(self.running_threads,
+                                 frozenset({run_task.__code__, as_actor_call.__code__}))
         self.rpc = RPCServer(
             {
                 "get_data": self.get_data,
@@ -158,6 +167,11 @@ class Worker:
                 "info": self.info,
                 "get_logs": get_logs,
                 "story": self.story,
+                "remove_replicas": self.remove_replicas,
+                "profile": lambda start=None, stop=None, key=None: {
+                    "status": "ok", "profile": self.profiler.profile(start, stop, key)},
+                **self.actors.handlers(),
+                **self.plugins.handlers(),
             },
             {},
             schemas=WORKER_RPC,
@@ -201,6 +215,7 @@ class Worker:
             tune_allocator()  # freed results must lower the RSS the monitor watches
         self.state = WorkerState(self.address, self.nthreads, self.resources, self.story_size)
         self.executor = Executor(self.nthreads, self._executed, name=str(self.name))
+        self.profiler.start()
         if self.http_port is not None:  # health and metrics (worker/_http.py)
             from ._http import start_http
 
@@ -248,6 +263,7 @@ class Worker:
             comm.abort()
             raise RuntimeError(f"the scheduler refused worker {self.name}: {answer}")
         self.stream = BatchedSend(comm)
+        await self.plugins.add_all(answer.get("plugins") or {})
         self._spawn(self._read_scheduler(comm))
 
     def _registration(self) -> dict[str, Any]:
@@ -344,10 +360,13 @@ class Worker:
             self._send({"op": "goodbye"})
             await self.stream.close(timeout)
         wake_rejoins(self)
+        await self.plugins.close()
         loop = asyncio.get_running_loop()
         for hook in self.on_close:
             await loop.run_in_executor(None, hook)
         self.executor.shutdown()
+        self.profiler.stop()
+        self.actors.close()
         self.pool.close()
         for task in list(self._tasks):
             if task is not asyncio.current_task():
@@ -439,10 +458,13 @@ class Worker:
             elif kind is Forget:
                 self.data.discard(inst.key)
                 self._undecodable.pop(inst.key, None)
+                self.actors.release(inst.key)
             elif kind is Rejoined:
                 wake_rejoins(self, [inst.key])
         if runs:
             self.executor.submit_many(runs)
+        if self.plugins.tap.pending:
+            self.plugins.flush()
 
     def _send(self, msg: dict[str, Any]) -> None:
         if self.stream is not None:
@@ -572,6 +594,21 @@ class Worker:
             self.data.set_with_size(key, value, nbytes[key])
         self._handle(AddData(nbytes, self._stimulus("update-data")))
         return {"status": "ok", "nbytes": nbytes}
+
+    def remove_replicas(self, keys: list[str]) -> dict[str, Any]:
+        """``rebalance``: drop these copies (held elsewhere too), except an actor's
+        and the inputs of work started here; answer which were dropped."""
+        dropped = []
+        for key in keys:
+            ts = self.state.tasks.get(key)
+            if ts is None or ts.state != "memory" or key in self.actors.actors:
+                continue
+            if any(d.state in ("waiting", "ready", "executing") for d in ts.dependents):
+                continue
+            dropped.append(key)
+        if dropped:
+            self._handle(FreeKeys(dropped, self._stimulus("remove-replicas")))
+        return {"status": "ok", "dropped": dropped}
 
     def story(self, keys: list[str]) -> dict[str, Any]:
         return {"status": "ok", "story": self.state.story(*keys)}
