@@ -36,6 +36,7 @@ import sys
 import threading
 import time
 import weakref
+from collections import deque
 
 __all__ = ["CAPACITY", "BufferPool", "map_buffer", "pool", "release"]
 
@@ -80,12 +81,18 @@ def allocated(fd: int) -> int:
 
 
 class BufferPool:
-    """Idle memfds, each with the bytes of pages it holds; thread-safe."""
+    """Idle memfds, each with the bytes of pages it holds; thread-safe.
+
+    :meth:`give` runs in finalizers, which the garbage collector may call in
+    any thread at any allocation, even while this pool's lock is held: it
+    only appends to a queue, folded into the pool by whoever next holds the lock.
+    """
 
     def __init__(self, limit: int | None = None) -> None:
         self.pid = os.getpid()
         self.limit = _limit_from_env() if limit is None else limit
         self._idle: list[tuple[int, int, float]] = []  # fd, allocated bytes, since
+        self._returned: deque[int] = deque()
         self._lock = threading.Lock()
         self._sweeper: threading.Thread | None = None
         self.reused = self.made = 0
@@ -94,6 +101,7 @@ class BufferPool:
         """A memfd for ``size`` bytes and how many bytes of pages it already holds:
         the smallest idle one holding enough, else the warmest, else a new one."""
         with self._lock:
+            self._fold_returned()
             best = None
             for i, (_, warm, _since) in enumerate(self._idle):
                 if best is None or _better(warm, self._idle[best][1], size):
@@ -102,6 +110,10 @@ class BufferPool:
                 fd, warm, _ = self._idle.pop(best)
                 self.reused += 1
                 return fd, warm
+            if self._sweeper is None:
+                self._sweeper = threading.Thread(target=self._sweep, daemon=True,
+                                                 name="shoal-buffer-pool")
+                self._sweeper.start()
         self.made += 1
         return new_memfd(), 0
 
@@ -110,34 +122,43 @@ class BufferPool:
         if os.getpid() != self.pid:
             os.close(fd)
             return
-        try:
-            warm = allocated(fd)
-        except OSError:
-            return
-        if warm > self.limit:
-            os.close(fd)
-            return
-        with self._lock:
-            self._idle.append((fd, warm, time.monotonic()))
-            total = sum(w for _, w, _ in self._idle)
-            while total > self.limit:
-                fd_out, w_out, _ = self._idle.pop(0)
-                os.close(fd_out)
-                total -= w_out
-            if self._sweeper is None:
-                self._sweeper = threading.Thread(target=self._sweep, daemon=True,
-                                                 name="shoal-buffer-pool")
-                self._sweeper.start()
+        self._returned.append(fd)
+        if self._lock.acquire(blocking=False):
+            try:
+                self._fold_returned()
+            finally:
+                self._lock.release()
+
+    def _fold_returned(self) -> None:
+        """Move returned memfds into the pool, within its bound (lock held)."""
+        now = time.monotonic()
+        while self._returned:
+            fd = self._returned.popleft()
+            try:
+                warm = allocated(fd)
+            except OSError:
+                continue
+            if warm > self.limit:
+                os.close(fd)
+                continue
+            self._idle.append((fd, warm, now))
+        total = sum(w for _, w, _ in self._idle)
+        while total > self.limit:
+            fd_out, w_out, _ = self._idle.pop(0)
+            os.close(fd_out)
+            total -= w_out
 
     def held(self) -> int:
         """Bytes of idle memory held."""
         with self._lock:
+            self._fold_returned()
             return sum(w for _, w, _ in self._idle)
 
     def release(self, older_than: float = 0.0) -> int:
         """Close the memfds idle for at least ``older_than`` seconds; bytes freed."""
         limit = time.monotonic() - older_than
         with self._lock:
+            self._fold_returned()
             old = [entry for entry in self._idle if entry[2] <= limit]
             self._idle = [entry for entry in self._idle if entry[2] > limit]
         for fd, _, _ in old:
@@ -145,10 +166,8 @@ class BufferPool:
         return sum(w for _, w, _ in old)
 
     def _sweep(self) -> None:
-        while True:
+        while os.getpid() == self.pid:
             time.sleep(IDLE_SECONDS / 2)
-            if os.getpid() != self.pid:
-                return
             self.release(older_than=IDLE_SECONDS)
 
 
