@@ -20,7 +20,8 @@ cannot shrink): pages exist only where bytes were written, so mapping one
 for a frame commits nothing until the frame's bytes arrive.
 
 The pool is bounded: at most :data:`POOL_MAX_BYTES` of idle memory
-(``SHOAL_BUFFER_POOL_BYTES``), and a memfd idle for :data:`IDLE_SECONDS` is
+(``SHOAL_BUFFER_POOL_BYTES``; a worker lowers it to an eighth of its memory
+limit), and a memfd idle for :data:`IDLE_SECONDS` is
 closed, its pages going back to the system; :func:`release` empties it (the
 worker does when its memory is high).  Elsewhere than Linux, buffers are
 plain anonymous mappings.
@@ -38,7 +39,7 @@ import time
 import weakref
 from collections import deque
 
-__all__ = ["CAPACITY", "BufferPool", "map_buffer", "pool", "release"]
+__all__ = ["CAPACITY", "BufferPool", "bound", "map_buffer", "pool", "release"]
 
 logger = logging.getLogger(__name__)
 
@@ -192,6 +193,18 @@ def pool() -> BufferPool | None:
             if _pool is None or _pool.pid != os.getpid():
                 _pool = BufferPool()
     return _pool
+
+
+def bound(limit: int) -> None:
+    """Keep at most ``limit`` bytes idle in this process's pool (never raises the bound).
+
+    A worker bounds it by a share of its memory limit: idle pooled pages are
+    in no resident set the memory monitor reads, but a container's memory
+    limit counts them.
+    """
+    owner = pool()
+    if owner is not None:
+        owner.limit = min(owner.limit, max(0, int(limit)))
 
 
 def release() -> int:
