@@ -30,6 +30,12 @@ def make_block(index: int, nbytes: int) -> Any:
     return np.full(nbytes, index % 251, dtype=np.uint8)
 
 
+def make_bytes_block(index: int, nbytes: int) -> bytes:
+    """The same block as a ``bytes`` object (which pickle alone would copy in band)."""
+    return bytes([index % 251]) * nbytes
+
+
 def consume_block(block: Any) -> tuple[int, int, int]:
-    """What the consuming worker does with a block: its size, a checksum byte, its pid."""
-    return int(block.nbytes), int(block[-1]), os.getpid()
+    """What the consuming worker does with a block (numpy array or bytes): its size,
+    a checksum byte, its pid."""
+    return memoryview(block).nbytes, int(block[-1]), os.getpid()

@@ -144,10 +144,10 @@ def tree(system: _systems.System, sizes: dict[str, int]) -> dict[str, Any]:
 
 
 def _transfer_round(system: _systems.System, client: Any, a: str, b: tuple[str, int],
-                    first: int, sizes: dict[str, int]) -> float:
+                    first: int, sizes: dict[str, int], make: Callable = _tasks.make_block) -> float:
     """One round: blocks made on A (not timed), consumed on B (timed); seconds."""
     blocks, nbytes = sizes["transfer_blocks"], sizes["transfer_block_bytes"]
-    made = [client.submit(_tasks.make_block, first + i, nbytes, workers=[a])
+    made = [client.submit(make, first + i, nbytes, workers=[a])
             for i in range(blocks)]
     system.wait(made)
     start = time.perf_counter()
@@ -161,7 +161,8 @@ def _transfer_round(system: _systems.System, client: Any, a: str, b: tuple[str, 
 
 
 def transfer(system: _systems.System, sizes: dict[str, int]) -> dict[str, Any]:
-    """Worker-to-worker MB/s: the median of TRANSFER_ROUNDS rounds, each with fresh blocks."""
+    """Worker-to-worker MB/s: the median of TRANSFER_ROUNDS rounds, each with fresh blocks,
+    of numpy blocks, then of ``bytes`` blocks (``transfer_bytes_MB_per_s``)."""
     with _systems.local_cluster(system) as client:
         a, b = sorted(client.scheduler_info()["workers"])
         pids = client.run(os.getpid)
@@ -172,10 +173,17 @@ def transfer(system: _systems.System, sizes: dict[str, int]) -> dict[str, Any]:
         seconds = [_transfer_round(system, client, a, (b, pids[b]),
                                    r * sizes["transfer_blocks"], sizes)
                    for r in range(TRANSFER_ROUNDS)]
+        bytes_seconds = [_transfer_round(system, client, a, (b, pids[b]),
+                                         r * sizes["transfer_blocks"], sizes,
+                                         _tasks.make_bytes_block)
+                         for r in range(TRANSFER_ROUNDS)]
     total = sizes["transfer_blocks"] * sizes["transfer_block_bytes"]
     rates = [total / s / 1e6 for s in seconds]
+    bytes_rates = [total / s / 1e6 for s in bytes_seconds]
     return {"transfer_MB_per_s": statistics.median(rates), "transfer_bytes_per_round": total,
-            "transfer_MB_per_s_rounds": rates}
+            "transfer_MB_per_s_rounds": rates,
+            "transfer_bytes_MB_per_s": statistics.median(bytes_rates),
+            "transfer_bytes_MB_per_s_rounds": bytes_rates}
 
 
 def _settled_rss(process: psutil.Process) -> int:

@@ -16,7 +16,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from shoal.comm._core import CommLimits
-from shoal.comm._tcp import BIG_START_BYTES, STAGING_BYTES, STAGING_MIN_BYTES, _Protocol
+from shoal.comm._tcp import EAGER_MAX_BYTES, STAGING_BYTES, STAGING_MIN_BYTES, _Protocol
 from shoal.protocol import FramingError, MessageError, dumps, loads
 from shoal.protocol._ops import (
     FROM_CLIENT,
@@ -85,7 +85,7 @@ def _feed(data: bytes, cuts: list[int], limit: int) -> tuple[list, int]:
             buf.release()
             protocol.buffer_updated(n)
             pos += n
-            peak = max(peak, len(protocol._staging) + len(protocol._big or b""))
+            peak = max(peak, protocol.committed_bytes())
     if protocol._stall_timer is not None:
         protocol._stall_timer.cancel()
     return list(protocol._inbox), peak
@@ -105,7 +105,7 @@ def test_framing_of_broken_streams_yields_messages_or_protocol_errors(rng, cuts)
     for item in out:
         assert not isinstance(item, Exception) or isinstance(item, (FramingError, MessageError))
     # memory follows the bytes that arrived, whatever the headers said
-    assert peak <= 2 * len(data) + STAGING_BYTES + BIG_START_BYTES
+    assert peak <= 2 * len(data) + STAGING_BYTES + EAGER_MAX_BYTES
 
 
 def test_a_header_declaring_a_gigabyte_commits_no_more_than_what_arrives():
@@ -114,7 +114,7 @@ def test_a_header_declaring_a_gigabyte_commits_no_more_than_what_arrives():
         header += ((1 << 30) - 12).to_bytes(8, "little")
         out, peak = _feed(header + b"x" * 3000, [], limit=2 << 30)
         assert out == []
-        assert peak <= BIG_START_BYTES + STAGING_MIN_BYTES
+        assert peak <= EAGER_MAX_BYTES + STAGING_MIN_BYTES
 
     asyncio.run(main())
 

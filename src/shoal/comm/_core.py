@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 
 from .._exceptions import CommClosedError, EncryptionRequiredError
 from ..protocol import MAX_MESSAGE_BYTES, PROTOCOL_VERSION, VersionMismatchError
+from ._shared import channel, valid_name
 
 if TYPE_CHECKING:
     from ._security import ConnectionArgs
@@ -90,6 +91,9 @@ class Comm(abc.ABC):
 
     local_address: str
     peer_address: str
+    #: The peer's shared-memory channel, if it offered one in the handshake
+    #: (see ``_shared.py``); transports that can use it do.
+    peer_channel: str | None = None
 
     @abc.abstractmethod
     async def read(self) -> Any:
@@ -163,11 +167,15 @@ def _transport(address: str,
 
 
 def handshake_message() -> dict[str, Any]:
-    return {
+    msg: dict[str, Any] = {
         "op": "handshake",
         "protocol": PROTOCOL_VERSION,
         "python": ".".join(map(str, sys.version_info[:3])),
     }
+    own = channel()
+    if own is not None:
+        msg["shm"] = own.name
+    return msg
 
 
 async def exchange_handshake(comm: Comm, timeout: float) -> dict[str, Any]:
@@ -197,6 +205,7 @@ async def exchange_handshake(comm: Comm, timeout: float) -> dict[str, Any]:
             f"{comm.peer_address} speaks shoal protocol {theirs.get('protocol')!r}, "
             f"this process speaks {PROTOCOL_VERSION}; upgrade one side so they match"
         )
+    comm.peer_channel = valid_name(theirs.get("shm"))
     return theirs
 
 

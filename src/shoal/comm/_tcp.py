@@ -9,22 +9,32 @@ epoll on every read and write) costing two to three times the round trip of
 this one, so the data path uses asyncio directly while tornado serves HTTP.
 
 Memory is committed as bytes arrive, never because a header claims it: the
-staging area starts small and grows only while a message needs it, and a
-large message's buffer starts at ``BIG_START_BYTES`` and doubles as it
-fills.  A header declaring a gigabyte therefore costs nothing until the
-gigabyte is sent, an idle connection costs a few kilobytes, and a peer that
-stops sending in the middle of a message is dropped after
+staging area starts small and grows only while a message needs it.  A large
+message is received frame by frame: each frame of ``OWN_BUFFER_BYTES`` or
+more into a buffer of its own (the value unpickled from it lives there, no
+copy), runs of smaller frames into a shared one.  A buffer is made only when
+its first byte arrives; one of ``EAGER_MAX_BYTES`` or more is a mapping of a
+sparse memfd (``_pool.py``: warm pages reused, new ones committed by the
+kernel only as bytes are written into them).
+A header declaring a gigabyte therefore costs nothing until the gigabyte is
+sent, an idle connection costs a few kilobytes, and a peer that stops
+sending in the middle of a message is dropped after
 ``CommLimits.read_idle_timeout``.
 
 ``tls://`` (:mod:`._tls`) is this transport inside asyncio's TLS layer; the
 two hooks it overrides (``_limit_write_buffer``, ``_send_direct``) are the
 only places where the plain path knows it exists.
+
+To a peer on the same host that offered a shared-memory channel in the
+handshake, frames of ``SHARED_MIN_BYTES`` or more go through memfds instead
+of the socket (see ``_shared.py``); the message carries their tokens.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import mmap
 import os
 import socket
 import time
@@ -35,7 +45,9 @@ from ..protocol import FramingError, MessageError, dumps, loads, pack_frames_pre
 from ..protocol._framing import (
     HANDSHAKE_MAX_BYTES,
     TOTAL_HEADER_BYTES,
-    unpack_frame_lengths,
+    table_bytes,
+    unpack_count,
+    unpack_frame_words,
     unpack_total,
 )
 from ._core import (
@@ -49,7 +61,9 @@ from ._core import (
     parse_address,
     register_transport,
 )
+from ._pool import map_buffer
 from ._security import ConnectionArgs
+from ._shared import SHARED_MIN_BYTES, channel
 from ._supervise import spawn
 
 logger = logging.getLogger(__name__)
@@ -60,8 +74,13 @@ STAGING_BYTES = 256 * 1024
 STAGING_MIN_BYTES = 4 * 1024
 #: A staging buffer grown beyond this is dropped once it is empty.
 STAGING_KEEP_BYTES = 64 * 1024
-#: A large message's buffer starts this big and doubles as bytes arrive.
-BIG_START_BYTES = 1024 * 1024
+#: A large message's frames this large are received into buffers of their own.
+OWN_BUFFER_BYTES = 64 * 1024
+#: Receive buffers smaller than this are allocated whole when their first byte
+#: arrives; larger ones are anonymous mappings, committed page by page.
+EAGER_MAX_BYTES = 1024 * 1024
+#: Shared frames adding up to this much are copied off the event loop's thread.
+SHARE_IN_THREAD_BYTES = 4 * 1024 * 1024
 #: Frames this large are written without being joined to their neighbours.
 LARGE_FRAME_BYTES = 64 * 1024
 #: ...and this large, straight from their memory (see TCPComm._send_direct).
@@ -96,6 +115,91 @@ def _grow(buf: bytearray, size: int) -> bytearray:
         return new
 
 
+def _allocate(size: int) -> bytearray | mmap.mmap:
+    """A receive buffer of ``size`` bytes; a large one over warm pooled pages
+    where the pool has some, else committed page by page as it is written."""
+    if size < EAGER_MAX_BYTES:
+        return bytearray(size)
+    return map_buffer(size)
+
+
+class _LargeMessage:
+    """A message too large for the staging buffer, received into its frames' buffers.
+
+    Frames of ``OWN_BUFFER_BYTES`` or more get a buffer each; each run of
+    smaller frames between them shares one.  A buffer is allocated when its
+    first byte is about to arrive, so what a message costs follows what it
+    sent.
+    """
+
+    __slots__ = ("buffers", "filled", "index", "layout", "shared", "sizes", "wire")
+
+    def __init__(self, wire: list[int], shared: list[int]) -> None:
+        self.wire, self.shared = wire, shared
+        self.sizes: list[int] = []  # the buffers' sizes, in arrival order
+        self.layout: list[tuple[int, int]] = []  # each frame's buffer and offset in it
+        run = 0
+        for length in wire:
+            if length >= OWN_BUFFER_BYTES:
+                if run:
+                    self.sizes.append(run)
+                    run = 0
+                self.layout.append((len(self.sizes), 0))
+                self.sizes.append(length)
+            else:
+                self.layout.append((len(self.sizes), run))
+                run += length
+        if run:
+            self.sizes.append(run)
+        self.buffers: list[bytearray | mmap.mmap | None] = [None] * len(self.sizes)
+        self.index = self.filled = 0
+
+    @property
+    def complete(self) -> bool:
+        return self.index == len(self.sizes)
+
+    def buffer(self) -> memoryview:
+        """Where the next bytes go."""
+        buf = self.buffers[self.index]
+        if buf is None:
+            buf = self.buffers[self.index] = _allocate(self.sizes[self.index])
+        return memoryview(buf)[self.filled:]
+
+    def advance(self, nbytes: int) -> None:
+        self.filled += nbytes
+        while self.index < len(self.sizes) and self.filled == self.sizes[self.index]:
+            self.index += 1
+            self.filled = 0
+
+    def take(self, data: memoryview) -> None:
+        """Bytes of the message that arrived in the staging buffer."""
+        pos = 0
+        while pos < len(data) and not self.complete:
+            with self.buffer() as view:
+                n = min(len(view), len(data) - pos)
+                view[:n] = data[pos:pos + n]
+            self.advance(n)
+            pos += n
+
+    def frames(self) -> list[memoryview]:
+        out = []
+        for length, (index, offset) in zip(self.wire, self.layout, strict=True):
+            buf = self.buffers[index] if length else None
+            out.append(memoryview(buf)[offset:offset + length] if buf is not None
+                       else memoryview(b""))
+        return out
+
+    def committed(self) -> int:
+        """Bytes of memory its buffers hold (a mapping only the pages written to)."""
+        held = 0
+        for i, buf in enumerate(self.buffers):
+            if isinstance(buf, bytearray):
+                held += len(buf)
+            elif buf is not None:
+                held += self.sizes[i] if i < self.index else self.filled + mmap.PAGESIZE
+        return held
+
+
 class _Protocol(asyncio.BufferedProtocol):
     """Frames incoming bytes into messages; holds them until ``read``."""
 
@@ -107,9 +211,7 @@ class _Protocol(asyncio.BufferedProtocol):
         self._staging = bytearray()
         self._staged = 0
         self._pending = 0  # size of the incomplete message at the start of staging
-        self._big: bytearray | None = None
-        self._big_total = 0
-        self._big_filled = 0
+        self._big: _LargeMessage | None = None
         self._last_bytes = 0.0
         self._stall_timer: asyncio.TimerHandle | None = None
         self._inbox: deque[Any] = deque()
@@ -117,6 +219,10 @@ class _Protocol(asyncio.BufferedProtocol):
         self._drain: asyncio.Future | None = None
         self.closed = False
         self.on_connect: Any = None
+
+    def committed_bytes(self) -> int:
+        """Memory this connection's receive buffers hold right now."""
+        return len(self._staging) + (self._big.committed() if self._big is not None else 0)
 
     # ---------------------------------------------------------- asyncio calls
 
@@ -130,22 +236,24 @@ class _Protocol(asyncio.BufferedProtocol):
 
     def get_buffer(self, sizehint: int) -> memoryview:
         if self._big is not None:
-            if self._big_filled == len(self._big):
-                self._big = _grow(self._big, min(self._big_total, 2 * len(self._big)))
-            return memoryview(self._big)[self._big_filled:]
+            return self._big.buffer()
         size = len(self._staging)
-        if self._staged == size or self._pending > size:
-            wanted = max(2 * size, self._pending, STAGING_MIN_BYTES)
-            self._staging = _grow(self._staging, min(wanted, STAGING_BYTES))
+        small_pending = size < self._pending <= STAGING_BYTES
+        if self._staged == size or small_pending:
+            # room for a whole small message at once; a large message's frame
+            # table (up to 800 kB) only as it fills the buffer
+            wanted = max(2 * size, STAGING_MIN_BYTES, self._pending if small_pending else 0)
+            self._staging = _grow(self._staging, min(wanted, max(STAGING_BYTES, self._pending)))
         return memoryview(self._staging)[self._staged:]
 
     def buffer_updated(self, nbytes: int) -> None:
         self._last_bytes = time.monotonic()
-        if self._big is not None:
-            self._big_filled += nbytes
-            if self._big_filled == self._big_total:
-                body, self._big = self._big, None
-                self._deliver(memoryview(body))
+        big = self._big
+        if big is not None:
+            big.advance(nbytes)
+            if big.complete:
+                self._big = None
+                self._deliver(big.frames(), big.shared)
             else:
                 self._watch_stall()
             return
@@ -190,13 +298,22 @@ class _Protocol(asyncio.BufferedProtocol):
                 total = unpack_total(view[pos:pos + TOTAL_HEADER_BYTES], self.max_message)
                 start = pos + TOTAL_HEADER_BYTES
                 if TOTAL_HEADER_BYTES + total > STAGING_BYTES:
-                    self._start_big(view[start:end], total)
-                    pos = end
+                    if self._start_big(view[start:end], total):
+                        pos = end
+                    elif end - start >= 4:  # wait for the frame table
+                        self._pending = TOTAL_HEADER_BYTES + table_bytes(
+                            unpack_count(view[start:end]))
                     break
                 if end - start < total:
                     self._pending = TOTAL_HEADER_BYTES + total
                     break
-                self._deliver(memoryview(bytes(view[start:start + total])))
+                body = memoryview(bytes(view[start:start + total]))
+                wire, shared, offset = unpack_frame_words(body, total, self.max_message)
+                frames = []
+                for length in wire:
+                    frames.append(body[offset:offset + length])
+                    offset += length
+                self._deliver(frames, shared)
                 self.max_message = self.limits.max_message_bytes
                 pos = start + total
             if pos:
@@ -206,21 +323,23 @@ class _Protocol(asyncio.BufferedProtocol):
         finally:
             view.release()
 
-    def _start_big(self, head: memoryview, total: int) -> None:
-        body = bytearray(max(len(head), min(total, BIG_START_BYTES)))
-        body[: len(head)] = head
-        self._big, self._big_total, self._big_filled = body, total, len(head)
-        if self._big_filled == total:
-            self._big = None
-            self._deliver(memoryview(body))
+    def _start_big(self, head: memoryview, total: int) -> bool:
+        """Switch to receiving a large message, once its frame table has arrived."""
+        if len(head) < 4 or len(head) < table_bytes(unpack_count(head)):
+            return False
+        wire, shared, offset = unpack_frame_words(head, total, self.max_message)
+        big = _LargeMessage(wire, shared)
+        big.take(head[offset:])
+        if big.complete:
+            self._deliver(big.frames(), big.shared)
+        else:
+            self._big = big
+        return True
 
-    def _deliver(self, body: memoryview) -> None:
+    def _deliver(self, frames: list[memoryview], shared: list[int]) -> None:
         try:
-            lengths, offset = unpack_frame_lengths(body)
-            frames = []
-            for length in lengths:
-                frames.append(body[offset:offset + length])
-                offset += length
+            if any(shared):
+                _map_shared(frames, shared)
             self._inbox.append(loads(frames))
         except (FramingError, MessageError) as exc:
             self._fail(exc)
@@ -293,6 +412,19 @@ class _Protocol(asyncio.BufferedProtocol):
             await self._drain
 
 
+def _map_shared(frames: list[memoryview], shared: list[int]) -> None:
+    """Replace each shared frame's token by the memory it stands for."""
+    own = channel()
+    if own is None:
+        raise FramingError("the peer sent frames through shared memory, which is off here")
+    for i, size in enumerate(shared):
+        if size:
+            try:
+                frames[i] = own.claim(bytes(frames[i]), size)
+            except (ValueError, OSError) as exc:
+                raise FramingError(f"a shared frame could not be mapped: {exc}") from None
+
+
 class TCPComm(Comm):
     #: The scheme of the addresses this comm reports.
     scheme = "tcp"
@@ -307,6 +439,7 @@ class TCPComm(Comm):
         self.peer_address = _address_of(transport.get_extra_info("peername"), self.scheme)
         self._write_lock = asyncio.Lock()
         self._direct: socket.socket | None = None
+        self._shared_reachable: bool | None = None  # tried on the first large frame
 
     def _limit_write_buffer(self) -> None:
         """Writes wait until asyncio's buffer is empty (see _send_direct)."""
@@ -320,13 +453,41 @@ class TCPComm(Comm):
         async with self._write_lock:
             if self.closed():
                 raise CommClosedError(f"connection to {self.peer_address} closed")
-            for chunk in _coalesce(pack_frames_prelude(frames), frames):
+            shared = await self._share(frames) if self.peer_channel is not None else None
+            for chunk in _coalesce(pack_frames_prelude(frames, shared), frames):
                 if len(chunk) >= DIRECT_SEND_BYTES:
                     await self.protocol.drained()
                     await self._send_direct(chunk)
                 else:
                     self.transport.write(chunk)
             await self.protocol.drained()
+
+    async def _share(self, frames: list) -> dict[int, int] | None:
+        """Send the large frames through shared memory if the peer is on this host:
+        each is replaced by its token; returns the sizes of those replaced."""
+        large = [i for i, f in enumerate(frames) if memoryview(f).nbytes >= SHARED_MIN_BYTES]
+        own = channel()
+        if not large or own is None or self._shared_reachable is False:
+            return None
+        peer = self.peer_channel
+        assert peer is not None
+        if self._shared_reachable is None:
+            self._shared_reachable = own.reachable(peer)
+            if not self._shared_reachable:
+                logger.debug("%s is not on this host: large frames go over the socket",
+                             self.peer_address)
+                return None
+        chosen = [frames[i] for i in large]
+        sizes = [memoryview(f).nbytes for f in chosen]
+        if sum(sizes) >= SHARE_IN_THREAD_BYTES:  # the copy lets go of the GIL
+            tokens = await asyncio.to_thread(own.send, peer, chosen)
+        else:
+            tokens = own.send(peer, chosen)
+        if tokens is None:
+            return None
+        for i, token in zip(large, tokens, strict=True):
+            frames[i] = token
+        return dict(zip(large, sizes, strict=True))
 
     async def _send_direct(self, chunk: Any) -> None:
         """Send a large frame from its own memory, without asyncio's buffer.

@@ -4,8 +4,12 @@ A message on the wire is::
 
     u64 total length of what follows (little endian)
     u32 number of frames  n
-    u64 length of each frame, n times
+    u64 length word of each frame, n times
     the frames, back to back
+
+A length word is the frame's length, or ``SHARED_FRAME | size`` for a frame
+whose bytes travel through shared memory (``comm/_shared.py``): on the wire
+such a frame is only its ``SHARED_TOKEN_BYTES``-byte token.
 
 The total length comes first so that a reader can refuse an oversized
 message before allocating anything for it.  A declared length is only a
@@ -17,12 +21,12 @@ costs.
 from __future__ import annotations
 
 import struct
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 from .._exceptions import FramingError
 
-__all__ = ["HANDSHAKE_MAX_BYTES", "MAX_MESSAGE_BYTES", "FramingError", "pack_frames_prelude",
-           "unpack_frame_lengths"]
+__all__ = ["HANDSHAKE_MAX_BYTES", "MAX_MESSAGE_BYTES", "SHARED_FRAME", "SHARED_TOKEN_BYTES",
+           "FramingError", "pack_frames_prelude", "unpack_frame_lengths", "unpack_frame_words"]
 
 #: Largest message a peer may send by default; anything larger closes the
 #: connection.  Configurable per process (``--max-message-size``, or the
@@ -34,17 +38,32 @@ HANDSHAKE_MAX_BYTES = 64 * 1024
 #: so an honest message of MAX_MESSAGE_BYTES holds a few thousand.
 MAX_FRAMES = 100_000
 
+#: The flag of a length word whose frame is in shared memory.
+SHARED_FRAME = 1 << 63
+#: A length word's bits that hold a size (the others are flags).
+_SIZE_MASK = (1 << 56) - 1
+#: What a shared frame occupies on the wire: the token its memory was sent under.
+SHARED_TOKEN_BYTES = 16
+
 _TOTAL = struct.Struct("<Q")
 _COUNT = struct.Struct("<I")
 
 
+def pack_frames_prelude(frames: Sequence[bytes | memoryview],
+                        shared: Mapping[int, int] | None = None) -> bytes:
+    """The header that goes before ``frames`` (which are written unchanged).
 
-
-def pack_frames_prelude(frames: Sequence[bytes | memoryview]) -> bytes:
-    """The header that goes before ``frames`` (which are written unchanged)."""
+    ``shared`` maps the index of each frame that is a shared-memory token to
+    the size of the memory it stands for.
+    """
     lengths = [memoryview(f).nbytes for f in frames]
-    count = len(lengths)
-    body = _COUNT.pack(count) + struct.pack(f"<{count}Q", *lengths)
+    words = lengths
+    if shared:
+        words = list(lengths)
+        for index, size in shared.items():
+            words[index] = SHARED_FRAME | size
+    count = len(words)
+    body = _COUNT.pack(count) + struct.pack(f"<{count}Q", *words)
     return _TOTAL.pack(len(body) + sum(lengths)) + body
 
 
@@ -57,18 +76,51 @@ def unpack_total(header: bytes | memoryview, limit: int = MAX_MESSAGE_BYTES) -> 
     return total
 
 
-def unpack_frame_lengths(body: memoryview) -> tuple[list[int], int]:
-    """Frame lengths and the offset where frame data starts within ``body``."""
-    (count,) = _COUNT.unpack_from(body, 0)
-    end = _COUNT.size + 8 * count
+def table_bytes(count: int) -> int:
+    """Bytes of a message body before its frames: the count and the length words."""
     if count > MAX_FRAMES:
         raise FramingError(f"message announces {count} frames, more than the {MAX_FRAMES} allowed")
-    if end > len(body):
+    return _COUNT.size + 8 * count
+
+
+def unpack_count(body: bytes | memoryview) -> int:
+    return int(_COUNT.unpack_from(body, 0)[0])
+
+
+def unpack_frame_words(body: bytes | memoryview, total: int,
+                       limit: int = MAX_MESSAGE_BYTES) -> tuple[list[int], list[int], int]:
+    """Each frame's length on the wire, each frame's shared size (0 for a frame
+    that is on the wire), and the offset where frame data starts.
+
+    ``body`` needs to hold the table only; ``total`` is the body's length.
+    """
+    count = unpack_count(body)
+    end = table_bytes(count)
+    if end > min(len(body), total):
         raise FramingError(f"message announces {count} frames, more than it holds")
-    lengths = list(struct.unpack_from(f"<{count}Q", body, _COUNT.size))
-    if end + sum(lengths) != len(body):
+    wire, shared = [], []
+    for word in struct.unpack_from(f"<{count}Q", body, _COUNT.size):
+        if word & SHARED_FRAME:
+            size = word & _SIZE_MASK
+            if size != word & ~SHARED_FRAME or not size:
+                raise FramingError(f"a shared frame has an invalid length word {word:#x}")
+            wire.append(SHARED_TOKEN_BYTES)
+            shared.append(size)
+        else:
+            wire.append(word)
+            shared.append(0)
+    if end + sum(wire) != total:
         raise FramingError("frame lengths do not add up to the message length")
-    return lengths, end
+    if total + sum(shared) > limit:
+        raise FramingError(f"message of {total + sum(shared)} bytes (with its shared memory) "
+                           f"exceeds the limit of {limit} bytes")
+    return wire, shared, end
+
+
+def unpack_frame_lengths(body: memoryview) -> tuple[list[int], int]:
+    """Frame lengths and the offset where frame data starts within ``body``."""
+    wire, _, end = unpack_frame_words(body, len(body), limit=len(body) + _SIZE_MASK)
+    return wire, end
 
 
 TOTAL_HEADER_BYTES = _TOTAL.size

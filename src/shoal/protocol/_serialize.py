@@ -2,10 +2,19 @@
 
 Functions, arguments and results travel as pickle protocol 5 with
 out-of-band buffers: the pickle stream is one small frame and every large
-buffer (bytes, numpy arrays, memoryviews) is a frame of its own, sent without
-being copied into the pickle.  The standard pickler is tried first because it
-is several times faster than cloudpickle for plain data; cloudpickle takes
-over for lambdas, closures and functions defined in ``__main__``.
+buffer (numpy arrays, pandas and pyarrow columns, bytes, bytearrays,
+memoryviews) is a frame of its own, sent without being copied into the
+pickle.  numpy, pandas and pyarrow hand their buffers out of band by
+themselves; ``bytes``, ``bytearray`` and ``memoryview`` do not (pickle
+writes the first two into the stream, and refuses the third), so large ones
+are wrapped on the way out, whether they are the value itself or an item of
+a list, tuple or dict value (up to :data:`SCAN_MAX_ITEMS` items, not deeper).
+On the way in a memoryview is rebuilt over the received frame without a
+copy; a bytes or bytearray object owns its memory, so it is one copy.
+
+The standard pickler is tried first because it is several times faster than
+cloudpickle for plain data; cloudpickle takes over for lambdas, closures and
+functions defined in ``__main__``.
 """
 
 from __future__ import annotations
@@ -23,7 +32,68 @@ __all__ = ["SerializationError", "Serialized", "deserialize", "refuse_memo_bombs
 #: Buffers smaller than this are left inside the pickle stream: a frame of
 #: its own costs more than copying a few kilobytes.
 OUT_OF_BAND_MIN_BYTES = 64 * 1024
+#: Lists, tuples and dicts up to this long are looked into for large buffers.
+SCAN_MAX_ITEMS = 1000
 
+_BUFFER_TYPES = (bytes, bytearray, memoryview)
+
+
+class _OutOfBand:
+    """Wraps a large bytes-like value so that pickle hands its memory out of band."""
+
+    __slots__ = ("value",)
+
+    def __init__(self, value: bytes | bytearray | memoryview) -> None:
+        self.value = value
+
+    def __reduce_ex__(self, protocol: Any) -> tuple:
+        value = self.value
+        if type(value) is bytes:
+            return _bytes_from, (pickle.PickleBuffer(value),)
+        if type(value) is bytearray:
+            return _bytearray_from, (pickle.PickleBuffer(value),)
+        assert isinstance(value, memoryview)
+        flat = value if value.c_contiguous else memoryview(bytearray(value.tobytes()))
+        return _memoryview_from, (pickle.PickleBuffer(flat), value.format, value.shape,
+                                  value.readonly)
+
+
+def _bytes_from(buf: Any) -> bytes:
+    return bytes(buf)
+
+
+def _bytearray_from(buf: Any) -> bytearray:
+    return bytearray(buf)
+
+
+def _memoryview_from(buf: Any, fmt: str, shape: tuple[int, ...], readonly: bool) -> memoryview:
+    """The memoryview, over the received frame itself."""
+    view = memoryview(buf).cast("B")
+    if fmt != "B" or len(shape) != 1:
+        try:
+            view = view.cast(fmt, shape)  # type: ignore[call-overload]
+        except (TypeError, ValueError):
+            pass  # a format memoryview.cast does not know: keep the bytes
+    return view.toreadonly() if readonly else view
+
+
+def _large_buffer(obj: Any) -> bool:
+    return type(obj) in _BUFFER_TYPES and memoryview(obj).nbytes >= OUT_OF_BAND_MIN_BYTES
+
+
+def _wrap_large_buffers(obj: Any) -> Any:
+    """``obj`` with its large bytes-likes wrapped (itself, or one level down)."""
+    if _large_buffer(obj):
+        return _OutOfBand(obj)
+    kind = type(obj)
+    if kind not in (list, tuple, dict) or len(obj) > SCAN_MAX_ITEMS:
+        return obj
+    if kind is dict:
+        if any(_large_buffer(item) for item in obj.values()):
+            return {k: _OutOfBand(v) if _large_buffer(v) else v for k, v in obj.items()}
+    elif any(_large_buffer(item) for item in obj):
+        return kind(_OutOfBand(x) if _large_buffer(x) else x for x in obj)
+    return obj
 
 
 
@@ -73,6 +143,7 @@ def _by_reference_to_main(stream: bytes) -> bool:
 def serialize(obj: Any) -> Serialized:
     """Pickle ``obj`` into a :class:`Serialized`, large buffers out of band."""
     buffers: list[pickle.PickleBuffer] = []
+    obj = _wrap_large_buffers(obj)
 
     def keep_large(buf: pickle.PickleBuffer) -> bool:
         if buf.raw().nbytes < OUT_OF_BAND_MIN_BYTES:

@@ -16,7 +16,8 @@ ever look at the memory again.  Two remedies, the ones dask applies through
   returned once it exceeds :data:`TRIM_THRESHOLD`;
 * :func:`release_free_memory` when memory stays high after spilling:
   ``gc.collect()`` for values only reference cycles keep alive, then
-  ``malloc_trim(0)`` for the free pages inside the heaps.
+  ``malloc_trim(0)`` for the free pages inside the heaps, and the idle pages
+  kept warm for receive buffers (``comm/_pool.py``).
   :class:`Reclaimer` bounds the time it takes to a small share.
 
 Other C libraries (musl, macOS) have neither knob; there both do nothing
@@ -32,6 +33,8 @@ import os
 import sys
 import time
 from collections.abc import Callable
+
+from ..comm._pool import release as release_buffer_pool
 
 __all__ = ["TRIM_THRESHOLD", "Reclaimer", "release_free_memory", "tune_allocator"]
 
@@ -75,10 +78,12 @@ def tune_allocator() -> bool:
 
 
 def release_free_memory() -> None:
-    """Collect reference cycles, then hand glibc's free pages back to the OS."""
+    """Collect reference cycles, then hand glibc's free pages back to the OS,
+    and the receive-buffer pool's idle ones."""
     gc.collect()
     if _GLIBC is not None:
         _GLIBC.malloc_trim(0)
+    release_buffer_pool()
 
 
 class Reclaimer:

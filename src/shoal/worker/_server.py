@@ -44,6 +44,7 @@ from ..comm import (
     spawn,
 )
 from ..comm._core import Comm
+from ..comm._pool import bound as bound_buffer_pool
 from ..protocol import SerializationError, Serialized, ToPickle, deserialize, serialize
 from ..protocol._call import call_injecting
 from ..protocol._ops import FROM_SCHEDULER, MAX_NTHREADS, WORKER_RPC, check_message
@@ -85,6 +86,9 @@ logger = logging.getLogger(__name__)
 HEARTBEAT_INTERVAL = 0.5
 DEFAULT_DEATH_TIMEOUT = 60.0
 INLINE_RESULT_BYTES = 16 * 1024
+#: Share of the memory limit that idle receive buffers may keep (comm/_pool.py):
+#: a container's memory limit counts them, the RSS the monitor reads does not.
+BUFFER_POOL_SHARE = 1 / 8
 #: Exit status of a worker restarted on request (any non-zero makes its nanny restart it).
 EXIT_RESTART = 75
 
@@ -213,6 +217,7 @@ class Worker:
                                     stuck_timeout=self.memory_stuck_timeout)
         if self.memory_limit:
             tune_allocator()  # freed results must lower the RSS the monitor watches
+            bound_buffer_pool(int(self.memory_limit * BUFFER_POOL_SHARE))
         self.state = WorkerState(self.address, self.nthreads, self.resources, self.story_size)
         self.executor = Executor(self.nthreads, self._executed, name=str(self.name))
         self.profiler.start()
