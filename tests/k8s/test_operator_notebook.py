@@ -70,7 +70,10 @@ SCRIPT = textwrap.dedent('''
         print("scaled", len(client.scheduler_info()["workers"]), flush=True)
         adapted = time.monotonic()
         cluster.adapt(minimum=1, maximum=2)
-        bounded(lambda: len(client.scheduler_info()["workers"]) == 1, "adapt down to 1")
+        # the operator writes status after it retired the worker: wait for both
+        bounded(lambda: len(client.scheduler_info()["workers"]) == 1
+                and cluster.status()["workerGroups"]["default"]["desired"] == 1,
+                "adapt down to 1")
         groups = cluster.status()["workerGroups"]
         print("adapted", groups["default"]["desired"], round(time.monotonic() - adapted),
               flush=True)
