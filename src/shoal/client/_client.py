@@ -35,7 +35,7 @@ from .._exceptions import (
 )
 from ..comm import BatchedSend, CommClosedError, ConnectionPool, Security, connect, spawn
 from ..comm._core import Comm
-from ..protocol import SerializationError, Serialized, deserialize, serialize
+from ..protocol import SerializationError, Serialized, deserialize, serialize, serialize_call
 from ..protocol._task import KEEP, KeyRef, replace
 from . import _dask
 from ._actor import Actor, actor_maker
@@ -581,7 +581,7 @@ class Client(ClusterCalls, DatasetCalls):
         args = replace(args, swap) if args else ()
         kwargs = replace(kwargs, swap) if kwargs else {}
         try:
-            ser_args = serialize((args, kwargs))
+            ser_args = serialize_call(args, kwargs)
         except SerializationError as exc:
             raise SerializationError(f"cannot send the arguments of {token}: {exc}") from exc
         task: dict[str, Any] = {"key": key or task_key(token, ser_args, pure), "func": token,
