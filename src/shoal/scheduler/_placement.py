@@ -16,6 +16,7 @@ from __future__ import annotations
 import heapq
 import itertools
 import math
+from collections import deque
 from typing import TYPE_CHECKING
 
 from ._model import TaskState, WorkerState
@@ -41,6 +42,10 @@ class Placement:
     def __init__(self, state: SchedulerState) -> None:
         self.state = state
         self.queued: set[TaskState] = set()
+        # the queue: entries (priority, counter, task) pushed in priority order
+        # (a map's tasks, the usual case) go to the back of a run, O(1) both
+        # ways; others into a heap.  Dequeued tasks' entries are skipped when met.
+        self._run: deque[tuple[tuple, int, TaskState]] = deque()
         self._heap: list[tuple[tuple, int, TaskState]] = []
         self._counter = itertools.count()
         self._cursor = 0
@@ -181,22 +186,42 @@ class Placement:
 
     def enqueue(self, ts: TaskState) -> None:
         self.queued.add(ts)
-        heapq.heappush(self._heap, (ts.priority, next(self._counter), ts))
+        entry = (ts.priority, next(self._counter), ts)
+        run = self._run
+        if not run or entry[0] >= run[-1][0]:  # equal priorities: the counter orders them
+            run.append(entry)
+        else:
+            heapq.heappush(self._heap, entry)
 
     def dequeue(self, ts: TaskState) -> None:
-        self.queued.discard(ts)  # its heap entry is skipped when popped
+        self.queued.discard(ts)  # its entry is skipped when popped
+        if not self.queued:
+            self._run.clear()
+            self._heap.clear()
+
+    def _pop(self) -> TaskState:
+        """The queue's first task (maybe dequeued since); the queue is not empty."""
+        run, heap = self._run, self._heap
+        if heap and run:
+            first, other = heap[0], run[0]
+            if first[0] < other[0] or (first[0] == other[0] and first[1] < other[1]):
+                return heapq.heappop(heap)[2]
+            return run.popleft()[2]
+        return heapq.heappop(heap)[2] if heap else run.popleft()[2]
 
     def take(self, ws: WorkerState) -> list[TaskState]:
         """The queued roots ``ws`` should be given now: as many as its free slots."""
         if ws.status != "running" or not self.queued:
             return []
-        heap = self._heap
         room = self.slots(ws) - ws.busy
         taken: list[TaskState] = []
-        while heap and len(taken) < room:
-            _, _, ts = heapq.heappop(heap)
-            if ts not in self.queued:
-                continue
-            self.queued.discard(ts)
-            taken.append(ts)
+        queued = self.queued
+        while queued and len(taken) < room:
+            ts = self._pop()
+            if ts in queued:
+                queued.discard(ts)
+                taken.append(ts)
+        if not queued:
+            self._run.clear()
+            self._heap.clear()
         return taken
