@@ -50,7 +50,9 @@ from ._tokenize import FunctionCache, task_key
 logger = logging.getLogger(__name__)
 
 #: Tasks per graph message a large ``map`` is sent in (see BatchedSend's weights).
-MAP_CHUNK = 2_000
+MAP_CHUNK = 500
+#: Distinct sets of workers remembered as shared tuples (see ``Client._holders``).
+MAX_HOLDER_TUPLES = 10_000
 
 DEFAULT_TIMEOUT = 30.0
 #: How long a client tries to reconnect to a scheduler that went away.
@@ -63,9 +65,15 @@ RECONNECT_MAX_DELAY = 1.0
 REJOIN_WAIT = 5.0
 _current: list[Client] = []
 
-#: The recipe of one key: its task message, its inputs' recipes, its function.
-Recipe = tuple[dict[str, Any], list["Recipe"], Serialized]
-_NO_INPUTS: list[Recipe] = []  # shared by every recipe without inputs, never changed
+#: The recipe of one key, kept to send it again to a restarted scheduler: the
+#: key, its serialized arguments, the task's other fields (one dict shared by
+#: all the plain tasks of one graph), its function, and its inputs' recipes.
+#: A tuple rather than the task message itself: a client holding a million
+#: futures holds a million recipes.
+Recipe = tuple[str, Any, dict[str, Any], Serialized, tuple["Recipe", ...]]
+_NO_INPUTS: tuple[Recipe, ...] = ()
+#: The fields of a task message that are not the same for every task of a graph.
+_OWN_FIELDS = ("key", "args")
 
 
 class Client(ClusterCalls, DatasetCalls):
@@ -109,7 +117,8 @@ class Client(ClusterCalls, DatasetCalls):
         self.scheduler_address = ""
         self.status = "newly-created"
         self._states: dict[str, FutureState] = {}
-        self._refcount: dict[str, int] = {}
+        #: the workers a result is on, one shared tuple per worker (see _holders)
+        self._holder_tuples: dict[Any, tuple[str, ...]] = {}
         self._lock = threading.Lock()
         self._released: collections.deque[str] = collections.deque()
         self._release_scheduled = False
@@ -119,7 +128,6 @@ class Client(ClusterCalls, DatasetCalls):
         self._loop_calls_scheduled = False
         self._functions = FunctionCache()
         self._functions_sent: set[str] = set()  # the scheduler keeps these for us
-        self._recipes: dict[str, Recipe] = {}  # of the keys this client holds futures for
         self._stream: BatchedSend | None = None
         self._comm: Comm | None = None
         self.pool = ConnectionPool()
@@ -343,16 +351,13 @@ class Client(ClusterCalls, DatasetCalls):
         with self._lock:
             existing = self._states.get(key)
             if existing is not None and existing.status != "cancelled":
-                self._refcount[key] += 1
+                existing.refs += 1
                 return existing
-            if existing is not None:  # submitted again after a cancel: a new life
-                self._refcount[key] += 1
-                state = state or FutureState(key)
-                self._states[key] = state
-                return state
             state = state or FutureState(key)
+            if existing is not None:  # submitted again after a cancel: a new life
+                state.refs = existing.refs
+            state.refs += 1
             self._states[key] = state
-            self._refcount[key] = 1
             return state
 
     def _release_future(self, key: str) -> None:
@@ -368,19 +373,20 @@ class Client(ClusterCalls, DatasetCalls):
     def _process_releases(self) -> None:
         self._release_scheduled = False
         forgotten = []
+        states = self._states
         with self._lock:
             while self._released:
                 key = self._released.popleft()
-                count = self._refcount.get(key, 0) - 1
-                if count > 0:
-                    self._refcount[key] = count
-                    continue
-                self._refcount.pop(key, None)
-                self._states.pop(key, None)
-                self._recipes.pop(key, None)
+                state = states.get(key)
+                if state is not None:
+                    state.refs -= 1
+                    if state.refs > 0:
+                        continue
+                    del states[key]
                 forgotten.append(key)
-        if forgotten:
-            self._send({"op": "client-releases-keys", "keys": forgotten})
+        for start in range(0, len(forgotten), MAP_CHUNK):  # slices, as graphs are sent
+            keys = forgotten[start:start + MAP_CHUNK]
+            self._send({"op": "client-releases-keys", "keys": keys}, weight=len(keys))
 
     async def _read_scheduler(self, comm: Comm) -> None:
         try:
@@ -461,23 +467,24 @@ class Client(ClusterCalls, DatasetCalls):
         """Send the new scheduler the recipes of every key still wanted, inputs first."""
         with self._lock:
             wanted = [k for k, s in self._states.items() if s.status not in ("error", "cancelled")]
-            roots = [self._recipes[k] for k in wanted if k in self._recipes]
+            roots = [s.recipe for s in map(self._states.__getitem__, wanted)
+                     if s.recipe is not None]
         tasks: list[dict[str, Any]] = []
         functions: dict[str, Serialized] = {}
         seen: set[str] = set()
         stack: list[tuple[Recipe, bool]] = [(r, False) for r in reversed(roots)]
         while stack:  # depth first, each task after its inputs
             recipe, inputs_done = stack.pop()
-            task, inputs, func = recipe
-            if task["key"] in seen:
+            key, args, fields, func, inputs = recipe
+            if key in seen:
                 continue
             if inputs_done:
-                seen.add(task["key"])
-                tasks.append(task)
-                functions[task["func"]] = func
+                seen.add(key)
+                tasks.append({"key": key, "args": args, **fields})
+                functions[fields["func"]] = func
                 continue
             stack.append((recipe, True))
-            stack.extend((r, False) for r in inputs if r[0]["key"] not in seen)
+            stack.extend((r, False) for r in inputs if r[0] not in seen)
         self._functions_sent = set(functions)
         self._send({"op": "update-graph", "tasks": tasks, "functions": functions,
                     "wanted": wanted})
@@ -502,7 +509,7 @@ class Client(ClusterCalls, DatasetCalls):
             if state is None:
                 continue
             if op == "key-in-memory":
-                state.finish(msg["workers"], msg["nbytes"], msg.get("value"))
+                state.finish(self._holders(msg["workers"]), msg["nbytes"], msg.get("value"))
             elif op == "task-erred":
                 state.fail(msg.get("exception"), msg.get("traceback") or "",
                            msg.get("exception_text") or "")
@@ -510,6 +517,18 @@ class Client(ClusterCalls, DatasetCalls):
                 state.cancel()
             elif op == "lost-key":
                 state.lose()
+
+    def _holders(self, workers: list[str]) -> tuple[str, ...]:
+        """``workers`` as a tuple shared by every result on them: a million results
+        on two workers hold two tuples, not a million lists of fresh strings."""
+        cache = self._holder_tuples
+        index: Any = workers[0] if len(workers) == 1 else tuple(workers)
+        holders = cache.get(index)
+        if holders is None:
+            if len(cache) >= MAX_HOLDER_TUPLES:
+                cache.clear()
+            holders = cache[index] = tuple(workers)
+        return holders
 
     # ------------------------------------------------------------ submitting
 
@@ -593,12 +612,7 @@ class Client(ClusterCalls, DatasetCalls):
                     wanted: list[str], keep_alive: list[Future]) -> None:
         if self.status not in ("running", "reconnecting"):
             raise ClientClosedError(f"the client is {self.status}")
-        recipes = self._recipes
-        with self._lock:
-            for task in tasks:
-                deps = task.get("deps")
-                inputs = [recipes[d] for d in deps if d in recipes] if deps else _NO_INPUTS
-                recipes[task["key"]] = (task, inputs, func)
+        self._keep_recipes(tasks, func)
 
         def send() -> None:
             # Holding the input futures until the graph is sent: were they
@@ -612,6 +626,36 @@ class Client(ClusterCalls, DatasetCalls):
             keep_alive.clear()
 
         self._call_on_loop(send)
+
+    def _keep_recipes(self, tasks: list[dict], func: Serialized) -> None:
+        """Remember how to make each key again (see ``_resubmit``): on its state, or
+        (a task of a graph nobody holds a future for) inside its dependents' recipes."""
+        states = self._states
+        made: dict[str, Recipe] = {}
+        plain: dict[str, Any] | None = None  # the fields shared by the tasks without extras
+        with self._lock:
+            for task in tasks:
+                key = task["key"]
+                if len(task) == 3 and "func" in task:
+                    if plain is None or plain["func"] != task["func"]:
+                        plain = {"func": task["func"]}
+                    fields = plain
+                    inputs = _NO_INPUTS
+                else:
+                    fields = {k: v for k, v in task.items() if k not in _OWN_FIELDS}
+                    found = (self._recipe_of(d, made) for d in task.get("deps", ()))
+                    inputs = tuple(r for r in found if r is not None)
+                recipe = made[key] = (key, task["args"], fields, func, inputs)
+                state = states.get(key)
+                if state is not None:
+                    state.recipe = recipe
+
+    def _recipe_of(self, key: str, made: dict[str, Recipe]) -> Recipe | None:
+        recipe = made.get(key)
+        if recipe is None:
+            state = self._states.get(key)
+            recipe = state.recipe if state is not None else None
+        return recipe
 
     # ------------------------------------------------------------ results
 

@@ -24,14 +24,17 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 FINAL = ("finished", "error", "cancelled")
-
-
-
-
+_NO_WORKERS: tuple[str, ...] = ()
 
 
 class FutureState:
-    """What the client knows about one key; shared by its Futures."""
+    """What the client knows about one key; shared by its Futures.
+
+    A client may hold a million of these, so each is one slotted object: the
+    count of Futures (``refs``) and the recipe to make the key again after a
+    scheduler restart live here rather than in dicts of their own, and the
+    workers holding the result are a tuple shared by every key on them.
+    """
 
     __slots__ = (
         "_event",
@@ -41,6 +44,8 @@ class FutureState:
         "inline",
         "key",
         "nbytes",
+        "recipe",
+        "refs",
         "status",
         "traceback",
         "workers",
@@ -55,10 +60,12 @@ class FutureState:
         self.exception: Serialized | None = None
         self.traceback = ""
         self.exception_text = ""
-        self.workers: list[str] = []
+        self.workers: tuple[str, ...] = _NO_WORKERS
         self.nbytes = 0
+        self.refs = 0  # Futures of this key (counted on register and release)
+        self.recipe: Any = None  # see Client._send_graph
         self.callbacks: list[Callable[[], None]] | None = None  # made by the first one
-        self.inline: Serialized | None = None  # a small result sent along with the report
+        self.inline: Serialized | bytes | None = None  # a small result sent with the report
 
     @property
     def event(self) -> asyncio.Event:
@@ -69,7 +76,8 @@ class FutureState:
                 self._event.set()
         return self._event
 
-    def finish(self, workers: list[str], nbytes: int, inline: Serialized | None = None) -> None:
+    def finish(self, workers: tuple[str, ...], nbytes: int,
+               inline: Serialized | bytes | None = None) -> None:
         self.status = "finished"
         self.workers = workers
         self.nbytes = nbytes
@@ -88,7 +96,7 @@ class FutureState:
     def lose(self) -> None:
         """The result was lost with its worker and is being recomputed."""
         self.status = "pending"
-        self.workers = []
+        self.workers = _NO_WORKERS
         self.inline = None
         if self._event is not None:
             self._event.clear()

@@ -23,6 +23,7 @@ import os
 import time
 from typing import Any
 
+from .._gc import collect_if_small
 from .._logbuffer import get_logs
 from .._logbuffer import install as install_log_buffer
 from .._story import DEFAULT_STORY_SIZE, as_dicts
@@ -82,6 +83,10 @@ logger = logging.getLogger(__name__)
 DEFAULT_WORKER_TTL = 10.0
 #: A stream that delivered more events than this at once lets the others in.
 YIELD_AFTER_EVENTS = 100
+#: The most work (events, or tasks of a graph) handled in one loop turn for one
+#: stream: a read of thousands is handled in slices, with the other streams,
+#: heartbeats and HTTP requests served between them (some 10 ms of work each).
+HANDLE_SLICE = 500
 #: Client ops the server handles itself rather than as state-machine events.
 _INLINE_CLIENT_OPS = frozenset({"close-client", "publish-dataset", "variable-set", "queue-put",
                                 "release-hold"})
@@ -293,6 +298,12 @@ class Scheduler:
                 return
             events: list[Event] = []
             for msg in batch if type(batch) is list else [batch]:
+                if len(events) >= HANDLE_SLICE:
+                    self.handle(*events)
+                    events = []
+                    await asyncio.sleep(0)  # the others in, between slices of a large read
+                    if address not in state.workers:
+                        return
                 try:
                     op, fields = check_message(FROM_WORKER, msg)
                 except InvalidMessage as exc:
@@ -388,6 +399,7 @@ class Scheduler:
             for ws in list(self.state.workers.values()):
                 if now - ws.last_seen > self.worker_ttl:
                     self.remove_worker(ws.address, f"no heartbeat for {self.worker_ttl}s")
+            collect_if_small(len(self.state.tasks))
 
     # ------------------------------------------------------------ clients
 
@@ -418,10 +430,16 @@ class Scheduler:
             # the events of one read go to the state machine together; what is
             # handled here instead waits until the events before it are in
             events: list[Event] = []
+            weight = 0
             try:
                 for msg in batch if type(batch) is list else [batch]:
+                    if weight >= HANDLE_SLICE:
+                        self._flush(events)
+                        weight = 0
+                        await asyncio.sleep(0)  # the others in, between slices of a large read
                     if not self._client_message(client, msg, strikes, events):
                         return
+                    weight += _weight(msg)
             finally:
                 if events:
                     self.handle(*events)
@@ -608,6 +626,16 @@ class Scheduler:
             return
         if functions:
             self.handle(UpdateGraph(self.stimulus("refused-graph"), client, [], functions, []))
+
+
+def _weight(msg: Any) -> int:
+    """The work a client's message makes: the tasks of a graph, the keys released."""
+    if type(msg) is dict:
+        for field in ("tasks", "keys"):
+            items = msg.get(field)
+            if type(items) is list:
+                return max(1, len(items))
+    return 1
 
 
 def _graph_keys(msg: dict[str, Any]) -> list[str]:
