@@ -561,19 +561,32 @@ class Client(ClusterCalls, DatasetCalls):
         token, ser_func = self._functions.get(func)
         columns = [list(it) for it in iterables]
         keys = key if isinstance(key, list) else None
-        tasks, futures, deps = [], [], []
+        common: dict[str, Any] = {}  # the restrictions, the same for every task
+        _restrict(common, workers, allow_other_workers, retries, priority, resources)
+        plain_keys: list[str] = []  # the tasks without inputs go as columns
+        plain_args: list[Any] = []
+        tasks: list[dict[str, Any]] = []  # those with inputs as task messages
+        futures, deps = [], []
         for i, call_args in enumerate(zip(*columns)):
             task_key_ = keys[i] if keys else (f"{key}-{i}" if isinstance(key, str) else None)
-            task, task_deps = self._task(token, call_args, kwargs, task_key_, pure)
-            _restrict(task, workers, allow_other_workers, retries, priority, resources)
-            tasks.append(task)
-            deps.extend(task_deps)
-            futures.append(Future(task["key"], self))
+            task_key_, ser_args, task_deps = self._call(token, call_args, kwargs, task_key_, pure)
+            if task_deps:
+                tasks.append({"key": task_key_, "func": token, "args": ser_args,
+                              "deps": list(dict.fromkeys(f.key for f in task_deps)), **common})
+                deps.extend(task_deps)
+            else:
+                plain_keys.append(task_key_)
+                plain_args.append(ser_args)
+            futures.append(Future(task_key_, self))
         # in graphs of MAP_CHUNK tasks, which the scheduler takes in one at a
         # time while it serves everyone else; the inputs are held until the last
-        for start in range(0, max(len(tasks), 1), MAP_CHUNK):
-            chunk = tasks[start:start + MAP_CHUNK]
-            self._send_graph(chunk, ser_func, [t["key"] for t in chunk],
+        fields = {"func": token, **common}
+        for start in range(0, len(plain_keys), MAP_CHUNK):
+            self._send_calls(fields, ser_func, plain_keys[start:start + MAP_CHUNK],
+                             plain_args[start:start + MAP_CHUNK])
+        for start in range(0, len(tasks) if tasks or plain_keys else 1, MAP_CHUNK):
+            self._send_graph(tasks[start:start + MAP_CHUNK], ser_func,
+                             [t["key"] for t in tasks[start:start + MAP_CHUNK]],
                              deps if start + MAP_CHUNK >= len(tasks) else [])
         return futures
 
@@ -586,6 +599,16 @@ class Client(ClusterCalls, DatasetCalls):
 
     def _task(self, token: str, args: tuple, kwargs: dict, key: str | None,
               pure: bool) -> tuple[dict[str, Any], list[Future]]:
+        """The task message of one call, and the futures among its arguments."""
+        key, ser_args, found = self._call(token, args, kwargs, key, pure)
+        task: dict[str, Any] = {"key": key, "func": token, "args": ser_args}
+        if found:
+            task["deps"] = list(dict.fromkeys(f.key for f in found))
+        return task, found
+
+    def _call(self, token: str, args: tuple, kwargs: dict, key: str | None,
+              pure: bool) -> tuple[str, Any, list[Future]]:
+        """The key and serialized arguments of one call, and the futures among them."""
         found: list[Future] = []
 
         def swap(leaf: Any) -> Any:
@@ -602,11 +625,7 @@ class Client(ClusterCalls, DatasetCalls):
             ser_args = serialize((args, kwargs))
         except SerializationError as exc:
             raise SerializationError(f"cannot send the arguments of {token}: {exc}") from exc
-        task: dict[str, Any] = {"key": key or task_key(token, ser_args, pure), "func": token,
-                                "args": ser_args.compact()}
-        if found:
-            task["deps"] = list(dict.fromkeys(f.key for f in found))
-        return task, found
+        return key or task_key(token, ser_args, pure), ser_args.compact(), found
 
     def _send_graph(self, tasks: list[dict], func: Serialized,
                     wanted: list[str], keep_alive: list[Future]) -> None:
@@ -624,6 +643,28 @@ class Client(ClusterCalls, DatasetCalls):
                             "functions": self._new_function(token, func), "wanted": wanted},
                            weight=len(tasks))
             keep_alive.clear()
+
+        self._call_on_loop(send)
+
+    def _send_calls(self, fields: dict[str, Any], func: Serialized, keys: list[str],
+                    args: list[Any]) -> None:
+        """Send tasks without inputs as columns (see ``CALLS`` in protocol/_ops.py):
+        ``fields`` are those they share (the function's token, restrictions)."""
+        if self.status not in ("running", "reconnecting"):
+            raise ClientClosedError(f"the client is {self.status}")
+        states = self._states
+        with self._lock:
+            for key, ser_args in zip(keys, args, strict=True):
+                state = states.get(key)
+                if state is not None:
+                    state.recipe = (key, ser_args, fields, func, _NO_INPUTS)
+        calls = {**fields, "keys": keys, "args": args}
+
+        def send() -> None:
+            if self.status == "running":  # while reconnecting, the resubmission sends it
+                self._send({"op": "update-graph", "tasks": [], "wanted": [], "calls": calls,
+                            "functions": self._new_function(fields["func"], func)},
+                           weight=len(keys))
 
         self._call_on_loop(send)
 

@@ -188,6 +188,9 @@ class Num(Spec):
         return "a finite number"
 
 
+_BLOB_TYPES = (Serialized, bytes, memoryview)
+
+
 class Blob(Spec):
     """Serialized data: out-of-band frames or plain bytes."""
 
@@ -260,6 +263,8 @@ class ListOf(Spec):
         if type(item) is Str:  # the common case, inlined: lists of keys
             lo, hi = item.min_length, item.max_length
             return all(type(v) is str and lo <= len(v) <= hi for v in value)
+        if type(item) is Blob:  # inlined too: the arguments of a map
+            return all(isinstance(v, _BLOB_TYPES) for v in value)
         ok = item.ok
         return all(ok(v) for v in value)
 

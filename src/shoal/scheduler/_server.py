@@ -451,6 +451,8 @@ class Scheduler:
         """Take one message from ``client`` (events into ``events``); False: stop reading."""
         try:
             op, fields = check_message(FROM_CLIENT, msg)
+            if op == "update-graph" and fields.get("calls") is not None:
+                _check_columns(fields["calls"])
         except InvalidMessage as exc:
             self._flush(events)
             self._refuse(client, msg, exc)
@@ -486,7 +488,12 @@ class Scheduler:
         stim = self.stimulus(op)
         if op == "update-graph":
             tasks = [_task_spec(t) for t in msg["tasks"]]
-            return UpdateGraph(stim, client, tasks, msg.get("functions") or {}, msg["wanted"])
+            wanted = msg["wanted"]
+            calls = msg.get("calls")
+            if calls is not None:
+                tasks.extend(_call_specs(calls))
+                wanted = wanted + calls["keys"] if wanted else calls["keys"]
+            return UpdateGraph(stim, client, tasks, msg.get("functions") or {}, wanted)
         if op == "client-releases-keys":
             return ClientReleasesKeys(stim, client, msg["keys"])
         if op == "client-wants-keys":
@@ -630,22 +637,46 @@ class Scheduler:
 
 def _weight(msg: Any) -> int:
     """The work a client's message makes: the tasks of a graph, the keys released."""
-    if type(msg) is dict:
-        for field in ("tasks", "keys"):
-            items = msg.get(field)
-            if type(items) is list:
-                return max(1, len(items))
-    return 1
+    if type(msg) is not dict:
+        return 1
+    weight = 0
+    for items in (msg.get("tasks"), msg.get("keys"), msg.get("calls")):
+        if type(items) is dict:
+            items = items.get("keys")
+        if type(items) is list:
+            weight += len(items)
+    return max(1, weight)
+
+
+def _check_columns(calls: dict[str, Any]) -> None:
+    if len(calls["keys"]) != len(calls["args"]):
+        raise InvalidMessage("calls", f"{len(calls['keys'])} keys but {len(calls['args'])} "
+                             "arguments: one each")
+
+
+#: The dependencies of every task of a map's columns (none; never changed).
+_NO_DEPENDENCIES: list[str] = []
+
+
+def _call_specs(calls: dict[str, Any]) -> list[TaskSpec]:
+    func, priority = calls["func"], calls.get("priority") or 0
+    workers, allow_other = calls.get("workers"), calls.get("allow_other_workers") or False
+    resources, retries = calls.get("resources"), calls.get("retries") or 0
+    return [TaskSpec(key, func, args, _NO_DEPENDENCIES, priority, workers, allow_other,
+                     resources, retries)
+            for key, args in zip(calls["keys"], calls["args"], strict=True)]
 
 
 def _graph_keys(msg: dict[str, Any]) -> list[str]:
     """The keys a (refused) graph message names, as far as they are strings."""
     keys: dict[str, None] = {}
-    tasks, wanted = msg.get("tasks"), msg.get("wanted")
+    tasks, wanted, calls = msg.get("tasks"), msg.get("wanted"), msg.get("calls")
     for task in tasks if type(tasks) is list else []:
         if type(task) is dict and type(task.get("key")) is str:
             keys[task["key"]] = None
-    for key in wanted if type(wanted) is list else []:
+    called = calls.get("keys") if type(calls) is dict else None
+    for key in [*(wanted if type(wanted) is list else []),
+                *(called if type(called) is list else [])]:
         if type(key) is str:
             keys[key] = None
     return list(keys)
