@@ -39,15 +39,13 @@ class FutureState:
     __slots__ = (
         "_event",
         "callbacks",
-        "exception",
-        "exception_text",
+        "failure",
         "inline",
         "key",
         "nbytes",
         "recipe",
         "refs",
         "status",
-        "traceback",
         "workers",
     )
 
@@ -57,15 +55,26 @@ class FutureState:
         # made when someone waits (on the client's loop): an asyncio.Event
         # costs some 700 bytes, and most futures are only ever gathered once
         self._event: asyncio.Event | None = None
-        self.exception: Serialized | None = None
-        self.traceback = ""
-        self.exception_text = ""
+        #: (exception, traceback, its text) once the task failed; one slot for the three
+        self.failure: tuple[Serialized | None, str, str] | None = None
         self.workers: tuple[str, ...] = _NO_WORKERS
         self.nbytes = 0
         self.refs = 0  # Futures of this key (counted on register and release)
         self.recipe: Any = None  # see Client._send_graph
         self.callbacks: list[Callable[[], None]] | None = None  # made by the first one
         self.inline: Serialized | bytes | None = None  # a small result sent with the report
+
+    @property
+    def exception(self) -> Serialized | None:
+        return self.failure[0] if self.failure is not None else None
+
+    @property
+    def traceback(self) -> str:
+        return self.failure[1] if self.failure is not None else ""
+
+    @property
+    def exception_text(self) -> str:
+        return self.failure[2] if self.failure is not None else ""
 
     @property
     def event(self) -> asyncio.Event:
@@ -86,7 +95,7 @@ class FutureState:
 
     def fail(self, exception: Serialized | None, traceback: str, text: str) -> None:
         self.status = "error"
-        self.exception, self.traceback, self.exception_text = exception, traceback, text
+        self.failure = (exception, traceback, text)
         self._done()
 
     def cancel(self) -> None:
@@ -136,17 +145,20 @@ def _call_guarded(callback: Callable[[], None], key: str) -> None:
 class Future:
     """A result being computed, or held, by the cluster."""
 
-    __slots__ = ("__weakref__", "_released", "_state", "client", "key")
+    __slots__ = ("__weakref__", "_released", "_state", "client")
 
     #: dask reads a Future inside a graph as a reference to its key (dask's
     #: protocol for third-party futures), so persisted collections compose.
     __dask_future__ = True
 
     def __init__(self, key: str, client: Client, state: FutureState | None = None) -> None:
-        self.key = key
         self.client = client
         self._released = False
         self._state = client._register_future(key, state)
+
+    @property
+    def key(self) -> str:
+        return self._state.key
 
     @property
     def status(self) -> str:

@@ -88,11 +88,15 @@ def _wrap_large_buffers(obj: Any) -> Any:
     kind = type(obj)
     if kind not in (list, tuple, dict) or len(obj) > SCAN_MAX_ITEMS:
         return obj
+    # plain loops, not any(): this runs for the arguments of every task
     if kind is dict:
-        if any(_large_buffer(item) for item in obj.values()):
-            return {k: _OutOfBand(v) if _large_buffer(v) else v for k, v in obj.items()}
-    elif any(_large_buffer(item) for item in obj):
-        return kind(_OutOfBand(x) if _large_buffer(x) else x for x in obj)
+        for item in obj.values():
+            if type(item) in _BUFFER_TYPES and _large_buffer(item):
+                return {k: _OutOfBand(v) if _large_buffer(v) else v for k, v in obj.items()}
+        return obj
+    for item in obj:
+        if type(item) in _BUFFER_TYPES and _large_buffer(item):
+            return kind(_OutOfBand(x) if _large_buffer(x) else x for x in obj)
     return obj
 
 
@@ -161,7 +165,7 @@ def serialize(obj: Any) -> Serialized:
             stream = cloudpickle.dumps(obj, protocol=5, buffer_callback=keep_large)
         except Exception as exc:  # user code's __reduce__ may raise anything
             raise SerializationError(f"cannot pickle {_describe(obj)}: {exc}") from exc
-    return Serialized([stream, *(buf.raw() for buf in buffers)])
+    return Serialized([stream, *(buf.raw() for buf in buffers)] if buffers else [stream])
 
 
 def refuse_memo_bombs(stream: bytes | memoryview) -> None:

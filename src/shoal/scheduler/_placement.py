@@ -65,8 +65,16 @@ class Placement:
         self.durations[ts.prefix] = seconds if old is None else 0.8 * old + 0.2 * seconds
         avg = ws.avg_duration
         ws.avg_duration = seconds if avg is None else 0.9 * avg + 0.1 * seconds
+        ws.slot_count = 0  # counted again when next asked
 
     def slots(self, ws: WorkerState) -> int:
+        """Root tasks ``ws`` is given at most at once (kept until its durations change)."""
+        count = ws.slot_count
+        if not count:
+            count = ws.slot_count = self._count_slots(ws)
+        return count
+
+    def _count_slots(self, ws: WorkerState) -> int:
         base = math.ceil(ws.nthreads * SATURATION)
         avg = ws.avg_duration
         if avg is None:
