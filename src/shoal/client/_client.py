@@ -65,13 +65,14 @@ RECONNECT_MAX_DELAY = 1.0
 REJOIN_WAIT = 5.0
 _current: list[Client] = []
 
-#: The recipe of one key, kept to send it again to a restarted scheduler: the
-#: key, its serialized arguments, the task's other fields (one dict shared by
-#: all the plain tasks of one graph), its function, and its inputs' recipes.
-#: A tuple rather than the task message itself: a client holding a million
-#: futures holds a million recipes.
-Recipe = tuple[str, Any, dict[str, Any], Serialized, tuple["Recipe", ...]]
-_NO_INPUTS: tuple[Recipe, ...] = ()
+#: The recipe of one key, kept to send it again to a restarted scheduler:
+#: ``(key, serialized arguments, call)``, and the recipes of its inputs as a
+#: fourth item when it has some; ``call`` is ``(the task's other fields, its
+#: function)``, one tuple shared by the plain tasks of one graph.  A small tuple
+#: rather than the task message itself: a client holding a million futures
+#: holds a million recipes.
+Recipe = tuple[Any, ...]
+Call = tuple[dict[str, Any], Serialized]
 #: The fields of a task message that are not the same for every task of a graph.
 _OWN_FIELDS = ("key", "args")
 
@@ -475,7 +476,8 @@ class Client(ClusterCalls, DatasetCalls):
         stack: list[tuple[Recipe, bool]] = [(r, False) for r in reversed(roots)]
         while stack:  # depth first, each task after its inputs
             recipe, inputs_done = stack.pop()
-            key, args, fields, func, inputs = recipe
+            key, args, (fields, func) = recipe[:3]
+            inputs = recipe[3] if len(recipe) > 3 else ()
             if key in seen:
                 continue
             if inputs_done:
@@ -580,9 +582,9 @@ class Client(ClusterCalls, DatasetCalls):
             futures.append(Future(task_key_, self))
         # in graphs of MAP_CHUNK tasks, which the scheduler takes in one at a
         # time while it serves everyone else; the inputs are held until the last
-        fields = {"func": token, **common}
+        call = ({"func": token, **common}, ser_func)
         for start in range(0, len(plain_keys), MAP_CHUNK):
-            self._send_calls(fields, ser_func, plain_keys[start:start + MAP_CHUNK],
+            self._send_calls(call, plain_keys[start:start + MAP_CHUNK],
                              plain_args[start:start + MAP_CHUNK])
         for start in range(0, len(tasks) if tasks or plain_keys else 1, MAP_CHUNK):
             self._send_graph(tasks[start:start + MAP_CHUNK], ser_func,
@@ -646,10 +648,10 @@ class Client(ClusterCalls, DatasetCalls):
 
         self._call_on_loop(send)
 
-    def _send_calls(self, fields: dict[str, Any], func: Serialized, keys: list[str],
-                    args: list[Any]) -> None:
+    def _send_calls(self, call: Call, keys: list[str], args: list[Any]) -> None:
         """Send tasks without inputs as columns (see ``CALLS`` in protocol/_ops.py):
-        ``fields`` are those they share (the function's token, restrictions)."""
+        ``call`` is what they share (the fields: the function's token, restrictions;
+        and the function)."""
         if self.status not in ("running", "reconnecting"):
             raise ClientClosedError(f"the client is {self.status}")
         states = self._states
@@ -657,7 +659,8 @@ class Client(ClusterCalls, DatasetCalls):
             for key, ser_args in zip(keys, args, strict=True):
                 state = states.get(key)
                 if state is not None:
-                    state.recipe = (key, ser_args, fields, func, _NO_INPUTS)
+                    state.recipe = (key, ser_args, call)
+        fields, func = call
         calls = {**fields, "keys": keys, "args": args}
 
         def send() -> None:
@@ -673,20 +676,21 @@ class Client(ClusterCalls, DatasetCalls):
         (a task of a graph nobody holds a future for) inside its dependents' recipes."""
         states = self._states
         made: dict[str, Recipe] = {}
-        plain: dict[str, Any] | None = None  # the fields shared by the tasks without extras
+        plain: Call | None = None  # shared by the tasks without extras
         with self._lock:
             for task in tasks:
                 key = task["key"]
+                recipe: Recipe
                 if len(task) == 3 and "func" in task:
-                    if plain is None or plain["func"] != task["func"]:
-                        plain = {"func": task["func"]}
-                    fields = plain
-                    inputs = _NO_INPUTS
+                    if plain is None or plain[0]["func"] != task["func"]:
+                        plain = ({"func": task["func"]}, func)
+                    recipe = (key, task["args"], plain)
                 else:
                     fields = {k: v for k, v in task.items() if k not in _OWN_FIELDS}
                     found = (self._recipe_of(d, made) for d in task.get("deps", ()))
-                    inputs = tuple(r for r in found if r is not None)
-                recipe = made[key] = (key, task["args"], fields, func, inputs)
+                    recipe = (key, task["args"], (fields, func),
+                              tuple(r for r in found if r is not None))
+                made[key] = recipe
                 state = states.get(key)
                 if state is not None:
                     state.recipe = recipe
