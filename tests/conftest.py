@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import os
 from collections.abc import Iterator
 
@@ -31,6 +32,17 @@ def proc_cluster() -> Iterator[LocalCluster]:
     with LocalCluster(n_workers=2, threads_per_worker=1, processes=True,
                       dashboard_address=None, memory_limit="2GiB") as cluster:
         yield cluster
+
+
+@pytest.fixture
+def no_cyclic_gc() -> Iterator[None]:
+    """Reference counting alone, as in a server whose old objects are frozen
+    (see ``shoal._gc``): what a test then finds still alive leaked."""
+    enabled = gc.isenabled()
+    gc.disable()
+    yield
+    if enabled:
+        gc.enable()
 
 
 @pytest.fixture(scope="session", autouse=True)

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import gc
 import logging
 import os
 import signal
@@ -220,18 +219,11 @@ def main(argv: list[str] | None = None) -> int:
     return command[args.command](args)
 
 
-#: Allocations between young garbage collections in a server process (Python's
-#: default is 700).  A scheduler or worker allocates a few dozen objects per
-#: task, nearly all freed by reference counting; collecting every 700 spent
-#: some 10 % of its time scanning young objects that were about to go anyway.
-GC_YOUNG_THRESHOLD = 20_000
-
-
 def _tune_gc() -> None:
-    """Collect young objects less often, and never scan what start-up made."""
-    _, middle, old = gc.get_threshold()
-    gc.set_threshold(GC_YOUNG_THRESHOLD, middle, old)
-    gc.freeze()  # modules, classes and the server's own objects: they live for ever
+    """Collect young objects less often, and never scan old ones (see ``shoal._gc``)."""
+    from ._gc import freeze_old_objects
+
+    freeze_old_objects()
 
 
 def _run_until_signal(start: Any, stop: Any) -> None:

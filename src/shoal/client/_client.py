@@ -51,7 +51,9 @@ from ._tokenize import FunctionCache, task_key
 logger = logging.getLogger(__name__)
 
 #: Tasks per graph message a large ``map`` is sent in (see BatchedSend's weights).
-MAP_CHUNK = 2_000
+MAP_CHUNK = 500
+#: Distinct sets of workers remembered as shared tuples (see ``Client._holders``).
+MAX_HOLDER_TUPLES = 10_000
 
 DEFAULT_TIMEOUT = 30.0
 #: How long a client tries to reconnect to a scheduler that went away.
@@ -64,9 +66,16 @@ RECONNECT_MAX_DELAY = 1.0
 REJOIN_WAIT = 5.0
 _current: list[Client] = []
 
-#: The recipe of one key: its task message, its inputs' recipes, its function.
-Recipe = tuple[dict[str, Any], list["Recipe"], Serialized]
-_NO_INPUTS: list[Recipe] = []  # shared by every recipe without inputs, never changed
+#: The recipe of one key, kept to send it again to a restarted scheduler:
+#: ``(key, serialized arguments, call)``, and the recipes of its inputs as a
+#: fourth item when it has some; ``call`` is ``(the task's other fields, its
+#: function)``, one tuple shared by the plain tasks of one graph.  A small tuple
+#: rather than the task message itself: a client holding a million futures
+#: holds a million recipes.
+Recipe = tuple[Any, ...]
+Call = tuple[dict[str, Any], Serialized]
+#: The fields of a task message that are not the same for every task of a graph.
+_OWN_FIELDS = ("key", "args")
 
 
 class Client(ClusterCalls, DatasetCalls):
@@ -110,7 +119,8 @@ class Client(ClusterCalls, DatasetCalls):
         self.scheduler_address = ""
         self.status = "newly-created"
         self._states: dict[str, FutureState] = {}
-        self._refcount: dict[str, int] = {}
+        #: the workers a result is on, one shared tuple per worker (see _holders)
+        self._holder_tuples: dict[Any, tuple[str, ...]] = {}
         self._lock = threading.Lock()
         self._released: collections.deque[str] = collections.deque()
         self._release_scheduled = False
@@ -120,7 +130,6 @@ class Client(ClusterCalls, DatasetCalls):
         self._loop_calls_scheduled = False
         self._functions = FunctionCache()
         self._functions_sent: set[str] = set()  # the scheduler keeps these for us
-        self._recipes: dict[str, Recipe] = {}  # of the keys this client holds futures for
         self._stream: BatchedSend | None = None
         self._comm: Comm | None = None
         self.pool = ConnectionPool()
@@ -344,16 +353,13 @@ class Client(ClusterCalls, DatasetCalls):
         with self._lock:
             existing = self._states.get(key)
             if existing is not None and existing.status != "cancelled":
-                self._refcount[key] += 1
+                existing.refs += 1
                 return existing
-            if existing is not None:  # submitted again after a cancel: a new life
-                self._refcount[key] += 1
-                state = state or FutureState(key)
-                self._states[key] = state
-                return state
             state = state or FutureState(key)
+            if existing is not None:  # submitted again after a cancel: a new life
+                state.refs = existing.refs
+            state.refs += 1
             self._states[key] = state
-            self._refcount[key] = 1
             return state
 
     def _release_future(self, key: str) -> None:
@@ -369,19 +375,20 @@ class Client(ClusterCalls, DatasetCalls):
     def _process_releases(self) -> None:
         self._release_scheduled = False
         forgotten = []
+        states = self._states
         with self._lock:
             while self._released:
                 key = self._released.popleft()
-                count = self._refcount.get(key, 0) - 1
-                if count > 0:
-                    self._refcount[key] = count
-                    continue
-                self._refcount.pop(key, None)
-                self._states.pop(key, None)
-                self._recipes.pop(key, None)
+                state = states.get(key)
+                if state is not None:
+                    state.refs -= 1
+                    if state.refs > 0:
+                        continue
+                    del states[key]
                 forgotten.append(key)
-        if forgotten:
-            self._send({"op": "client-releases-keys", "keys": forgotten})
+        for start in range(0, len(forgotten), MAP_CHUNK):  # slices, as graphs are sent
+            keys = forgotten[start:start + MAP_CHUNK]
+            self._send({"op": "client-releases-keys", "keys": keys}, weight=len(keys))
 
     async def _read_scheduler(self, comm: Comm) -> None:
         try:
@@ -462,23 +469,25 @@ class Client(ClusterCalls, DatasetCalls):
         """Send the new scheduler the recipes of every key still wanted, inputs first."""
         with self._lock:
             wanted = [k for k, s in self._states.items() if s.status not in ("error", "cancelled")]
-            roots = [self._recipes[k] for k in wanted if k in self._recipes]
+            roots = [s.recipe for s in map(self._states.__getitem__, wanted)
+                     if s.recipe is not None]
         tasks: list[dict[str, Any]] = []
         functions: dict[str, Serialized] = {}
         seen: set[str] = set()
         stack: list[tuple[Recipe, bool]] = [(r, False) for r in reversed(roots)]
         while stack:  # depth first, each task after its inputs
             recipe, inputs_done = stack.pop()
-            task, inputs, func = recipe
-            if task["key"] in seen:
+            key, args, (fields, func) = recipe[:3]
+            inputs = recipe[3] if len(recipe) > 3 else ()
+            if key in seen:
                 continue
             if inputs_done:
-                seen.add(task["key"])
-                tasks.append(task)
-                functions[task["func"]] = func
+                seen.add(key)
+                tasks.append({"key": key, "args": args, **fields})
+                functions[fields["func"]] = func
                 continue
             stack.append((recipe, True))
-            stack.extend((r, False) for r in inputs if r[0]["key"] not in seen)
+            stack.extend((r, False) for r in inputs if r[0] not in seen)
         self._functions_sent = set(functions)
         self._send({"op": "update-graph", "tasks": tasks, "functions": functions,
                     "wanted": wanted})
@@ -503,7 +512,7 @@ class Client(ClusterCalls, DatasetCalls):
             if state is None:
                 continue
             if op == "key-in-memory":
-                state.finish(msg["workers"], msg["nbytes"], msg.get("value"))
+                state.finish(self._holders(msg["workers"]), msg["nbytes"], msg.get("value"))
             elif op == "task-erred":
                 state.fail(msg.get("exception"), msg.get("traceback") or "",
                            msg.get("exception_text") or "")
@@ -511,6 +520,18 @@ class Client(ClusterCalls, DatasetCalls):
                 state.cancel()
             elif op == "lost-key":
                 state.lose()
+
+    def _holders(self, workers: list[str]) -> tuple[str, ...]:
+        """``workers`` as a tuple shared by every result on them: a million results
+        on two workers hold two tuples, not a million lists of fresh strings."""
+        cache = self._holder_tuples
+        index: Any = workers[0] if len(workers) == 1 else tuple(workers)
+        holders = cache.get(index)
+        if holders is None:
+            if len(cache) >= MAX_HOLDER_TUPLES:
+                cache.clear()
+            holders = cache[index] = tuple(workers)
+        return holders
 
     # ------------------------------------------------------------ submitting
 
@@ -543,19 +564,32 @@ class Client(ClusterCalls, DatasetCalls):
         token, ser_func = self._functions.get(func)
         columns = [list(it) for it in iterables]
         keys = key if isinstance(key, list) else None
-        tasks, futures, deps = [], [], []
+        common: dict[str, Any] = {}  # the restrictions, the same for every task
+        _restrict(common, workers, allow_other_workers, retries, priority, resources)
+        plain_keys: list[str] = []  # the tasks without inputs go as columns
+        plain_args: list[Any] = []
+        tasks: list[dict[str, Any]] = []  # those with inputs as task messages
+        futures, deps = [], []
         for i, call_args in enumerate(zip(*columns)):
             task_key_ = keys[i] if keys else (f"{key}-{i}" if isinstance(key, str) else None)
-            task, task_deps = self._task(token, call_args, kwargs, task_key_, pure)
-            _restrict(task, workers, allow_other_workers, retries, priority, resources)
-            tasks.append(task)
-            deps.extend(task_deps)
-            futures.append(Future(task["key"], self))
+            task_key_, ser_args, task_deps = self._call(token, call_args, kwargs, task_key_, pure)
+            if task_deps:
+                tasks.append({"key": task_key_, "func": token, "args": ser_args,
+                              "deps": list(dict.fromkeys(f.key for f in task_deps)), **common})
+                deps.extend(task_deps)
+            else:
+                plain_keys.append(task_key_)
+                plain_args.append(ser_args)
+            futures.append(Future(task_key_, self))
         # in graphs of MAP_CHUNK tasks, which the scheduler takes in one at a
         # time while it serves everyone else; the inputs are held until the last
-        for start in range(0, max(len(tasks), 1), MAP_CHUNK):
-            chunk = tasks[start:start + MAP_CHUNK]
-            self._send_graph(chunk, ser_func, [t["key"] for t in chunk],
+        call = ({"func": token, **common}, ser_func)
+        for start in range(0, len(plain_keys), MAP_CHUNK):
+            self._send_calls(call, plain_keys[start:start + MAP_CHUNK],
+                             plain_args[start:start + MAP_CHUNK])
+        for start in range(0, len(tasks) if tasks or plain_keys else 1, MAP_CHUNK):
+            self._send_graph(tasks[start:start + MAP_CHUNK], ser_func,
+                             [t["key"] for t in tasks[start:start + MAP_CHUNK]],
                              deps if start + MAP_CHUNK >= len(tasks) else [])
         return futures
 
@@ -568,6 +602,16 @@ class Client(ClusterCalls, DatasetCalls):
 
     def _task(self, token: str, args: tuple, kwargs: dict, key: str | None,
               pure: bool) -> tuple[dict[str, Any], list[Future]]:
+        """The task message of one call, and the futures among its arguments."""
+        key, ser_args, found = self._call(token, args, kwargs, key, pure)
+        task: dict[str, Any] = {"key": key, "func": token, "args": ser_args}
+        if found:
+            task["deps"] = list(dict.fromkeys(f.key for f in found))
+        return task, found
+
+    def _call(self, token: str, args: tuple, kwargs: dict, key: str | None,
+              pure: bool) -> tuple[str, Any, list[Future]]:
+        """The key and serialized arguments of one call, and the futures among them."""
         found: list[Future] = []
 
         def swap(leaf: Any) -> Any:
@@ -584,22 +628,13 @@ class Client(ClusterCalls, DatasetCalls):
             ser_args = serialize_call(args, kwargs)
         except SerializationError as exc:
             raise SerializationError(f"cannot send the arguments of {token}: {exc}") from exc
-        task: dict[str, Any] = {"key": key or task_key(token, ser_args, pure), "func": token,
-                                "args": ser_args.compact()}
-        if found:
-            task["deps"] = list(dict.fromkeys(f.key for f in found))
-        return task, found
+        return key or task_key(token, ser_args, pure), ser_args.compact(), found
 
     def _send_graph(self, tasks: list[dict], func: Serialized,
                     wanted: list[str], keep_alive: list[Future]) -> None:
         if self.status not in ("running", "reconnecting"):
             raise ClientClosedError(f"the client is {self.status}")
-        recipes = self._recipes
-        with self._lock:
-            for task in tasks:
-                deps = task.get("deps")
-                inputs = [recipes[d] for d in deps if d in recipes] if deps else _NO_INPUTS
-                recipes[task["key"]] = (task, inputs, func)
+        self._keep_recipes(tasks, func)
 
         def send() -> None:
             # Holding the input futures until the graph is sent: were they
@@ -613,6 +648,60 @@ class Client(ClusterCalls, DatasetCalls):
             keep_alive.clear()
 
         self._call_on_loop(send)
+
+    def _send_calls(self, call: Call, keys: list[str], args: list[Any]) -> None:
+        """Send tasks without inputs as columns (see ``CALLS`` in protocol/_ops.py):
+        ``call`` is what they share (the fields: the function's token, restrictions;
+        and the function)."""
+        if self.status not in ("running", "reconnecting"):
+            raise ClientClosedError(f"the client is {self.status}")
+        states = self._states
+        with self._lock:
+            for key, ser_args in zip(keys, args, strict=True):
+                state = states.get(key)
+                if state is not None:
+                    state.recipe = (key, ser_args, call)
+        fields, func = call
+        calls = {**fields, "keys": keys, "args": args}
+
+        def send() -> None:
+            if self.status == "running":  # while reconnecting, the resubmission sends it
+                self._send({"op": "update-graph", "tasks": [], "wanted": [], "calls": calls,
+                            "functions": self._new_function(fields["func"], func)},
+                           weight=len(keys))
+
+        self._call_on_loop(send)
+
+    def _keep_recipes(self, tasks: list[dict], func: Serialized) -> None:
+        """Remember how to make each key again (see ``_resubmit``): on its state, or
+        (a task of a graph nobody holds a future for) inside its dependents' recipes."""
+        states = self._states
+        made: dict[str, Recipe] = {}
+        plain: Call | None = None  # shared by the tasks without extras
+        with self._lock:
+            for task in tasks:
+                key = task["key"]
+                recipe: Recipe
+                if len(task) == 3 and "func" in task:
+                    if plain is None or plain[0]["func"] != task["func"]:
+                        plain = ({"func": task["func"]}, func)
+                    recipe = (key, task["args"], plain)
+                else:
+                    fields = {k: v for k, v in task.items() if k not in _OWN_FIELDS}
+                    found = (self._recipe_of(d, made) for d in task.get("deps", ()))
+                    recipe = (key, task["args"], (fields, func),
+                              tuple(r for r in found if r is not None))
+                made[key] = recipe
+                state = states.get(key)
+                if state is not None:
+                    state.recipe = recipe
+
+    def _recipe_of(self, key: str, made: dict[str, Recipe]) -> Recipe | None:
+        recipe = made.get(key)
+        if recipe is None:
+            state = self._states.get(key)
+            recipe = state.recipe if state is not None else None
+        return recipe
 
     # ------------------------------------------------------------ results
 

@@ -25,6 +25,7 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 FINAL = ("finished", "error", "cancelled")
+_NO_WORKERS: tuple[str, ...] = ()
 
 #: Guards ``FutureState.callbacks``, which threads other than the loop's add to
 #: (see :func:`wait_final_threadsafe`).
@@ -32,18 +33,24 @@ _callbacks_lock = threading.Lock()
 
 
 class FutureState:
-    """What the client knows about one key; shared by its Futures."""
+    """What the client knows about one key; shared by its Futures.
+
+    A client may hold a million of these, so each is one slotted object: the
+    count of Futures (``refs``) and the recipe to make the key again after a
+    scheduler restart live here rather than in dicts of their own, and the
+    workers holding the result are a tuple shared by every key on them.
+    """
 
     __slots__ = (
         "_event",
         "callbacks",
-        "exception",
-        "exception_text",
+        "failure",
         "inline",
         "key",
         "nbytes",
+        "recipe",
+        "refs",
         "status",
-        "traceback",
         "workers",
     )
 
@@ -53,13 +60,26 @@ class FutureState:
         # made when someone waits (on the client's loop): an asyncio.Event
         # costs some 700 bytes, and most futures are only ever gathered once
         self._event: asyncio.Event | None = None
-        self.exception: Serialized | None = None
-        self.traceback = ""
-        self.exception_text = ""
-        self.workers: list[str] = []
+        #: (exception, traceback, its text) once the task failed; one slot for the three
+        self.failure: tuple[Serialized | None, str, str] | None = None
+        self.workers: tuple[str, ...] = _NO_WORKERS
         self.nbytes = 0
+        self.refs = 0  # Futures of this key (counted on register and release)
+        self.recipe: Any = None  # see Client._send_graph
         self.callbacks: list[Callable[[], None]] | None = None  # made by the first one
-        self.inline: Serialized | None = None  # a small result sent along with the report
+        self.inline: Serialized | bytes | None = None  # a small result sent with the report
+
+    @property
+    def exception(self) -> Serialized | None:
+        return self.failure[0] if self.failure is not None else None
+
+    @property
+    def traceback(self) -> str:
+        return self.failure[1] if self.failure is not None else ""
+
+    @property
+    def exception_text(self) -> str:
+        return self.failure[2] if self.failure is not None else ""
 
     @property
     def event(self) -> asyncio.Event:
@@ -71,7 +91,8 @@ class FutureState:
         return self._event
 
     # the status changes last: another thread that sees it final finds the rest set
-    def finish(self, workers: list[str], nbytes: int, inline: Serialized | None = None) -> None:
+    def finish(self, workers: tuple[str, ...], nbytes: int,
+               inline: Serialized | bytes | None = None) -> None:
         self.workers = workers
         self.nbytes = nbytes
         self.inline = inline
@@ -79,7 +100,7 @@ class FutureState:
         self._done()
 
     def fail(self, exception: Serialized | None, traceback: str, text: str) -> None:
-        self.exception, self.traceback, self.exception_text = exception, traceback, text
+        self.failure = (exception, traceback, text)
         self.status = "error"
         self._done()
 
@@ -90,7 +111,7 @@ class FutureState:
     def lose(self) -> None:
         """The result was lost with its worker and is being recomputed."""
         self.status = "pending"
-        self.workers = []
+        self.workers = _NO_WORKERS
         self.inline = None
         if self._event is not None:
             self._event.clear()
@@ -152,17 +173,20 @@ def _call_guarded(callback: Callable[[], None], key: str) -> None:
 class Future:
     """A result being computed, or held, by the cluster."""
 
-    __slots__ = ("__weakref__", "_released", "_state", "client", "key")
+    __slots__ = ("__weakref__", "_released", "_state", "client")
 
     #: dask reads a Future inside a graph as a reference to its key (dask's
     #: protocol for third-party futures), so persisted collections compose.
     __dask_future__ = True
 
     def __init__(self, key: str, client: Client, state: FutureState | None = None) -> None:
-        self.key = key
         self.client = client
         self._released = False
         self._state = client._register_future(key, state)
+
+    @property
+    def key(self) -> str:
+        return self._state.key
 
     @property
     def status(self) -> str:

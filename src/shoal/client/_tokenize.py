@@ -94,12 +94,25 @@ class FunctionCache:
         return len(self._cache)
 
 
+#: Per function token: its name, and the hash of the token to go on from (a map
+#: names a million keys after one function).
+_KEY_STARTS: dict[str, tuple[str, Any]] = {}
+MAX_KEY_STARTS = 1_000
+
+
 def task_key(func_token: str, args: Serialized, pure: bool) -> str:
     """``name-<hash>``: deterministic when pure, unique otherwise."""
-    name = func_token.rsplit("-", 1)[0]
+    start = _KEY_STARTS.get(func_token)
+    if start is None:
+        if len(_KEY_STARTS) >= MAX_KEY_STARTS:
+            _KEY_STARTS.clear()
+        start = _KEY_STARTS[func_token] = (
+            func_token.rsplit("-", 1)[0] + "-",
+            hashlib.sha1(func_token.encode(), usedforsecurity=False))
+    name, token_hash = start
     if not pure:
-        return f"{name}-{uuid.uuid4().hex}"
-    digest = hashlib.sha1(func_token.encode(), usedforsecurity=False)
+        return name + uuid.uuid4().hex
+    digest = token_hash.copy()
     for frame in args.frames:
         digest.update(frame)
-    return f"{name}-{digest.hexdigest()}"
+    return name + digest.hexdigest()

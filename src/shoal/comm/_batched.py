@@ -62,17 +62,21 @@ class BatchedSend:
                 continue
             batch, cuts = self._buffer, self._cuts
             self._buffer, self._cuts, self._weight = [], [], 0
-            start = 0
+            slices = [batch] if not cuts else [
+                batch[start:end] for start, end in zip((0, *cuts), (*cuts, len(batch)), strict=True)
+                if end > start]
+            # each slice is let go once written (and the whole batch at once): a flood of
+            # graph messages is not all kept alive until the last of it has left
+            del batch
+            slices.reverse()
             try:
-                for end in (*cuts, len(batch)):
-                    if end > start:
-                        await self.comm.write(batch[start:end] if cuts else batch)
-                        self.messages_sent += end - start
-                        self.batches_sent += 1
-                    start = end
+                while slices:
+                    await self.comm.write(slices[-1])
+                    self.messages_sent += len(slices.pop())
+                    self.batches_sent += 1
             except CommClosedError:
                 logger.debug("stream to %s closed with %d unsent", self.comm.peer_address,
-                             len(batch) - start)
+                             sum(map(len, slices)))
                 self._closing = True
                 return
             if self._closing and not self._buffer:

@@ -90,6 +90,24 @@ TASK = Record(
               "resources", "retries"),
 )
 
+#: The tasks of one ``map`` as columns: one function and the same restrictions
+#: for all, and per task a key and its arguments (``keys`` and ``args`` are of
+#: one length, which the scheduler checks).  Every one of them is wanted.  A
+#: million tasks cost a million strings and blobs here, not a million maps.
+CALLS = Record(
+    {
+        "func": Str(max_length=1024),
+        "keys": KEYS,
+        "args": ListOf(Blob()),
+        "priority": Int(),
+        "workers": ADDRESSES,
+        "allow_other_workers": Bool(),
+        "resources": RESOURCES,
+        "retries": Int(lo=0, hi=MAX_RETRIES),
+    },
+    optional=("priority", "workers", "allow_other_workers", "resources", "retries"),
+)
+
 SCHEDULER_RPC: dict[str, Record] = {
     "who_has": Record({"keys": KEYS}),
     "scheduler_info": EMPTY,
@@ -195,7 +213,7 @@ FROM_WORKER: dict[str, Record] = {
 
 FROM_CLIENT: dict[str, Record] = {
     "update-graph": Record({"tasks": ListOf(TASK), "functions": MapOf(Str(max_length=1024), Blob()),
-                            "wanted": KEYS}, optional=("functions",)),
+                            "wanted": KEYS, "calls": CALLS}, optional=("functions", "calls")),
     "client-releases-keys": Record({"keys": KEYS}),
     "client-wants-keys": Record({"keys": KEYS}),
     "cancel-keys": Record({"keys": KEYS}),

@@ -216,6 +216,9 @@ class Num(Spec):
         return "a finite number"
 
 
+_BLOB_TYPES = (Serialized, bytes, memoryview)
+
+
 class Blob(Spec):
     """Serialized data: out-of-band frames or plain bytes."""
 

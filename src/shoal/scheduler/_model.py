@@ -136,6 +136,7 @@ class WorkerState:
         "occupancy",
         "processing",
         "resources",
+        "slot_count",
         "status",
     )
 
@@ -158,6 +159,7 @@ class WorkerState:
         self.http_address: str | None = None
         self.functions_sent: set[str] = set()
         self.avg_duration: float | None = None
+        self.slot_count = 0  # Placement.slots, kept while avg_duration holds (0: not known)
         self.metrics: dict[str, Any] = {}
 
     @property

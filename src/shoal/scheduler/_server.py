@@ -23,6 +23,7 @@ import os
 import time
 from typing import Any
 
+from .._gc import collect_if_small
 from .._logbuffer import get_logs
 from .._logbuffer import install as install_log_buffer
 from .._story import DEFAULT_STORY_SIZE, as_dicts
@@ -82,6 +83,10 @@ logger = logging.getLogger(__name__)
 DEFAULT_WORKER_TTL = 10.0
 #: A stream that delivered more events than this at once lets the others in.
 YIELD_AFTER_EVENTS = 100
+#: The most work (events, or tasks of a graph) handled in one loop turn for one
+#: stream: a read of thousands is handled in slices, with the other streams,
+#: heartbeats and HTTP requests served between them (some 10 ms of work each).
+HANDLE_SLICE = 500
 #: Client ops the server handles itself rather than as state-machine events.
 _INLINE_CLIENT_OPS = frozenset({"close-client", "publish-dataset", "variable-set", "queue-put",
                                 "release-hold"})
@@ -294,6 +299,12 @@ class Scheduler:
                 return
             events: list[Event] = []
             for msg in batch if type(batch) is list else [batch]:
+                if len(events) >= HANDLE_SLICE:
+                    self.handle(*events)
+                    events = []
+                    await asyncio.sleep(0)  # the others in, between slices of a large read
+                    if address not in state.workers:
+                        return
                 try:
                     op, fields = check_message(FROM_WORKER, msg)
                 except InvalidMessage as exc:
@@ -390,6 +401,7 @@ class Scheduler:
             for ws in list(self.state.workers.values()):
                 if now - ws.last_seen > self.worker_ttl:
                     self.remove_worker(ws.address, f"no heartbeat for {self.worker_ttl}s")
+            collect_if_small(len(self.state.tasks))
 
     # ------------------------------------------------------------ clients
 
@@ -420,10 +432,16 @@ class Scheduler:
             # the events of one read go to the state machine together; what is
             # handled here instead waits until the events before it are in
             events: list[Event] = []
+            weight = 0
             try:
                 for msg in batch if type(batch) is list else [batch]:
+                    if weight >= HANDLE_SLICE:
+                        self._flush(events)
+                        weight = 0
+                        await asyncio.sleep(0)  # the others in, between slices of a large read
                     if not self._client_message(client, msg, strikes, events):
                         return
+                    weight += _weight(msg)
             finally:
                 if events:
                     self.handle(*events)
@@ -435,6 +453,8 @@ class Scheduler:
         """Take one message from ``client`` (events into ``events``); False: stop reading."""
         try:
             op, fields = check_message(FROM_CLIENT, msg)
+            if op == "update-graph" and fields.get("calls") is not None:
+                _check_columns(fields["calls"])
         except InvalidMessage as exc:
             self._flush(events)
             self._refuse(client, msg, exc)
@@ -470,7 +490,12 @@ class Scheduler:
         stim = self.stimulus(op)
         if op == "update-graph":
             tasks = [_task_spec(t) for t in msg["tasks"]]
-            return UpdateGraph(stim, client, tasks, msg.get("functions") or {}, msg["wanted"])
+            wanted = msg["wanted"]
+            calls = msg.get("calls")
+            if calls is not None:
+                tasks.extend(_call_specs(calls))
+                wanted = wanted + calls["keys"] if wanted else calls["keys"]
+            return UpdateGraph(stim, client, tasks, msg.get("functions") or {}, wanted)
         if op == "client-releases-keys":
             return ClientReleasesKeys(stim, client, msg["keys"])
         if op == "client-wants-keys":
@@ -612,14 +637,48 @@ class Scheduler:
             self.handle(UpdateGraph(self.stimulus("refused-graph"), client, [], functions, []))
 
 
+def _weight(msg: Any) -> int:
+    """The work a client's message makes: the tasks of a graph, the keys released."""
+    if type(msg) is not dict:
+        return 1
+    weight = 0
+    for items in (msg.get("tasks"), msg.get("keys"), msg.get("calls")):
+        if type(items) is dict:
+            items = items.get("keys")
+        if type(items) is list:
+            weight += len(items)
+    return max(1, weight)
+
+
+def _check_columns(calls: dict[str, Any]) -> None:
+    if len(calls["keys"]) != len(calls["args"]):
+        raise InvalidMessage("calls", f"{len(calls['keys'])} keys but {len(calls['args'])} "
+                             "arguments: one each")
+
+
+#: The dependencies of every task of a map's columns (none; never changed).
+_NO_DEPENDENCIES: list[str] = []
+
+
+def _call_specs(calls: dict[str, Any]) -> list[TaskSpec]:
+    func, priority = calls["func"], calls.get("priority") or 0
+    workers, allow_other = calls.get("workers"), calls.get("allow_other_workers") or False
+    resources, retries = calls.get("resources"), calls.get("retries") or 0
+    return [TaskSpec(key, func, args, _NO_DEPENDENCIES, priority, workers, allow_other,
+                     resources, retries)
+            for key, args in zip(calls["keys"], calls["args"], strict=True)]
+
+
 def _graph_keys(msg: dict[str, Any]) -> list[str]:
     """The keys a (refused) graph message names, as far as they are strings."""
     keys: dict[str, None] = {}
-    tasks, wanted = msg.get("tasks"), msg.get("wanted")
+    tasks, wanted, calls = msg.get("tasks"), msg.get("wanted"), msg.get("calls")
     for task in tasks if type(tasks) is list else []:
         if type(task) is dict and type(task.get("key")) is str:
             keys[task["key"]] = None
-    for key in wanted if type(wanted) is list else []:
+    called = calls.get("keys") if type(calls) is dict else None
+    for key in [*(wanted if type(wanted) is list else []),
+                *(called if type(called) is list else [])]:
         if type(key) is str:
             keys[key] = None
     return list(keys)

@@ -364,7 +364,10 @@ class SchedulerState:
                                 "released before it arrived, or its function was never sent"}))
                 continue
             self._want(ts, ev.client)
-        for ts in touched:
+        # recommendations are taken last in first out: added in reverse, the tasks of
+        # a graph are placed (and queued) in their own order, which keeps a map's
+        # roots one run of the queue (see Placement)
+        for ts in reversed(touched):
             if ts.state == "released" and ts.key not in recs and self._wanted(ts):
                 recs[ts.key] = "waiting"
         self._transitions(recs, ev.stimulus_id)

@@ -29,6 +29,7 @@ from typing import Any
 import psutil
 
 from .._exceptions import ShoalTimeoutError, TLSError
+from .._gc import collect_if_small
 from .._logbuffer import get_logs
 from .._logbuffer import install as install_log_buffer
 from .._story import DEFAULT_STORY_SIZE
@@ -666,6 +667,7 @@ class Worker:
         while self.status == "running":
             await asyncio.sleep(HEARTBEAT_INTERVAL)  # a period, not a synchronisation
             self._send_heartbeat(self.check_memory(report_pause=False))
+            collect_if_small(len(self.state.tasks))
 
     def _send_heartbeat(self, check: MemoryCheck) -> None:
         self._send(
