@@ -49,6 +49,7 @@ import mmap
 import os
 import pickle
 import threading
+import time
 import weakref
 from collections import deque
 from typing import Any
@@ -233,7 +234,9 @@ def unwritten(address: int, size: int) -> bool:
 # ------------------------------------------------------------ the put
 
 _peer_on_this_host = False
-put_count = 0
+#: Values put, the bytes they hold, and the seconds the puts took (for metrics and tests).
+put_count = put_bytes = 0
+put_seconds = 0.0
 
 
 def note_same_host_peer() -> None:
@@ -242,23 +245,66 @@ def note_same_host_peer() -> None:
     _peer_on_this_host = True
 
 
+class _Demand:
+    """Whether this process's recent puts paid off: was each put value passed to a
+    peer (in place) before it was released?
+
+    Of the last :data:`DEMAND_MEMORY` put values released, at least
+    :data:`PUT_MIN_SHARE` must have been shared for every candidate to be put;
+    below that only one in :data:`PUT_SAMPLE` is (the evidence must go on
+    coming in), and the others are sent as before, copied when they are sent.
+    A worker whose large results are mostly consumed where they were made
+    (a dask.array graph keeps most chunks local) stops paying a copy per
+    result; one whose results go to its peers (the transfer benchmark, a
+    shuffle) puts them all.
+    """
+
+    def __init__(self) -> None:
+        self.outcomes: deque[bool] = deque(maxlen=DEMAND_MEMORY)
+        self.candidates = 0
+
+    def note_released(self, shared: bool) -> None:
+        self.outcomes.append(shared)  # deque.append is atomic: finalizers call this
+
+    def worth_it(self) -> bool:
+        """For one candidate: whether to put it."""
+        self.candidates += 1
+        outcomes = list(self.outcomes)
+        if len(outcomes) < DEMAND_MEMORY // 4 or sum(outcomes) >= PUT_MIN_SHARE * len(outcomes):
+            return True
+        return self.candidates % PUT_SAMPLE == 0
+
+
+#: Put values whose fate the decision looks at.
+DEMAND_MEMORY = 16
+#: Share of them that must have been passed to a peer for puts to go on.
+PUT_MIN_SHARE = 0.75
+#: While puts do not pay, one candidate in this many is put still.
+PUT_SAMPLE = 16
+demand = _Demand()
+
+
 def worth_putting() -> bool:
+    """Shared memory is on, a peer is on this host, and recent results were shared."""
     from ._shared import channel
 
     return _peer_on_this_host and channel() is not None
 
 
-def put(value: Any) -> Any:
-    """``value``, rebuilt over pooled shared memory if it is worth it, else itself.
+def put(value: Any, nbytes: int) -> Any:
+    """``value`` (of ``nbytes`` bytes), rebuilt over pooled shared memory if it is worth
+    it, else itself.
 
     Only values whose out-of-band buffers hold at least :data:`PUT_MIN_BYTES`
     and whose rebuilt buffers are views (numpy, pandas, pyarrow, memoryview;
     not bytes or bytearray), and none that already lies in shared memory.
     Never raises: whatever goes wrong, the value is kept as it is.
     """
-    global put_count
-    if type(value) in (bytes, bytearray, str) or not worth_putting():
+    global put_count, put_bytes, put_seconds
+    if (nbytes < PUT_MIN_BYTES or type(value) in (bytes, bytearray, str)
+            or not _peer_on_this_host):
         return value
+    started = time.perf_counter()
     try:
         ser = serialize(value)
     except SerializationError:
@@ -269,6 +315,8 @@ def put(value: Any) -> Any:
             or any(marker in stream for marker in _OWNING_BUFFERS)
             or any(locate(b) is not None for b in buffers)):
         return value
+    if not worth_putting() or not demand.worth_it():
+        return value
     try:
         rebuilt = _rebuild_in_shared_memory(stream, buffers, sizes)
     except (OSError, ValueError, pickle.UnpicklingError) as exc:
@@ -276,6 +324,8 @@ def put(value: Any) -> Any:
                      sum(sizes), exc)
         return value
     put_count += 1
+    put_bytes += sum(sizes)
+    put_seconds += time.perf_counter() - started
     return rebuilt
 
 
@@ -298,7 +348,8 @@ def _rebuild_in_shared_memory(stream: Any, buffers: list, sizes: list[int]) -> A
         os.close(fd)
         raise
     on_release = owner.give if owner is not None else os.close
-    mapped = map_memfd(fd, end, populate=False, on_release=on_release, private=True)
+    mapped = map_memfd(fd, end, populate=False, on_release=on_release, private=True,
+                       on_fate=demand.note_released)
     try:
         mapped.madvise(_MADV_POPULATE_READ)
     except OSError:

@@ -231,13 +231,15 @@ def map_buffer(size: int) -> mmap.mmap:
 
 
 def map_memfd(fd: int, size: int, populate: bool, on_release: Callable[[int], None],
-              offset: int = 0, private: bool = False) -> mmap.mmap:
+              offset: int = 0, private: bool = False,
+              on_fate: Callable[[bool], None] | None = None) -> mmap.mmap:
     """``size`` bytes of ``fd`` from ``offset`` (a multiple of the page size) mapped
     writable; ``on_release(fd)`` once the mapping is gone.
 
     ``private`` maps it copy-on-write: what this process writes stays its own,
     and the mapping may be passed to peers in place (``_inplace.py``), after
-    which the memfd is closed on release instead of going to ``on_release``.
+    which the memfd is closed on release instead of going to ``on_release``;
+    ``on_fate(lent)`` then hears whether it was.
     """
     from ._inplace import forget, register
 
@@ -254,6 +256,8 @@ def map_memfd(fd: int, size: int, populate: bool, on_release: Callable[[int], No
     def released(fd: int) -> None:
         if spot is not None:
             forget(spot)
+            if on_fate is not None:
+                on_fate(spot.lent)
             if spot.lent:
                 os.close(fd)  # a peer may still map it: its pages must never be reused
                 return

@@ -56,7 +56,7 @@ def run_task(
     args: Serialized | None,
     inputs: Mapping[str, Any],
     sizeof: Callable[[Any], int],
-    share: Callable[[Any], Any] | None = None,
+    share: Callable[[Any, int], Any] | None = None,
 ) -> Outcome:
     """Call ``func`` with the task's arguments; never raises.
 
@@ -70,10 +70,10 @@ def run_task(
             call_args = substitute(call_args, inputs)
             call_kwargs = substitute(call_kwargs, inputs)
         outcome.value = func(*call_args, **call_kwargs)
-        if share is not None:
-            outcome.value = share(outcome.value)
         outcome.ok = True
         outcome.nbytes = sizeof(outcome.value)
+        if share is not None:
+            outcome.value = share(outcome.value, outcome.nbytes)
     except BaseException as exc:
         if (
             isinstance(exc, (KeyboardInterrupt, SystemExit))
