@@ -32,12 +32,20 @@ Safety rests on three rules.
 Lifetime stays the kernel's: every holder has a descriptor or a mapping, and
 the memory goes with the last of them, SIGKILL included.
 
-When the put is worth paying for: only if shared memory is on and this
-process has met a peer on this host (a connection whose handshake offered a
-channel this process can reach, see ``_core.exchange_handshake``): a worker
-alone on its host, or one whose peers and clients are all elsewhere (the
-usual Kubernetes pod), never copies a result it would not share.  On a
-LocalCluster the first connection from the client or a peer turns it on.
+When the put is worth paying for.  It is one copy when the task finishes,
+into pages that are often fresh (a memfd passed in place never returns to
+the pool), which costs about what the copy at send time it saves did; it
+pays when the value is then passed to a peer, and is waste when the value is
+consumed where it was made.  So a worker puts only (1) with shared memory on
+and once it has met a peer on its host (a connection whose handshake offered
+a channel this process can reach, see ``_core.exchange_handshake``: a worker
+alone on its host, or whose peers are all elsewhere, the usual Kubernetes
+pod, never puts), and (2) while recent puts paid: of the last
+:data:`DEMAND_MEMORY` put values released, at least :data:`PUT_MIN_SHARE`
+must have been passed to a peer, else only one candidate in
+:data:`PUT_SAMPLE` is put.  The evidence is each value's own fate, known
+when its mapping is released, so a burst of results made before any is
+fetched does not turn puts off.
 """
 
 from __future__ import annotations
@@ -66,9 +74,6 @@ PUT_MIN_BYTES = 1024 * 1024
 #: A value whose pickle stream (what is not out of band) is larger is not put:
 #: rebuilding it would cost more than the copy saves.
 PUT_MAX_STREAM_BYTES = 64 * 1024
-#: MADV_POPULATE_READ (Linux 5.14): map the put value's pages without
-#: breaking copy-on-write, so the process's RSS shows the memory it holds.
-_MADV_POPULATE_READ = 22
 #: What marks a value whose large buffers are bytes or bytearrays: those own
 #: their memory, so a put would copy them twice and share nothing.
 _OWNING_BUFFERS = (b"_bytes_from", b"_bytearray_from")
@@ -224,11 +229,23 @@ def unwritten(address: int, size: int) -> bool:
         return False
     if len(data) != 8 * count:
         return False
-    words = int.from_bytes(data, "little")
-    ones = int.from_bytes(b"\x01\x00\x00\x00\x00\x00\x00\x00" * count, "little")
-    flags = words >> 61  # bit 0: file page, bit 1: swapped, bit 2: present
+    flags = int.from_bytes(data, "little") >> 61  # per word: bit 0 file page, 1 swapped, 2 present
     anonymous = ((flags >> 2) & ~flags) | (flags >> 1)
-    return not anonymous & ones
+    return not anonymous & _low_bits(count)
+
+
+_ones = 0
+_ones_count = 0
+
+
+def _low_bits(count: int) -> int:
+    """An integer with bit 0 of each of ``count`` 64-bit words set."""
+    global _ones, _ones_count
+    if count > _ones_count:
+        _ones_count = max(count, 2 * _ones_count)
+        _ones = int.from_bytes(b"\x01" + bytes(7), "little") * (
+            ((1 << (64 * _ones_count)) - 1) // ((1 << 64) - 1))
+    return _ones & ((1 << (64 * count)) - 1)
 
 
 # ------------------------------------------------------------ the put
@@ -348,12 +365,10 @@ def _rebuild_in_shared_memory(stream: Any, buffers: list, sizes: list[int]) -> A
         os.close(fd)
         raise
     on_release = owner.give if owner is not None else os.close
+    # not populated: the pages are mapped as they are read, and reading the
+    # page map of pages never touched is ten times quicker (see unwritten)
     mapped = map_memfd(fd, end, populate=False, on_release=on_release, private=True,
                        on_fate=demand.note_released)
-    try:
-        mapped.madvise(_MADV_POPULATE_READ)
-    except OSError:
-        pass  # an older kernel: pages are mapped as they are read
     whole = memoryview(mapped)
     views = [whole[offset:offset + size] for offset, size in zip(offsets, sizes, strict=True)]
     return pickle.loads(stream, buffers=views)

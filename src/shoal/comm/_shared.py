@@ -29,6 +29,14 @@ another pod) cannot be reached, and the connection keeps using the socket.
 Only descriptors from processes of the same user are accepted, and only
 sealed memory files.
 
+A frame that already lies in a private memfd mapping of this process (a
+value put into shared memory, or one received through it) is not copied:
+its own descriptor is passed with the frame's offset, and the receiver maps
+that range copy-on-write and never gives it back (``_inplace.py`` says why
+that is safe).  Received frames are always mapped ``MAP_PRIVATE``; a
+datagram's offset and size are checked against the memory file's sealed
+size before anything is mapped.
+
 ``SHOAL_SHARED_MEMORY=0`` (inherited by the processes a cluster starts)
 turns the path off.
 """
