@@ -51,7 +51,6 @@ fetched does not turn puts off.
 from __future__ import annotations
 
 import bisect
-import ctypes
 import logging
 import mmap
 import os
@@ -62,6 +61,7 @@ import weakref
 from collections import deque
 from typing import Any
 
+from ..protocol._memory import buffer_address
 from ..protocol._serialize import SerializationError, serialize
 
 __all__ = ["Spot", "buffer_address", "locate", "put", "register"]
@@ -77,39 +77,6 @@ PUT_MAX_STREAM_BYTES = 64 * 1024
 #: What marks a value whose large buffers are bytes or bytearrays: those own
 #: their memory, so a put would copy them twice and share nothing.
 _OWNING_BUFFERS = (b"_bytes_from", b"_bytearray_from")
-
-# ------------------------------------------------------------ buffer addresses
-
-
-class _PyBuffer(ctypes.Structure):
-    _fields_ = [("buf", ctypes.c_void_p), ("obj", ctypes.c_void_p),
-                ("len", ctypes.c_ssize_t), ("itemsize", ctypes.c_ssize_t),
-                ("readonly", ctypes.c_int), ("ndim", ctypes.c_int),
-                ("format", ctypes.c_char_p), ("shape", ctypes.c_void_p),
-                ("strides", ctypes.c_void_p), ("suboffsets", ctypes.c_void_p),
-                ("internal", ctypes.c_void_p)]
-
-
-_get_buffer = ctypes.pythonapi.PyObject_GetBuffer
-_get_buffer.argtypes = [ctypes.py_object, ctypes.POINTER(_PyBuffer), ctypes.c_int]
-_get_buffer.restype = ctypes.c_int
-_release_buffer = ctypes.pythonapi.PyBuffer_Release
-_release_buffer.argtypes = [ctypes.POINTER(_PyBuffer)]
-_release_buffer.restype = None
-
-
-def buffer_address(obj: Any) -> tuple[int, int] | None:
-    """Where a contiguous buffer's bytes are (read-only ones too), and how many."""
-    view = _PyBuffer()
-    try:
-        _get_buffer(obj, ctypes.byref(view), 0)  # PyBUF_SIMPLE: contiguous bytes
-    except (BufferError, TypeError, ValueError):
-        return None
-    try:
-        return int(view.buf or 0), int(view.len)
-    finally:
-        _release_buffer(ctypes.byref(view))
-
 
 # ------------------------------------------------------------ the registry
 
