@@ -172,7 +172,6 @@ def mappings() -> int:
 
 # ------------------------------------------------------------ pages written to
 
-_PRESENT, _SWAPPED, _FILE = 1 << 63, 1 << 62, 1 << 61
 _pagemap_fd: int | None = None
 _pagemap_pid = 0
 
@@ -189,6 +188,9 @@ def unwritten(address: int, size: int) -> bool:
     count = last - first + 1
     try:
         if _pagemap_fd is None or _pagemap_pid != os.getpid():
+            if _pagemap_fd is not None:  # a forked child: that one reads the parent's
+                os.close(_pagemap_fd)
+                _pagemap_fd = None
             _pagemap_fd = os.open("/proc/self/pagemap", os.O_RDONLY | os.O_CLOEXEC)
             _pagemap_pid = os.getpid()
         data = os.pread(_pagemap_fd, 8 * count, 8 * first)
@@ -201,18 +203,18 @@ def unwritten(address: int, size: int) -> bool:
     return not anonymous & _low_bits(count)
 
 
-_ones = 0
-_ones_count = 0
+_ones: tuple[int, int] = (0, 0)  # how many words, and the integer; replaced whole
 
 
 def _low_bits(count: int) -> int:
     """An integer with bit 0 of each of ``count`` 64-bit words set."""
-    global _ones, _ones_count
-    if count > _ones_count:
-        _ones_count = max(count, 2 * _ones_count)
-        _ones = int.from_bytes(b"\x01" + bytes(7), "little") * (
-            ((1 << (64 * _ones_count)) - 1) // ((1 << 64) - 1))
-    return _ones & ((1 << (64 * count)) - 1)
+    global _ones
+    words, ones = _ones
+    if count > words:
+        words = max(count, 2 * words)
+        ones = ((1 << (64 * words)) - 1) // ((1 << 64) - 1)
+        _ones = (words, ones)
+    return ones & ((1 << (64 * count)) - 1)
 
 
 # ------------------------------------------------------------ the put
