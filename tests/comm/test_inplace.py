@@ -13,6 +13,7 @@ import struct
 
 import numpy as np
 import pandas as pd
+import psutil
 import pytest
 
 from shoal.comm import _inplace, _pool, _shared
@@ -259,3 +260,16 @@ def test_fuzzed_datagrams_are_refused_and_the_channel_goes_on():
     gc.collect()
     assert own.pending() == 0
     assert own_memfds() <= memfds
+
+
+def test_shared_memory_a_process_holds_counts_in_its_memory_untouched(putting):
+    from shoal.worker._memory import process_memory
+
+    value = np.ones(16 * MiB, dtype="u1")
+    put = _inplace.put(value, value.nbytes)  # written with pwrite: no page of it mapped yet
+    assert _inplace.locate(put) is not None
+    resident = psutil.Process().memory_info().rss
+    assert process_memory() - resident >= 15 * MiB
+    del put
+    gc.collect()
+    assert process_memory() - psutil.Process().memory_info().rss < 15 * MiB

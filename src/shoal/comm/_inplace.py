@@ -98,6 +98,7 @@ class Spot:
 _lock = threading.Lock()
 _starts: list[int] = []
 _spots: dict[int, Spot] = {}
+_held = [0]  # bytes of the spots recorded
 #: Spots whose mapping is gone, removed by whoever next holds the lock (a
 #: finalizer may run inside a locked section of its own thread).
 _dead: deque[Spot] = deque()
@@ -117,12 +118,18 @@ def register(buf: mmap.mmap, fd: int, offset: int, private: bool) -> Spot | None
         # has not run yet): drop it so it cannot shadow this one
         while i > 0 and _spots[_starts[i - 1]].end > start:
             i -= 1
-            del _spots[_starts.pop(i)]
+            _drop(_starts.pop(i))
         while i < len(_starts) and _starts[i] < spot.end:
-            del _spots[_starts.pop(i)]
+            _drop(_starts.pop(i))
         _starts.insert(i, start)
         _spots[start] = spot
+        _held[0] += size
     return spot
+
+
+def _drop(start: int) -> None:
+    spot = _spots.pop(start)
+    _held[0] -= spot.end - spot.start
 
 
 def forget(spot: Spot) -> None:
@@ -139,8 +146,19 @@ def _fold_dead() -> None:
     while _dead:
         spot = _dead.popleft()
         if _spots.get(spot.start) is spot:
-            del _spots[spot.start]
             _starts.remove(spot.start)
+            _drop(spot.start)
+
+
+def held_bytes() -> int:
+    """Bytes of the memfd mappings alive in this process: the shared memory it
+    keeps alive, whether or not its pages are in its resident set yet."""
+    if _lock.acquire(blocking=False):
+        try:
+            _fold_dead()
+        finally:
+            _lock.release()
+    return _held[0]
 
 
 def locate(frame: Any) -> tuple[Spot, int] | None:
