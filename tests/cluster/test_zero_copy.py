@@ -83,6 +83,16 @@ def test_a_result_made_on_a_reaches_b_without_a_copy(client):
     assert delta(before, after, a, "put") == 1  # copied once, when the task finished
     assert delta(before, after, a, "in_place") == delta(before, after, a, "sent") == 1
     assert delta(before, after, b, "received_in_place") == 1
+    metrics = client.run(shared_memory_metrics, workers=[a])[a]
+    assert metrics["in_place"] >= 1 and metrics["put_bytes"] >= 4 * MiB
+
+
+def shared_memory_metrics() -> dict[str, float]:
+    from shoal.worker._metrics import _shared_memory
+
+    frames, put = _shared_memory()
+    figures = {sample.labels["how"]: sample.value for sample in frames.samples}
+    return {**figures, "put_bytes": put.samples[0].value}
 
 
 def test_a_consumer_writing_into_its_input_leaves_the_producers_value_alone(client):

@@ -22,6 +22,8 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.registry import Collector
 
 from .._histogram import Durations
+from ..comm import _inplace
+from ..comm._shared import channel
 from ._execute import Outcome
 from ._memory import process_memory
 
@@ -98,6 +100,7 @@ class WorkerCollector(Collector):
         yield CounterMetricFamily("shoal_worker_served_bytes",
                                   "Serialized bytes sent to other workers and clients",
                                   value=worker.bytes_served)
+        yield from _shared_memory()
         yield GaugeMetricFamily("shoal_worker_paused",
                                 "1 while the worker runs no new tasks for lack of memory",
                                 value=1 if worker.state.paused else 0)
@@ -122,3 +125,18 @@ class WorkerCollector(Collector):
         family.add_metric(["spilled"], data.spilled_bytes)
         family.add_metric(["process"], process_memory())
         return family
+
+
+def _shared_memory() -> Iterator[Metric]:
+    """What this process passed to same-host peers through shared memory, and put there."""
+    own = channel()
+    family = CounterMetricFamily(
+        "shoal_worker_shared_frames",
+        "Large frames passed to processes of this host through shared memory: copied "
+        "into it when sent, or passed in place (no copy)", labels=["how"])
+    family.add_metric(["copied"], own.sent - own.in_place if own is not None else 0)
+    family.add_metric(["in_place"], own.in_place if own is not None else 0)
+    yield family
+    yield CounterMetricFamily("shoal_worker_put_bytes",
+                              "Bytes of results put into shared memory when their task finished",
+                              value=_inplace.put_bytes)
