@@ -186,6 +186,19 @@ def transfer(system: _systems.System, sizes: dict[str, int]) -> dict[str, Any]:
             "transfer_bytes_MB_per_s_rounds": bytes_rates}
 
 
+def transfer_tcp(system: _systems.System, sizes: dict[str, int]) -> dict[str, Any]:
+    """The transfer workload over sockets only, as between two hosts: shoal with its
+    shared-memory path off (``SHOAL_SHARED_MEMORY=0``, inherited by its cluster);
+    dask always moves data over its socket."""
+    if system.name == "shoal":
+        os.environ["SHOAL_SHARED_MEMORY"] = "0"  # this child process only
+    found = transfer(system, sizes)
+    return {"tcp_MB_per_s": found["transfer_MB_per_s"],
+            "tcp_MB_per_s_rounds": found["transfer_MB_per_s_rounds"],
+            "tcp_bytes_MB_per_s": found["transfer_bytes_MB_per_s"],
+            "tcp_bytes_MB_per_s_rounds": found["transfer_bytes_MB_per_s_rounds"]}
+
+
 def _settled_rss(process: psutil.Process) -> int:
     """The process's RSS once it stops moving (bounded number of polls)."""
     previous = process.memory_info().rss
@@ -254,6 +267,7 @@ WORKLOADS: dict[str, Callable[[_systems.System, dict[str, int]], dict[str, Any]]
     "independent": independent,
     "tree": tree,
     "transfer": transfer,
+    "tcp": transfer_tcp,
     "memory": memory,
     "million": million,
     "array": array,

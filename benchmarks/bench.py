@@ -71,6 +71,10 @@ METRICS = (
            (("dask", 2.0), ("ray", 1.0), ("floor", 0.6)), "transfer", "floor_socket_MB_per_s"),
     Metric("transfer_bytes_MB_per_s", "worker-to-worker transfer, bytes", "MB/s", False,
            (("dask", 2.0), ("ray", 1.0), ("floor", 0.6)), "transfer", "floor_socket_MB_per_s"),
+    Metric("tcp_MB_per_s", "transfer over TCP only, numpy", "MB/s", False,
+           (("dask", 2.0), ("floor", 0.6)), "tcp", "floor_socket_MB_per_s"),
+    Metric("tcp_bytes_MB_per_s", "transfer over TCP only, bytes", "MB/s", False,
+           (("dask", 2.0), ("floor", 0.6)), "tcp", "floor_socket_MB_per_s"),
     Metric("memory_bytes_per_task", "scheduler memory per held task", "B/task", True,
            (("dask", 1.0), ("abs", 1000.0)), "memory"),
     Metric("million_seconds", "1M tasks at once: wall time", "s", True, (("abs", 60.0),),
@@ -88,11 +92,12 @@ METRICS = (
     Metric("dataframe_seconds", "dask.dataframe groupby-aggregate", "s", True,
            (("dask", 1.0),), "dataframe"),
 )
-WORKLOAD_NAMES = ("floors", "roundtrip", "independent", "tree", "transfer", "memory", "million",
-                  "array", "dataframe")
+WORKLOAD_NAMES = ("floors", "roundtrip", "independent", "tree", "transfer", "tcp", "memory",
+                  "million", "array", "dataframe")
 #: Which systems run each workload ("machine": the floors; dask stalls on a million
 #: tasks and Ray has no separate scheduler process to measure memory of).
-WORKLOAD_SYSTEMS = {"floors": ("machine",), "memory": ("shoal", "dask"), "million": ("shoal",)}
+WORKLOAD_SYSTEMS = {"floors": ("machine",), "memory": ("shoal", "dask"), "million": ("shoal",),
+                    "tcp": ("shoal", "dask")}
 TIMEOUTS = {"memory": MEMORY_TIMEOUT, "million": 900.0}
 
 
