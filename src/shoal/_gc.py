@@ -104,6 +104,19 @@ def collect_if_small(tasks_held: int) -> bool:
     return True
 
 
+def collect_all() -> int:
+    """A full collection that also scans what the policy froze (when memory is short
+    and a pause is the lesser evil); what it collected."""
+    policy = _policy
+    if policy is None:
+        return gc.collect()
+    gc.unfreeze()
+    collected = gc.collect()
+    gc.freeze()
+    policy.freezes = 0
+    return collected
+
+
 def cleanups() -> int:
     """How many full cleanups :func:`collect_if_small` made (for tests and metrics)."""
     return _policy.cleanups if _policy is not None else 0
