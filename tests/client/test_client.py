@@ -235,3 +235,44 @@ def test_dask_collections_compute_on_the_cluster(client):
     bag = pytest.importorskip("dask.bag")
     b = bag.from_sequence(range(20), npartitions=4).map(inc).filter(lambda v: v % 2 == 0)
     assert sorted(b.compute(scheduler=client.get)) == list(range(2, 21, 2))
+
+
+# ---------------------------------------------------------------- result() from threads
+# A synchronous client's result() waits in the calling thread for the report
+# itself; these hold that path to the loop path's answers.
+
+
+def test_result_times_out_with_a_clear_error_and_still_arrives_later(client):
+    from shoal import ShoalTimeoutError
+
+    gate = client.submit(lambda: __import__("time").sleep(0.5) or "late", pure=False)
+    with pytest.raises(ShoalTimeoutError, match="within timeout=0.01s"):
+        gate.result(timeout=0.01)
+    assert gate.result(timeout=10) == "late"
+
+
+def test_many_threads_wait_on_one_future_and_all_get_it(client):
+    future = client.submit(lambda: __import__("time").sleep(0.3) or "value", pure=False)
+    with concurrent.futures.ThreadPoolExecutor(8) as pool:
+        waiting = [pool.submit(future.result, 10) for _ in range(8)]
+        assert [w.result(timeout=15) for w in waiting] == ["value"] * 8
+
+
+def test_result_from_a_thread_raises_the_task_error_and_fetches_large_values(client):
+    with pytest.raises(ZeroDivisionError, match="no good: 3"):
+        client.submit(fail, 3).result(timeout=10)
+    big = client.submit(lambda n: b"x" * n, 4 * 1024 * 1024)  # not sent along with the report
+    out: list = []
+    thread = threading.Thread(target=lambda: out.append(big.result(timeout=10)))
+    thread.start()
+    thread.join(15)
+    assert out == [b"x" * 4 * 1024 * 1024]
+
+
+def test_done_callbacks_and_threaded_waiters_share_one_future(client):
+    future = client.submit(lambda: __import__("time").sleep(0.2) or 7, pure=False)
+    called = threading.Event()
+    future.add_done_callback(lambda f: called.set())
+    assert future.result(timeout=10) == 7
+    assert called.wait(10)
+    assert future.exception(timeout=1) is None

@@ -106,6 +106,16 @@ def test_close_leaves_no_processes():
     assert not alive
 
 
+def test_close_is_orderly_every_worker_says_goodbye(capfd):
+    """Each worker is asked to stop once: a second SIGTERM makes its nanny kill it
+    on the spot, and the scheduler then logged it as lost."""
+    with LocalCluster(n_workers=3, threads_per_worker=1, dashboard_address=None) as cluster, \
+            Client(cluster) as client:
+        assert sum(client.gather(client.map(slow_inc, range(30), delay=0.0))) == 465
+    err = capfd.readouterr().err
+    assert "connection lost" not in err and "killed" not in err, err
+
+
 def test_forgotten_cluster_is_cleaned_up_at_exit(tmp_path):
     script = tmp_path / "forget.py"
     script.write_text(textwrap.dedent("""

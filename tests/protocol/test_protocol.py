@@ -19,6 +19,7 @@ from shoal.protocol import (
     loads,
     pack_frames_prelude,
     serialize,
+    serialize_call,
     unpack_frame_lengths,
 )
 from shoal.protocol._framing import unpack_total
@@ -39,6 +40,17 @@ def test_large_array_travels_out_of_band_without_copy():
     ser = serialize(array)
     assert len(ser.frames) == 2 and memoryview(ser.frames[1]).nbytes == array.nbytes
     assert np.array_equal(deserialize(ser), array)
+
+
+def test_large_call_arguments_travel_out_of_band_and_small_ones_in_the_stream():
+    big, blob = b"x" * 100_000, bytearray(b"y" * 70_000)
+    ser = serialize_call((big, 1, [2]), {"blob": blob, "n": 3})
+    assert sorted(memoryview(f).nbytes for f in ser.frames[1:]) == [70_000, 100_000]
+    args, kwargs = deserialize(ser)
+    assert args == (big, 1, [2]) and kwargs == {"blob": blob, "n": 3}
+    assert type(args[0]) is bytes and type(kwargs["blob"]) is bytearray
+    small = serialize_call((b"x" * 100, np.arange(10)), {})
+    assert len(small.frames) == 1 and deserialize(small)[0][0] == b"x" * 100
 
 
 def test_lambda_and_main_functions_use_cloudpickle():

@@ -5,7 +5,20 @@ from __future__ import annotations
 import pytest
 
 from shoal.protocol._ops import FROM_CLIENT, FROM_WORKER, SCHEDULER_OPEN, check_message
-from shoal.protocol._schema import Int, InvalidMessage, ListOf, Num, Record, Str
+from shoal.protocol._schema import (
+    AnyOf,
+    Anything,
+    Blob,
+    Bool,
+    Int,
+    InvalidMessage,
+    ListOf,
+    MapOf,
+    Nullable,
+    Num,
+    Record,
+    Str,
+)
 
 REGISTER = {"op": "register-worker", "address": "tcp://h:1", "name": "w", "nthreads": 2,
             "memory_limit": 0}
@@ -86,3 +99,26 @@ def test_the_fast_answer_agrees_with_the_explanation_on_every_message():
                      ListOf(Str(max_length=2)), ListOf(Int())):
             assert spec.ok(value) == _accepted_by_check(spec, value), (spec.describe(), value)
     assert checked > 6_000 and 0 < refused < checked
+
+
+def test_the_compiled_answer_handles_every_kind_of_spec():
+    """``ok`` of maps and lists is generated code; hold it to ``check`` on the
+    shapes the catalogue does not happen to use."""
+    from tests.fuzz.generate import AWKWARD
+
+    inner = Record({"n": Num(lo=0.5, hi=float("inf")), "s": Nullable(Str(max_length=2))},
+                   optional=["s"])
+    specs = [
+        Record({"a": Int(lo=-1, hi=1)}, extra=AnyOf(Bool(), ListOf(Int(), min_length=1,
+                                                                   max_length=2))),
+        MapOf(Str(min_length=1), inner),
+        ListOf(inner, max_length=3),
+        ListOf(AnyOf(Blob(), Anything())),
+    ]
+    values = [*AWKWARD, {"a": 0}, {"a": 0, "x": True}, {"a": 0, "x": [1]}, {"a": 0, "x": []},
+              {"a": 0, 1: True}, {"a": 2}, {"a": True}, {"k": {"n": 1}}, {"k": {"n": 0.25}},
+              {"k": {"n": float("nan")}}, {"k": {"n": 1, "s": None}}, {"k": {"n": 1, "s": "abc"}},
+              {"": {"n": 1}}, [{"n": 3}], [{"n": 3}] * 4, [{"s": "a"}], [b"x", None, 1]]
+    for spec in specs:
+        for value in values:
+            assert spec.ok(value) == _accepted_by_check(spec, value), (spec.describe(), value)

@@ -134,6 +134,17 @@ def test_dataframe_like_objects_use_memory_usage() -> None:
     assert large.deep_calls == [False]
 
 
+def test_real_pandas_objects_are_counted_once() -> None:
+    """pandas' own getsizeof is its deep memory usage: added to memory_usage it
+    counted every frame twice."""
+    pd = pytest.importorskip("pandas")
+    frame = pd.DataFrame({"x": np.arange(50_000, dtype="f8"), "s": ["ab"] * 50_000})
+    for obj in (frame, frame["x"], frame.head(100)):
+        shallow = int(np.sum(obj.memory_usage(deep=False)))
+        deep = int(np.sum(obj.memory_usage(deep=True)))
+        assert min(shallow, deep) <= sizeof(obj) <= max(shallow, deep) + 1024, type(obj)
+
+
 def test_serialized_values_count_their_frames() -> None:
     ser = serialize(np.zeros(100_000))
     assert sizeof(ser) == ser.nbytes

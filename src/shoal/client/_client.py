@@ -30,17 +30,18 @@ from .._exceptions import (
     RemoteError,
     SchedulerLostError,
     SchedulerRefusedError,
+    ShoalTimeoutError,
     TLSError,
 )
 from ..comm import BatchedSend, CommClosedError, ConnectionPool, Security, connect, spawn
 from ..comm._core import Comm
-from ..protocol import SerializationError, Serialized, deserialize, serialize
+from ..protocol import SerializationError, Serialized, deserialize, serialize, serialize_call
 from ..protocol._task import KEEP, KeyRef, replace
 from . import _dask
 from ._actor import Actor, actor_maker
 from ._cluster import ClusterCalls
 from ._datasets import DatasetCalls, abandon, confirm
-from ._future import FINAL, Future, FutureState
+from ._future import FINAL, Future, FutureState, wait_final_threadsafe
 from ._integrations import ClientExecutor
 from ._joblib import register_if_available as register_joblib_backend
 from ._loop import LoopRunner, bounded
@@ -624,7 +625,7 @@ class Client(ClusterCalls, DatasetCalls):
         args = replace(args, swap) if args else ()
         kwargs = replace(kwargs, swap) if kwargs else {}
         try:
-            ser_args = serialize((args, kwargs))
+            ser_args = serialize_call(args, kwargs)
         except SerializationError as exc:
             raise SerializationError(f"cannot send the arguments of {token}: {exc}") from exc
         return key or task_key(token, ser_args, pure), ser_args.compact(), found
@@ -704,6 +705,32 @@ class Client(ClusterCalls, DatasetCalls):
 
     # ------------------------------------------------------------ results
 
+    def _result_blocking(self, future: Future, timeout: float | None) -> Any:
+        """``future.result()`` for a synchronous client, from any thread but the loop's.
+
+        A small result came with the report: the calling thread waits for the
+        report itself and unpickles the result, without a trip through the
+        loop.  A result still on a worker is fetched on the loop.
+        """
+        if self._on_loop():
+            raise RuntimeError("cannot wait on the client's loop from inside it")
+        deadline = None if timeout is None else time.monotonic() + timeout
+        state = future._state
+        if not wait_final_threadsafe(state, timeout):
+            raise ShoalTimeoutError(f"no result for {future.key!r} within timeout={timeout}s")
+        if state.status == "finished" and state.inline is not None:
+            return self._own_actor(future.key, deserialize(state.inline))
+        if state.status in ("error", "cancelled"):
+            raise state.make_exception()
+        remaining = None if deadline is None else max(0.0, deadline - time.monotonic())
+        return self.sync(lambda: self._result(future, remaining))
+
+    def _own_actor(self, key: str, value: Any) -> Any:
+        """``value``, an Actor handle made to keep its object alive while it is held."""
+        if type(value) is Actor and value._future is None:
+            value._future = Future(key, self)
+        return value
+
     async def _result(self, future: Future, timeout: float | None) -> Any:
         values = await bounded(self._gather_states([future._state]), timeout,
                                lambda: f"no result for {future.key!r}")
@@ -732,8 +759,7 @@ class Client(ClusterCalls, DatasetCalls):
             todo = {k: todo[k] for k in failed}
             if not todo:
                 for key, value in values.items():
-                    if type(value) is Actor and value._future is None:
-                        value._future = Future(key, self)  # the object lives while held
+                    self._own_actor(key, value)
                 return values
             await asyncio.sleep(0.05 * (_attempt + 1))  # back off while data is recomputed
         raise DataUnavailableError(f"could not fetch {sorted(todo)[:5]} from any worker")

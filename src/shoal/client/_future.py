@@ -9,11 +9,12 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import threading
 from collections.abc import Callable
 from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
-from .._exceptions import CancelledError, TaskError
+from .._exceptions import CancelledError, ShoalTimeoutError, TaskError
 from ..protocol import SerializationError, Serialized, deserialize
 from ._loop import bounded
 from ._traceback import traceback_from_text
@@ -25,6 +26,10 @@ logger = logging.getLogger(__name__)
 
 FINAL = ("finished", "error", "cancelled")
 _NO_WORKERS: tuple[str, ...] = ()
+
+#: Guards ``FutureState.callbacks``, which threads other than the loop's add to
+#: (see :func:`wait_final_threadsafe`).
+_callbacks_lock = threading.Lock()
 
 
 class FutureState:
@@ -85,17 +90,18 @@ class FutureState:
                 self._event.set()
         return self._event
 
+    # the status changes last: another thread that sees it final finds the rest set
     def finish(self, workers: tuple[str, ...], nbytes: int,
                inline: Serialized | bytes | None = None) -> None:
-        self.status = "finished"
         self.workers = workers
         self.nbytes = nbytes
         self.inline = inline
+        self.status = "finished"
         self._done()
 
     def fail(self, exception: Serialized | None, traceback: str, text: str) -> None:
-        self.status = "error"
         self.failure = (exception, traceback, text)
+        self.status = "error"
         self._done()
 
     def cancel(self) -> None:
@@ -113,7 +119,8 @@ class FutureState:
     def _done(self) -> None:
         if self._event is not None:
             self._event.set()
-        callbacks, self.callbacks = self.callbacks, None
+        with _callbacks_lock:
+            callbacks, self.callbacks = self.callbacks, None
         for callback in callbacks or ():
             _call_guarded(callback, self.key)
 
@@ -132,6 +139,27 @@ class FutureState:
             if note not in getattr(exc, "__notes__", []):
                 exc.add_note(note)
         return exc
+
+
+def wait_final_threadsafe(state: FutureState, timeout: float | None) -> bool:
+    """Block the calling thread (not the client's loop) until ``state`` is final;
+    False if ``timeout`` seconds passed first.
+
+    The loop releases a lock when the key is done: the caller wakes straight
+    from the report, without a round of the loop to run a coroutine for it.
+    """
+    if state.status in FINAL:
+        return True
+    waiter = threading.Lock()
+    waiter.acquire()
+    with _callbacks_lock:
+        if state.status in FINAL:
+            return True
+        if state.callbacks is None:
+            state.callbacks = [waiter.release]
+        else:
+            state.callbacks.append(waiter.release)
+    return waiter.acquire(timeout=-1 if timeout is None else max(0.0, timeout))
 
 
 def _call_guarded(callback: Callable[[], None], key: str) -> None:
@@ -180,7 +208,7 @@ class Future:
         """The value; raises the task's exception if it failed."""
         if self.client.asynchronous:
             return self.client._result(self, timeout)
-        return self.client.sync(lambda: self.client._result(self, timeout), timeout=None)
+        return self.client._result_blocking(self, timeout)
 
     def exception(self, timeout: float | None = None) -> BaseException | None:
         self._wait_sync(timeout)
@@ -195,14 +223,18 @@ class Future:
         return traceback_from_text(self._state.traceback)
 
     def _wait_sync(self, timeout: float | None) -> None:
-        if not self.done():
-            state = self._state
+        if self.done():
+            return
+        state = self._state
+        if not self.client.asynchronous and not self.client._on_loop():
+            if not wait_final_threadsafe(state, timeout):
+                raise ShoalTimeoutError(f"{state.key!r} not done within timeout={timeout}s")
+            return
 
-            async def wait() -> None:
-                await bounded(state.event.wait(), timeout,
-                              lambda: f"{state.key!r} not done")
+        async def wait() -> None:
+            await bounded(state.event.wait(), timeout, lambda: f"{state.key!r} not done")
 
-            self.client.sync(wait)
+        self.client.sync(wait)
 
     def cancel(self) -> None:
         self.client.cancel([self])
@@ -215,12 +247,16 @@ class Future:
             fn(self)
 
         def attach() -> None:
-            if state.status in FINAL:
+            with _callbacks_lock:
+                final = state.status in FINAL
+                if final:
+                    pass
+                elif state.callbacks is None:
+                    state.callbacks = [call]
+                else:
+                    state.callbacks.append(call)
+            if final:
                 _call_guarded(call, self.key)
-            elif state.callbacks is None:
-                state.callbacks = [call]
-            else:
-                state.callbacks.append(call)
 
         self.client._call_on_loop(attach)
 

@@ -310,9 +310,8 @@ class LocalCluster:
     def _stop_everything(self) -> None:
         """Terminate every child process, workers first (idempotent, safe at exit)."""
         workers = [h for h in self.workers.values() if isinstance(h, ChildProcess)]
-        for child in workers:
-            if child.alive():
-                child.proc.terminate()
+        for child in workers:  # all at once, then wait for each
+            child.ask_to_stop()
         for child in workers:
             child.terminate(timeout=5.0)
         if isinstance(self._scheduler, ChildProcess):

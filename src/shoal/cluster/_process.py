@@ -59,6 +59,7 @@ class ChildProcess:
         )
         self.announcements: list[dict[str, Any]] = []
         self._announced = threading.Event()
+        self._asked_to_stop = False
         self._threads = [
             threading.Thread(target=self._drain, daemon=True, name=f"shoal-stdout-{self.pid}"),
             threading.Thread(target=_copy_lines, args=(self.proc.stderr, "stderr"),
@@ -97,10 +98,17 @@ class ChildProcess:
     def alive(self) -> bool:
         return self.proc.poll() is None
 
-    def terminate(self, timeout: float = 5.0) -> None:
-        """SIGTERM, then SIGKILL if it has not exited within ``timeout``."""
-        if self.proc.poll() is None:
+    def ask_to_stop(self) -> None:
+        """SIGTERM, once: a second one tells a nanny to kill its worker at once."""
+        if self.proc.poll() is None and not self._asked_to_stop:
+            self._asked_to_stop = True
             self.proc.terminate()
+
+    def terminate(self, timeout: float = 5.0) -> None:
+        """SIGTERM (unless sent already), then SIGKILL if it has not exited within
+        ``timeout``."""
+        if self.proc.poll() is None:
+            self.ask_to_stop()
             try:
                 self.proc.wait(timeout)
             except subprocess.TimeoutExpired:

@@ -12,7 +12,7 @@ Errors (part of the one tree drawn in :mod:`shoal._exceptions`)::
 from .._exceptions import ProtocolError, VersionMismatchError
 from ._framing import MAX_MESSAGE_BYTES, FramingError, pack_frames_prelude, unpack_frame_lengths
 from ._messages import MessageError, ToPickle, dumps, loads
-from ._serialize import SerializationError, Serialized, deserialize, serialize
+from ._serialize import SerializationError, Serialized, deserialize, serialize, serialize_call
 
 #: Bumped whenever a message changes incompatibly.
 PROTOCOL_VERSION = 1
@@ -36,5 +36,6 @@ __all__ = [
     "loads",
     "pack_frames_prelude",
     "serialize",
+    "serialize_call",
     "unpack_frame_lengths",
 ]

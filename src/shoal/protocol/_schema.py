@@ -7,6 +7,12 @@ size is refused with an :class:`InvalidMessage` naming the field
 (``tasks[3].retries``) instead of failing somewhere deep inside.  The specs
 are plain data so that tests can generate valid and invalid messages from
 them (``tests/fuzz``).
+
+Every message is asked ``ok`` before anything else, so that answer is
+compiled: a spec tree becomes one Python function per map or list in it
+(:func:`compiled`), with the leaves' tests written inline, instead of a walk
+over spec objects calling one method per field.  ``check``, which only runs
+for a refused message, stays the plain walk that names the field.
 """
 
 from __future__ import annotations
@@ -75,6 +81,11 @@ class Spec:
     def check(self, value: Any, path: str) -> None:
         raise NotImplementedError
 
+    def expression(self, var: str, env: _Env) -> str:
+        """A Python expression, true when the value named ``var`` fits; names
+        it needs go into ``env``.  By default: a call of this spec's ``ok``."""
+        return f"{env.name(self.ok)}({var})"
+
     def describe(self) -> str:
         raise NotImplementedError
 
@@ -90,6 +101,9 @@ class Anything(Spec):
     def check(self, value: Any, path: str) -> None:
         return None
 
+    def expression(self, var: str, env: _Env) -> str:
+        return "True"
+
     def describe(self) -> str:
         return "anything"
 
@@ -103,6 +117,9 @@ class Str(Spec):
 
     def ok(self, value: Any) -> bool:
         return type(value) is str and self.min_length <= len(value) <= self.max_length
+
+    def expression(self, var: str, env: _Env) -> str:
+        return f"(type({var}) is str and {self.min_length} <= len({var}) <= {self.max_length})"
 
     def check(self, value: Any, path: str) -> None:
         if type(value) is not str:
@@ -120,6 +137,9 @@ class Bool(Spec):
 
     def ok(self, value: Any) -> bool:
         return type(value) is bool
+
+    def expression(self, var: str, env: _Env) -> str:
+        return f"type({var}) is bool"
 
     def check(self, value: Any, path: str) -> None:
         if type(value) is not bool:
@@ -141,6 +161,9 @@ class Int(Spec):
     def ok(self, value: Any) -> bool:
         return type(value) is int and (self.lo is None or value >= self.lo) and (
             self.hi is None or value <= self.hi)
+
+    def expression(self, var: str, env: _Env) -> str:
+        return "(" + " and ".join([f"type({var}) is int", *_bounds(var, self.lo, self.hi, env)]) + ")"
 
     def check(self, value: Any, path: str) -> None:
         if type(value) is not int:
@@ -173,6 +196,11 @@ class Num(Spec):
             return False
         return (self.lo is None or value >= self.lo) and (self.hi is None or value <= self.hi)
 
+    def expression(self, var: str, env: _Env) -> str:
+        kind = (f"(type({var}) is int or (type({var}) is float and "
+                f"{env.name(math.isfinite)}({var})))")
+        return "(" + " and ".join([kind, *_bounds(var, self.lo, self.hi, env)]) + ")"
+
     def check(self, value: Any, path: str) -> None:
         kind = type(value)
         if kind is not float and kind is not int:
@@ -199,6 +227,9 @@ class Blob(Spec):
     def ok(self, value: Any) -> bool:
         return isinstance(value, (Serialized, bytes, memoryview))
 
+    def expression(self, var: str, env: _Env) -> str:
+        return f"isinstance({var}, {env.name((Serialized, bytes, memoryview))})"
+
     def check(self, value: Any, path: str) -> None:
         if not isinstance(value, (Serialized, bytes, memoryview)):
             raise InvalidMessage(path, f"expected serialized data, got {_shown(value)}")
@@ -216,6 +247,9 @@ class Nullable(Spec):
     def ok(self, value: Any) -> bool:
         return value is None or self.spec.ok(value)
 
+    def expression(self, var: str, env: _Env) -> str:
+        return f"({var} is None or {self.spec.expression(var, env)})"
+
     def check(self, value: Any, path: str) -> None:
         if value is not None:
             self.spec.check(value, path)
@@ -232,6 +266,9 @@ class AnyOf(Spec):
 
     def ok(self, value: Any) -> bool:
         return any(spec.ok(value) for spec in self.specs)
+
+    def expression(self, var: str, env: _Env) -> str:
+        return "(" + " or ".join(spec.expression(var, env) for spec in self.specs) + ")"
 
     def check(self, value: Any, path: str) -> None:
         for spec in self.specs:
@@ -255,18 +292,20 @@ class ListOf(Spec):
         self.max_length = max_length
 
     def ok(self, value: Any) -> bool:
-        if type(value) is not list or len(value) < self.min_length or (
-            self.max_length is not None and len(value) > self.max_length
-        ):
-            return False
-        item = self.item
-        if type(item) is Str:  # the common case, inlined: lists of keys
-            lo, hi = item.min_length, item.max_length
-            return all(type(v) is str and lo <= len(v) <= hi for v in value)
-        if type(item) is Blob:  # inlined too: the arguments of a map
-            return all(isinstance(v, _BLOB_TYPES) for v in value)
-        ok = item.ok
-        return all(ok(v) for v in value)
+        return compiled(self)(value)
+
+    def expression(self, var: str, env: _Env) -> str:
+        return f"{env.function(self)}({var})"
+
+    def source(self, name: str, env: _Env) -> str:
+        high = "" if self.max_length is None else f" or len(v) > {self.max_length}"
+        return (f"def {name}(v):\n"
+                f"    if type(v) is not list or len(v) < {self.min_length}{high}:\n"
+                f"        return False\n"
+                f"    for x in v:\n"
+                f"        if not {self.item.expression('x', env)}:\n"
+                f"            return False\n"
+                f"    return True\n")
 
     def check(self, value: Any, path: str) -> None:
         if type(value) is not list:
@@ -298,10 +337,20 @@ class MapOf(Spec):
         self.value = value
 
     def ok(self, value: Any) -> bool:
-        if type(value) is not dict:
-            return False
-        key_ok, value_ok = self.key.ok, self.value.ok
-        return all(key_ok(k) and value_ok(v) for k, v in value.items())
+        return compiled(self)(value)
+
+    def expression(self, var: str, env: _Env) -> str:
+        return f"{env.function(self)}({var})"
+
+    def source(self, name: str, env: _Env) -> str:
+        return (f"def {name}(v):\n"
+                f"    if type(v) is not dict:\n"
+                f"        return False\n"
+                f"    for k, x in v.items():\n"
+                f"        if not ({self.key.expression('k', env)} and "
+                f"{self.value.expression('x', env)}):\n"
+                f"            return False\n"
+                f"    return True\n")
 
     def check(self, value: Any, path: str) -> None:
         if type(value) is not dict:
@@ -337,22 +386,31 @@ class Record(Spec):
         return frozenset(self.fields) - self.optional
 
     def ok(self, value: Any) -> bool:
-        if type(value) is not dict:
-            return False
-        fields, optional = self.fields, self.optional
-        seen = 0
-        for name, item in value.items():
-            spec = fields.get(name)
-            if spec is None:
-                if type(name) is not str or self.extra is None or not self.extra.ok(item):
-                    return False
-                continue
-            seen += 1
-            if (item is not None or name not in optional) and not spec.ok(item):
-                return False
-        if seen < len(fields):
-            return all(name in value or name in optional for name in fields)
-        return True
+        return compiled(self)(value)
+
+    def expression(self, var: str, env: _Env) -> str:
+        return f"{env.function(self)}({var})"
+
+    def source(self, name: str, env: _Env) -> str:
+        known = env.name(frozenset(self.fields))
+        lines = [f"def {name}(v):", "    if type(v) is not dict:", "        return False"]
+        if self.extra is None:
+            lines += [f"    if not {known}.issuperset(v):", "        return False"]
+        else:
+            lines += [f"    for k in v.keys() - {known}:",
+                      f"        if type(k) is not str or not {self.extra.expression('v[k]', env)}:",
+                      "            return False"]
+        missing = env.name(_MISSING)
+        for field, spec in self.fields.items():
+            lines.append(f"    x = v.get({field!r}, {missing})")
+            if field in self.optional:
+                test = spec.expression("x", env)
+                lines += [f"    if x is not {missing} and x is not None and not {test}:",
+                          "        return False"]
+            else:
+                lines += [f"    if x is {missing} or not {spec.expression('x', env)}:",
+                          "        return False"]
+        return "\n".join([*lines, "    return True", ""])
 
     def check(self, value: Any, path: str) -> None:
         if type(value) is not dict:
@@ -378,3 +436,53 @@ class Record(Spec):
 
     def describe(self) -> str:
         return "a map of " + ", ".join(sorted(self.fields))
+
+
+# ---------------------------------------------------------------- compiling ``ok``
+
+_MISSING = object()
+
+
+def _bounds(var: str, lo: float | None, hi: float | None, env: _Env) -> list[str]:
+    def literal(bound: float) -> str:
+        return repr(bound) if type(bound) is int else env.name(bound)
+
+    return ([] if lo is None else [f"{var} >= {literal(lo)}"]) + (
+        [] if hi is None else [f"{var} <= {literal(hi)}"])
+
+
+class _Env:
+    """The names generated code refers to, and the functions it defines."""
+
+    def __init__(self) -> None:
+        self.values: dict[str, Any] = {}
+        self.sources: list[str] = []
+        self._functions: dict[int, str] = {}
+
+    def name(self, value: Any) -> str:
+        name = f"_v{len(self.values)}"
+        self.values[name] = value
+        return name
+
+    def function(self, spec: Record | ListOf | MapOf) -> str:
+        """The name of the function testing ``spec`` (defined once per spec object)."""
+        name = self._functions.get(id(spec))
+        if name is None:
+            name = self._functions[id(spec)] = f"_f{len(self._functions)}"
+            self.sources.append(spec.source(name, self))
+        return name
+
+
+_compiled: dict[int, tuple[Spec, Any]] = {}
+
+
+def compiled(spec: Record | ListOf | MapOf) -> Any:
+    """``spec.ok`` as one generated function (made on first use, then kept)."""
+    entry = _compiled.get(id(spec))
+    if entry is None or entry[0] is not spec:
+        env = _Env()
+        top = env.function(spec)
+        namespace = dict(env.values)
+        exec("\n".join(env.sources), namespace)  # noqa: S102 - our own specs' code
+        entry = _compiled[id(spec)] = (spec, namespace[top])
+    return entry[1]

@@ -27,7 +27,8 @@ import cloudpickle
 from .._exceptions import SerializationError
 from ._pickle_guard import check_memo
 
-__all__ = ["SerializationError", "Serialized", "deserialize", "refuse_memo_bombs", "serialize"]
+__all__ = ["SerializationError", "Serialized", "deserialize", "refuse_memo_bombs", "serialize",
+           "serialize_call"]
 
 #: Buffers smaller than this are left inside the pickle stream: a frame of
 #: its own costs more than copying a few kilobytes.
@@ -82,23 +83,31 @@ def _large_buffer(obj: Any) -> bool:
 
 
 def _wrap_large_buffers(obj: Any) -> Any:
-    """``obj`` with its large bytes-likes wrapped (itself, or one level down)."""
-    if _large_buffer(obj):
-        return _OutOfBand(obj)
+    """``obj`` with its large bytes-likes wrapped (itself, or one level down).
+
+    Runs for every task's arguments, so the common answer (nothing to wrap)
+    takes one type test per item.
+    """
     kind = type(obj)
-    if kind not in (list, tuple, dict) or len(obj) > SCAN_MAX_ITEMS:
+    if kind in _BUFFER_TYPES:
+        return _OutOfBand(obj) if _large_buffer(obj) else obj
+    if kind is tuple or kind is list:
+        if len(obj) > SCAN_MAX_ITEMS:
+            return obj
+        for item in obj:
+            if type(item) in _BUFFER_TYPES and _large_buffer(item):
+                return kind(_OutOfBand(x) if _large_buffer(x) else x for x in obj)
         return obj
-    # plain loops, not any(): this runs for the arguments of every task
-    if kind is dict:
+    if kind is dict and len(obj) <= SCAN_MAX_ITEMS:
         for item in obj.values():
             if type(item) in _BUFFER_TYPES and _large_buffer(item):
                 return {k: _OutOfBand(v) if _large_buffer(v) else v for k, v in obj.items()}
-        return obj
-    for item in obj:
-        if type(item) in _BUFFER_TYPES and _large_buffer(item):
-            return kind(_OutOfBand(x) if _large_buffer(x) else x for x in obj)
     return obj
 
+
+def serialize_call(args: tuple, kwargs: dict) -> Serialized:
+    """The arguments of a call, ``(args, kwargs)``, each large argument out of band."""
+    return serialize((_wrap_large_buffers(args), _wrap_large_buffers(kwargs)))
 
 
 class Serialized:
@@ -144,25 +153,30 @@ def _by_reference_to_main(stream: bytes) -> bool:
     return b"__main__" in stream
 
 
-def serialize(obj: Any) -> Serialized:
-    """Pickle ``obj`` into a :class:`Serialized`, large buffers out of band."""
-    buffers: list[pickle.PickleBuffer] = []
-    obj = _wrap_large_buffers(obj)
+class _OutOfBandBuffers(list):
+    """pickle's ``buffer_callback``: keeps the large buffers, leaves small ones in band."""
 
-    def keep_large(buf: pickle.PickleBuffer) -> bool:
+    __slots__ = ()
+
+    def __call__(self, buf: pickle.PickleBuffer) -> bool:
         if buf.raw().nbytes < OUT_OF_BAND_MIN_BYTES:
             return True  # serialise in band
-        buffers.append(buf)
+        self.append(buf)
         return False
 
+
+def serialize(obj: Any) -> Serialized:
+    """Pickle ``obj`` into a :class:`Serialized`, large buffers out of band."""
+    buffers = _OutOfBandBuffers()
+    obj = _wrap_large_buffers(obj)
     try:
-        stream = pickle.dumps(obj, protocol=5, buffer_callback=keep_large)
+        stream = pickle.dumps(obj, protocol=5, buffer_callback=buffers)
         if _by_reference_to_main(stream):
             raise pickle.PicklingError("refers to __main__")
     except Exception:  # noqa: BLE001 - any pickling failure: cloudpickle may manage
         buffers.clear()
         try:
-            stream = cloudpickle.dumps(obj, protocol=5, buffer_callback=keep_large)
+            stream = cloudpickle.dumps(obj, protocol=5, buffer_callback=buffers)
         except Exception as exc:  # user code's __reduce__ may raise anything
             raise SerializationError(f"cannot pickle {_describe(obj)}: {exc}") from exc
     return Serialized([stream, *(buf.raw() for buf in buffers)] if buffers else [stream])

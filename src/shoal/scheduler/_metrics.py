@@ -22,10 +22,11 @@ from collections import deque
 from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
-from prometheus_client import CollectorRegistry, Histogram, generate_latest
+from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
+from .._histogram import Durations
 from ._adaptive import adaptive_target
 from ._model import WorkerState, key_prefix
 
@@ -102,11 +103,10 @@ class SchedulerMonitor:
         self.transfer = PeerTransferTotal()
         self.finished_by_prefix: dict[str, int] = {}
         self._lags: deque[tuple[float, float]] = deque()
-        self.durations = Histogram(
+        self.durations = Durations(
             "shoal_scheduler_task_duration_seconds",
             "Run time of finished tasks, by task prefix (the function's name)",
-            ["prefix"], buckets=DURATION_BUCKETS, registry=self.registry,
-        )
+            DURATION_BUCKETS, label="prefix")
         self.registry.register(SchedulerCollector(scheduler, self))
 
     def start(self) -> None:
@@ -132,14 +132,14 @@ class SchedulerMonitor:
 
     def refresh(self) -> int:
         """Take in new task-stream entries and heartbeats; the transfer total."""
-        histograms: dict[str, Any] = {}  # one label lookup per prefix, not per task
+        by_prefix: dict[str, list[float]] = {}
         for entry in self.tail.new_entries():
-            prefix = key_prefix(entry["key"])
-            histogram = histograms.get(prefix)
-            if histogram is None:
-                histogram = histograms[prefix] = self.durations.labels(prefix)
-            histogram.observe(max(0.0, entry["stop"] - entry["start"]))
-            self.finished_by_prefix[prefix] = self.finished_by_prefix.get(prefix, 0) + 1
+            seconds = entry["stop"] - entry["start"]
+            by_prefix.setdefault(key_prefix(entry["key"]), []).append(
+                max(0.0, seconds))
+        for prefix, durations in by_prefix.items():
+            self.durations.observe_many(durations, prefix)
+            self.finished_by_prefix[prefix] = self.finished_by_prefix.get(prefix, 0) + len(durations)
         return self.transfer.update(self.scheduler.state.workers)
 
     def exposition(self) -> bytes:
@@ -178,6 +178,7 @@ class SchedulerCollector(Collector):
 
     def collect(self) -> Iterator[Metric]:
         transferred = self.monitor.refresh()
+        yield self.monitor.durations.family()
         yield from self._workers()
         yield from self._tasks()
         yield from self._memory()

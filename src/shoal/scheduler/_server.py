@@ -282,7 +282,8 @@ class Scheduler:
             await self._read_worker(comm, address)
             reason = "closed"
         except CommClosedError:
-            pass
+            if self.status == "closed":  # we closed its stream ourselves
+                reason = "the scheduler is closing"
         except Exception as exc:  # a bug or malformed stream: drop this worker only
             logger.exception("stream from worker %s failed", address)
             reason = f"stream failed: {exc!r}"
@@ -388,7 +389,8 @@ class Scheduler:
         self.worker_info.pop(address, None)
         self.pool.remove(address)
         if address in self.state.workers:
-            log = logger.info if reason in ("closed", "retired") else logger.warning
+            orderly = ("closed", "retired", "the scheduler is closing")
+            log = logger.info if reason in orderly else logger.warning
             log("removing worker %s: %s", address, reason)
             self.handle(RemoveWorker(self.stimulus("remove-worker"), address, reason))
 

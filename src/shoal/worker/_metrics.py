@@ -17,10 +17,11 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING
 
-from prometheus_client import CollectorRegistry, Histogram, generate_latest
+from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
+from .._histogram import Durations
 from ._execute import Outcome
 from ._memory import process_memory
 
@@ -35,7 +36,7 @@ EXECUTION_BUCKETS = (0.0005, 0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0, 5.0, 10.0,
 class ExecutionTimes:
     """Wraps the executor's completion callback to time every task it ran."""
 
-    def __init__(self, histogram: Histogram) -> None:
+    def __init__(self, histogram: Durations) -> None:
         self.histogram = histogram
 
     def attach(self, worker: Worker) -> None:
@@ -45,9 +46,8 @@ class ExecutionTimes:
         forward: Callable[[list[Outcome]], None] = executor.on_done
 
         def on_done(outcomes: list[Outcome]) -> None:
-            for outcome in outcomes:
-                if outcome.stop:
-                    self.histogram.observe(max(0.0, outcome.stop - outcome.start))
+            self.histogram.observe_many(
+                max(0.0, o.stop - o.start) for o in outcomes if o.stop)
             forward(outcomes)
 
         executor.on_done = on_done
@@ -58,11 +58,11 @@ class WorkerMetrics:
 
     def __init__(self, worker: Worker) -> None:
         self.registry = CollectorRegistry(auto_describe=False)
-        self.execution = Histogram(
+        self.execution = Durations(
             "shoal_worker_task_execution_seconds",
             "Wall-clock seconds each task's function ran on this worker",
-            buckets=EXECUTION_BUCKETS, registry=self.registry,
-        )
+            EXECUTION_BUCKETS)
+        self.registry.register(self.execution)
         ExecutionTimes(self.execution).attach(worker)
         self.registry.register(WorkerCollector(worker))
 

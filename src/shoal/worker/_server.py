@@ -87,6 +87,9 @@ logger = logging.getLogger(__name__)
 HEARTBEAT_INTERVAL = 0.5
 DEFAULT_DEATH_TIMEOUT = 60.0
 INLINE_RESULT_BYTES = 16 * 1024
+#: How long a closing worker waits for the scheduler to close the connection
+#: after its goodbye (see ``close``).
+GOODBYE_WAIT = 2.0
 #: Share of the memory limit that idle receive buffers may keep (comm/_pool.py):
 #: a container's memory limit counts them, the RSS the monitor reads does not.
 BUFFER_POOL_SHARE = 1 / 8
@@ -192,6 +195,7 @@ class Worker:
         self.data: DataStore
         self.state: WorkerState
         self.stream: BatchedSend | None = None
+        self._scheduler_gone: asyncio.Event | None = None  # set when a read loop ends
         self.status = "init"
         self.bytes_served = 0
         self.memory: MemoryMonitor
@@ -270,7 +274,8 @@ class Worker:
             raise RuntimeError(f"the scheduler refused worker {self.name}: {answer}")
         self.stream = BatchedSend(comm)
         await self.plugins.add_all(answer.get("plugins") or {})
-        self._spawn(self._read_scheduler(comm))
+        self._scheduler_gone = gone = asyncio.Event()
+        self._spawn(self._read_scheduler(comm, gone))
 
     def _registration(self) -> dict[str, Any]:
         return {
@@ -287,7 +292,7 @@ class Worker:
             "nanny": NANNY_PID_ENV in os.environ,
         }
 
-    async def _read_scheduler(self, comm: Comm) -> None:
+    async def _read_scheduler(self, comm: Comm, gone: asyncio.Event) -> None:
         # ops that become state-machine events: those of one read are handled
         # together (one pass of the state machine, one hand-over to the executor)
         to_event: dict[str, Callable[..., Any]] = {
@@ -330,6 +335,7 @@ class Worker:
                 self._handle_events(events)
         except CommClosedError:
             pass
+        gone.set()
         if self.status == "running":
             logger.warning("worker %s lost its scheduler; reconnecting", self.name)
             self._reset()
@@ -364,6 +370,17 @@ class Worker:
             self._http.stop()
         if self.stream is not None:
             self._send({"op": "goodbye"})
+            # The scheduler closes the connection once it has read the goodbye;
+            # until then keep reading.  Closing first would have the kernel answer
+            # what the scheduler sends meanwhile with a reset, which can lose the
+            # goodbye (the scheduler then logs the worker as lost).
+            if self._scheduler_gone is not None:
+                try:
+                    await asyncio.wait_for(self._scheduler_gone.wait(),
+                                           min(timeout, GOODBYE_WAIT))
+                except TimeoutError:
+                    logger.debug("worker %s: the scheduler did not close after the goodbye",
+                                 self.name)
             await self.stream.close(timeout)
         wake_rejoins(self)
         await self.plugins.close()

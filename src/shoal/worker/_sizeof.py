@@ -137,7 +137,9 @@ def _pandas(obj: Any, depth: int) -> int:
         return _getsizeof(obj)
     total = usage.sum() if hasattr(usage, "sum") else usage
     try:
-        return int(total) + _getsizeof(obj)
+        # the object's own header only: pandas' getsizeof is its deep memory
+        # usage again, which would count the data twice (and walk every string)
+        return int(total) + object.__sizeof__(obj)
     except (TypeError, ValueError):
         return _getsizeof(obj)
 
