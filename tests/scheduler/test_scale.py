@@ -77,9 +77,7 @@ def test_the_root_queue_hands_out_the_highest_priority_first():
     assert len(started) < 6
     assert graph("later", 3) == []  # queued behind the first graph, in the same run
     assert graph("urgent", 3, priority=5) == []  # a run of its own, ahead of both
-    # the two maps wait in the run, in their order: only the urgent tasks in the heap
-    assert len(state.placement._run) == 6 - len(started) + 3
-    assert len(state.placement._heap) == 3
+    assert len(state.placement._runs) == 2  # not a run (nor an entry) per task
     running = [key for _, key in started]
     order = []
     while running:

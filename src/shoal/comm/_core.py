@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 
 from .._exceptions import CommClosedError, EncryptionRequiredError
 from ..protocol import MAX_MESSAGE_BYTES, PROTOCOL_VERSION, VersionMismatchError
+from ._inplace import note_same_host_peer
 from ._shared import channel, valid_name
 
 if TYPE_CHECKING:
@@ -206,6 +207,9 @@ async def exchange_handshake(comm: Comm, timeout: float) -> dict[str, Any]:
             f"this process speaks {PROTOCOL_VERSION}; upgrade one side so they match"
         )
     comm.peer_channel = valid_name(theirs.get("shm"))
+    own = channel() if comm.peer_channel is not None else None
+    if own is not None and own.reachable(comm.peer_channel):  # type: ignore[arg-type]
+        note_same_host_peer()  # results are worth putting into shared memory (_inplace.py)
     return theirs
 
 

@@ -38,6 +38,7 @@ import threading
 import time
 import weakref
 from collections import deque
+from collections.abc import Callable
 
 __all__ = ["CAPACITY", "BufferPool", "bound", "map_buffer", "pool", "release"]
 
@@ -229,14 +230,39 @@ def map_buffer(size: int) -> mmap.mmap:
     return mmap.mmap(-1, size)
 
 
-def map_memfd(fd: int, size: int, populate: bool, on_release: object) -> mmap.mmap:
-    """``size`` bytes of ``fd`` mapped shared; ``on_release(fd)`` once the mapping is gone."""
-    flags = mmap.MAP_SHARED | (getattr(mmap, "MAP_POPULATE", 0) if populate else 0)
+def map_memfd(fd: int, size: int, populate: bool, on_release: Callable[[int], None],
+              offset: int = 0, private: bool = False,
+              on_fate: Callable[[bool], None] | None = None) -> mmap.mmap:
+    """``size`` bytes of ``fd`` from ``offset`` (a multiple of the page size) mapped
+    writable; ``on_release(fd)`` once the mapping is gone.
+
+    ``private`` maps it copy-on-write: what this process writes stays its own,
+    and the mapping may be passed to peers in place (``_inplace.py``), after
+    which the memfd is closed on release instead of going to ``on_release``;
+    ``on_fate(lent)`` then hears whether it was.
+    """
+    from ._inplace import forget, register
+
+    kind = mmap.MAP_PRIVATE if private else mmap.MAP_SHARED
+    flags = kind | (getattr(mmap, "MAP_POPULATE", 0) if populate and not private else 0)
     try:
-        buf = mmap.mmap(fd, size, flags=flags, prot=mmap.PROT_READ | mmap.PROT_WRITE)
+        buf = mmap.mmap(fd, size, flags=flags, prot=mmap.PROT_READ | mmap.PROT_WRITE,
+                        offset=offset)
     except BaseException:
         os.close(fd)
         raise
-    finalizer = weakref.finalize(buf, on_release, fd)  # type: ignore[arg-type]
+    spot = register(buf, fd, offset, private)
+
+    def released(fd: int) -> None:
+        if spot is not None:
+            forget(spot)
+            if on_fate is not None:
+                on_fate(spot.lent)
+            if spot.lent:
+                os.close(fd)  # a peer may still map it: its pages must never be reused
+                return
+        on_release(fd)
+
+    finalizer = weakref.finalize(buf, released, fd)
     finalizer.atexit = False
     return buf

@@ -29,6 +29,14 @@ another pod) cannot be reached, and the connection keeps using the socket.
 Only descriptors from processes of the same user are accepted, and only
 sealed memory files.
 
+A frame that already lies in a private memfd mapping of this process (a
+value put into shared memory, or one received through it) is not copied:
+its own descriptor is passed with the frame's offset, and the receiver maps
+that range copy-on-write and never gives it back (``_inplace.py`` says why
+that is safe).  Received frames are always mapped ``MAP_PRIVATE``; a
+datagram's offset and size are checked against the memory file's sealed
+size before anything is mapped.
+
 ``SHOAL_SHARED_MEMORY=0`` (inherited by the processes a cluster starts)
 turns the path off.
 """
@@ -38,6 +46,7 @@ from __future__ import annotations
 import array
 import fcntl
 import logging
+import mmap
 import os
 import secrets
 import socket
@@ -49,6 +58,7 @@ import time
 from collections.abc import Mapping, Sequence
 
 from ..protocol._framing import SHARED_TOKEN_BYTES
+from ._inplace import Spot, locate
 from ._pool import CAPACITY, SIZE_SEALS, map_memfd, new_memfd, pool
 
 __all__ = ["SHARED_MIN_BYTES", "Channel", "channel", "shared_memory_enabled"]
@@ -69,8 +79,11 @@ MAX_PENDING = 1024
 ENV = "SHOAL_SHARED_MEMORY"
 _NAME_PREFIX = "shoal-shm-"
 _UCRED = struct.Struct("3i")
-#: The first byte of a datagram: frames sent, or a descriptor given back.
-_FRAMES, _RETURNED = b"F", b"R"
+#: The first byte of a datagram: frames copied for the peer, frames passed in
+#: place (each token followed by the frame's offset in its memfd), or a
+#: descriptor given back.
+_FRAMES, _IN_PLACE, _RETURNED = b"F", b"P", b"R"
+_PLACE = struct.Struct(f"<{SHARED_TOKEN_BYTES}sQ")
 #: Tokens of frames lent to peers that we still accept back (the newest ones).
 _MAX_LENT = 4096
 
@@ -105,10 +118,13 @@ class Channel:
         self._sock.bind("\0" + self.name)
         self._sock.setsockopt(socket.SOL_SOCKET, socket.SO_PASSCRED, 1)
         self._sock.settimeout(ORPHAN_SECONDS / 4)
-        self._pending: dict[bytes, tuple[int, bytes, float]] = {}  # token: fd, sender, when
+        # token: fd, sender, when, offset of a frame passed in place (-1: copied for us)
+        self._pending: dict[bytes, tuple[int, bytes, float, int]] = {}
         self._lent: dict[bytes, None] = {}  # tokens of frames sent, oldest first
         self._arrived = threading.Condition()
         self.sent = self.received = self.returned = 0
+        #: Frames passed without a copy (they lay in shared memory already), and received so.
+        self.in_place = self.received_in_place = 0
         threading.Thread(target=self._receive_forever, name="shoal-shared-memory",
                          daemon=True).start()
 
@@ -124,29 +140,45 @@ class Channel:
             return False
         return True
 
-    def send(self, peer: str, frames: Sequence[bytes | memoryview]) -> list[bytes] | None:
-        """Copy ``frames`` into memfds and pass them to ``peer``.
+    def send(self, peer: str, frames: Sequence[bytes | memoryview],
+             spots: Sequence[tuple[Spot, int] | None] | None = None) -> list[bytes] | None:
+        """Pass ``frames`` to ``peer``: in place those that lie in a private memfd
+        mapping of this process (``spots``, from :func:`_inplace.locate`), the
+        others copied into pooled memfds.
 
         Returns one token per frame, or None when they could not be passed
         (the peer's queue is full, descriptors ran out): the caller sends the
         frames over the socket instead.
         """
+        if spots is None:
+            spots = [locate(frame) for frame in frames]
         tokens = [secrets.token_bytes(SHARED_TOKEN_BYTES) for _ in frames]
+        copied = [i for i, spot in enumerate(spots) if spot is None]
         fds: list[int] = []
         owner = pool()
         try:
-            for frame in frames:
+            for i in copied:
+                frame = frames[i]
                 fd = owner.take(memoryview(frame).nbytes)[0] if owner is not None else new_memfd()
                 fds.append(fd)
                 _write_all(fd, frame)
             with self._arrived:
-                for token in tokens:
-                    self._lent[token] = None
+                for i in copied:
+                    self._lent[tokens[i]] = None
                 while len(self._lent) > _MAX_LENT:
                     del self._lent[next(iter(self._lent))]
             for start in range(0, len(fds), _FDS_PER_DATAGRAM):
-                chunk = slice(start, start + _FDS_PER_DATAGRAM)
-                _send_fds(self._sock, [_FRAMES, *tokens[chunk]], fds[chunk], "\0" + peer)
+                chunk = copied[start:start + _FDS_PER_DATAGRAM]
+                _send_fds(self._sock, [_FRAMES, *(tokens[i] for i in chunk)],
+                          fds[start:start + _FDS_PER_DATAGRAM], "\0" + peer)
+            in_place = [(tokens[i], spot) for i, spot in enumerate(spots) if spot is not None]
+            for start in range(0, len(in_place), _FDS_PER_DATAGRAM):
+                parts, place_fds = [_IN_PLACE], []
+                for token, (where, offset) in in_place[start:start + _FDS_PER_DATAGRAM]:
+                    where.lent = True  # from now on its memfd is never reused
+                    parts.append(_PLACE.pack(token, offset))
+                    place_fds.append(where.fd)
+                _send_fds(self._sock, parts, place_fds, "\0" + peer)
         except OSError as exc:  # ENOMEM, EMFILE, EAGAIN (queue full), ECONNREFUSED
             logger.debug("sending %d frames to %s through shared memory failed: %s",
                          len(frames), peer, exc)
@@ -155,16 +187,19 @@ class Channel:
             for fd in fds:
                 os.close(fd)
         self.sent += len(frames)
+        self.in_place += len(frames) - len(copied)
         return tokens
 
     # ------------------------------------------------------------ receiving
 
     def claim(self, token: bytes, size: int, timeout: float = CLAIM_TIMEOUT) -> memoryview:
-        """The memory sent under ``token``, mapped writable.
+        """The memory sent under ``token``, mapped writable and copy-on-write.
 
-        The descriptor goes back to its sender when the mapping is released.
-        Raises ``ValueError`` if it did not arrive within ``timeout`` seconds
-        or is not a size-sealed memory file of at least ``size`` bytes.
+        A frame copied for us goes back to its sender when the mapping is
+        released; one passed in place (its sender, or others, still map it)
+        is only closed.  Raises ``ValueError`` if it did not arrive within
+        ``timeout`` seconds, or is not a size-sealed memory file holding the
+        announced range.
         """
         deadline = time.monotonic() + timeout
         with self._arrived:
@@ -174,17 +209,23 @@ class Channel:
                     raise ValueError(f"shared memory for a frame of {size} bytes did not "
                                      f"arrive within {timeout}s")
                 self._arrived.wait(remaining)
-            fd, sender, _ = self._pending.pop(token)
+            fd, sender, _, offset = self._pending.pop(token)
         try:
-            _check_sealed(fd, size)
+            _check_sealed(fd, size + max(offset, 0))
         except BaseException:
             os.close(fd)
             raise
+        if offset < 0:
+            def give_back(fd: int) -> None:
+                self._give_back(fd, token, sender)
 
-        def give_back(fd: int) -> None:
-            self._give_back(fd, token, sender)
-
-        return memoryview(map_memfd(fd, size, populate=False, on_release=give_back))
+            return memoryview(map_memfd(fd, size, populate=False, on_release=give_back,
+                                        private=True))
+        aligned = offset - offset % mmap.PAGESIZE
+        mapped = map_memfd(fd, offset + size - aligned, populate=False, on_release=os.close,
+                           offset=aligned, private=True)
+        self.received_in_place += 1
+        return memoryview(mapped)[offset - aligned:]
 
     def _give_back(self, fd: int, token: bytes, sender: bytes) -> None:
         try:
@@ -216,13 +257,15 @@ class Channel:
 
     def _keep(self, data: bytes, ancillary: list, flags: int, sender: object) -> None:
         fds, uid = _unpack_ancillary(ancillary)
+        kind = data[:1]
+        item = _PLACE.size if kind == _IN_PLACE else SHARED_TOKEN_BYTES
         valid = (uid == os.getuid() and not flags & (socket.MSG_CTRUNC | socket.MSG_TRUNC)
-                 and len(data) == 1 + SHARED_TOKEN_BYTES * len(fds)
+                 and len(data) == 1 + item * len(fds)
                  and isinstance(sender, bytes) and sender[1:].startswith(_NAME_PREFIX.encode()))
-        if fds and valid and data[:1] == _RETURNED:
+        if fds and valid and kind == _RETURNED:
             self._take_back(data[1:], fds[0])
             return
-        if not valid or data[:1] != _FRAMES:
+        if not valid or kind not in (_FRAMES, _IN_PLACE):
             if fds:
                 logger.warning("dropped %d descriptors sent to the shared-memory channel by "
                                "uid %s", len(fds), uid)
@@ -233,8 +276,9 @@ class Channel:
         now = time.monotonic()
         with self._arrived:
             for i, fd in enumerate(fds):
-                token = data[1 + i * SHARED_TOKEN_BYTES:1 + (i + 1) * SHARED_TOKEN_BYTES]
-                self._pending[token] = (fd, sender, now)
+                entry = data[1 + i * item:1 + (i + 1) * item]
+                token, offset = _PLACE.unpack(entry) if kind == _IN_PLACE else (entry, -1)
+                self._pending[token] = (fd, sender, now, offset)
             self.received += len(fds)
             while len(self._pending) > MAX_PENDING:
                 oldest = next(iter(self._pending))
@@ -261,7 +305,7 @@ class Channel:
     def _expire(self) -> None:
         limit = time.monotonic() - ORPHAN_SECONDS
         with self._arrived:
-            old = [t for t, (_, _, when) in self._pending.items() if when < limit]
+            old = [t for t, (_, _, when, _) in self._pending.items() if when < limit]
             for token in old:
                 os.close(self._pending.pop(token)[0])
         if old:

@@ -61,6 +61,7 @@ from ._core import (
     parse_address,
     register_transport,
 )
+from ._inplace import locate
 from ._pool import map_buffer
 from ._security import ConnectionArgs
 from ._shared import SHARED_MIN_BYTES, channel
@@ -479,10 +480,12 @@ class TCPComm(Comm):
                 return None
         chosen = [frames[i] for i in large]
         sizes = [memoryview(f).nbytes for f in chosen]
-        if sum(sizes) >= SHARE_IN_THREAD_BYTES:  # the copy lets go of the GIL
-            tokens = await asyncio.to_thread(own.send, peer, chosen)
+        spots = [locate(f) for f in chosen]  # those in shared memory already: no copy
+        copied = sum(size for size, spot in zip(sizes, spots, strict=True) if spot is None)
+        if copied >= SHARE_IN_THREAD_BYTES:  # the copy lets go of the GIL
+            tokens = await asyncio.to_thread(own.send, peer, chosen, spots)
         else:
-            tokens = own.send(peer, chosen)
+            tokens = own.send(peer, chosen, spots)
         if tokens is None:
             return None
         for i, token in zip(large, tokens, strict=True):

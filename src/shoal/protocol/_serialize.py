@@ -10,7 +10,8 @@ writes the first two into the stream, and refuses the third), so large ones
 are wrapped on the way out, whether they are the value itself or an item of
 a list, tuple or dict value (up to :data:`SCAN_MAX_ITEMS` items, not deeper).
 On the way in a memoryview is rebuilt over the received frame without a
-copy; a bytes or bytearray object owns its memory, so it is one copy.
+copy; a bytes or bytearray object owns its memory, so it is one copy (a large
+bytes one into transparent huge pages, see ``_memory.py``).
 
 The standard pickler is tried first because it is several times faster than
 cloudpickle for plain data; cloudpickle takes over for lambdas, closures and
@@ -25,6 +26,7 @@ from typing import Any
 import cloudpickle
 
 from .._exceptions import SerializationError
+from ._memory import bytearray_from, bytes_from
 from ._pickle_guard import check_memo
 
 __all__ = ["SerializationError", "Serialized", "deserialize", "refuse_memo_bombs", "serialize",
@@ -60,11 +62,11 @@ class _OutOfBand:
 
 
 def _bytes_from(buf: Any) -> bytes:
-    return bytes(buf)
+    return bytes_from(buf)
 
 
 def _bytearray_from(buf: Any) -> bytearray:
-    return bytearray(buf)
+    return bytearray_from(buf)
 
 
 def _memoryview_from(buf: Any, fmt: str, shape: tuple[int, ...], readonly: bool) -> memoryview:

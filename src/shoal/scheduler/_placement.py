@@ -10,9 +10,11 @@
   reducing tasks get to run.  A slot count covers a few milliseconds of work
   ahead per thread, so tiny tasks keep the threads busy across round trips.
 
-The state machine places the tasks of a graph in their own order, so a
-map's roots reach the queue in priority order and all go to the back of its
-FIFO run (O(1) in and out); only tasks out of that order go into a heap.
+The queue is a heap of *runs*: a run is a FIFO of tasks whose priorities
+never decrease, and a task that is not behind the newest run's last one
+starts a run of its own.  Graphs arrive in priority order (a map of a million
+roots is one run), so queuing and taking a task costs O(1) and no entry
+object, where a heap of tasks paid twenty tuple comparisons and a tuple each.
 """
 
 from __future__ import annotations
@@ -46,11 +48,9 @@ class Placement:
     def __init__(self, state: SchedulerState) -> None:
         self.state = state
         self.queued: set[TaskState] = set()
-        # the queue: entries (priority, counter, task) pushed in priority order
-        # (a map's tasks, the usual case) go to the back of a run, O(1) both
-        # ways; others into a heap.  Dequeued tasks' entries are skipped when met.
-        self._run: deque[tuple[tuple, int, TaskState]] = deque()
-        self._heap: list[tuple[tuple, int, TaskState]] = []
+        #: the runs, as (priority of the run's first task, order made, run)
+        self._runs: list[tuple[tuple, int, deque[TaskState]]] = []
+        self._newest: deque[TaskState] | None = None  # the run a task may join at its end
         self._counter = itertools.count()
         self._cursor = 0
         self.durations: dict[str, float] = {}
@@ -198,42 +198,37 @@ class Placement:
 
     def enqueue(self, ts: TaskState) -> None:
         self.queued.add(ts)
-        entry = (ts.priority, next(self._counter), ts)
-        run = self._run
-        if not run or entry[0] >= run[-1][0]:  # equal priorities: the counter orders them
-            run.append(entry)
-        else:
-            heapq.heappush(self._heap, entry)
+        newest = self._newest
+        if newest is not None and newest[-1].priority <= ts.priority:
+            newest.append(ts)
+            return
+        runs = self._runs
+        if len(runs) == 1:  # alone, its entry was not kept up to date by take()
+            _, order, first = runs[0]
+            runs[0] = (first[0].priority, order, first)
+        run = self._newest = deque((ts,))
+        heapq.heappush(runs, (ts.priority, next(self._counter), run))
 
     def dequeue(self, ts: TaskState) -> None:
-        self.queued.discard(ts)  # its entry is skipped when popped
-        if not self.queued:
-            self._run.clear()
-            self._heap.clear()
-
-    def _pop(self) -> TaskState:
-        """The queue's first task (maybe dequeued since); the queue is not empty."""
-        run, heap = self._run, self._heap
-        if heap and run:
-            first, other = heap[0], run[0]
-            if first[0] < other[0] or (first[0] == other[0] and first[1] < other[1]):
-                return heapq.heappop(heap)[2]
-            return run.popleft()[2]
-        return heapq.heappop(heap)[2] if heap else run.popleft()[2]
+        self.queued.discard(ts)  # its heap entry is skipped when popped
 
     def take(self, ws: WorkerState) -> list[TaskState]:
         """The queued roots ``ws`` should be given now: as many as its free slots."""
         if ws.status != "running" or not self.queued:
             return []
+        runs, queued = self._runs, self.queued
         room = self.slots(ws) - ws.busy
         taken: list[TaskState] = []
-        queued = self.queued
-        while queued and len(taken) < room:
-            ts = self._pop()
-            if ts in queued:
+        while runs and len(taken) < room:
+            _, order, run = runs[0]
+            ts = run.popleft()
+            if not run:
+                heapq.heappop(runs)
+                if run is self._newest:
+                    self._newest = None
+            elif len(runs) > 1:  # its first task changed: it may not come first any more
+                heapq.heapreplace(runs, (run[0].priority, order, run))
+            if ts in queued:  # else dequeued since: skipped here
                 queued.discard(ts)
                 taken.append(ts)
-        if not queued:
-            self._run.clear()
-            self._heap.clear()
         return taken

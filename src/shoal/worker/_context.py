@@ -15,6 +15,7 @@ import threading
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
+from ..comm._inplace import put
 from ._execute import Outcome, run_task
 from ._sizeof import sizeof
 from ._state import Rejoin, Secede
@@ -35,7 +36,7 @@ def run_in_context(worker: Worker, key: str, func: Callable[..., Any], args: Ser
     ident = threading.get_ident()
     worker.running_threads[ident] = key  # seen by the profiler
     try:
-        return run_task(key, func, args, inputs, sizeof)
+        return run_task(key, func, args, inputs, sizeof, share=put)
     finally:
         _local.worker = _local.key = None
         worker.running_threads.pop(ident, None)

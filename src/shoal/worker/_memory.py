@@ -33,6 +33,8 @@ from typing import Literal
 
 import psutil
 
+from ..comm._inplace import held_bytes
+
 __all__ = [
     "MemoryState",
     "MemoryThresholds",
@@ -192,8 +194,32 @@ def memory_limit_for(spec: str | float | None, nworkers: int = 1) -> int:
 
 
 def process_memory(pid: int | None = None) -> int:
-    """Resident set size of a process (this one by default), in bytes."""
-    return int(psutil.Process(pid if pid is not None else os.getpid()).memory_info().rss)
+    """Resident set size of a process (this one by default), in bytes.
+
+    This process's own also counts the shared memory its memfd mappings keep
+    alive (values put into shared memory or received through it,
+    ``comm/_inplace.py``) whose pages it has not touched yet: they are in no
+    resident set, but they are this process's to hold, and a container's
+    memory limit counts them.
+    """
+    rss = int(psutil.Process(pid if pid is not None else os.getpid()).memory_info().rss)
+    if pid is None or pid == os.getpid():
+        held = held_bytes()
+        if held:
+            rss += max(0, held - _resident_shared_memory())
+    return rss
+
+
+def _resident_shared_memory() -> int:
+    """Bytes of shared memory in this process's resident set (``RssShmem``)."""
+    try:
+        with open("/proc/self/status", "rb") as status:
+            for line in status:
+                if line.startswith(b"RssShmem:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return 0
 
 
 @dataclass(frozen=True)
