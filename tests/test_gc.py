@@ -60,6 +60,13 @@ def test_an_old_cycle_is_collected_once_the_server_holds_little():
         assert _gc.collect_if_small(10)
         assert ref() is None and _gc.cleanups() == 1
         assert not _gc.collect_if_small(10)  # nothing frozen since: nothing to do
+        b = Node()
+        b.other = Node(b)
+        ref = weakref.ref(b)
+        gc.collect(1)
+        del b
+        assert ref() is not None and _gc.collect_all() >= 2  # when memory is short
+        assert ref() is None and gc.get_freeze_count() > 0  # the rest frozen again
         print("ok")
     """)
     assert out.strip() == "ok"

@@ -38,10 +38,11 @@ YOUNG_THRESHOLD = 20_000
 #: Young collections per middle-generation collection (whose survivors are frozen).
 MIDDLE_THRESHOLD = 5
 #: A full collection is made up for only while a server holds at most this many
-#: tasks (a few milliseconds of scanning)...
-SMALL_STATE_TASKS = 10_000
+#: tasks (it is all but idle: a few milliseconds of scanning, that no busy
+#: stretch of work pays for)...
+SMALL_STATE_TASKS = 1_000
 #: ...and at most this often (seconds).
-CLEANUP_INTERVAL = 10.0
+CLEANUP_INTERVAL = 30.0
 
 
 class _OldObjectsFrozen:
@@ -102,6 +103,19 @@ def collect_if_small(tasks_held: int) -> bool:
         return False
     policy.cleanup()
     return True
+
+
+def collect_all() -> int:
+    """A full collection that also scans what the policy froze (when memory is short
+    and a pause is the lesser evil); what it collected."""
+    policy = _policy
+    if policy is None:
+        return gc.collect()
+    gc.unfreeze()
+    collected = gc.collect()
+    gc.freeze()
+    policy.freezes = 0
+    return collected
 
 
 def cleanups() -> int:

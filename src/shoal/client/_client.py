@@ -51,7 +51,7 @@ from ._tokenize import FunctionCache, task_key
 logger = logging.getLogger(__name__)
 
 #: Tasks per graph message a large ``map`` is sent in (see BatchedSend's weights).
-MAP_CHUNK = 500
+MAP_CHUNK = 250
 #: Distinct sets of workers remembered as shared tuples (see ``Client._holders``).
 MAX_HOLDER_TUPLES = 10_000
 

@@ -86,7 +86,7 @@ YIELD_AFTER_EVENTS = 100
 #: The most work (events, or tasks of a graph) handled in one loop turn for one
 #: stream: a read of thousands is handled in slices, with the other streams,
 #: heartbeats and HTTP requests served between them (some 10 ms of work each).
-HANDLE_SLICE = 500
+HANDLE_SLICE = 250
 #: Client ops the server handles itself rather than as state-machine events.
 _INLINE_CLIENT_OPS = frozenset({"close-client", "publish-dataset", "variable-set", "queue-put",
                                 "release-hold"})

@@ -15,7 +15,7 @@ ever look at the memory again.  Two remedies, the ones dask applies through
   their own (and unmapped when freed) and free space at the top of a heap is
   returned once it exceeds :data:`TRIM_THRESHOLD`;
 * :func:`release_free_memory` when memory stays high after spilling:
-  ``gc.collect()`` for values only reference cycles keep alive, then
+  a full collection for values only reference cycles keep alive, then
   ``malloc_trim(0)`` for the free pages inside the heaps, and the idle pages
   kept warm for receive buffers (``comm/_pool.py``).
   :class:`Reclaimer` bounds the time it takes to a small share.
@@ -27,13 +27,13 @@ but the garbage collection.
 from __future__ import annotations
 
 import ctypes
-import gc
 import logging
 import os
 import sys
 import time
 from collections.abc import Callable
 
+from .._gc import collect_all
 from ..comm._pool import release as release_buffer_pool
 
 __all__ = ["TRIM_THRESHOLD", "Reclaimer", "release_free_memory", "tune_allocator"]
@@ -80,7 +80,7 @@ def tune_allocator() -> bool:
 def release_free_memory() -> None:
     """Collect reference cycles, then hand glibc's free pages back to the OS,
     and the receive-buffer pool's idle ones."""
-    gc.collect()
+    collect_all()  # frozen old objects too (see shoal._gc)
     if _GLIBC is not None:
         _GLIBC.malloc_trim(0)
     release_buffer_pool()
