@@ -116,6 +116,18 @@ class FutureState:
         if self._event is not None:
             self._event.clear()
 
+    def add_callback(self, callback: Callable[[], None]) -> bool:
+        """Have ``callback`` called when the key is done (from any thread); False,
+        and nothing kept, if it is done already."""
+        with _callbacks_lock:
+            if self.status in FINAL:
+                return False
+            if self.callbacks is None:
+                self.callbacks = [callback]
+            else:
+                self.callbacks.append(callback)
+        return True
+
     def _done(self) -> None:
         if self._event is not None:
             self._event.set()
@@ -152,13 +164,8 @@ def wait_final_threadsafe(state: FutureState, timeout: float | None) -> bool:
         return True
     waiter = threading.Lock()
     waiter.acquire()
-    with _callbacks_lock:
-        if state.status in FINAL:
-            return True
-        if state.callbacks is None:
-            state.callbacks = [waiter.release]
-        else:
-            state.callbacks.append(waiter.release)
+    if not state.add_callback(waiter.release):
+        return True
     return waiter.acquire(timeout=-1 if timeout is None else max(0.0, timeout))
 
 
@@ -247,15 +254,7 @@ class Future:
             fn(self)
 
         def attach() -> None:
-            with _callbacks_lock:
-                final = state.status in FINAL
-                if final:
-                    pass
-                elif state.callbacks is None:
-                    state.callbacks = [call]
-                else:
-                    state.callbacks.append(call)
-            if final:
+            if not state.add_callback(call):
                 _call_guarded(call, self.key)
 
         self.client._call_on_loop(attach)

@@ -18,7 +18,7 @@ for a refused message, stays the plain walk that names the field.
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from ._messages import MessageError
@@ -225,13 +225,13 @@ class Blob(Spec):
     __slots__ = ()
 
     def ok(self, value: Any) -> bool:
-        return isinstance(value, (Serialized, bytes, memoryview))
+        return isinstance(value, _BLOB_TYPES)
 
     def expression(self, var: str, env: _Env) -> str:
-        return f"isinstance({var}, {env.name((Serialized, bytes, memoryview))})"
+        return f"isinstance({var}, {env.name(_BLOB_TYPES)})"
 
     def check(self, value: Any, path: str) -> None:
-        if not isinstance(value, (Serialized, bytes, memoryview)):
+        if not isinstance(value, _BLOB_TYPES):
             raise InvalidMessage(path, f"expected serialized data, got {_shown(value)}")
 
     def describe(self) -> str:
@@ -283,19 +283,34 @@ class AnyOf(Spec):
         return " or ".join(s.describe() for s in self.specs)
 
 
-class ListOf(Spec):
+class _Compiled(Spec):
+    """A map or list spec: its ``ok`` is a function generated for it (made on first use)."""
+
+    __slots__ = ("_fast",)
+    _fast: Callable[[Any], bool]
+
+    def ok(self, value: Any) -> bool:
+        try:
+            fast = self._fast
+        except AttributeError:  # the first time
+            fast = self._fast = compiled(self)
+        return fast(value)
+
+    def expression(self, var: str, env: _Env) -> str:
+        return f"{env.function(self)}({var})"
+
+    def source(self, name: str, env: _Env) -> str:
+        """The definition of the function ``name`` testing this spec."""
+        raise NotImplementedError
+
+
+class ListOf(_Compiled):
     __slots__ = ("item", "max_length", "min_length")
 
     def __init__(self, item: Spec, min_length: int = 0, max_length: int | None = None) -> None:
         self.item = item
         self.min_length = min_length
         self.max_length = max_length
-
-    def ok(self, value: Any) -> bool:
-        return compiled(self)(value)
-
-    def expression(self, var: str, env: _Env) -> str:
-        return f"{env.function(self)}({var})"
 
     def source(self, name: str, env: _Env) -> str:
         high = "" if self.max_length is None else f" or len(v) > {self.max_length}"
@@ -329,18 +344,12 @@ class ListOf(Spec):
         return f"a list of {self.item.describe()}"
 
 
-class MapOf(Spec):
+class MapOf(_Compiled):
     __slots__ = ("key", "value")
 
     def __init__(self, key: Spec, value: Spec) -> None:
         self.key = key
         self.value = value
-
-    def ok(self, value: Any) -> bool:
-        return compiled(self)(value)
-
-    def expression(self, var: str, env: _Env) -> str:
-        return f"{env.function(self)}({var})"
 
     def source(self, name: str, env: _Env) -> str:
         return (f"def {name}(v):\n"
@@ -364,7 +373,7 @@ class MapOf(Spec):
         return f"a map of {self.key.describe()} to {self.value.describe()}"
 
 
-class Record(Spec):
+class Record(_Compiled):
     """A map with named fields; ``optional`` ones may be missing (or null).
 
     Fields not declared are refused, unless ``extra`` gives their shape.
@@ -384,12 +393,6 @@ class Record(Spec):
     @property
     def required(self) -> frozenset[str]:
         return frozenset(self.fields) - self.optional
-
-    def ok(self, value: Any) -> bool:
-        return compiled(self)(value)
-
-    def expression(self, var: str, env: _Env) -> str:
-        return f"{env.function(self)}({var})"
 
     def source(self, name: str, env: _Env) -> str:
         known = env.name(frozenset(self.fields))
@@ -464,7 +467,7 @@ class _Env:
         self.values[name] = value
         return name
 
-    def function(self, spec: Record | ListOf | MapOf) -> str:
+    def function(self, spec: _Compiled) -> str:
         """The name of the function testing ``spec`` (defined once per spec object)."""
         name = self._functions.get(id(spec))
         if name is None:
@@ -473,16 +476,10 @@ class _Env:
         return name
 
 
-_compiled: dict[int, tuple[Spec, Any]] = {}
-
-
-def compiled(spec: Record | ListOf | MapOf) -> Any:
-    """``spec.ok`` as one generated function (made on first use, then kept)."""
-    entry = _compiled.get(id(spec))
-    if entry is None or entry[0] is not spec:
-        env = _Env()
-        top = env.function(spec)
-        namespace = dict(env.values)
-        exec("\n".join(env.sources), namespace)  # noqa: S102 - our own specs' code
-        entry = _compiled[id(spec)] = (spec, namespace[top])
-    return entry[1]
+def compiled(spec: _Compiled) -> Any:
+    """``spec.ok`` as one generated function."""
+    env = _Env()
+    top = env.function(spec)
+    namespace = dict(env.values)
+    exec("\n".join(env.sources), namespace)  # noqa: S102 - our own specs' code
+    return namespace[top]

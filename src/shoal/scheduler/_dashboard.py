@@ -128,7 +128,7 @@ def progress(scheduler: Scheduler, monitor: SchedulerMonitor,
     """The prefixes with the most tasks: counts by state, and how many ever finished."""
     ranked = sorted(by_prefix.items(), key=lambda item: (-sum(item[1].values()), item[0]))
     return [{"prefix": prefix, "total": sum(counts.values()), "states": counts,
-             "finished": monitor.finished_by_prefix.get(prefix, 0),
+             "finished": monitor.durations.count(prefix),
              "duration": scheduler.state.placement.durations.get(prefix)}
             for prefix, counts in ranked[:MAX_PREFIXES]]
 

@@ -101,7 +101,6 @@ class SchedulerMonitor:
         self.registry = CollectorRegistry(auto_describe=False)
         self.tail = TaskStreamTail(scheduler)
         self.transfer = PeerTransferTotal()
-        self.finished_by_prefix: dict[str, int] = {}
         self._lags: deque[tuple[float, float]] = deque()
         self.durations = Durations(
             "shoal_scheduler_task_duration_seconds",
@@ -139,7 +138,6 @@ class SchedulerMonitor:
                 max(0.0, seconds))
         for prefix, durations in by_prefix.items():
             self.durations.observe_many(durations, prefix)
-            self.finished_by_prefix[prefix] = self.finished_by_prefix.get(prefix, 0) + len(durations)
         return self.transfer.update(self.scheduler.state.workers)
 
     def exposition(self) -> bytes:
