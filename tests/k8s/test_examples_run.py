@@ -105,7 +105,10 @@ def test_job(kube_node: KubeNode, kube_namespace: str, operator: tier.Operator) 
              timeout=120, what="the job's cluster pods gone", interval=tier.POLL)
 
 
-def test_notebook_rbac(kube_node: KubeNode, kube_namespace: str) -> None:
+def test_notebook_rbac(kube_node: KubeNode, kube_namespace: str,
+                       operator: tier.Operator) -> None:
+    # the operator's install brings the CRDs: without them the resource is unknown
+    # to the authorizer and every can-i answers no (alone, nothing installed them)
     apply_example(kube_node, kube_namespace, "notebook-rbac.yaml")
     account = f"system:serviceaccount:{kube_namespace}:shoal-notebook"
 
@@ -114,6 +117,10 @@ def test_notebook_rbac(kube_node: KubeNode, kube_namespace: str) -> None:
                                    f"--as={account}", check=False)
         return answer.stdout.strip() == "yes"
 
+    # the API server's authorizer learns of a new RoleBinding from its watch,
+    # a moment after the apply returns
+    wait_for(lambda: allowed("get", "shoalclusters.shoal.dev"), timeout=60,
+             what="the notebook's RoleBinding in effect", interval=tier.POLL)
     for verb in ("create", "get", "patch", "delete", "watch"):
         assert allowed(verb, "shoalclusters.shoal.dev"), verb
     assert allowed("get", "pods", "--subresource=log")
