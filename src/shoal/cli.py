@@ -186,6 +186,9 @@ def _parser() -> argparse.ArgumentParser:
     w.add_argument("--death-timeout", type=float, default=60.0)
     w.add_argument("--local-directory", default=None,
                    help="where the worker keeps spill files (default: the temp directory)")
+    w.add_argument("--warm-imports", default=None, metavar="MODULES",
+                   help="comma-separated modules to import in the background at start, "
+                        "if installed (default: numpy,dask._task_spec; '' for none)")
     w.add_argument("--no-nanny", dest="nanny", action="store_false")
     _add_limit_flags(w)
     _add_security_flags(w)
@@ -308,7 +311,7 @@ def _worker(args: argparse.Namespace) -> int:
             limits=_limits(args), http_max_body_bytes=args.http_max_body,
             memory_thresholds=MemoryThresholds(args.memory_target, args.memory_spill,
                                                args.memory_pause, args.memory_terminate),
-            memory_stuck_timeout=args.memory_stuck_timeout,
+            memory_stuck_timeout=args.memory_stuck_timeout, **_warm_imports(args),
         ).start()
         if args.announce:
             announce(address=worker.address, name=worker.name, pid=os.getpid())
@@ -321,6 +324,13 @@ def _worker(args: argparse.Namespace) -> int:
     return 0
 
 
+def _warm_imports(args: argparse.Namespace) -> dict[str, Any]:
+    """``warm_imports=`` for the Worker, unless the flag was left to its default."""
+    if args.warm_imports is None:
+        return {}
+    return {"warm_imports": [m.strip() for m in args.warm_imports.split(",") if m.strip()]}
+
+
 def _worker_argv(args: argparse.Namespace) -> list[str]:
     """The command line of the worker process a nanny supervises."""
     argv = ["--log-level", args.log_level, "worker", args.address, "--no-nanny",
@@ -330,7 +340,8 @@ def _worker_argv(args: argparse.Namespace) -> list[str]:
             "--memory-stuck-timeout", str(args.memory_stuck_timeout)]
     for flag, value in (("--name", args.name), ("--host", args.host),
                         ("--http-port", args.http_port),
-                        ("--local-directory", args.local_directory)):
+                        ("--local-directory", args.local_directory),
+                        ("--warm-imports", args.warm_imports)):
         if value is not None:
             argv += [flag, str(value)]
     for item in args.resources:

@@ -5,13 +5,14 @@ from __future__ import annotations
 import asyncio
 import functools
 import gc
+import sys
 import weakref
 
 import numpy as np
 
 from shoal.protocol import serialize
 from shoal.protocol._task import KeyRef
-from shoal.worker._execute import Executor, Outcome, run_task
+from shoal.worker._execute import Executor, Outcome, run_task, start_warm_imports, warm_imports
 from shoal.worker._sizeof import sizeof
 
 from ..polling import async_wait_for
@@ -44,3 +45,16 @@ def test_an_idle_executor_holds_no_inputs_or_results() -> None:
             executor.shutdown()
 
     asyncio.run(main())
+
+
+def test_warm_imports_import_what_is_installed_and_skip_the_rest(tmp_path, monkeypatch) -> None:
+    (tmp_path / "shoal_warm_fine.py").write_text("VALUE = 1\n")
+    (tmp_path / "shoal_warm_broken.py").write_text("raise RuntimeError('broken on purpose')\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    for name in ("shoal_warm_fine", "shoal_warm_broken"):
+        monkeypatch.delitem(sys.modules, name, raising=False)
+    names = ["shoal_warm_missing", "shoal_warm_broken", "shoal_warm_fine", "json"]
+    assert warm_imports(names) == ["shoal_warm_fine", "json"]
+    assert sys.modules["shoal_warm_fine"].VALUE == 1
+    assert "shoal_warm_broken" not in sys.modules
+    assert start_warm_imports([]) is None

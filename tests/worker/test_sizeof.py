@@ -157,3 +157,28 @@ def test_registered_types() -> None:
     register_sizeof(Custom, lambda obj: 12345)
     assert sizeof(Custom()) == 12345
     assert sizeof([Custom()]) > 12345
+
+
+def test_large_pandas_frames_sample_their_python_objects() -> None:
+    """Past the deep limit, columns of Python strings are sampled, not ignored:
+    the estimate is near pandas' deep count without walking every string."""
+    pd = pytest.importorskip("pandas")
+    rows = 50_000
+    frame = pd.DataFrame({"s": pd.Series(["q" * 200] * rows, dtype=object),
+                          "x": np.arange(rows, dtype="f8")})
+    deep = int(frame.memory_usage(deep=True).sum())
+    shallow = int(frame.memory_usage(deep=False).sum())
+    assert deep > 10 * shallow
+    for obj in (frame, frame["s"]):
+        exact = int(np.sum(obj.memory_usage(deep=True)))
+        assert 0.9 * exact <= sizeof(obj) <= 1.1 * exact + 1024, type(obj)
+
+
+def test_pandas_extension_columns_and_indexes_count_their_buffers() -> None:
+    pd = pytest.importorskip("pandas")
+    rows = 20_000
+    index = pd.date_range("2000-01-01", periods=rows, freq="s", tz="UTC")
+    frame = pd.DataFrame({"c": pd.Categorical(["a", "b"] * (rows // 2)),
+                          "t": index, "i": pd.array(range(rows), dtype="Int64")}, index=index)
+    expected = int(frame.memory_usage(deep=False).sum())
+    assert expected <= sizeof(frame) <= expected + 4096

@@ -308,6 +308,10 @@ def put(value: Any, nbytes: int) -> Any:
     if (nbytes < PUT_MIN_BYTES or type(value) in (bytes, bytearray, str)
             or not _peer_on_this_host):
         return value
+    # the cheap decisions first: serializing a large value costs about what
+    # the put saves, so it is not paid for a value that would not be put anyway
+    if not worth_putting() or not demand.worth_it():
+        return value
     started = time.perf_counter()
     try:
         ser = serialize(value)
@@ -318,8 +322,6 @@ def put(value: Any, nbytes: int) -> Any:
     if (sum(sizes) < PUT_MIN_BYTES or len(stream) > PUT_MAX_STREAM_BYTES
             or any(marker in stream for marker in _OWNING_BUFFERS)
             or any(locate(b) is not None for b in buffers)):
-        return value
-    if not worth_putting() or not demand.worth_it():
         return value
     try:
         rebuilt = _rebuild_in_shared_memory(stream, buffers, sizes)

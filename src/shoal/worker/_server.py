@@ -23,7 +23,7 @@ import logging
 import os
 import socket
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 import psutil
@@ -53,7 +53,7 @@ from ..protocol._schema import InvalidMessage
 from ._actors import ActorHost
 from ._allocator import tune_allocator
 from ._context import as_actor_call, run_in_context, task_worker, wake_rejoins
-from ._execute import Executor, Outcome, run_task
+from ._execute import WARM_IMPORTS, Executor, Outcome, run_task, start_warm_imports
 from ._memory import MemoryThresholds, memory_limit_for, process_memory
 from ._monitor import DEFAULT_STUCK_TIMEOUT, MemoryCheck, MemoryMonitor
 from ._nanny import NANNY_PID_ENV
@@ -133,6 +133,7 @@ class Worker:
         story_size: int = DEFAULT_STORY_SIZE,
         memory_stuck_timeout: float = DEFAULT_STUCK_TIMEOUT,
         security: Security | None = None,
+        warm_imports: Iterable[str] = WARM_IMPORTS,
     ) -> None:
         if type(nthreads) is not int or not 1 <= nthreads <= MAX_NTHREADS:
             raise ValueError(f"nthreads must be an integer from 1 to {MAX_NTHREADS}, "
@@ -159,6 +160,8 @@ class Worker:
         self._own_directory: WorkerDirectory | None = None
         self.thresholds = memory_thresholds or MemoryThresholds()
         self.memory_stuck_timeout = memory_stuck_timeout
+        #: Modules imported in the background at start (see _execute.WARM_IMPORTS).
+        self.warm_imports = tuple(warm_imports)
         self.address = ""
         self.actors = ActorHost(self)
         self.plugins = WorkerPlugins(self)
@@ -211,6 +214,7 @@ class Worker:
 
     async def start(self) -> Worker:
         install_log_buffer()
+        start_warm_imports(self.warm_imports)
         self.address = await self.rpc.listen(self.listen_address)
         if self.name is None:
             self.name = self.address
