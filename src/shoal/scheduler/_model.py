@@ -122,7 +122,6 @@ class WorkerState:
     __slots__ = (
         "__weakref__",
         "address",
-        "avg_duration",
         "functions_sent",
         "has_what",
         "http_address",
@@ -136,7 +135,6 @@ class WorkerState:
         "occupancy",
         "processing",
         "resources",
-        "slot_count",
         "status",
     )
 
@@ -158,8 +156,6 @@ class WorkerState:
         self.last_seen = 0.0
         self.http_address: str | None = None
         self.functions_sent: set[str] = set()
-        self.avg_duration: float | None = None
-        self.slot_count = 0  # Placement.slots, kept while avg_duration holds (0: not known)
         self.metrics: dict[str, Any] = {}
 
     @property

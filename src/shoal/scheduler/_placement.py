@@ -3,12 +3,19 @@
 * A task with inputs goes to the worker where it is expected to *start*
   soonest: the time to fetch the inputs it lacks there plus the work already
   queued there.  Small inputs make that mostly the queue; large inputs pull
-  the task to its data.
+  the task to its data.  Workers holding none of its inputs are only
+  considered while no root waits in the queue: otherwise a worker with idle
+  threads is about to be given one of those, which needs nothing fetched.
 * A task without inputs (a root) is only handed to a worker with a free
   slot; the rest wait in the scheduler's queue, in priority order, so a graph
   with a million roots does not flood the workers' memory before the
   reducing tasks get to run.  A slot count covers a few milliseconds of work
   ahead per thread, so tiny tasks keep the threads busy across round trips.
+  It is counted from the durations of the roots' own prefix: a worker that
+  just ran tiny tasks is not handed dozens of a new graph's heavy roots
+  (which would then all run before any task that consumes them, their
+  results piling up), and the roots of a prefix never seen get the base count
+  until one has finished.
 
 The queue is a heap of *runs*: a run is a FIFO of tasks whose priorities
 never decrease, and a task that is not behind the newest run's last one
@@ -54,33 +61,32 @@ class Placement:
         self._counter = itertools.count()
         self._cursor = 0
         self.durations: dict[str, float] = {}
+        #: Slots per thread for the roots of a prefix (see slots), until its duration changes.
+        self._per_thread: dict[str | None, int] = {}
 
     # ------------------------------------------------------------ durations
 
     def estimate(self, ts: TaskState) -> float:
         return self.durations.get(ts.prefix, UNKNOWN_TASK_DURATION)
 
-    def record_duration(self, ts: TaskState, ws: WorkerState, seconds: float) -> None:
+    def record_duration(self, ts: TaskState, seconds: float) -> None:
         old = self.durations.get(ts.prefix)
         self.durations[ts.prefix] = seconds if old is None else 0.8 * old + 0.2 * seconds
-        avg = ws.avg_duration
-        ws.avg_duration = seconds if avg is None else 0.9 * avg + 0.1 * seconds
-        ws.slot_count = 0  # counted again when next asked
+        self._per_thread.pop(ts.prefix, None)  # counted again when next asked
 
-    def slots(self, ws: WorkerState) -> int:
-        """Root tasks ``ws`` is given at most at once (kept until its durations change)."""
-        count = ws.slot_count
-        if not count:
-            count = ws.slot_count = self._count_slots(ws)
-        return count
-
-    def _count_slots(self, ws: WorkerState) -> int:
-        base = math.ceil(ws.nthreads * SATURATION)
-        avg = ws.avg_duration
-        if avg is None:
-            return base
-        ahead = math.ceil(PIPELINE_SECONDS / max(avg, 1e-6)) * ws.nthreads
-        return max(base, min(ahead, MAX_SLOTS_PER_THREAD * ws.nthreads))
+    def slots(self, ws: WorkerState, prefix: str | None = None) -> int:
+        """Roots of ``prefix`` (by default the queue's next one) that ``ws`` is given
+        at most at once: :data:`SATURATION` per thread, or as many as cover
+        :data:`PIPELINE_SECONDS` of that prefix's tasks when they are tiny."""
+        if prefix is None and self._runs:
+            prefix = self._runs[0][2][0].prefix
+        per_thread = self._per_thread.get(prefix)
+        if per_thread is None:
+            duration = self.durations.get(prefix) if prefix is not None else None
+            per_thread = 0 if duration is None else min(
+                math.ceil(PIPELINE_SECONDS / max(duration, 1e-6)), MAX_SLOTS_PER_THREAD)
+            self._per_thread[prefix] = per_thread
+        return max(math.ceil(ws.nthreads * SATURATION), per_thread * ws.nthreads)
 
     # ------------------------------------------------------------ validity
 
@@ -125,9 +131,10 @@ class Placement:
         if ts.worker_restrictions is not None and not ts.loose_restrictions:
             return None
         if self.queueable(ts):
-            return self._idlest_with_room()
+            return self._idlest_with_room(ts.prefix)
         candidates = {ws for dep in ts.dependencies for ws in dep.who_has if self.valid(ts, ws)}
-        candidates.update(self._rotating(EXTRA_CANDIDATES, ts))
+        if not self.queued:
+            candidates.update(self._rotating(EXTRA_CANDIDATES, ts))
         if not candidates:
             candidates = {ws for ws in self.state.workers.values() if self.valid(ts, ws)}
         if not candidates:
@@ -161,14 +168,14 @@ class Placement:
                 picked.append(ws)
         return picked
 
-    def _idlest_with_room(self) -> WorkerState | None:
+    def _idlest_with_room(self, prefix: str) -> WorkerState | None:
         best: WorkerState | None = None
         best_load = math.inf
         for ws in self.state.workers.values():
             if ws.status != "running":
                 continue
             load = ws.busy
-            if load >= self.slots(ws):
+            if load >= self.slots(ws, prefix):
                 continue
             relative = load / ws.nthreads
             if relative < best_load:

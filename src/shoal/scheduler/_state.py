@@ -706,7 +706,7 @@ class SchedulerState:
             ts.processing_on = None
             ts.nbytes = arg.nbytes
             if arg.stop > arg.start > 0:
-                self.placement.record_duration(ts, ws, arg.stop - arg.start)
+                self.placement.record_duration(ts, arg.stop - arg.start)
             self._add_replica(ts, ws)
             self.counts["finished"] += 1
             if ts.ever_finished:

@@ -2,7 +2,8 @@
 
 Threads pull tasks from a queue and hand results back to the event loop in
 batches: a completion only wakes the loop when none is pending already, so a
-burst of tiny tasks costs one wake-up, not one per task.  A task that waits
+burst of tiny tasks costs one wake-up, not one per task (a batch of slow
+ones hands its results over as they come, see DELIVER_AFTER_SECONDS).  A task that waits
 on others (``secede``) gives its thread up: a new thread takes its place and
 the rest of its batch, and the old one ends with that task.
 
@@ -31,6 +32,12 @@ from ..protocol import SerializationError, Serialized, deserialize, serialize
 from ..protocol._task import substitute
 
 logger = logging.getLogger(__name__)
+
+#: A batch's outcomes go to the loop together, unless it has been running
+#: longer than this: then those done so far go at once, so that the scheduler
+#: hears of finished work (and hands out what depends on it) without waiting
+#: for the rest of a batch of heavy tasks.
+DELIVER_AFTER_SECONDS = 0.005
 
 #: What a worker imports in the background when it starts, if installed: numpy,
 #: which most data tasks use, and the module every dask graph node unpickles
@@ -120,6 +127,11 @@ def run_task(
         if inputs:
             call_args = substitute(call_args, inputs)
             call_kwargs = substitute(call_kwargs, inputs)
+        # the duration is the call's: unpickling the arguments may import a
+        # library (a dask graph node: pandas, dask.dataframe) once per process,
+        # and that second must not be taken for the task's cost, which the
+        # scheduler places and steals work by
+        outcome.start = time.time()
         outcome.value = func(*call_args, **call_kwargs)
         outcome.ok = True
         outcome.nbytes = sizeof(outcome.value)
@@ -212,8 +224,13 @@ class Executor:
             # while waiting for the next tasks, hold on to none of these (their
             # inputs and results): spilled or released, they must be freed
             del runs
+            handed = time.monotonic()
             while pending:
                 outcomes.append(pending.popleft()())
+                if pending and time.monotonic() - handed > DELIVER_AFTER_SECONDS:
+                    if not self._deliver(outcomes):
+                        return
+                    handed = time.monotonic()
             if not self._deliver(outcomes):
                 return
 

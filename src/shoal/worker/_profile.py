@@ -45,15 +45,18 @@ _MAX_DESCRIBED = 100_000
 
 def _identify(frame: FrameType) -> tuple[str, dict[str, Any]]:
     code = frame.f_code
-    found = _described.get((code, frame.f_lineno))
+    # None while the frame has not started a line (another thread's, caught
+    # in the middle of an import)
+    lineno = frame.f_lineno or code.co_firstlineno
+    found = _described.get((code, lineno))
     if found is None:
         if len(_described) > _MAX_DESCRIBED:
             _described.clear()
-        line = linecache.getline(code.co_filename, frame.f_lineno).strip()
-        found = _described[code, frame.f_lineno] = (
+        line = linecache.getline(code.co_filename, lineno).strip()
+        found = _described[code, lineno] = (
             f"{code.co_name};{code.co_filename};{code.co_firstlineno}",
             {"filename": code.co_filename, "name": code.co_name,
-             "line_number": frame.f_lineno, "line": line})
+             "line_number": lineno, "line": line})
     return found
 
 
@@ -91,7 +94,10 @@ def _merge_into(out: Tree, tree: Tree) -> None:
 def _task_frames(frame: FrameType | None, stop_at: frozenset[Any]) -> list[FrameType]:
     """The stack of a task thread, outermost first, from the task's function on."""
     stack: list[FrameType] = []
-    while frame is not None and frame.f_code not in stop_at:
+    # another thread's stack, read while it runs: in CPython 3.11 a frame
+    # being set up (an import starting) may show a stale f_back, which is
+    # where the walk stops
+    while isinstance(frame, FrameType) and frame.f_code not in stop_at:
         stack.append(frame)
         frame = frame.f_back
     stack.reverse()
