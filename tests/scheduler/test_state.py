@@ -356,3 +356,41 @@ def test_a_stuck_worker_fails_nothing_while_another_runs(state):
     state.handle(graph(*(spec(f"r{i}") for i in range(10))))
     out = state.handle(Heartbeat(S, "w1", {"paused": True, "memory_stuck_failure": "stuck"}))
     assert not reports(out, "task-erred") and state.placement.queued
+
+
+def test_root_slots_follow_the_roots_own_durations(state):
+    """A worker that just ran tiny tasks is not handed dozens of a new prefix's
+    roots: those get the base count until one of them has finished."""
+    w1 = state.workers["w1"]
+    state.handle(graph(*(spec(f"tiny-{i}") for i in range(2))))
+    for ts in list(w1.processing) + list(state.workers["w2"].processing):
+        state.handle(TaskFinished(S, ts.processing_on.address, ts.key, 8, 1.0, 1.00001))
+    assert state.placement.slots(w1, "tiny") > 10  # 10 us tasks: many cover 4 ms
+    out = state.handle(graph(*(spec(f"heavy-{i}") for i in range(40))))
+    base = state.placement.slots(w1, "heavy")
+    assert base == 2  # 1 thread x SATURATION, rounded up
+    assert len(computes(out, "w1")) == base and len(computes(out, "w2")) == base
+    first = next(iter(w1.processing))
+    out = state.handle(TaskFinished(S, "w1", first.key, 8, 1.0, 1.2))  # 0.2 s each
+    assert state.placement.slots(w1) == base and len(computes(out, "w1")) == 1
+
+
+def test_a_dependent_stays_with_its_input_while_roots_are_queued(state):
+    """An idle thread is about to get a queued root, which needs nothing fetched:
+    a dependent is not moved from its input to another worker meanwhile, even
+    one where it would start sooner; once the queue is empty, it may be."""
+    w1, w2 = state.workers["w1"], state.workers["w2"]
+    state.handle(graph(*(spec(f"busy-{i}", workers=["w1"]) for i in range(3)),
+                       spec("a", workers=["w1"]), spec("a2", "a"),
+                       spec("b", workers=["w1"]), spec("b2", "b"),
+                       *(spec(f"r-{i}") for i in range(6))))
+    assert state.placement.queued and all(ts.prefix == "r" for ts in w2.processing)
+    out = state.handle(TaskFinished(S, "w1", "a", 1000))
+    assert w1.occupancy > w2.occupancy + 0.4  # w2 would start it sooner
+    assert computes(out) == ["a2"] and state.tasks["a2"].processing_on is w1
+    while state.placement.queued:
+        state.handle(TaskFinished(S, "w2", next(iter(w2.processing)).key, 8))
+    while w2.processing:
+        state.handle(TaskFinished(S, "w2", next(iter(w2.processing)).key, 8))
+    out = state.handle(TaskFinished(S, "w1", "b", 1000))
+    assert computes(out) == ["b2"] and state.tasks["b2"].processing_on is w2

@@ -6,12 +6,15 @@ import asyncio
 import functools
 import gc
 import sys
+import threading
+import time
 import weakref
 
 import numpy as np
 
 from shoal.protocol import serialize
 from shoal.protocol._task import KeyRef
+from shoal.worker import _execute
 from shoal.worker._execute import Executor, Outcome, run_task, start_warm_imports, warm_imports
 from shoal.worker._sizeof import sizeof
 
@@ -58,3 +61,61 @@ def test_warm_imports_import_what_is_installed_and_skip_the_rest(tmp_path, monke
     assert sys.modules["shoal_warm_fine"].VALUE == 1
     assert "shoal_warm_broken" not in sys.modules
     assert start_warm_imports([]) is None
+
+
+def test_a_batch_of_slow_tasks_hands_its_results_over_as_they_come(monkeypatch) -> None:
+    """The first task's outcome reaches the loop while the second still runs (the
+    second waits for it, bounded), so the scheduler can hand out its dependents."""
+    monkeypatch.setattr(_execute, "DELIVER_AFTER_SECONDS", 0.0)  # every task counts as slow
+    first_delivered = threading.Event()
+
+    def second() -> bool:
+        return first_delivered.wait(30)
+
+    async def main() -> list[list[str]]:
+        batches: list[list[str]] = []
+
+        def on_done(outcomes: list[Outcome]) -> None:
+            batches.append([o.key for o in outcomes])
+            if any(o.key == "first" for o in outcomes):
+                first_delivered.set()
+
+        executor = Executor(1, on_done, name="test")
+        try:
+            executor.submit_many([functools.partial(run_task, "first", int, None, {}, sizeof),
+                                  functools.partial(run_task, "second", second, None, {},
+                                                    sizeof)])
+            await async_wait_for(lambda: sum(map(len, batches)) == 2, 30, "both outcomes")
+        finally:
+            executor.shutdown()
+        return batches
+
+    batches = asyncio.run(main())
+    assert batches == [["first"], ["second"]]
+
+
+def test_a_task_duration_leaves_out_unpickling_its_arguments() -> None:
+    """Unpickling may import a library once per process; the scheduler places
+    and steals work by durations, which must not count that second."""
+    ser = serialize(((_Unpickled(),), {}))
+    outcome = run_task("k", _unpickled_at, ser, {}, sizeof)
+    assert outcome.ok and outcome.start >= outcome.value
+
+
+_unpickled: list[float] = []
+
+
+def _record_unpickling() -> _Unpickled:
+    _unpickled.append(time.time())
+    return _Unpickled()
+
+
+class _Unpickled:
+    """Records, on the task's thread, when it was unpickled."""
+
+    def __reduce__(self) -> tuple:
+        return _record_unpickling, ()
+
+
+def _unpickled_at(_: _Unpickled) -> float:
+    return _unpickled[-1]
