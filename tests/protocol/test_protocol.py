@@ -42,6 +42,31 @@ def test_large_array_travels_out_of_band_without_copy():
     assert np.array_equal(deserialize(ser), array)
 
 
+def test_large_datetime_arrays_travel_out_of_band():
+    """numpy pickles datetime64 and timedelta64 arrays in band: a time-indexed
+    frame carried its timestamps inside the stream.  They go as frames now,
+    rebuilt over the received frame, and the value comes back equal."""
+    pd = pytest.importorskip("pandas")
+    n = 50_000
+    stamps = np.arange(n).astype("M8[us]")
+    frame = pd.DataFrame({"x": np.arange(n, dtype="f8"),
+                          "at": pd.date_range("2001-01-01", periods=n, freq="s", tz="UTC"),
+                          "took": pd.to_timedelta(np.arange(n), unit="s")},
+                         index=pd.DatetimeIndex(stamps))
+    for value in (stamps, np.arange(n).astype("m8[ns]").reshape(100, -1), frame):
+        ser = serialize(value)
+        assert len(ser.frames[0]) < 10_000, type(value)
+        back = deserialize(ser)
+        if isinstance(value, np.ndarray):
+            assert back.dtype == value.dtype and np.array_equal(back, value)
+        else:
+            pd.testing.assert_frame_equal(back, value)
+    strided = stamps[::2]  # not contiguous: in band, as before
+    ser = serialize(strided)
+    assert len(ser.frames) == 1 and np.array_equal(deserialize(ser), strided)
+    assert len(serialize(stamps[:100]).frames) == 1  # small: in band
+
+
 def test_large_call_arguments_travel_out_of_band_and_small_ones_in_the_stream():
     big, blob = b"x" * 100_000, bytearray(b"y" * 70_000)
     ser = serialize_call((big, 1, [2]), {"blob": blob, "n": 3})

@@ -13,6 +13,13 @@ On the way in a memoryview is rebuilt over the received frame without a
 copy; a bytes or bytearray object owns its memory, so it is one copy (a large
 bytes one into transparent huge pages, see ``_memory.py``).
 
+numpy pickles a datetime64 or timedelta64 array in band (its buffer export
+refuses those dtypes), so every time-indexed pandas frame used to carry its
+timestamps inside the pickle stream, copied there and back.  When a large
+stream shows such a dtype, the value is pickled again by a pickler that hands
+those arrays out of band as their int64 view; the plain pickler stays the
+fast path for everything else.
+
 The standard pickler is tried first because it is several times faster than
 cloudpickle for plain data; cloudpickle takes over for lambdas, closures and
 functions defined in ``__main__``.
@@ -20,7 +27,9 @@ functions defined in ``__main__``.
 
 from __future__ import annotations
 
+import io
 import pickle
+import sys
 from typing import Any
 
 import cloudpickle
@@ -39,6 +48,9 @@ OUT_OF_BAND_MIN_BYTES = 64 * 1024
 SCAN_MAX_ITEMS = 1000
 
 _BUFFER_TYPES = (bytes, bytearray, memoryview)
+#: How numpy's pickle of a datetime64 or timedelta64 dtype begins (the dtype's
+#: kind as a short string): a large stream holding one may carry such an array.
+_DATETIME_DTYPES = (b"\x8c\x02M8", b"\x8c\x02m8")
 
 
 class _OutOfBand:
@@ -167,12 +179,41 @@ class _OutOfBandBuffers(list):
         return False
 
 
+class _DatetimesOutOfBand(pickle.Pickler):
+    """A pickler that hands large datetime64 and timedelta64 arrays out of band."""
+
+    def reducer_override(self, obj: Any) -> Any:
+        np = sys.modules.get("numpy")
+        if (np is not None and type(obj) is np.ndarray and obj.dtype.kind in "mM"
+                and obj.nbytes >= OUT_OF_BAND_MIN_BYTES and obj.flags.c_contiguous):
+            return _datetimes_from, (pickle.PickleBuffer(obj.view(np.int64)), obj.dtype.str,
+                                     obj.shape)
+        return NotImplemented
+
+
+def _datetimes_from(buf: Any, dtype: str, shape: tuple[int, ...]) -> Any:
+    """The datetime64 or timedelta64 array, over the received frame itself."""
+    import numpy as np
+
+    return np.frombuffer(buf, dtype=np.int64).view(dtype).reshape(shape)
+
+
+def _dumps(obj: Any, buffers: _OutOfBandBuffers) -> bytes:
+    stream = pickle.dumps(obj, protocol=5, buffer_callback=buffers)
+    if len(stream) >= OUT_OF_BAND_MIN_BYTES and any(m in stream for m in _DATETIME_DTYPES):
+        buffers.clear()
+        out = io.BytesIO()
+        _DatetimesOutOfBand(out, protocol=5, buffer_callback=buffers).dump(obj)
+        stream = out.getvalue()
+    return stream
+
+
 def serialize(obj: Any) -> Serialized:
     """Pickle ``obj`` into a :class:`Serialized`, large buffers out of band."""
     buffers = _OutOfBandBuffers()
     obj = _wrap_large_buffers(obj)
     try:
-        stream = pickle.dumps(obj, protocol=5, buffer_callback=buffers)
+        stream = _dumps(obj, buffers)
         if _by_reference_to_main(stream):
             raise pickle.PicklingError("refers to __main__")
     except Exception:  # noqa: BLE001 - any pickling failure: cloudpickle may manage
