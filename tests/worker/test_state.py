@@ -188,7 +188,8 @@ def test_random_events_keep_invariants(events):
         if op == "compute":
             n += 1
             deps = {keys[i % len(keys)]: ["peer"]} if keys and i % 2 else {}
-            ws.handle(ComputeTask(f"t{n}", "f", None, (i,), deps, {k: 1 for k in deps}))
+            size = PIPELINE_FETCH_BYTES if i % 3 == 0 else 1  # large ones are pipelined
+            ws.handle(ComputeTask(f"t{n}", "f", None, (i,), deps, {k: size for k in deps}))
         elif op in ("finish", "fail") and ws.executing:
             ts = sorted(ws.executing, key=lambda t: t.key)[i % len(ws.executing)]
             ws.handle(ExecuteSuccess(ts.key, 1, 0, 0) if op == "finish"
@@ -197,7 +198,8 @@ def test_random_events_keep_invariants(events):
             ws.handle(FreeKeys([keys[i % len(keys)]]))
         elif op.startswith("gather") and ws.in_flight_workers:
             worker = min(ws.in_flight_workers)
-            keys_in_flight = [t.key for t in ws.in_flight_workers[worker]]
+            asks = ws.busy_workers[worker]  # answer one of its fetches
+            keys_in_flight = [t.key for t in asks[i % len(asks)][0]]
             ok = op == "gather_ok"
             ws.handle(GatherDone(worker, {k: 1 for k in keys_in_flight} if ok else {},
                                  [] if ok else keys_in_flight))

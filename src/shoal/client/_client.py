@@ -371,7 +371,8 @@ class Client(ClusterCalls, DatasetCalls):
 
         It takes no lock here: a collection can run inside a section that
         holds one.  The key is queued and counted down on the client's loop,
-        where releases of one loop turn leave as one message.
+        where the releases queued by then leave as one message (see
+        ``_tick_releases``).
         """
         self._released.append(key)
         if not self._release_ticking:

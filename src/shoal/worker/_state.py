@@ -728,6 +728,10 @@ class WorkerState:
                 assert all(ts in self.fetch_by_peer.get(w, ()) for w in ts.who_has), key
         for peer, waiting in self.fetch_by_peer.items():
             assert all(t.state == "fetch" and peer in t.who_has for t in waiting), peer
+        assert set(self.in_flight_workers) <= set(self.busy_workers)
+        for peer, asks in self.busy_workers.items():  # in flight: what the fetches asked
+            assert asks and self.in_flight_workers.get(peer) == frozenset().union(
+                *(tasks for tasks, _ in asks)), peer
         assert len(self.executing) <= self.nthreads * (1 + PREFETCH_PER_THREAD)
         for ts in self.executing | self.seceded:
             assert ts.state in ("executing", "cancelled")
