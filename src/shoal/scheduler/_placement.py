@@ -61,8 +61,8 @@ class Placement:
         self._counter = itertools.count()
         self._cursor = 0
         self.durations: dict[str, float] = {}
-        #: Slots per thread for the roots of a prefix (see slots), until its duration changes.
-        self._per_thread: dict[str | None, int] = {}
+        #: prefix -> {threads: slots} (see slots), until the prefix's duration changes
+        self._slots: dict[str | None, dict[int, int]] = {}
 
     # ------------------------------------------------------------ durations
 
@@ -72,7 +72,7 @@ class Placement:
     def record_duration(self, ts: TaskState, seconds: float) -> None:
         old = self.durations.get(ts.prefix)
         self.durations[ts.prefix] = seconds if old is None else 0.8 * old + 0.2 * seconds
-        self._per_thread.pop(ts.prefix, None)  # counted again when next asked
+        self._slots.pop(ts.prefix, None)  # counted again when next asked
 
     def slots(self, ws: WorkerState, prefix: str | None = None) -> int:
         """Roots of ``prefix`` (by default the queue's next one) that ``ws`` is given
@@ -80,13 +80,17 @@ class Placement:
         :data:`PIPELINE_SECONDS` of that prefix's tasks when they are tiny."""
         if prefix is None and self._runs:
             prefix = self._runs[0][2][0].prefix
-        per_thread = self._per_thread.get(prefix)
-        if per_thread is None:
+        counts = self._slots.get(prefix)
+        if counts is None:
+            counts = self._slots[prefix] = {}
+        count = counts.get(ws.nthreads)
+        if count is None:
             duration = self.durations.get(prefix) if prefix is not None else None
             per_thread = 0 if duration is None else min(
                 math.ceil(PIPELINE_SECONDS / max(duration, 1e-6)), MAX_SLOTS_PER_THREAD)
-            self._per_thread[prefix] = per_thread
-        return max(math.ceil(ws.nthreads * SATURATION), per_thread * ws.nthreads)
+            count = counts[ws.nthreads] = max(math.ceil(ws.nthreads * SATURATION),
+                                              per_thread * ws.nthreads)
+        return count
 
     # ------------------------------------------------------------ validity
 

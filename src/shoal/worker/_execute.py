@@ -224,13 +224,13 @@ class Executor:
             # while waiting for the next tasks, hold on to none of these (their
             # inputs and results): spilled or released, they must be freed
             del runs
-            handed = time.monotonic()
+            handed = time.time()
             while pending:
                 outcomes.append(pending.popleft()())
-                if pending and time.monotonic() - handed > DELIVER_AFTER_SECONDS:
+                if pending and outcomes[-1].stop - handed > DELIVER_AFTER_SECONDS:
+                    handed = outcomes[-1].stop
                     if not self._deliver(outcomes):
                         return
-                    handed = time.monotonic()
             if not self._deliver(outcomes):
                 return
 
