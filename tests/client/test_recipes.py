@@ -19,7 +19,8 @@ def _column(states: dict[str, FutureState], n: int, fields: dict | None = None) 
     builder = ColumnBuilder()
     for i in range(n):
         builder.add(f"k{i}", serialize_call((i,), {}).compact())
-    column = Column(({"func": "inc-token", **(fields or {})}, FUNC), builder.packed())
+    column = Column(({"func": "inc-token", **(fields or {})}, FUNC))
+    column.fill(builder.packed())
     for key in column.packed.keys:
         states[key] = FutureState(key)
         states[key].recipe = column
@@ -86,7 +87,8 @@ def test_a_key_mapped_again_belongs_to_the_newer_column():
     old = _column(states, 4)
     builder = ColumnBuilder()
     builder.add("k1", serialize_call((1,), {}).compact())
-    new = Column(({"func": "inc-token"}, FUNC), builder.packed())
+    new = Column(({"func": "inc-token"}, FUNC))
+    new.fill(builder.packed())
     states["k1"].recipe = new
     assert old.held(states) == [0, 2, 3]
     assert sorted(t["key"] for t in resubmission(states)[1]) == ["k0", "k1", "k2", "k3"]

@@ -536,12 +536,13 @@ class Client(ClusterCalls, DatasetCalls):
         if _wants_actor(kwargs):
             func, pure = actor_maker(func), False
         token, ser_func = self._functions.get(func)
-        columns = [list(it) for it in iterables]
+        # a sequence as it is (a range makes each number as it goes), anything else listed
+        columns = [it if isinstance(it, (list, tuple, range)) else list(it) for it in iterables]
         keys = key if isinstance(key, list) else None
         common: dict[str, Any] = {}  # the restrictions, the same for every task
         _restrict(common, workers, allow_other_workers, retries, priority, resources)
-        plain = ColumnBuilder()  # the tasks without inputs go as columns
-        plain_states: list[FutureState] = []
+        column = Column(({"func": token, **common}, ser_func))  # the tasks without inputs
+        plain = ColumnBuilder()
         tasks: list[dict[str, Any]] = []  # those with inputs as task messages
         futures, deps = [], []
         for i, call_args in enumerate(zip(*columns)):
@@ -554,13 +555,12 @@ class Client(ClusterCalls, DatasetCalls):
                 deps.extend(task_deps)
             else:
                 plain.add(task_key_, ser_args)
-                plain_states.append(future._state)
+                future._state.recipe = column
             futures.append(future)
-        if plain_states:
-            self._send_calls(Column(({"func": token, **common}, ser_func), plain.packed()),
-                             plain_states)
+        if plain.keys:
+            self._send_calls(column, plain.packed())
         # the tasks with inputs in graphs of MAP_CHUNK too; their inputs held until the last
-        for start in range(0, len(tasks) if tasks or plain_states else 1, MAP_CHUNK):
+        for start in range(0, len(tasks) if tasks or plain.keys else 1, MAP_CHUNK):
             self._send_graph(tasks[start:start + MAP_CHUNK], ser_func,
                              [t["key"] for t in tasks[start:start + MAP_CHUNK]],
                              deps if start + MAP_CHUNK >= len(tasks) else [])
@@ -623,16 +623,15 @@ class Client(ClusterCalls, DatasetCalls):
 
         self._call_on_loop(send)
 
-    def _send_calls(self, column: Column, states: list[FutureState]) -> None:
+    def _send_calls(self, column: Column, packed: Packed) -> None:
         """Send tasks without inputs as columns (see ``CALLS`` in protocol/_ops.py), in
         graphs of MAP_CHUNK tasks, which the scheduler takes in one at a time while it
-        serves everyone else; ``column``, their recipes, becomes those of ``states``."""
+        serves everyone else; ``packed`` fills ``column``, the recipe of their states."""
         if self.status not in ("running", "reconnecting"):
             raise ClientClosedError(f"the client is {self.status}")
         with self._lock:
-            for state in states:
-                state.recipe = column
-        (fields, func), packed = column.call, column.packed
+            column.fill(packed)
+        fields, func = column.call
         for start in range(0, len(packed.keys), MAP_CHUNK):
             self._call_on_loop(self._send_slice, fields, func, packed, start)
 

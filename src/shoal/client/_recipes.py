@@ -75,7 +75,7 @@ class ColumnBuilder:
     def __init__(self) -> None:
         self.keys: list[str] = []
         self.blob = bytearray()
-        self.bounds = array("Q", [0])
+        self.bounds = array("I", [0])  # four bytes an offset, up to 4 GiB of arguments
         self.large: dict[int, Serialized] = {}
 
     def add(self, key: str, args: Any) -> None:
@@ -83,28 +83,34 @@ class ColumnBuilder:
             self.blob += args
         else:
             self.large[len(self.keys)] = args
-        self.bounds.append(len(self.blob))
+        try:
+            self.bounds.append(len(self.blob))
+        except OverflowError:
+            self.bounds = array("Q", self.bounds)
+            self.bounds.append(len(self.blob))
         self.keys.append(key)
 
     def packed(self) -> Packed:
-        # four bytes an offset when the arguments fit in 4 GiB, as they nearly always do
-        bounds = array("I", self.bounds) if len(self.blob) < 2**32 else self.bounds
-        return Packed(self.keys, bytes(self.blob), bounds, self.large)
+        return Packed(self.keys, bytes(self.blob), self.bounds, self.large)
 
 
 class Column:
     """The recipes of one ``map`` call's tasks without inputs.
 
     A held key costs a slot in ``keys`` and its arguments' own bytes here, no
-    object of its own.  Keys are only ever let go of: once half of them are,
-    :meth:`forget` packs those still held anew, so a column outlives its
-    keys by at most their count again.
+    object of its own.  The states point at the column while the call runs;
+    :meth:`fill` gives it its keys at the end.  Keys are only ever let go of
+    then: once half of them are, :meth:`forget` packs those still held anew,
+    so a column outlives its keys by at most their count again.
     """
 
     __slots__ = ("_index", "call", "dropped", "packed")
 
-    def __init__(self, call: Call, packed: Packed) -> None:
+    def __init__(self, call: Call) -> None:
         self.call = call
+        self.fill(ColumnBuilder().packed())
+
+    def fill(self, packed: Packed) -> None:
         self.packed = packed
         self.dropped = 0  # keys let go of since the last packing (an upper bound)
         self._index: dict[str, int] | None = None  # made once a dependent asks
@@ -118,9 +124,7 @@ class Column:
         """A state that pointed here was let go of (the client's lock is held)."""
         self.dropped += 1
         if 2 * self.dropped > len(self.packed.keys):
-            self.packed = self.packed.subset(self.held(states))
-            self.dropped = 0
-            self._index = None
+            self.fill(self.packed.subset(self.held(states)))
 
     def recipe(self, key: str) -> Recipe | None:
         """The recipe of one key as a tuple, for the recipe of a task depending on it."""
