@@ -188,6 +188,22 @@ def test_released_futures_are_forgotten(client):
     assert memory  # workers still fine
 
 
+def test_futures_dropped_one_by_one_are_released_in_ticks_without_waking_the_loop(client):
+    """A loop of ``submit(...).result()`` drops a Future per turn: while releases
+    keep coming they wait for the loop's next tick (no wake-up each), and every
+    key is still forgotten; once they stop, the ticks stop."""
+    for i in range(30):
+        assert client.submit(inc, i, pure=False).result(timeout=10) == i + 1
+        if client._release_ticking:  # dropped while a tick is due: nothing was woken
+            assert not client._release_scheduled
+    deadline = 100
+    while (scheduler_tasks(client) or client._release_ticking) and deadline:
+        deadline -= 1
+        client.sync(lambda: asyncio.sleep(0.02))  # polling a remote count, bounded
+    assert scheduler_tasks(client) == 0 and not client._release_ticking
+    assert client.submit(inc, 1).result(timeout=10) == 2  # a new drop starts ticking again
+
+
 def test_key_shared_between_two_clients(inproc_cluster):
     with Client(inproc_cluster) as a, Client(inproc_cluster) as b:
         fa, fb = a.submit(operator.mul, 6, 7), b.submit(operator.mul, 6, 7)

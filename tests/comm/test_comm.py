@@ -10,7 +10,14 @@ import msgpack
 import pytest
 
 from shoal.comm import BatchedSend, CommClosedError, ConnectionPool, RemoteError, RPCServer, connect
-from shoal.protocol import PROTOCOL_VERSION, VersionMismatchError, dumps, pack_frames_prelude
+from shoal.protocol import (
+    PROTOCOL_VERSION,
+    VersionMismatchError,
+    deserialize,
+    dumps,
+    pack_frames_prelude,
+    serialize,
+)
 
 
 def run(coro):
@@ -191,3 +198,39 @@ def test_batched_send_coalesces_one_loop_turn():
 def test_msgpack_is_the_header_format():
     frames = dumps({"op": "ping"})
     assert msgpack.unpackb(frames[0]) == {"op": "ping"}
+
+
+def test_a_large_bytes_value_is_received_into_the_value_itself():
+    """A bytes frame is flagged on the wire and received straight into a bytes
+    object, which unpickling then returns (no copy); other buffers are not, so
+    a bytearray or numpy array received stays writable."""
+    np = pytest.importorskip("numpy")
+
+    async def main() -> None:
+        received: list = []
+        done = asyncio.Event()
+
+        async def stream(comm, **_):
+            received.append(await comm.read())
+            done.set()
+
+        server = RPCServer({}, {"stream": stream})
+        address = await server.listen("tcp://127.0.0.1:0")
+        comm = await connect(address)
+        await comm.write({"op": "stream"})
+        # over STAGING_BYTES (a large message), under SHARED_MIN_BYTES (on the socket)
+        blob = bytes(range(256)) * 2048
+        values = [blob, bytearray(blob), np.arange(65536, dtype="u8")]
+        await comm.write({"values": [serialize(v) for v in values]})
+        await asyncio.wait_for(done.wait(), 10)
+        got = received[0]["values"]
+        assert type(got[0].frames[-1]) is bytes
+        out = [deserialize(s) for s in got]
+        assert out[0] == blob and out[0] is got[0].frames[-1]
+        assert out[1] == blob and type(out[1]) is bytearray
+        out[1][0] = 7  # its own memory, writable
+        assert (out[2] == values[2]).all() and out[2].flags.writeable
+        await comm.close()
+        server.stop()
+
+    run(main())

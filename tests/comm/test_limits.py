@@ -12,7 +12,7 @@ import pytest
 from shoal.comm import CommClosedError, CommLimits, ConnectionPool, RPCServer, connect, spawn
 from shoal.comm._rpc import MAX_BAD_MESSAGES
 from shoal.comm._tcp import EAGER_MAX_BYTES, STAGING_MIN_BYTES
-from shoal.protocol import MAX_MESSAGE_BYTES, dumps, pack_frames_prelude
+from shoal.protocol import MAX_MESSAGE_BYTES, PROTOCOL_VERSION, dumps, pack_frames_prelude
 from tests.polling import async_wait_for
 
 FAST = CommLimits(max_message_bytes=64 * 1024 * 1024, handshake_timeout=0.5,
@@ -85,7 +85,7 @@ def test_a_peer_that_stalls_mid_message_is_dropped_and_cost_little():
     async def main() -> None:
         server, address = await _server()
         reader, writer = await _raw(address)
-        writer.write(_frame({"op": "handshake", "protocol": 1}))
+        writer.write(_frame({"op": "handshake", "protocol": PROTOCOL_VERSION}))
         declared = 60 * 1024 * 1024  # under the limit, but only a few bytes ever come
         writer.write(struct.pack("<QIQ", declared, 1, declared - 12) + b"x" * 5000)
         await writer.drain()

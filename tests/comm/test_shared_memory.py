@@ -18,7 +18,14 @@ import pytest
 
 from shoal.comm import RPCServer, _pool, _shared, connect
 from shoal.comm._tcp import EAGER_MAX_BYTES
-from shoal.protocol import Serialized, deserialize, dumps, pack_frames_prelude, serialize
+from shoal.protocol import (
+    PROTOCOL_VERSION,
+    Serialized,
+    deserialize,
+    dumps,
+    pack_frames_prelude,
+    serialize,
+)
 from tests.polling import async_wait_for, wait_for
 
 pytestmark = pytest.mark.skipif(not hasattr(os, "memfd_create"), reason="needs Linux memfds")
@@ -249,7 +256,7 @@ def test_a_lying_header_commits_no_memory_for_its_frame():
         address = await server.listen("tcp://127.0.0.1:0")
         host, port = address.removeprefix("tcp://").rsplit(":", 1)
         _, writer = await asyncio.open_connection(host, int(port))
-        hello = dumps({"op": "handshake", "protocol": 1})
+        hello = dumps({"op": "handshake", "protocol": PROTOCOL_VERSION})
         writer.write(pack_frames_prelude(hello) + b"".join(bytes(f) for f in hello))
         await async_wait_for(lambda: server._comms, 10, "the comm being served")
         protocol = next(iter(server._comms)).protocol

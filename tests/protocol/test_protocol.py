@@ -22,7 +22,7 @@ from shoal.protocol import (
     serialize_call,
     unpack_frame_lengths,
 )
-from shoal.protocol._framing import unpack_total
+from shoal.protocol._framing import BYTES_FRAME_MIN, unpack_frame_words, unpack_total
 from shoal.protocol._task import KeyRef, substitute
 
 
@@ -82,6 +82,17 @@ def test_framing_round_trip_and_limits():
         unpack_total(struct.pack("<Q", 10**12), limit=10**9)
     with pytest.raises(FramingError):
         unpack_frame_lengths(memoryview(struct.pack("<I", 5) + b"x"))
+
+
+def test_only_large_frames_that_are_whole_bytes_objects_are_flagged():
+    big = b"b" * BYTES_FRAME_MIN
+    frames = [b"head", memoryview(big), memoryview(big)[1:], memoryview(bytearray(big)),
+              memoryview(b"small"), big]
+    prelude = pack_frames_prelude(frames)
+    body = prelude[8:]
+    wire, shared, whole, _ = unpack_frame_words(body, unpack_total(prelude[:8]))
+    assert whole == [1]  # not a slice, a bytearray, a small one, nor a bare bytes frame
+    assert wire == [len(memoryview(f)) for f in frames] and not any(shared)
 
 
 def test_malformed_messages_are_refused():

@@ -6,7 +6,10 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from shoal.worker._state import (
+    MAX_FETCHES_PER_PEER,
+    PIPELINE_FETCH_BYTES,
     PREFETCH_PER_THREAD,
+    TARGET_FETCH_BYTES,
     AcquireReplicas,
     ComputeTask,
     Execute,
@@ -74,6 +77,36 @@ def test_other_replica_is_tried_after_a_failed_fetch():
     first = next(iter(ws.in_flight_workers))
     out = ws.handle(GatherDone(first, {}, ["a"], peer_gone=True))
     assert [g.worker for g in out if isinstance(g, Gather)] == [{"p1": "p2", "p2": "p1"}[first]]
+
+
+def test_large_fetches_from_one_peer_are_pipelined_small_ones_batched():
+    big = max(PIPELINE_FETCH_BYTES, TARGET_FETCH_BYTES // 2 + 1)  # one block per fetch
+    ws = WorkerState("me", 1)
+    out = []
+    for i in range(4):
+        out += ws.handle(ComputeTask(f"use{i}", "f", None, (i,), {f"b{i}": ["peer"]},
+                                     {f"b{i}": big}))
+    asked = [g.keys for g in out if isinstance(g, Gather)]
+    assert asked == [["b0"], ["b1"]][:MAX_FETCHES_PER_PEER]  # the next asked before b0 came
+    # the second answer first: only its own task leaves flight, b0 stays awaited
+    out = ws.handle(GatherDone("peer", {"b1": big}, []))
+    assert ws.tasks["b1"].state == "memory" and ws.tasks["b0"].state == "flight"
+    assert [g.keys for g in out if isinstance(g, Gather)] == [["b2"]]
+    ws.validate()
+    out = ws.handle(GatherDone("peer", {}, ["b0"]))  # the peer lost b0
+    assert ws.tasks["b0"].state == "fetch" and sent(out, "missing-data")
+    assert [g.keys for g in out if isinstance(g, Gather)] == [["b3"]]
+    ws.validate()
+
+    small = WorkerState("me", 1)
+    out = []
+    for i in range(4):
+        out += small.handle(ComputeTask(f"use{i}", "f", None, (i,), {f"s{i}": ["peer"]},
+                                        {f"s{i}": 10}))
+    assert [g.keys for g in out if isinstance(g, Gather)] == [["s0"]]
+    out = small.handle(GatherDone("peer", {"s0": 10}, []))
+    assert [sorted(g.keys) for g in out if isinstance(g, Gather)] == [["s1", "s2", "s3"]]
+    small.validate()
 
 
 def test_failure_is_reported():

@@ -50,6 +50,7 @@ from ..protocol._framing import (
     unpack_frame_words,
     unpack_total,
 )
+from ..protocol._memory import bytes_buffer
 from ._core import (
     DEFAULT_CONNECT_TIMEOUT,
     Comm,
@@ -133,26 +134,31 @@ class _LargeMessage:
     sent.
     """
 
-    __slots__ = ("buffers", "filled", "index", "layout", "shared", "sizes", "wire")
+    __slots__ = ("buffers", "filled", "index", "layout", "owners", "shared", "sizes", "wire")
 
-    def __init__(self, wire: list[int], shared: list[int]) -> None:
+    def __init__(self, wire: list[int], shared: list[int], whole: list[int]) -> None:
         self.wire, self.shared = wire, shared
         self.sizes: list[int] = []  # the buffers' sizes, in arrival order
         self.layout: list[tuple[int, int]] = []  # each frame's buffer and offset in it
+        #: buffers that are bytes objects (frames flagged BYTES_FRAME): index -> the
+        #: object, None until its first byte arrives
+        self.owners: dict[int, bytes | None] = {}
         run = 0
-        for length in wire:
+        for i, length in enumerate(wire):
             if length >= OWN_BUFFER_BYTES:
                 if run:
                     self.sizes.append(run)
                     run = 0
                 self.layout.append((len(self.sizes), 0))
+                if i in whole and not shared[i]:
+                    self.owners[len(self.sizes)] = None
                 self.sizes.append(length)
             else:
                 self.layout.append((len(self.sizes), run))
                 run += length
         if run:
             self.sizes.append(run)
-        self.buffers: list[bytearray | mmap.mmap | None] = [None] * len(self.sizes)
+        self.buffers: list[bytearray | mmap.mmap | memoryview | None] = [None] * len(self.sizes)
         self.index = self.filled = 0
 
     @property
@@ -163,7 +169,11 @@ class _LargeMessage:
         """Where the next bytes go."""
         buf = self.buffers[self.index]
         if buf is None:
-            buf = self.buffers[self.index] = _allocate(self.sizes[self.index])
+            if self.index in self.owners:  # the value itself, written through a view
+                self.owners[self.index], buf = bytes_buffer(self.sizes[self.index])
+            else:
+                buf = _allocate(self.sizes[self.index])
+            self.buffers[self.index] = buf
         return memoryview(buf)[self.filled:]
 
     def advance(self, nbytes: int) -> None:
@@ -182,12 +192,16 @@ class _LargeMessage:
             self.advance(n)
             pos += n
 
-    def frames(self) -> list[memoryview]:
-        out = []
+    def frames(self) -> list[memoryview | bytes]:
+        out: list[memoryview | bytes] = []
         for length, (index, offset) in zip(self.wire, self.layout, strict=True):
+            owner = self.owners.get(index)
             buf = self.buffers[index] if length else None
-            out.append(memoryview(buf)[offset:offset + length] if buf is not None
-                       else memoryview(b""))
+            if owner is not None:
+                out.append(owner)
+            else:
+                out.append(memoryview(buf)[offset:offset + length] if buf is not None
+                           else memoryview(b""))
         return out
 
     def committed(self) -> int:
@@ -309,8 +323,8 @@ class _Protocol(asyncio.BufferedProtocol):
                     self._pending = TOTAL_HEADER_BYTES + total
                     break
                 body = memoryview(bytes(view[start:start + total]))
-                wire, shared, offset = unpack_frame_words(body, total, self.max_message)
-                frames = []
+                wire, shared, _, offset = unpack_frame_words(body, total, self.max_message)
+                frames: list[memoryview | bytes] = []
                 for length in wire:
                     frames.append(body[offset:offset + length])
                     offset += length
@@ -328,8 +342,8 @@ class _Protocol(asyncio.BufferedProtocol):
         """Switch to receiving a large message, once its frame table has arrived."""
         if len(head) < 4 or len(head) < table_bytes(unpack_count(head)):
             return False
-        wire, shared, offset = unpack_frame_words(head, total, self.max_message)
-        big = _LargeMessage(wire, shared)
+        wire, shared, whole, offset = unpack_frame_words(head, total, self.max_message)
+        big = _LargeMessage(wire, shared, whole)
         big.take(head[offset:])
         if big.complete:
             self._deliver(big.frames(), big.shared)
@@ -337,7 +351,7 @@ class _Protocol(asyncio.BufferedProtocol):
             self._big = big
         return True
 
-    def _deliver(self, frames: list[memoryview], shared: list[int]) -> None:
+    def _deliver(self, frames: list[memoryview | bytes], shared: list[int]) -> None:
         try:
             if any(shared):
                 _map_shared(frames, shared)
@@ -413,7 +427,7 @@ class _Protocol(asyncio.BufferedProtocol):
             await self._drain
 
 
-def _map_shared(frames: list[memoryview], shared: list[int]) -> None:
+def _map_shared(frames: list[memoryview | bytes], shared: list[int]) -> None:
     """Replace each shared frame's token by the memory it stands for."""
     own = channel()
     if own is None:

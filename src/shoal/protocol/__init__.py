@@ -15,7 +15,7 @@ from ._messages import MessageError, ToPickle, dumps, loads
 from ._serialize import SerializationError, Serialized, deserialize, serialize, serialize_call
 
 #: Bumped whenever a message changes incompatibly.
-PROTOCOL_VERSION = 1
+PROTOCOL_VERSION = 2
 
 
 

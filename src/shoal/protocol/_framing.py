@@ -9,7 +9,11 @@ A message on the wire is::
 
 A length word is the frame's length, or ``SHARED_FRAME | size`` for a frame
 whose bytes travel through shared memory (``comm/_shared.py``): on the wire
-such a frame is only its ``SHARED_TOKEN_BYTES``-byte token.
+such a frame is only its ``SHARED_TOKEN_BYTES``-byte token.  A large frame
+that is the whole of a ``bytes`` object on the sender (a ``bytes`` value sent
+out of band) carries ``BYTES_FRAME`` too: a receiver may receive it straight
+into a new ``bytes`` object, which then is the value, instead of into a
+buffer the value is copied out of (``protocol/_memory.py``).
 
 The total length comes first so that a reader can refuse an oversized
 message before allocating anything for it.  A declared length is only a
@@ -25,7 +29,8 @@ from collections.abc import Mapping, Sequence
 
 from .._exceptions import FramingError
 
-__all__ = ["HANDSHAKE_MAX_BYTES", "MAX_MESSAGE_BYTES", "SHARED_FRAME", "SHARED_TOKEN_BYTES",
+__all__ = ["BYTES_FRAME", "HANDSHAKE_MAX_BYTES", "MAX_MESSAGE_BYTES", "SHARED_FRAME",
+           "SHARED_TOKEN_BYTES",
            "FramingError", "pack_frames_prelude", "unpack_frame_lengths", "unpack_frame_words"]
 
 #: Largest message a peer may send by default; anything larger closes the
@@ -40,6 +45,10 @@ MAX_FRAMES = 100_000
 
 #: The flag of a length word whose frame is in shared memory.
 SHARED_FRAME = 1 << 63
+#: The flag of a length word whose frame was a whole ``bytes`` object.
+BYTES_FRAME = 1 << 62
+#: Frames at least this large are flagged so (smaller ones are not worth it).
+BYTES_FRAME_MIN = 64 * 1024
 #: A length word's bits that hold a size (the others are flags).
 _SIZE_MASK = (1 << 56) - 1
 #: What a shared frame occupies on the wire: the token its memory was sent under.
@@ -58,9 +67,13 @@ def pack_frames_prelude(frames: Sequence[bytes | memoryview],
     """
     lengths = [memoryview(f).nbytes for f in frames]
     words = lengths
-    if shared:
+    whole = [i for i, f in enumerate(frames) if lengths[i] >= BYTES_FRAME_MIN
+             and type(f) is memoryview and type(f.obj) is bytes and lengths[i] == len(f.obj)]
+    if shared or whole:
         words = list(lengths)
-        for index, size in shared.items():
+        for index in whole:
+            words[index] |= BYTES_FRAME
+        for index, size in (shared or {}).items():
             words[index] = SHARED_FRAME | size
     count = len(words)
     body = _COUNT.pack(count) + struct.pack(f"<{count}Q", *words)
@@ -87,10 +100,11 @@ def unpack_count(body: bytes | memoryview) -> int:
     return int(_COUNT.unpack_from(body, 0)[0])
 
 
-def unpack_frame_words(body: bytes | memoryview, total: int,
-                       limit: int = MAX_MESSAGE_BYTES) -> tuple[list[int], list[int], int]:
+def unpack_frame_words(body: bytes | memoryview, total: int, limit: int = MAX_MESSAGE_BYTES,
+                       ) -> tuple[list[int], list[int], list[int], int]:
     """Each frame's length on the wire, each frame's shared size (0 for a frame
-    that is on the wire), and the offset where frame data starts.
+    that is on the wire), the indices of the frames flagged ``BYTES_FRAME``,
+    and the offset where frame data starts.
 
     ``body`` needs to hold the table only; ``total`` is the body's length.
     """
@@ -98,8 +112,13 @@ def unpack_frame_words(body: bytes | memoryview, total: int,
     end = table_bytes(count)
     if end > min(len(body), total):
         raise FramingError(f"message announces {count} frames, more than it holds")
-    wire, shared = [], []
+    wire: list[int] = []
+    shared: list[int] = []
+    whole: list[int] = []
     for word in struct.unpack_from(f"<{count}Q", body, _COUNT.size):
+        if word & BYTES_FRAME:
+            word &= ~BYTES_FRAME
+            whole.append(len(wire))
         if word & SHARED_FRAME:
             size = word & _SIZE_MASK
             if size != word & ~SHARED_FRAME or not size:
@@ -114,12 +133,12 @@ def unpack_frame_words(body: bytes | memoryview, total: int,
     if total + sum(shared) > limit:
         raise FramingError(f"message of {total + sum(shared)} bytes (with its shared memory) "
                            f"exceeds the limit of {limit} bytes")
-    return wire, shared, end
+    return wire, shared, whole, end
 
 
 def unpack_frame_lengths(body: memoryview) -> tuple[list[int], int]:
     """Frame lengths and the offset where frame data starts within ``body``."""
-    wire, _, end = unpack_frame_words(body, len(body), limit=len(body) + _SIZE_MASK)
+    wire, _, _, end = unpack_frame_words(body, len(body), limit=len(body) + _SIZE_MASK)
     return wire, end
 
 

@@ -17,6 +17,12 @@ The bytes object is made uninitialised (``PyBytes_FromStringAndSize(NULL,
 n)``, the C API's own way to build one), its memory advised, then filled
 before anything else can see it.  Where huge pages are off the advice
 changes nothing, and elsewhere than Linux it is plain ``bytes()``.
+
+``bytes_buffer``: better still, a frame the sender flagged as a whole
+``bytes`` object (``BYTES_FRAME``) is received straight into such an
+uninitialised bytes object, through a writable view of its memory that only
+the receiving connection holds, and then ``bytes_from`` has nothing to copy:
+the frame is the value.
 """
 
 from __future__ import annotations
@@ -26,7 +32,7 @@ import ctypes.util
 import sys
 from typing import Any
 
-__all__ = ["buffer_address", "bytearray_from", "bytes_from"]
+__all__ = ["buffer_address", "bytearray_from", "bytes_buffer", "bytes_from"]
 
 _MADV_HUGEPAGE = 14
 #: Huge pages are this large on x86-64 and arm64 (with 4 KiB base pages).
@@ -81,8 +87,25 @@ def buffer_address(obj: Any) -> tuple[int, int] | None:
 
 
 def bytes_from(buf: Any) -> bytes:
-    """``bytes(buf)``; a large one with its memory on huge pages where the kernel can."""
+    """``bytes(buf)``; a large one with its memory on huge pages where the kernel can.
+    A buffer that is the whole of a bytes object is that object (no copy)."""
+    owner = memoryview(buf).obj
+    while type(owner) is memoryview:  # a view of a view: the object under them
+        owner = owner.obj
+    if type(owner) is bytes and memoryview(buf).nbytes == len(owner):
+        return owner
     return _copy(buf, _new_bytes, bytes)  # type: ignore[no-any-return]
+
+
+def bytes_buffer(size: int) -> tuple[bytes, memoryview]:
+    """A new ``bytes`` object of ``size`` bytes, not yet filled, and a writable
+    view of its memory (on huge pages where the kernel can), to fill before
+    anyone else sees the object.  The caller keeps the object alive as long
+    as it uses the view."""
+    out = _new_bytes(None, size)
+    start = buffer_address(out)[0]  # type: ignore[index]
+    _advise_huge(start, size)
+    return out, memoryview((ctypes.c_char * size).from_address(start)).cast("B")
 
 
 def bytearray_from(buf: Any) -> bytearray:
@@ -98,8 +121,13 @@ def _copy(buf: Any, make: Any, plain: type) -> Any:
     source, size = where
     out = make(None, size)  # uninitialised, and seen by no one until filled
     start = buffer_address(out)[0]  # type: ignore[index]
-    first, last = -(-start // _HUGE) * _HUGE, (start + size) // _HUGE * _HUGE
-    if last > first:
-        _madvise(first, last - first, _MADV_HUGEPAGE)  # only advice: a refusal changes nothing
+    _advise_huge(start, size)
     ctypes.memmove(start, source, size)  # lets go of the GIL; `view` keeps the source alive
     return out
+
+
+def _advise_huge(start: int, size: int) -> None:
+    """Ask for huge pages under the whole 2 MiB pages of a range (Linux only)."""
+    first, last = -(-start // _HUGE) * _HUGE, (start + size) // _HUGE * _HUGE
+    if _madvise is not None and last > first:
+        _madvise(first, last - first, _MADV_HUGEPAGE)  # only advice: a refusal changes nothing

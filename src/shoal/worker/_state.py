@@ -71,9 +71,16 @@ PREFETCH_BELOW_SECONDS = 0.005
 PREFETCH_SECONDS = 0.002
 PREFETCH_PER_THREAD = 32
 
-#: Most peers fetched from at once, and most bytes asked of one peer at once.
+#: Most fetches in flight at once, and most bytes asked of one peer at once.
 MAX_CONCURRENT_FETCHES = 8
 TARGET_FETCH_BYTES = 64 * 1024 * 1024
+#: A peer is asked again before it has answered only while every answer
+#: awaited from it is this large, and at most MAX_FETCHES_PER_PEER times:
+#: the peer then copies the next block while this worker stores the last
+#: one, instead of each side waiting for the other.  Small fetches are
+#: not pipelined, so that what waits meanwhile is asked in one batch.
+PIPELINE_FETCH_BYTES = 4 * 1024 * 1024
+MAX_FETCHES_PER_PEER = 2
 
 
 # ------------------------------------------------------------------ events
@@ -275,7 +282,8 @@ class WorkerState:
         self.seceded: set[WTask] = set()
         self.rejoining: list[WTask] = []
         self.in_flight_workers: dict[str, set[WTask]] = {}
-        self.busy_workers: set[str] = set()
+        #: peer -> the fetches from it in flight: the tasks asked and their bytes
+        self.busy_workers: dict[str, list[tuple[frozenset[WTask], int]]] = {}
         self.fetching: set[WTask] = set()  # tasks in state "fetch"
         self.fetch_by_peer: dict[str, set[WTask]] = {}  # the same, by who has them
         self.paused = False
@@ -458,8 +466,7 @@ class WorkerState:
         self._transition(ts, "released")
 
     def _GatherDone(self, ev: GatherDone) -> None:
-        keys = self.in_flight_workers.pop(ev.worker, set())
-        self.busy_workers.discard(ev.worker)
+        keys = self._answered(ev.worker, ev.received.keys() | set(ev.missing))
         if ev.peer_gone:  # whatever was asked of it, fetch nothing more from it
             self._forget_peer(ev.worker)
         received = []
@@ -481,6 +488,21 @@ class WorkerState:
             self.out.append(
                 Send({"op": "add-keys", "keys": {k: self.tasks[k].nbytes for k in received}})
             )
+
+    def _answered(self, peer: str, answered: set[str]) -> frozenset[WTask]:
+        """The tasks of the fetch from ``peer`` that asked for the keys
+        ``answered``, no longer in flight (and if none asked exactly those,
+        of every fetch that asked for one of them)."""
+        asks = self.busy_workers.pop(peer, [])
+        done = [a for a in asks if {ts.key for ts in a[0]} == answered][:1]
+        done = done or [a for a in asks if any(ts.key in answered for ts in a[0])]
+        if len(done) < len(asks):
+            self.busy_workers[peer] = [a for a in asks if a not in done]
+        tasks = frozenset().union(*(a[0] for a in done))
+        flying = self.in_flight_workers.pop(peer, set()) - tasks
+        if flying:
+            self.in_flight_workers[peer] = flying
+        return tasks
 
     def _forget_peer(self, worker: str) -> None:
         self.fetch_by_peer.pop(worker, None)
@@ -665,14 +687,17 @@ class WorkerState:
 
     def _ensure_communicating(self) -> None:
         busy = self.busy_workers
+        in_flight = sum(map(len, busy.values()))
         for peer in list(self.fetch_by_peer):
             tasks = self.fetch_by_peer[peer]
             if not tasks:
                 del self.fetch_by_peer[peer]
                 continue
-            if peer in busy:
+            asks = busy.get(peer, ())
+            if asks and (len(asks) >= MAX_FETCHES_PER_PEER
+                         or any(size < PIPELINE_FETCH_BYTES for _, size in asks)):
                 continue
-            if len(busy) >= MAX_CONCURRENT_FETCHES:
+            if in_flight >= MAX_CONCURRENT_FETCHES:
                 return
             chosen: list[WTask] = []
             size = 0
@@ -683,8 +708,9 @@ class WorkerState:
                 size += ts.nbytes
             for ts in chosen:
                 self._transition(ts, "flight")
-            self.in_flight_workers[peer] = set(chosen)
-            busy.add(peer)
+            self.in_flight_workers.setdefault(peer, set()).update(chosen)
+            busy.setdefault(peer, []).append((frozenset(chosen), size))
+            in_flight += 1
             self.out.append(Gather(peer, [ts.key for ts in chosen], size))
 
     def validate(self) -> None:
