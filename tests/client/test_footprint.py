@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import gc
 
+import pytest
+
 from shoal import wait
 from shoal.client._future import FutureState
 from tests.polling import wait_for
@@ -59,3 +61,16 @@ def test_a_future_submitted_twice_shares_its_state_and_counts_both(client):
     del a
     wait_for(lambda: client._states[key].refs == 1, what="one release counted")
     assert b.result() == 42
+
+
+def test_waits_that_time_out_leave_nothing_on_the_state(client):
+    stuck = client.submit(inc, 1, resources={"GPU": 1})  # no worker has one: it cannot run
+    for return_when in ("ALL_COMPLETED", "FIRST_COMPLETED"):
+        with pytest.raises(TimeoutError):
+            wait([stuck], timeout=0.05, return_when=return_when)
+    with pytest.raises(TimeoutError):
+        stuck.exception(timeout=0.05)
+    assert not stuck._state.callbacks  # the waiters were callbacks, each taken back
+    stuck.cancel()
+    wait_for(lambda: stuck.cancelled(), what="the cancel")
+    assert wait([stuck], timeout=5).done == {stuck}

@@ -5,11 +5,11 @@ client runs its connection on a background loop (see :mod:`._loop`); an
 ``asynchronous=True`` client runs on the caller's loop and its methods
 return awaitables.
 
-The client keeps the recipe (the task message and the recipes of its inputs)
-of every key it holds a future for.  When the connection to the scheduler
-drops, it reconnects with a bounded backoff for up to ``reconnect_timeout``
-seconds and resubmits those recipes, so a restarted scheduler learns again
-what this client wants; keys that rejoining workers still hold are reused.
+The client keeps the recipe (see :mod:`._recipes`) of every key it holds a
+future for.  When the connection to the scheduler drops, it reconnects with
+a bounded backoff for up to ``reconnect_timeout`` seconds and resubmits
+those recipes, so a restarted scheduler learns again what this client
+wants; keys that rejoining workers still hold are reused.
 """
 
 from __future__ import annotations
@@ -69,7 +69,6 @@ RECONNECT_MAX_DELAY = 1.0
 #: client's results to rejoin before resubmitting (so their data is reused).
 REJOIN_WAIT = 5.0
 _current: list[Client] = []
-
 
 
 class Client(ClusterCalls, DatasetCalls):

@@ -108,9 +108,9 @@ class FutureState:
             return
         try:
             await waiter
-        finally:
-            if not waiter.done():  # cancelled (a timeout): keep no callback for it
-                self._discard_callback(wake)
+        except BaseException:  # cancelled (a timeout): keep no callback for it
+            self.discard_callback(wake)
+            raise
 
     # the status changes last: another thread that sees it final finds the rest set
     def finish(self, workers: tuple[str, ...], nbytes: int,
@@ -148,7 +148,8 @@ class FutureState:
                 self.callbacks.append(callback)
         return True
 
-    def _discard_callback(self, callback: Callable[[], None]) -> None:
+    def discard_callback(self, callback: Callable[[], None]) -> None:
+        """Take back a callback of :meth:`add_callback` (a waiter that gave up)."""
         with _callbacks_lock:
             if self.callbacks is not None and callback in self.callbacks:
                 self.callbacks.remove(callback)
@@ -189,7 +190,10 @@ def wait_final_threadsafe(state: FutureState, timeout: float | None) -> bool:
     waiter.acquire()
     if not state.add_callback(waiter.release):
         return True
-    return waiter.acquire(timeout=-1 if timeout is None else max(0.0, timeout))
+    if waiter.acquire(timeout=-1 if timeout is None else max(0.0, timeout)):
+        return True
+    state.discard_callback(waiter.release)
+    return False
 
 
 def _call_guarded(callback: Callable[[], None], key: str) -> None:

@@ -33,8 +33,7 @@ Recipe = tuple[Any, ...]
 Call = tuple[dict[str, Any], Serialized]
 #: The fields of a task message that are not the same for every task of a graph.
 _OWN_FIELDS = ("key", "args")
-#: Keys whose state is still wanted from a scheduler (a failed or cancelled
-#: key stays so without being sent again).
+#: The states of keys not sent again: a failed or cancelled key stays so.
 _NOT_WANTED = ("error", "cancelled")
 
 
