@@ -187,11 +187,13 @@ def transfer(system: _systems.System, sizes: dict[str, int]) -> dict[str, Any]:
 
 
 def transfer_tcp(system: _systems.System, sizes: dict[str, int]) -> dict[str, Any]:
-    """The transfer workload over sockets only, as between two hosts: shoal with its
-    shared-memory path off (``SHOAL_SHARED_MEMORY=0``, inherited by its cluster);
+    """The transfer workload over TCP only, as between two hosts: shoal with its
+    shared-memory and Unix-socket paths off (``SHOAL_SHARED_MEMORY=0``,
+    ``SHOAL_UNIX_SOCKETS=0``, inherited by its cluster);
     dask always moves data over its socket."""
-    if system.name == "shoal":
-        os.environ["SHOAL_SHARED_MEMORY"] = "0"  # this child process only
+    if system.name == "shoal":  # this child process only, and the cluster it starts
+        os.environ["SHOAL_SHARED_MEMORY"] = "0"
+        os.environ["SHOAL_UNIX_SOCKETS"] = "0"
     found = transfer(system, sizes)
     return {"tcp_MB_per_s": found["transfer_MB_per_s"],
             "tcp_MB_per_s_rounds": found["transfer_MB_per_s_rounds"],

@@ -63,6 +63,7 @@ from ._core import (
     register_transport,
 )
 from ._inplace import locate
+from ._local import connect_locally, peer_pid, serve_locally
 from ._pool import map_buffer
 from ._security import ConnectionArgs
 from ._shared import SHARED_MIN_BYTES, channel
@@ -244,7 +245,7 @@ class _Protocol(asyncio.BufferedProtocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
         sock = transport.get_extra_info("socket")
-        if sock is not None:
+        if sock is not None and sock.family != socket.AF_UNIX:
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         if self.on_connect is not None:
             self.on_connect(self)
@@ -444,14 +445,20 @@ class TCPComm(Comm):
     #: The scheme of the addresses this comm reports.
     scheme = "tcp"
 
-    def __init__(self, protocol: _Protocol) -> None:
+    def __init__(self, protocol: _Protocol, peer_address: str | None = None) -> None:
         self.protocol = protocol
         transport = protocol.transport
         assert transport is not None
         self.transport = transport
         self._limit_write_buffer()
-        self.local_address = _address_of(transport.get_extra_info("sockname"), self.scheme)
-        self.peer_address = _address_of(transport.get_extra_info("peername"), self.scheme)
+        sock = transport.get_extra_info("socket")
+        if sock is not None and sock.family == socket.AF_UNIX:  # see _local.py
+            self.local_address = f"{self.scheme}://local-process-{os.getpid()}"
+            self.peer_address = peer_address or (
+                f"{self.scheme}://local-process-{peer_pid(sock)}")
+        else:
+            self.local_address = _address_of(transport.get_extra_info("sockname"), self.scheme)
+            self.peer_address = _address_of(transport.get_extra_info("peername"), self.scheme)
         self._write_lock = asyncio.Lock()
         self._direct: socket.socket | None = None
         self._shared_reachable: bool | None = None  # tried on the first large frame
@@ -565,6 +572,9 @@ async def tcp_connect(address: str, timeout: float = DEFAULT_CONNECT_TIMEOUT,
     chosen = limits or CommLimits.from_env()
     try:
         async with asyncio.timeout(timeout):
+            local = await connect_locally(lambda: _Protocol(chosen), host, port)
+            if local is not None:
+                return TCPComm(local[1], peer_address=f"tcp://{host}:{port}")
             _, protocol = await loop.create_connection(lambda: _Protocol(chosen), host, port)
     except TimeoutError:
         raise CommClosedError(f"timed out after {timeout}s connecting to {address}") from None
@@ -585,6 +595,8 @@ class TCPListener(Listener):
         self.limits = limits or CommLimits.from_env()
         self.address = address
         self.server: asyncio.AbstractServer | None = None
+        #: the same, on this host's Unix socket for host:port (see _local.py)
+        self.local_server: asyncio.AbstractServer | None = None
         self._tasks: set[asyncio.Task] = set()
 
     async def start(self) -> None:
@@ -593,6 +605,7 @@ class TCPListener(Listener):
                                                reuse_address=True)
         self.port = self.server.sockets[0].getsockname()[1]
         self.address = f"{self.comm_class.scheme}://{self.host}:{self.port}"
+        self.local_server = await serve_locally(self._protocol, self.host, self.port)
 
     def _protocol(self) -> _Protocol:
         protocol = _Protocol(self.limits)
@@ -621,8 +634,9 @@ class TCPListener(Listener):
             comm.abort()
 
     def stop(self) -> None:
-        if self.server is not None:
-            self.server.close()
+        for server in (self.server, self.local_server):
+            if server is not None:
+                server.close()
         for task in list(self._tasks):
             task.cancel()
 
