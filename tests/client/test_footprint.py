@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import gc
 
+import pytest
+
 from shoal import wait
 from shoal.client._future import FutureState
 from tests.polling import wait_for
@@ -31,7 +33,8 @@ def test_released_futures_are_freed_by_reference_counting(client, no_cyclic_gc):
     wait(futures)
     keys = {f.key for f in futures}
     states = [client._states[k] for k in keys]
-    assert all(s.recipe is not None and s.recipe[0] == s.key for s in states)
+    assert len({id(s.recipe) for s in states}) == 1  # one column of recipes for the map
+    assert set(states[0].recipe.packed.keys) == keys
     assert len({id(s.workers) for s in states}) <= len(client.scheduler_info()["workers"])
     del states
     assert len(_states_of(keys)) == len(keys)
@@ -58,3 +61,16 @@ def test_a_future_submitted_twice_shares_its_state_and_counts_both(client):
     del a
     wait_for(lambda: client._states[key].refs == 1, what="one release counted")
     assert b.result() == 42
+
+
+def test_waits_that_time_out_leave_nothing_on_the_state(client):
+    stuck = client.submit(inc, 1, resources={"GPU": 1})  # no worker has one: it cannot run
+    for return_when in ("ALL_COMPLETED", "FIRST_COMPLETED"):
+        with pytest.raises(TimeoutError):
+            wait([stuck], timeout=0.05, return_when=return_when)
+    with pytest.raises(TimeoutError):
+        stuck.exception(timeout=0.05)
+    assert not stuck._state.callbacks  # the waiters were callbacks, each taken back
+    stuck.cancel()
+    wait_for(lambda: stuck.cancelled(), what="the cancel")
+    assert wait([stuck], timeout=5).done == {stuck}

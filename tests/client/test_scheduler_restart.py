@@ -152,3 +152,32 @@ def test_futures_fail_clearly_when_the_scheduler_does_not_come_back(processes):
         with pytest.raises(SchedulerLostError, match="reconnect_timeout=1.0s"):
             future.result(timeout=30)
         assert client.status == "disconnected"
+
+
+def inc(x: int) -> int:
+    return x + 1
+
+
+def test_a_restarted_scheduler_gets_a_maps_recipes_after_half_was_let_go(processes):
+    """Nothing ran before the restart (no workers yet): every result comes from the
+    recipes the client kept: a map's column, repacked once most of its futures were
+    let go, and a task depending on two of the let-go ones."""
+    port = free_port()
+    address = f"tcp://127.0.0.1:{port}"
+    old = processes.scheduler(port)
+    with Client(address, timeout=30, reconnect_timeout=60) as client:
+        futures = client.map(inc, range(40))
+        total = client.submit(add, futures[0], futures[1])
+        column = futures[0]._state.recipe
+        kept = futures[30:]
+        del futures
+        wait_for(lambda: len(client._states) == 11, 30, "the releases")
+        assert len(column.packed.keys) < 40  # repacked: what was let go is not kept
+        old.send_signal(signal.SIGKILL)
+        old.wait(10)
+        processes.scheduler(port)
+        for i in range(2):
+            processes.start("worker", address, "--name", f"w{i}", "--nthreads", "1",
+                            "--no-nanny", "--death-timeout", "60")
+        assert total.result(timeout=120) == 3
+        assert client.gather(kept) == list(range(31, 41))

@@ -5,11 +5,11 @@ client runs its connection on a background loop (see :mod:`._loop`); an
 ``asynchronous=True`` client runs on the caller's loop and its methods
 return awaitables.
 
-The client keeps the recipe (the task message and the recipes of its inputs)
-of every key it holds a future for.  When the connection to the scheduler
-drops, it reconnects with a bounded backoff for up to ``reconnect_timeout``
-seconds and resubmits those recipes, so a restarted scheduler learns again
-what this client wants; keys that rejoining workers still hold are reused.
+The client keeps the recipe (see :mod:`._recipes`) of every key it holds a
+future for.  When the connection to the scheduler drops, it reconnects with
+a bounded backoff for up to ``reconnect_timeout`` seconds and resubmits
+those recipes, so a restarted scheduler learns again what this client
+wants; keys that rejoining workers still hold are reused.
 """
 
 from __future__ import annotations
@@ -46,6 +46,7 @@ from ._integrations import ClientExecutor
 from ._joblib import register_if_available as register_joblib_backend
 from ._loop import LoopRunner, bounded
 from ._output import show_task_output
+from ._recipes import Column, ColumnBuilder, Packed, keep_recipes, resubmission
 from ._tokenize import FunctionCache, task_key
 
 logger = logging.getLogger(__name__)
@@ -68,17 +69,6 @@ RECONNECT_MAX_DELAY = 1.0
 #: client's results to rejoin before resubmitting (so their data is reused).
 REJOIN_WAIT = 5.0
 _current: list[Client] = []
-
-#: The recipe of one key, kept to send it again to a restarted scheduler:
-#: ``(key, serialized arguments, call)``, and the recipes of its inputs as a
-#: fourth item when it has some; ``call`` is ``(the task's other fields, its
-#: function)``, one tuple shared by the plain tasks of one graph.  A small tuple
-#: rather than the task message itself: a client holding a million futures
-#: holds a million recipes.
-Recipe = tuple[Any, ...]
-Call = tuple[dict[str, Any], Serialized]
-#: The fields of a task message that are not the same for every task of a graph.
-_OWN_FIELDS = ("key", "args")
 
 
 class Client(ClusterCalls, DatasetCalls):
@@ -408,6 +398,8 @@ class Client(ClusterCalls, DatasetCalls):
                     if state.refs > 0:
                         continue
                     del states[key]
+                    if type(state.recipe) is Column:
+                        state.recipe.forget(states)
                 forgotten.append(key)
         for start in range(0, len(forgotten), MAP_CHUNK):  # slices, as graphs are sent
             keys = forgotten[start:start + MAP_CHUNK]
@@ -491,26 +483,7 @@ class Client(ClusterCalls, DatasetCalls):
     def _resubmit(self) -> None:
         """Send the new scheduler the recipes of every key still wanted, inputs first."""
         with self._lock:
-            wanted = [k for k, s in self._states.items() if s.status not in ("error", "cancelled")]
-            roots = [s.recipe for s in map(self._states.__getitem__, wanted)
-                     if s.recipe is not None]
-        tasks: list[dict[str, Any]] = []
-        functions: dict[str, Serialized] = {}
-        seen: set[str] = set()
-        stack: list[tuple[Recipe, bool]] = [(r, False) for r in reversed(roots)]
-        while stack:  # depth first, each task after its inputs
-            recipe, inputs_done = stack.pop()
-            key, args, (fields, func) = recipe[:3]
-            inputs = recipe[3] if len(recipe) > 3 else ()
-            if key in seen:
-                continue
-            if inputs_done:
-                seen.add(key)
-                tasks.append({"key": key, "args": args, **fields})
-                functions[fields["func"]] = func
-                continue
-            stack.append((recipe, True))
-            stack.extend((r, False) for r in inputs if r[0] not in seen)
+            wanted, tasks, functions = resubmission(self._states)
         self._functions_sent = set(functions)
         self._send({"op": "update-graph", "tasks": tasks, "functions": functions,
                     "wanted": wanted})
@@ -585,32 +558,31 @@ class Client(ClusterCalls, DatasetCalls):
         if _wants_actor(kwargs):
             func, pure = actor_maker(func), False
         token, ser_func = self._functions.get(func)
-        columns = [list(it) for it in iterables]
+        # a sequence as it is (a range makes each number as it goes), anything else listed
+        columns = [it if isinstance(it, (list, tuple, range)) else list(it) for it in iterables]
         keys = key if isinstance(key, list) else None
         common: dict[str, Any] = {}  # the restrictions, the same for every task
         _restrict(common, workers, allow_other_workers, retries, priority, resources)
-        plain_keys: list[str] = []  # the tasks without inputs go as columns
-        plain_args: list[Any] = []
+        column = Column(({"func": token, **common}, ser_func))  # the tasks without inputs
+        plain = ColumnBuilder()
         tasks: list[dict[str, Any]] = []  # those with inputs as task messages
         futures, deps = [], []
         for i, call_args in enumerate(zip(*columns)):
             task_key_ = keys[i] if keys else (f"{key}-{i}" if isinstance(key, str) else None)
             task_key_, ser_args, task_deps = self._call(token, call_args, kwargs, task_key_, pure)
+            future = Future(task_key_, self)
             if task_deps:
                 tasks.append({"key": task_key_, "func": token, "args": ser_args,
                               "deps": list(dict.fromkeys(f.key for f in task_deps)), **common})
                 deps.extend(task_deps)
             else:
-                plain_keys.append(task_key_)
-                plain_args.append(ser_args)
-            futures.append(Future(task_key_, self))
-        # in graphs of MAP_CHUNK tasks, which the scheduler takes in one at a
-        # time while it serves everyone else; the inputs are held until the last
-        call = ({"func": token, **common}, ser_func)
-        for start in range(0, len(plain_keys), MAP_CHUNK):
-            self._send_calls(call, plain_keys[start:start + MAP_CHUNK],
-                             plain_args[start:start + MAP_CHUNK])
-        for start in range(0, len(tasks) if tasks or plain_keys else 1, MAP_CHUNK):
+                plain.add(task_key_, ser_args)
+                future._state.recipe = column
+            futures.append(future)
+        if plain.keys:
+            self._send_calls(column, plain.packed())
+        # the tasks with inputs in graphs of MAP_CHUNK too; their inputs held until the last
+        for start in range(0, len(tasks) if tasks or plain.keys else 1, MAP_CHUNK):
             self._send_graph(tasks[start:start + MAP_CHUNK], ser_func,
                              [t["key"] for t in tasks[start:start + MAP_CHUNK]],
                              deps if start + MAP_CHUNK >= len(tasks) else [])
@@ -657,7 +629,8 @@ class Client(ClusterCalls, DatasetCalls):
                     wanted: list[str], keep_alive: list[Future]) -> None:
         if self.status not in ("running", "reconnecting"):
             raise ClientClosedError(f"the client is {self.status}")
-        self._keep_recipes(tasks, func)
+        with self._lock:
+            keep_recipes(self._states, tasks, func)
 
         def send() -> None:
             # Holding the input futures until the graph is sent: were they
@@ -672,59 +645,26 @@ class Client(ClusterCalls, DatasetCalls):
 
         self._call_on_loop(send)
 
-    def _send_calls(self, call: Call, keys: list[str], args: list[Any]) -> None:
-        """Send tasks without inputs as columns (see ``CALLS`` in protocol/_ops.py):
-        ``call`` is what they share (the fields: the function's token, restrictions;
-        and the function)."""
+    def _send_calls(self, column: Column, packed: Packed) -> None:
+        """Send tasks without inputs as columns (see ``CALLS`` in protocol/_ops.py), in
+        graphs of MAP_CHUNK tasks, which the scheduler takes in one at a time while it
+        serves everyone else; ``packed`` fills ``column``, the recipe of their states."""
         if self.status not in ("running", "reconnecting"):
             raise ClientClosedError(f"the client is {self.status}")
-        states = self._states
         with self._lock:
-            for key, ser_args in zip(keys, args, strict=True):
-                state = states.get(key)
-                if state is not None:
-                    state.recipe = (key, ser_args, call)
-        fields, func = call
-        calls = {**fields, "keys": keys, "args": args}
+            column.fill(packed)
+        fields, func = column.call
+        for start in range(0, len(packed.keys), MAP_CHUNK):
+            self._call_on_loop(self._send_slice, fields, func, packed, start)
 
-        def send() -> None:
-            if self.status == "running":  # while reconnecting, the resubmission sends it
-                self._send({"op": "update-graph", "tasks": [], "wanted": [], "calls": calls,
-                            "functions": self._new_function(fields["func"], func)},
-                           weight=len(keys))
-
-        self._call_on_loop(send)
-
-    def _keep_recipes(self, tasks: list[dict], func: Serialized) -> None:
-        """Remember how to make each key again (see ``_resubmit``): on its state, or
-        (a task of a graph nobody holds a future for) inside its dependents' recipes."""
-        states = self._states
-        made: dict[str, Recipe] = {}
-        plain: Call | None = None  # shared by the tasks without extras
-        with self._lock:
-            for task in tasks:
-                key = task["key"]
-                recipe: Recipe
-                if len(task) == 3 and "func" in task:
-                    if plain is None or plain[0]["func"] != task["func"]:
-                        plain = ({"func": task["func"]}, func)
-                    recipe = (key, task["args"], plain)
-                else:
-                    fields = {k: v for k, v in task.items() if k not in _OWN_FIELDS}
-                    found = (self._recipe_of(d, made) for d in task.get("deps", ()))
-                    recipe = (key, task["args"], (fields, func),
-                              tuple(r for r in found if r is not None))
-                made[key] = recipe
-                state = states.get(key)
-                if state is not None:
-                    state.recipe = recipe
-
-    def _recipe_of(self, key: str, made: dict[str, Recipe]) -> Recipe | None:
-        recipe = made.get(key)
-        if recipe is None:
-            state = self._states.get(key)
-            recipe = state.recipe if state is not None else None
-        return recipe
+    def _send_slice(self, fields: dict[str, Any], func: Serialized, packed: Packed,
+                    start: int) -> None:
+        if self.status == "running":  # while reconnecting, the resubmission sends it
+            stop = start + MAP_CHUNK
+            calls = {**fields, "keys": packed.keys[start:stop], "args": packed.args(start, stop)}
+            self._send({"op": "update-graph", "tasks": [], "wanted": [], "calls": calls,
+                        "functions": self._new_function(fields["func"], func)},
+                       weight=len(calls["keys"]))
 
     # ------------------------------------------------------------ results
 
@@ -762,7 +702,7 @@ class Client(ClusterCalls, DatasetCalls):
     async def _wait_final(self, states: Iterable[FutureState]) -> None:
         for state in states:
             if state.status not in FINAL:
-                await state.event.wait()
+                await state.wait()
 
     async def _gather_states(self, states: list[FutureState], errors: str = "raise") -> dict:
         values: dict[str, Any] = {}

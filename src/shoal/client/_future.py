@@ -35,19 +35,20 @@ _callbacks_lock = threading.Lock()
 class FutureState:
     """What the client knows about one key; shared by its Futures.
 
-    A client may hold a million of these, so each is one slotted object: the
-    count of Futures (``refs``) and the recipe to make the key again after a
-    scheduler restart live here rather than in dicts of their own, and the
-    workers holding the result are a tuple shared by every key on them.
+    A client may hold a million of these, so each is one slotted object of
+    eight slots: the count of Futures (``refs``) and the recipe to make the
+    key again after a scheduler restart live here rather than in dicts of
+    their own, the workers holding the result are a tuple shared by every key
+    on them, one slot holds the small result or the failure (a key has at
+    most one of the two), and waiters, on the loop or in other threads, are
+    callbacks made only when someone waits.
     """
 
     __slots__ = (
-        "_event",
         "callbacks",
-        "failure",
-        "inline",
         "key",
         "nbytes",
+        "outcome",
         "recipe",
         "refs",
         "status",
@@ -57,50 +58,71 @@ class FutureState:
     def __init__(self, key: str) -> None:
         self.key = key
         self.status = "pending"
-        # made when someone waits (on the client's loop): an asyncio.Event
-        # costs some 700 bytes, and most futures are only ever gathered once
-        self._event: asyncio.Event | None = None
-        #: (exception, traceback, its text) once the task failed; one slot for the three
-        self.failure: tuple[Serialized | None, str, str] | None = None
         self.workers: tuple[str, ...] = _NO_WORKERS
         self.nbytes = 0
         self.refs = 0  # Futures of this key (counted on register and release)
-        self.recipe: Any = None  # see Client._send_graph
+        self.recipe: Any = None  # see Client._send_graph and _recipes.Column
         self.callbacks: list[Callable[[], None]] | None = None  # made by the first one
-        self.inline: Serialized | bytes | None = None  # a small result sent with the report
+        #: a small result sent with the report (Serialized or bytes), or once
+        #: the task failed (exception, traceback, its text)
+        self.outcome: Serialized | bytes | tuple[Serialized | None, str, str] | None = None
+
+    @property
+    def inline(self) -> Serialized | bytes | None:
+        """The result, when it was small enough to come with the report."""
+        outcome = self.outcome
+        return None if isinstance(outcome, tuple) else outcome
+
+    @property
+    def failure(self) -> tuple[Serialized | None, str, str] | None:
+        outcome = self.outcome
+        return outcome if isinstance(outcome, tuple) else None
 
     @property
     def exception(self) -> Serialized | None:
-        return self.failure[0] if self.failure is not None else None
+        failure = self.failure
+        return failure[0] if failure is not None else None
 
     @property
     def traceback(self) -> str:
-        return self.failure[1] if self.failure is not None else ""
+        failure = self.failure
+        return failure[1] if failure is not None else ""
 
     @property
     def exception_text(self) -> str:
-        return self.failure[2] if self.failure is not None else ""
+        failure = self.failure
+        return failure[2] if failure is not None else ""
 
-    @property
-    def event(self) -> asyncio.Event:
-        """Set while the key is done; only for use on the client's loop."""
-        if self._event is None:
-            self._event = asyncio.Event()
-            if self.status in FINAL:
-                self._event.set()
-        return self._event
+    async def wait(self) -> None:
+        """Return once the key is done; only on the client's loop (where the
+        reports that finish keys are handled)."""
+        if self.status in FINAL:
+            return
+        waiter = asyncio.get_running_loop().create_future()
+
+        def wake() -> None:
+            if not waiter.done():
+                waiter.set_result(None)
+
+        if not self.add_callback(wake):
+            return
+        try:
+            await waiter
+        except BaseException:  # cancelled (a timeout): keep no callback for it
+            self.discard_callback(wake)
+            raise
 
     # the status changes last: another thread that sees it final finds the rest set
     def finish(self, workers: tuple[str, ...], nbytes: int,
                inline: Serialized | bytes | None = None) -> None:
         self.workers = workers
         self.nbytes = nbytes
-        self.inline = inline
+        self.outcome = inline
         self.status = "finished"
         self._done()
 
     def fail(self, exception: Serialized | None, traceback: str, text: str) -> None:
-        self.failure = (exception, traceback, text)
+        self.outcome = (exception, traceback, text)
         self.status = "error"
         self._done()
 
@@ -112,9 +134,7 @@ class FutureState:
         """The result was lost with its worker and is being recomputed."""
         self.status = "pending"
         self.workers = _NO_WORKERS
-        self.inline = None
-        if self._event is not None:
-            self._event.clear()
+        self.outcome = None
 
     def add_callback(self, callback: Callable[[], None]) -> bool:
         """Have ``callback`` called when the key is done (from any thread); False,
@@ -128,9 +148,13 @@ class FutureState:
                 self.callbacks.append(callback)
         return True
 
+    def discard_callback(self, callback: Callable[[], None]) -> None:
+        """Take back a callback of :meth:`add_callback` (a waiter that gave up)."""
+        with _callbacks_lock:
+            if self.callbacks is not None and callback in self.callbacks:
+                self.callbacks.remove(callback)
+
     def _done(self) -> None:
-        if self._event is not None:
-            self._event.set()
         with _callbacks_lock:
             callbacks, self.callbacks = self.callbacks, None
         for callback in callbacks or ():
@@ -166,7 +190,10 @@ def wait_final_threadsafe(state: FutureState, timeout: float | None) -> bool:
     waiter.acquire()
     if not state.add_callback(waiter.release):
         return True
-    return waiter.acquire(timeout=-1 if timeout is None else max(0.0, timeout))
+    if waiter.acquire(timeout=-1 if timeout is None else max(0.0, timeout)):
+        return True
+    state.discard_callback(waiter.release)
+    return False
 
 
 def _call_guarded(callback: Callable[[], None], key: str) -> None:
@@ -239,7 +266,7 @@ class Future:
             return
 
         async def wait() -> None:
-            await bounded(state.event.wait(), timeout, lambda: f"{state.key!r} not done")
+            await bounded(state.wait(), timeout, lambda: f"{state.key!r} not done")
 
         self.client.sync(wait)
 

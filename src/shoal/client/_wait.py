@@ -44,9 +44,9 @@ async def _wait(futures: list[Future], return_when: str) -> None:
     if return_when == ALL_COMPLETED:  # one after the other: linear in the number of futures
         for f in futures:
             if not f.done():
-                await f._state.event.wait()
+                await f._state.wait()
         return
-    pending = {asyncio.ensure_future(f._state.event.wait()) for f in futures if not f.done()}
+    pending = {asyncio.ensure_future(f._state.wait()) for f in futures if not f.done()}
     try:
         while pending:
             _finished, pending = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
