@@ -44,7 +44,8 @@ logger = logging.getLogger(__name__)
 #: The environment variable that turns the path off ("0", "false", "no", "off").
 ENV = "SHOAL_UNIX_SOCKETS"
 _PREFIX = "shoal-tcp-"
-_WILDCARDS = ("", "0.0.0.0", "::")
+#: What a listener on every interface is named after (see name_for).
+_WILDCARDS = ("0.0.0.0", "::")
 _UCRED = struct.Struct("3i")
 
 
@@ -63,8 +64,8 @@ def name_for(host: str, port: int) -> str:
 def names_to_try(host: str, port: int) -> list[str]:
     """The names under which ``host:port`` may be listened for on this host."""
     names = [name_for(host, port)]
-    if _is_loopback(host):
-        names += [name_for(w, port) for w in _WILDCARDS[1:] if name_for(w, port) not in names]
+    if _is_loopback(host):  # loopback reaches a listener on every interface too
+        names += [name_for(w, port) for w in _WILDCARDS]
     return names
 
 
@@ -98,8 +99,8 @@ async def connect_locally(factory: Callable[[], Any], host: str,
             transport, protocol = await loop.create_unix_connection(factory, name)
         except OSError:
             continue  # nothing listens under this name: the next, or TCP
-        sock = transport.get_extra_info("socket")
-        uid = _peer_uid(sock)
+        creds = _credentials(transport.get_extra_info("socket"))
+        uid = creds[1] if creds is not None else None
         if uid == os.getuid():
             return transport, protocol
         logger.warning("the Unix socket for tcp://%s:%d belongs to uid %s, not to this "
@@ -114,17 +115,12 @@ def peer_pid(sock: socket.socket | None) -> int | None:
     return creds[0] if creds is not None else None
 
 
-def _peer_uid(sock: socket.socket | None) -> int | None:
-    creds = _credentials(sock)
-    return creds[1] if creds is not None else None
-
-
 def _credentials(sock: socket.socket | None) -> tuple[int, int, int] | None:
+    """The peer's pid, uid and gid (``SO_PEERCRED``); None if they cannot be read."""
     if sock is None:
         return None
     try:
         raw = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, _UCRED.size)
     except OSError:
         return None
-    pid, uid, gid = _UCRED.unpack(raw)
-    return pid, uid, gid
+    return _UCRED.unpack(raw)  # type: ignore[return-value]

@@ -89,10 +89,11 @@ def buffer_address(obj: Any) -> tuple[int, int] | None:
 def bytes_from(buf: Any) -> bytes:
     """``bytes(buf)``; a large one with its memory on huge pages where the kernel can.
     A buffer that is the whole of a bytes object is that object (no copy)."""
-    owner = memoryview(buf).obj
+    view = memoryview(buf)
+    owner = view.obj
     while type(owner) is memoryview:  # a view of a view: the object under them
         owner = owner.obj
-    if type(owner) is bytes and memoryview(buf).nbytes == len(owner):
+    if type(owner) is bytes and view.nbytes == len(owner):
         return owner
     return _copy(buf, _new_bytes, bytes)  # type: ignore[no-any-return]
 

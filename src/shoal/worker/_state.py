@@ -281,7 +281,6 @@ class WorkerState:
         #: of them waiting for a slot back
         self.seceded: set[WTask] = set()
         self.rejoining: list[WTask] = []
-        self.in_flight_workers: dict[str, set[WTask]] = {}
         #: peer -> the fetches from it in flight: the tasks asked and their bytes
         self.busy_workers: dict[str, list[tuple[frozenset[WTask], int]]] = {}
         self.fetching: set[WTask] = set()  # tasks in state "fetch"
@@ -489,6 +488,12 @@ class WorkerState:
                 Send({"op": "add-keys", "keys": {k: self.tasks[k].nbytes for k in received}})
             )
 
+    @property
+    def in_flight_workers(self) -> dict[str, frozenset[WTask]]:
+        """peer -> the tasks being fetched from it, over all its fetches in flight."""
+        return {peer: frozenset().union(*(tasks for tasks, _ in asks))
+                for peer, asks in self.busy_workers.items()}
+
     def _answered(self, peer: str, answered: set[str]) -> frozenset[WTask]:
         """The tasks of the fetch from ``peer`` that asked for the keys
         ``answered``, no longer in flight (and if none asked exactly those,
@@ -496,13 +501,10 @@ class WorkerState:
         asks = self.busy_workers.pop(peer, [])
         done = [a for a in asks if {ts.key for ts in a[0]} == answered][:1]
         done = done or [a for a in asks if any(ts.key in answered for ts in a[0])]
-        if len(done) < len(asks):
-            self.busy_workers[peer] = [a for a in asks if a not in done]
-        tasks = frozenset().union(*(a[0] for a in done))
-        flying = self.in_flight_workers.pop(peer, set()) - tasks
-        if flying:
-            self.in_flight_workers[peer] = flying
-        return tasks
+        rest = [a for a in asks if a not in done]
+        if rest:
+            self.busy_workers[peer] = rest
+        return frozenset().union(*(tasks for tasks, _ in done))
 
     def _forget_peer(self, worker: str) -> None:
         self.fetch_by_peer.pop(worker, None)
@@ -708,12 +710,12 @@ class WorkerState:
                 size += ts.nbytes
             for ts in chosen:
                 self._transition(ts, "flight")
-            self.in_flight_workers.setdefault(peer, set()).update(chosen)
             busy.setdefault(peer, []).append((frozenset(chosen), size))
             in_flight += 1
             self.out.append(Gather(peer, [ts.key for ts in chosen], size))
 
     def validate(self) -> None:
+        flying = frozenset().union(*self.in_flight_workers.values())
         for key, ts in self.tasks.items():
             assert ts.key == key
             assert ts.state in LEGAL_TRANSITIONS, ts
@@ -722,16 +724,13 @@ class WorkerState:
             if ts.state == "ready":
                 assert all(d.state == "memory" for d in ts.dependencies)
             if ts.state == "flight":
-                assert any(ts in s for s in self.in_flight_workers.values())
+                assert ts in flying
             assert (ts.state == "fetch") == (ts in self.fetching), f"{key}: fetch set"
             if ts.state == "fetch":
                 assert all(ts in self.fetch_by_peer.get(w, ()) for w in ts.who_has), key
         for peer, waiting in self.fetch_by_peer.items():
             assert all(t.state == "fetch" and peer in t.who_has for t in waiting), peer
-        assert set(self.in_flight_workers) <= set(self.busy_workers)
-        for peer, asks in self.busy_workers.items():  # in flight: what the fetches asked
-            assert asks and self.in_flight_workers.get(peer) == frozenset().union(
-                *(tasks for tasks, _ in asks)), peer
+        assert all(self.busy_workers.values())  # a peer answered of all is no longer busy
         assert len(self.executing) <= self.nthreads * (1 + PREFETCH_PER_THREAD)
         for ts in self.executing | self.seceded:
             assert ts.state in ("executing", "cancelled")
