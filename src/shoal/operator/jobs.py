@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import weakref
 from collections.abc import Mapping
 from typing import Any, cast
 
@@ -37,7 +38,15 @@ from shoal.operator.status import now_iso, write_status
 
 logger = logging.getLogger("shoal.operator")
 TERMINAL = ("Succeeded", "Failed")
-_locks: dict[tuple[str, str], asyncio.Lock] = {}
+#: Per event loop (an operator run), a lock per job: its handlers advance it one at
+#: a time.  Not one dict for the process: a lock of a run that has stopped (still
+#: held by it, or bound to its loop) must never be waited for by the next run.
+_locks: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop,
+                                  dict[tuple[str, str], asyncio.Lock]] = weakref.WeakKeyDictionary()
+
+
+def _job_locks() -> dict[tuple[str, str], asyncio.Lock]:
+    return _locks.setdefault(asyncio.get_running_loop(), {})
 
 
 def cluster_name(job: str) -> str:
@@ -133,7 +142,10 @@ async def advance(namespace: str, job_name: str) -> None:
 
 
 async def advance_serialised(namespace: str, job: str) -> None:
-    lock = _locks.setdefault((namespace, job), asyncio.Lock())
+    locks = _job_locks()
+    lock = locks.get((namespace, job))
+    if lock is None:
+        lock = locks[namespace, job] = asyncio.Lock()
     async with lock:
         try:
             await advance(namespace, job)
@@ -159,6 +171,6 @@ async def runner_pod_changed(labels: Mapping[str, str], namespace: str | None,
 async def job_observed(event: kopf.RawEvent, name: str, namespace: str | None,
                        **_: Any) -> None:
     if event.get("type") == "DELETED":
-        _locks.pop((namespace or "", name), None)
+        _job_locks().pop((namespace or "", name), None)
         return
     await advance_serialised(namespace or "", name)
