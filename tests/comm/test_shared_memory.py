@@ -26,6 +26,8 @@ from shoal.protocol import (
     pack_frames_prelude,
     serialize,
 )
+from shoal.protocol._memory import buffer_address
+from shoal.worker._memory import process_memory
 from tests.polling import async_wait_for, wait_for
 
 pytestmark = pytest.mark.skipif(not hasattr(os, "memfd_create"), reason="needs Linux memfds")
@@ -244,6 +246,30 @@ def test_pooled_buffers_are_reused_warm_and_bounded():
         owner.give(fd)
     assert owner.held() <= 8 * MiB
     assert owner.release() > 0 and owner.held() == 0
+
+
+def test_a_pooled_buffer_keeps_its_mapping_for_the_next_and_never_while_viewed():
+    _pool.release()
+    owner = _pool.pool()
+    buf = _pool.map_buffer(4 * MiB)
+    buf[:] = b"\1" * (4 * MiB)
+    address = buffer_address(buf)[0]
+    numbers = np.frombuffer(buf, dtype=np.uint8)[100:200]  # a view of a view of it
+    del buf
+    other = _pool.map_buffer(4 * MiB)  # the first is still in use: other memory
+    addresses = {address, buffer_address(other)[0]}
+    assert len(addresses) == 2
+    other[:] = b"\2" * (4 * MiB)
+    assert numbers.sum() == 100  # untouched by the second buffer
+    del numbers, other
+    assert owner.mapped() == 8 * MiB  # both idle, mapped, and not counted as in use
+    again = _pool.map_buffer(3 * MiB)  # a kept mapping, with its pages in place
+    assert buffer_address(again)[0] in addresses
+    assert owner.mapped() == 4 * MiB
+    rss = psutil.Process().memory_info().rss
+    assert process_memory() <= rss - 4 * MiB + MiB  # the idle mapping is not the process's
+    del again
+    assert _pool.release() >= 8 * MiB and owner.mapped() == 0
 
 
 def test_a_lying_header_commits_no_memory_for_its_frame():

@@ -104,8 +104,9 @@ _held = [0]  # bytes of the spots recorded
 _dead: deque[Spot] = deque()
 
 
-def register(buf: mmap.mmap, fd: int, offset: int, private: bool) -> Spot | None:
-    """Record a memfd mapping; None if its address cannot be read."""
+def register(buf: Any, fd: int, offset: int, private: bool) -> Spot | None:
+    """Record a memfd mapping (``buf``: the mapping, or an object that holds it
+    while alive); None if its address cannot be read."""
     where = buffer_address(buf)
     if where is None or not where[0]:
         return None

@@ -118,7 +118,7 @@ def _grow(buf: bytearray, size: int) -> bytearray:
         return new
 
 
-def _allocate(size: int) -> bytearray | mmap.mmap:
+def _allocate(size: int) -> bytearray | mmap.mmap | memoryview:
     """A receive buffer of ``size`` bytes; a large one over warm pooled pages
     where the pool has some, else committed page by page as it is written."""
     if size < EAGER_MAX_BYTES:

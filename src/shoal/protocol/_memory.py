@@ -60,6 +60,10 @@ _new_bytes.restype = ctypes.py_object
 _new_bytearray = ctypes.pythonapi.PyByteArray_FromStringAndSize
 _new_bytearray.argtypes = [ctypes.c_void_p, ctypes.c_ssize_t]
 _new_bytearray.restype = ctypes.py_object
+_view_memory = ctypes.pythonapi.PyMemoryView_FromMemory
+_view_memory.argtypes = [ctypes.c_void_p, ctypes.c_ssize_t, ctypes.c_int]
+_view_memory.restype = ctypes.py_object
+_PyBUF_WRITE = 0x200
 
 _madvise: Any = None
 if sys.platform.startswith("linux"):
@@ -106,7 +110,9 @@ def bytes_buffer(size: int) -> tuple[bytes, memoryview]:
     out = _new_bytes(None, size)
     start = buffer_address(out)[0]  # type: ignore[index]
     _advise_huge(start, size)
-    return out, memoryview((ctypes.c_char * size).from_address(start)).cast("B")
+    # a view with no owner (PyMemoryView_FromMemory): a ctypes array would do
+    # too, but ctypes keeps one array type for each size ever asked, for good
+    return out, _view_memory(start, size, _PyBUF_WRITE)
 
 
 def bytearray_from(buf: Any) -> bytearray:

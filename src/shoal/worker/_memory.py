@@ -34,6 +34,7 @@ from typing import Literal
 import psutil
 
 from ..comm._inplace import held_bytes
+from ..comm._pool import idle_mapped_bytes
 
 __all__ = [
     "MemoryState",
@@ -200,13 +201,18 @@ def process_memory(pid: int | None = None) -> int:
     alive (values put into shared memory or received through it,
     ``comm/_inplace.py``) whose pages it has not touched yet: they are in no
     resident set, but they are this process's to hold, and a container's
-    memory limit counts them.
+    memory limit counts them.  It does not count the idle receive buffers the
+    buffer pool keeps mapped (``comm/_pool.py``): they hold no value, and
+    they are given back at once when memory runs short, like the pool's
+    unmapped ones, which are in no resident set.
     """
     rss = int(psutil.Process(pid if pid is not None else os.getpid()).memory_info().rss)
     if pid is None or pid == os.getpid():
+        idle = idle_mapped_bytes()
         held = held_bytes()
         if held:
-            rss += max(0, held - _resident_shared_memory())
+            rss += max(0, held - max(0, _resident_shared_memory() - idle))
+        rss = max(0, rss - idle)
     return rss
 
 
