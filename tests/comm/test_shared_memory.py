@@ -269,6 +269,10 @@ def test_a_pooled_buffer_keeps_its_mapping_for_the_next_and_never_while_viewed()
     rss = psutil.Process().memory_info().rss
     assert process_memory() <= rss - 4 * MiB + MiB  # the idle mapping is not the process's
     del again
+    small = _pool.map_buffer(MiB)  # the kept mappings are more than twice too large:
+    assert len(small.obj) == MiB  # a mapping of its own, over one's warm pages
+    assert owner.mapped() == 4 * MiB
+    del small
     assert _pool.release() >= 8 * MiB and owner.mapped() == 0
 
 

@@ -56,6 +56,7 @@ POOL_MAX_BYTES = 512 * 1024 * 1024
 POOL_MAX_ENV = "SHOAL_BUFFER_POOL_BYTES"
 #: Mapping lengths per power of two (see _mapping_size).
 LEASE_STEPS = 8
+_MADV_POPULATE_WRITE = getattr(mmap, "MADV_POPULATE_WRITE", 23)
 #: An idle memfd is closed after this long.
 IDLE_SECONDS = 10.0
 SIZE_SEALS = (getattr(fcntl, "F_SEAL_SHRINK", 0) | getattr(fcntl, "F_SEAL_GROW", 0)
@@ -122,11 +123,11 @@ class BufferPool:
                 if best is None or _better(entry, self._idle[best], size, mapped):
                     best = i
             if best is not None:
-                fd, warm, _, mapping = self._idle.pop(best)
+                entry = self._idle.pop(best)
                 self.reused += 1
-                if mapping is not None and (not mapped or len(mapping) < size):
-                    mapping = None  # unmapped once no lease's view is left either
-                return fd, warm, mapping
+                keep = mapped and _mapped_for(entry, size)
+                # a mapping not kept is unmapped once no lease's view is left either
+                return entry.fd, entry.warm, entry.mapping if keep else None
             if self._sweeper is None:
                 self._sweeper = threading.Thread(target=self._sweep, daemon=True,
                                                  name="shoal-buffer-pool")
@@ -208,9 +209,10 @@ class _Idle(NamedTuple):
 
 def _mapped_for(entry: _Idle, size: int) -> int:
     """The length of the mapping ``entry`` kept if it can serve ``size`` bytes of
-    warm pages at once, else 0."""
+    warm pages at once, and is no more than twice that, else 0."""
     mapping = entry.mapping
-    fits = mapping is not None and len(mapping) >= size and entry.warm >= size
+    fits = (mapping is not None and size <= len(mapping) <= 2 * max(size, mmap.PAGESIZE)
+            and entry.warm >= size)
     return len(mapping) if fits else 0  # type: ignore[arg-type]
 
 
@@ -287,14 +289,24 @@ def map_buffer(size: int) -> memoryview | mmap.mmap:
         logger.debug("no memfd for a %d-byte buffer: %s", size, exc)
         return mmap.mmap(-1, size)
     if mapping is None:
-        populate = getattr(mmap, "MAP_POPULATE", 0) if warm >= size else 0
         try:
-            mapping = mmap.mmap(fd, _mapping_size(size), flags=mmap.MAP_SHARED | populate,
+            mapping = mmap.mmap(fd, _mapping_size(size), flags=mmap.MAP_SHARED,
                                 prot=mmap.PROT_READ | mmap.PROT_WRITE)
         except BaseException:
             os.close(fd)
             raise
+        if warm >= size:  # enter the warm pages at once, not one fault each
+            _populate(mapping, size)
     return _lease(mapping, fd, size, owner)
+
+
+def _populate(mapping: mmap.mmap, size: int) -> None:
+    """Map the first ``size`` bytes' pages (only those: past them the memfd may
+    have no pages, and populating would commit some)."""
+    try:
+        mapping.madvise(_MADV_POPULATE_WRITE, 0, -(-size // mmap.PAGESIZE) * mmap.PAGESIZE)
+    except (OSError, ValueError):  # before Linux 5.14: the pages fault in as written
+        pass
 
 
 def _mapping_size(size: int) -> int:
