@@ -26,8 +26,11 @@ in full, and frozen again.
 
 from __future__ import annotations
 
+import contextlib
 import gc
+import threading
 import time
+from collections.abc import Iterator
 from typing import Any
 
 #: Allocations between young collections (Python's default is 700).  A server
@@ -121,3 +124,34 @@ def collect_all() -> int:
 def cleanups() -> int:
     """How many full cleanups :func:`collect_if_small` made (for tests and metrics)."""
     return _policy.cleanups if _policy is not None else 0
+
+
+_paused = [0]  # callers inside collection_paused
+_paused_lock = threading.Lock()
+_resume = [False]  # whether the last one out enables collection again
+
+
+@contextlib.contextmanager
+def collection_paused() -> Iterator[None]:
+    """No automatic collection while the block builds objects that all survive.
+
+    A client's ``map`` of a million calls makes a few million objects, none
+    of them garbage; the collector, triggered every 700 allocations, kept
+    scanning them (measured: over a tenth of the client's CPU time for 300k
+    calls).  It is the caller's process, not a server's, so nothing is frozen
+    (``freeze_old_objects`` would change what the user's own program
+    collects): collection is off only while the block runs, and on again
+    after it if it was on before (nested and concurrent blocks included).
+    """
+    with _paused_lock:
+        if _paused[0] == 0:
+            _resume[0] = gc.isenabled()
+            gc.disable()
+        _paused[0] += 1
+    try:
+        yield
+    finally:
+        with _paused_lock:
+            _paused[0] -= 1
+            if _paused[0] == 0 and _resume[0]:
+                gc.enable()

@@ -8,11 +8,16 @@ without inputs travels as columns and still mixes with tasks that have some.
 from __future__ import annotations
 
 import gc
+import threading
 
 import pytest
 
 from shoal import wait
+from shoal._gc import collection_paused
+from shoal.client import _client
 from shoal.client._future import FutureState
+from shoal.client._recipes import Column
+from shoal.protocol import SerializationError
 from tests.polling import wait_for
 
 
@@ -74,3 +79,67 @@ def test_waits_that_time_out_leave_nothing_on_the_state(client):
     stuck.cancel()
     wait_for(lambda: stuck.cancelled(), what="the cancel")
     assert wait([stuck], timeout=5).done == {stuck}
+
+
+class _Watched(list):
+    """A map's argument list that, at one item, waits for something to be true."""
+
+    def __init__(self, items, at, until):
+        super().__init__(items)
+        self.at, self.until = at, until
+
+    def __iter__(self):
+        for i, item in enumerate(list.__iter__(self)):
+            if i == self.at:
+                wait_for(self.until, what="the tasks sent so far reaching the scheduler")
+            yield item
+
+
+def test_a_large_map_is_sent_while_it_is_built(client, monkeypatch):
+    """Its tasks without inputs go out MAP_SEND_TASKS at a time: the scheduler has
+    the first ones while the call is still building the rest; every future's
+    recipe is the column of its own batch."""
+    monkeypatch.setattr(_client, "MAP_SEND_TASKS", 10)
+    first = client.submit(inc, 100)
+    args = _Watched(range(45), at=25, until=lambda: client.scheduler_info()["tasks"] >= 21)
+    futures = client.map(add, args, [first if i % 9 == 0 else i for i in range(45)])
+    assert client.gather(futures) == [i + (101 if i % 9 == 0 else i) for i in range(45)]
+    columns = {id(f._state.recipe): f._state.recipe for f in futures
+               if f._state.recipe is not None and type(f._state.recipe) is Column}
+    assert [len(c.packed.keys) for c in columns.values()] == [10, 10, 10, 10]  # 40 without inputs
+    assert gc.isenabled()
+
+
+def test_no_collection_runs_while_a_map_builds_and_it_comes_back_after(client):
+    seen = []  # whether collection is on, at each 1000th argument
+
+    class Recorded(list):
+        def __iter__(self):
+            for i, item in enumerate(list.__iter__(self)):
+                if i % 1000 == 0:
+                    seen.append(gc.isenabled())
+                yield item
+
+    futures = client.map(inc, Recorded(range(20_000)))
+    # automatic collection off all along the build
+    assert seen == [False] * 20
+    assert gc.isenabled()
+    with pytest.raises(SerializationError):  # an argument that cannot be sent, midway
+        client.map(inc, [1, 2, threading.Lock(), 4])
+    assert gc.isenabled()
+    gc.disable()  # a caller that turned collection off keeps it off
+    try:
+        client.map(inc, range(10))
+        assert not gc.isenabled()
+    finally:
+        gc.enable()
+    assert client.gather(futures)[-1] == 20_000
+
+
+def test_collection_paused_nests_and_restores_what_it_found():
+    with collection_paused():
+        assert not gc.isenabled()
+        with collection_paused():
+            assert not gc.isenabled()
+        assert not gc.isenabled()
+    assert gc.isenabled()
