@@ -5,6 +5,8 @@ from __future__ import annotations
 import asyncio
 import time
 
+import pytest
+
 from shoal.scheduler import Scheduler
 from shoal.scheduler._dashboard import (
     BUSY_WINDOW,
@@ -97,9 +99,15 @@ def test_busy_fraction_is_thread_time_in_tasks() -> None:
     idle = WorkerState("tcp://i:1", "i", 1, 0)
     scheduler.state.workers.update({"tcp://w:1": two_threads, "tcp://i:1": idle})
     # one thread busy for the whole window, the other for half of it
-    scheduler.task_stream.extend([
-        {"key": "a-1", "worker": "tcp://w:1", "start": now - 10, "stop": now},
-        {"key": "b-1", "worker": "tcp://w:1", "start": now - BUSY_WINDOW / 2, "stop": now},
-    ])
+    scheduler.busy.record("tcp://w:1", now - 10, now)
+    scheduler.busy.record("tcp://w:1", now - BUSY_WINDOW / 2, now)
     busy = busy_fractions(scheduler, now)
-    assert busy == {"tcp://w:1": 0.75, "tcp://i:1": 0.0}
+    assert busy == {"tcp://w:1": pytest.approx(0.75), "tcp://i:1": 0.0}
+    # many short tasks, far more than the task stream keeps: all counted
+    for i in range(20_000):  # back to back on the idle worker for the last second
+        scheduler.busy.record("tcp://i:1", now - 1 + i * 5e-5, now - 1 + (i + 1) * 5e-5)
+    assert busy_fractions(scheduler, now)["tcp://i:1"] == pytest.approx(0.5, abs=0.01)
+    assert busy_fractions(scheduler, now + BUSY_WINDOW + 1)["tcp://i:1"] == 0.0  # all older
+    assert len(scheduler.busy._slots["tcp://i:1"]) <= 2 * round(BUSY_WINDOW / 0.1) + 1
+    scheduler.busy.forget("tcp://i:1")
+    assert busy_fractions(scheduler, now)["tcp://i:1"] == 0.0

@@ -45,7 +45,7 @@ from ..protocol._ops import FROM_CLIENT, FROM_WORKER, SCHEDULER_OPEN, SCHEDULER_
 from ..protocol._schema import InvalidMessage
 from ._adaptive import adaptive_target
 from ._coordination import Coordination
-from ._dashboard import recent_stream
+from ._dashboard import BusyMeter, recent_stream
 from ._datasets import Datasets
 from ._events import (
     AddClient,
@@ -176,6 +176,7 @@ class Scheduler:
         self._tasks: set[asyncio.Task] = set()
         self._http: Any = None
         self.task_stream: list[dict[str, Any]] = []
+        self.busy = BusyMeter()  # each worker's recent time in tasks (the dashboard's)
         self._closed = asyncio.Event()
 
     async def start(self) -> Scheduler:
@@ -376,9 +377,12 @@ class Scheduler:
         self.handle(ClientReleasesKeys(self.stimulus("rejoin-grace-over"), REJOIN_HOLDER, keys))
 
     def _record_task(self, address: str, msg: dict[str, Any]) -> None:
-        if msg.get("stop"):
-            self.task_stream.append({"key": msg["key"], "worker": address,
-                                     "start": msg.get("start") or 0.0, "stop": msg["stop"]})
+        stop = msg.get("stop")
+        if stop:
+            start = msg.get("start") or 0.0
+            self.task_stream.append({"key": msg["key"], "worker": address, "start": start,
+                                     "stop": stop})
+            self.busy.record(address, start, stop)
             if len(self.task_stream) > 10_000:
                 del self.task_stream[:5_000]
 
@@ -387,6 +391,7 @@ class Scheduler:
         if stream is not None:
             stream.abort()
         self.worker_info.pop(address, None)
+        self.busy.forget(address)
         self.pool.remove(address)
         if address in self.state.workers:
             orderly = ("closed", "retired", "the scheduler is closing")
