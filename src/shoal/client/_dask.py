@@ -18,6 +18,7 @@ import weakref
 from collections.abc import Hashable, Iterator, Mapping
 from typing import TYPE_CHECKING, Any
 
+from .._gc import collection_paused
 from ..protocol._task import KEEP, KeyRef, replace
 from ._future import Future
 
@@ -81,6 +82,12 @@ def submit_graph(client: Client, graph: Any, wanted: list[Hashable],
     under what ``dask.annotate`` set per key.  A Future of this client in
     the graph (a persisted collection's pieces) is an input read by its key.
     """
+    with collection_paused():  # a large graph: thousands of objects, none garbage
+        return _submit_graph(client, graph, wanted, restrictions)
+
+
+def _submit_graph(client: Client, graph: Any, wanted: list[Hashable],
+                  restrictions: dict[str, Any] | None) -> dict[Hashable, Future]:
     from ._client import _restrict
 
     nodes = _task_nodes(graph)
