@@ -272,17 +272,20 @@ class Harness:
             self._operator = None
 
     def close(self) -> None:
-        self.kubelet.stop()
-        self.stop_operator()
-        for double in self.schedulers.values():
-            self.run(double.stop())
-        self.run(self._stack.aclose())
-        kubeops.configure(None)
-        scheduler_api.set_url_resolver(None)
-        scheduler_api.set_credentials_resolver(None)
-        self.loop.call_soon_threadsafe(self.loop.stop)
-        self.thread.join(TIMEOUT)
-        self.loop.close()
+        try:
+            self.kubelet.stop()
+            self.stop_operator()
+        finally:  # even when the operator did not stop: the next test starts clean
+            self._operator = None
+            for double in self.schedulers.values():
+                self.run(double.stop())
+            self.run(self._stack.aclose())
+            kubeops.configure(None)
+            scheduler_api.set_url_resolver(None)
+            scheduler_api.set_credentials_resolver(None)
+            self.loop.call_soon_threadsafe(self.loop.stop)
+            self.thread.join(TIMEOUT)
+            self.loop.close()
 
     # -- kubectl-like helpers -------------------------------------------------------------
 
@@ -380,9 +383,61 @@ class OperatorThread:
         if self.stop_flag is not None and not self.loop.is_closed():
             self.loop.call_soon_threadsafe(self.stop_flag.set)
         self.thread.join(TIMEOUT)
-        assert not self.thread.is_alive(), "the operator did not stop"
+        if self.thread.is_alive():
+            dump_stuck(self.loop)
+            # Halt it (its tasks are dropped), so that it cannot go on acting on the
+            # emulators of the tests after this one; this test fails all the same.
+            self.loop.call_soon_threadsafe(self.loop.stop)
+            self.thread.join(TIMEOUT)
+            raise AssertionError("the operator did not stop (its threads and tasks are "
+                                 "in the captured stderr)")
         if self.error is not None:
             raise self.error
+
+
+def dump_stuck(loop: asyncio.AbstractEventLoop) -> None:
+    """Print every thread's stack and every task of ``loop``: what a stop waits for."""
+    import sys
+    import traceback
+
+    out = sys.stderr
+    names = {t.ident: t.name for t in threading.enumerate()}
+    print("--- the operator did not stop; the threads of this process:", file=out)
+    for ident, frame in sys._current_frames().items():
+        print(f"thread {names.get(ident, ident)}:", file=out)
+        traceback.print_stack(frame, file=out)
+    listed = threading.Event()
+
+    def tasks() -> None:  # in the operator's own thread, so the list is consistent
+        print("--- the operator loop's tasks, each with what it awaits, outermost first:",
+              file=out)
+        for task in asyncio.all_tasks(loop):
+            print(f"{task.get_name()}:", file=out)
+            for line in awaiting(task.get_coro()):
+                print(f"    {line}", file=out)
+        listed.set()
+
+    loop.call_soon_threadsafe(tasks)
+    if not listed.wait(TIMEOUT / 3):
+        print("--- the operator loop does not run a callback: it is blocked in its thread "
+              "(its stack is above)", file=out)
+    out.flush()
+
+
+def awaiting(coro: Any) -> list[str]:
+    """The chain of awaits of a suspended coroutine, down to the future it waits for
+    (a task's own stack shows its outermost frame only)."""
+    lines = []
+    while coro is not None:
+        frame = (getattr(coro, "cr_frame", None) or getattr(coro, "gi_frame", None)
+                 or getattr(coro, "ag_frame", None))
+        if frame is None:
+            lines.append(f"awaits {coro!r}"[:300])
+            break
+        lines.append(f"{frame.f_code.co_filename}:{frame.f_lineno} in {frame.f_code.co_name}")
+        coro = (getattr(coro, "cr_await", None) or getattr(coro, "gi_yieldfrom", None)
+                or getattr(coro, "ag_await", None))
+    return lines
 
 
 class Kubelet:

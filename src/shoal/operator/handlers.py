@@ -51,10 +51,18 @@ INSECURE_MESSAGE = (
     "anyone who can reach them; any such pod can run code on the workers and read every "
     "result. Remove spec.security.tls (or set it true) to turn mutual TLS back on.")
 autoscaler = Autoscaler()
+STOP_TIMEOUT = 5.0  # a reconcile loop's stop: it is cancelled, and waited for this long
+STOP_RETRY = 0.5  # ...with the cancellation repeated this often until it has ended
 
 
 class ClusterLoop:
-    """The periodic reconcile of one ShoalCluster (a plain asyncio task)."""
+    """The periodic reconcile of one ShoalCluster (a plain asyncio task).
+
+    It belongs to the operator run (event loop) that made it, and :meth:`stop`
+    ends it for certain: the ``stopped`` flag ends the loop at its next round
+    even if a cancellation is lost on the way, and the cancellation is repeated
+    until the task is done (bounded by ``STOP_TIMEOUT``).
+    """
 
     def __init__(self, key: tuple[str, str]) -> None:
         self.namespace, self.name = key
@@ -62,25 +70,57 @@ class ClusterLoop:
         self.lock = asyncio.Lock()
         self.wakeup = asyncio.Event()
         self.task: asyncio.Task[None] | None = None
+        self.stopped = False
+        self.owner = asyncio.get_running_loop()
 
     @property
     def phase(self) -> str:
         return str((self.body.get("status") or {}).get("phase") or "Pending")
 
     def start(self) -> None:
-        if self.task is None or self.task.done():
-            self.task = asyncio.get_running_loop().create_task(self._run())
+        if not self.stopped and (self.task is None or self.task.done()):
+            self.task = self.owner.create_task(self._run(), name=f"loop of {self.namespace}/"
+                                                                  f"{self.name}")
 
     def nudge(self) -> None:
         self.wakeup.set()
 
     async def stop(self) -> None:
-        if self.task is not None:
-            self.task.cancel()
-            await asyncio.gather(self.task, return_exceptions=True)
+        """Cancel the loop and wait until it has ended (at most ``STOP_TIMEOUT``)."""
+        self.stopped = True
+        task = self.task
+        if task is None:
+            return
+        deadline = self.owner.time() + STOP_TIMEOUT
+        while not task.done():
+            left = deadline - self.owner.time()
+            if left <= 0:
+                logger.error(f"{self.namespace}/{self.name}: the reconcile loop did not stop "
+                             f"within {STOP_TIMEOUT}s; it ends at its next round")
+                return
+            task.cancel()  # again if a cancellation was lost: the loop must not outlive us
+            await asyncio.wait({task}, timeout=min(STOP_RETRY, left))
+        if not task.cancelled() and task.exception() is not None:
+            logger.error(f"{self.namespace}/{self.name}: the reconcile loop failed",
+                         exc_info=task.exception())
+
+    async def _pause(self, delay: float | None) -> None:
+        """Until nudged, or ``delay`` seconds (None: until nudged).
+
+        Not ``asyncio.wait_for(self.wakeup.wait(), delay)``: on Python 3.11 that
+        swallows a cancellation arriving in the loop iterations in which the
+        awaited event fires (a nudge, or one left from the round), and the loop
+        would go on after :meth:`stop` cancelled it, so that stop never ended.
+        """
+        timer = self.owner.call_later(delay, self.wakeup.set) if delay is not None else None
+        try:
+            await self.wakeup.wait()
+        finally:
+            if timer is not None:
+                timer.cancel()
 
     async def _run(self) -> None:
-        while True:
+        while not self.stopped:
             self.wakeup.clear()
             delay: float | None = metrics.config.reconcile_interval
             try:
@@ -98,10 +138,8 @@ class ClusterLoop:
                 metrics.ERRORS.labels("loop", "unexpected").inc()
                 logger.exception(f"{self.namespace}/{self.name}: reconcile failed")
                 delay = metrics.config.error_delay
-            try:
-                await asyncio.wait_for(self.wakeup.wait(), timeout=delay)
-            except TimeoutError:
-                pass
+            if not self.stopped:
+                await self._pause(delay)
 
 
 def plain(value: Any) -> Any:
@@ -118,10 +156,13 @@ metrics.watch_phases(lambda: [loop.phase for loop in list(loops.values())])
 
 
 def loop_for(namespace: str, name: str) -> ClusterLoop:
+    """The cluster's loop in this operator run; one of another run (event loop) is
+    never reused: it is bound to that run, which has stopped or is stopping."""
     key = (namespace, name)
-    if key not in loops:
-        loops[key] = ClusterLoop(key)
-    return loops[key]
+    loop = loops.get(key)
+    if loop is None or loop.owner is not asyncio.get_running_loop():
+        loop = loops[key] = ClusterLoop(key)
+    return loop
 
 
 async def refuse(body: Mapping[str, Any], reason: str, message: str) -> None:
@@ -318,7 +359,8 @@ async def cluster_observed(event: kopf.RawEvent, name: str, namespace: str | Non
         if gone is not None:
             autoscaler.forget(gone.body.get("metadata", {}).get("uid", ""))
             _warned.discard(gone.body.get("metadata", {}).get("uid", ""))
-            await gone.stop()
+            if gone.owner is asyncio.get_running_loop():
+                await gone.stop()
         return
     loop = loop_for(*key)
     first = not loop.body
@@ -332,11 +374,15 @@ async def cluster_observed(event: kopf.RawEvent, name: str, namespace: str | Non
 async def worker_pod_changed(labels: Mapping[str, str], namespace: str | None,
                              **_: Any) -> None:
     loop = loops.get((namespace or "", labels.get(builders.LABEL_CLUSTER, "")))
-    if loop is not None:
+    if loop is not None and loop.owner is asyncio.get_running_loop():
         loop.nudge()
 
 
 @kopf.on.cleanup()
 async def stop_loops(**_: Any) -> None:
-    for key in list(loops):
-        await loops.pop(key).stop()
+    """Stop this run's loops (those of another run are that run's to stop)."""
+    current = asyncio.get_running_loop()
+    for key, loop in list(loops.items()):
+        if loop.owner is current:
+            del loops[key]
+            await loop.stop()
