@@ -9,7 +9,15 @@ import struct
 
 import pytest
 
-from shoal.comm import CommClosedError, CommLimits, ConnectionPool, RPCServer, connect, spawn
+from shoal.comm import (
+    CommClosedError,
+    CommLimits,
+    ConnectionPool,
+    RPCServer,
+    connect,
+    spawn,
+    wait_event,
+)
 from shoal.comm._rpc import MAX_BAD_MESSAGES
 from shoal.comm._tcp import EAGER_MAX_BYTES, STAGING_MIN_BYTES
 from shoal.protocol import MAX_MESSAGE_BYTES, PROTOCOL_VERSION, dumps, pack_frames_prelude
@@ -180,3 +188,37 @@ def test_raw_socket_garbage_leaves_the_server_serving():
         server.stop()
 
     run(main())
+
+
+@pytest.mark.parametrize("iterations", range(4))
+def test_a_wait_for_an_event_never_loses_a_cancellation(iterations):
+    """Cancelled just as its event is set (0-3 loop iterations apart) while still
+    waiting, the waiter ends cancelled; asyncio.wait_for on Python 3.11 returned
+    normally instead."""
+
+    async def scenario() -> tuple[bool, bool]:
+        event = asyncio.Event()
+        waiter = asyncio.ensure_future(wait_event(event, 60.0))
+        for _ in range(3):
+            await asyncio.sleep(0)  # it is waiting
+        event.set()
+        for _ in range(iterations):
+            await asyncio.sleep(0)
+        requested = waiter.cancel()  # False: it had already returned (set before)
+        await asyncio.wait({waiter}, timeout=10)
+        return requested, waiter.done() and waiter.cancelled()
+
+    requested, cancelled = asyncio.run(scenario())
+    assert cancelled == requested
+    assert requested or iterations > 0  # at 0, the wait is always still going
+
+
+def test_a_wait_for_an_event_says_whether_it_was_set():
+    async def scenario() -> tuple[bool, bool, bool]:
+        event = asyncio.Event()
+        timed_out = await wait_event(event, 0.01)
+        asyncio.get_running_loop().call_soon(event.set)
+        woken = await wait_event(event, 10.0)
+        return timed_out, woken, await wait_event(event, None)
+
+    assert asyncio.run(scenario()) == (False, True, True)

@@ -9,7 +9,7 @@ from ._batched import BatchedSend
 from ._core import Comm, CommClosedError, CommLimits, Listener, connect, listen, parse_address
 from ._rpc import ConnectionPool, RemoteError, RPCServer, Strikes, raise_for_error
 from ._security import ConnectionArgs, Security
-from ._supervise import spawn
+from ._supervise import spawn, wait_event
 from ._tcp import split_host_port
 
 __all__ = [
@@ -30,4 +30,5 @@ __all__ = [
     "raise_for_error",
     "spawn",
     "split_host_port",
+    "wait_event",
 ]

@@ -31,6 +31,7 @@ from typing import Any
 import kopf
 
 from shoal.cluster.kube import api_path
+from shoal.comm import wait_event
 from shoal.operator import builders, credentials, kubeops, metrics, reconcile, scheduler_api
 from shoal.operator.autoscale import Autoscaler, split_target
 from shoal.operator.crds import API_VERSION, CLUSTER_PLURAL, GROUP, VERSION
@@ -104,20 +105,6 @@ class ClusterLoop:
             logger.error(f"{self.namespace}/{self.name}: the reconcile loop failed",
                          exc_info=task.exception())
 
-    async def _pause(self, delay: float | None) -> None:
-        """Until nudged, or ``delay`` seconds (None: until nudged).
-
-        Not ``asyncio.wait_for(self.wakeup.wait(), delay)``: on Python 3.11 that
-        swallows a cancellation arriving in the loop iterations in which the
-        awaited event fires (a nudge, or one left from the round), and the loop
-        would go on after :meth:`stop` cancelled it, so that stop never ended.
-        """
-        timer = self.owner.call_later(delay, self.wakeup.set) if delay is not None else None
-        try:
-            await self.wakeup.wait()
-        finally:
-            if timer is not None:
-                timer.cancel()
 
     async def _run(self) -> None:
         while not self.stopped:
@@ -138,8 +125,8 @@ class ClusterLoop:
                 metrics.ERRORS.labels("loop", "unexpected").inc()
                 logger.exception(f"{self.namespace}/{self.name}: reconcile failed")
                 delay = metrics.config.error_delay
-            if not self.stopped:
-                await self._pause(delay)
+            if not self.stopped:  # until nudged, or the delay (see comm.wait_event)
+                await wait_event(self.wakeup, delay)
 
 
 def plain(value: Any) -> Any:

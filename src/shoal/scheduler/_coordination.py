@@ -129,6 +129,9 @@ class Coordination:
                                            max(0.0, min(wake) - now) if wake else None)
                 except TimeoutError:
                     pass  # a deadline or an expiry: look again
+                task = asyncio.current_task()
+                if task is not None and task.cancelling():  # lost by 3.11's wait_for
+                    raise asyncio.CancelledError
 
     def semaphore_refresh(self, name: str, leases: list[str]) -> dict[str, Any]:
         """The holder of ``leases`` is alive: they last another lease timeout."""

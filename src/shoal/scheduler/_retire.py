@@ -14,6 +14,7 @@ import logging
 import time
 from typing import TYPE_CHECKING, Any
 
+from ..comm import wait_event
 from ._events import RemoveWorker, RetireWorkers
 from ._model import ACTIVE, TaskState, WorkerState
 
@@ -113,7 +114,4 @@ class Retirement:
             if remaining <= 0:
                 return
             self._changed.clear()
-            try:
-                await asyncio.wait_for(self._changed.wait(), min(remaining, 0.5))
-            except TimeoutError:
-                pass
+            await wait_event(self._changed, min(remaining, 0.5))

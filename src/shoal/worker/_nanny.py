@@ -58,6 +58,7 @@ from typing import Literal
 
 import psutil
 
+from shoal.comm import wait_event
 from shoal.worker._memory import MemoryThresholds, memory_limit_for
 from shoal.worker._workspace import WORKER_DIRECTORY_ENV, WorkerDirectory
 
@@ -395,8 +396,7 @@ class Nanny:
     async def _backoff(self, delay: float) -> bool:
         """Wait ``delay`` seconds unless closed meanwhile; False if closed."""
         assert self._stop is not None
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._stop.wait(), delay)
+        await wait_event(self._stop, delay)
         return not self._closing
 
     async def _wait_child(self) -> int:

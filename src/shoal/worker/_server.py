@@ -43,6 +43,7 @@ from ..comm import (
     Strikes,
     connect,
     spawn,
+    wait_event,
 )
 from ..comm._core import Comm
 from ..comm._pool import bound as bound_buffer_pool
@@ -378,13 +379,10 @@ class Worker:
             # until then keep reading.  Closing first would have the kernel answer
             # what the scheduler sends meanwhile with a reset, which can lose the
             # goodbye (the scheduler then logs the worker as lost).
-            if self._scheduler_gone is not None:
-                try:
-                    await asyncio.wait_for(self._scheduler_gone.wait(),
-                                           min(timeout, GOODBYE_WAIT))
-                except TimeoutError:
-                    logger.debug("worker %s: the scheduler did not close after the goodbye",
-                                 self.name)
+            if (self._scheduler_gone is not None
+                    and not await wait_event(self._scheduler_gone, min(timeout, GOODBYE_WAIT))):
+                logger.debug("worker %s: the scheduler did not close after the goodbye",
+                             self.name)
             await self.stream.close(timeout)
         wake_rejoins(self)
         await self.plugins.close()
