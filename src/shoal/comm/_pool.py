@@ -17,9 +17,10 @@ living in such a buffer is released, the memfd, with its pages, returns to
 the pool; the next large buffer is mapped over pages that already exist.  A
 receive buffer (:func:`map_buffer`) returns with its mapping too: entering
 warm pages into the page tables again costs about a third of what filling
-them from a socket does, and a kept mapping needs none of it.  A memfd is sparse (:data:`CAPACITY`, sealed so it
-cannot shrink): pages exist only where bytes were written, so mapping one
-for a frame commits nothing until the frame's bytes arrive.
+them from a socket does, and a kept mapping needs none of it.  A memfd is
+sparse (:data:`CAPACITY`, sealed so it cannot shrink): pages exist only
+where bytes were written, so mapping one for a frame commits nothing until
+the frame's bytes arrive.
 
 The pool is bounded: at most :data:`POOL_MAX_BYTES` of idle memory
 (``SHOAL_BUFFER_POOL_BYTES``; a worker lowers it to an eighth of its memory
