@@ -53,16 +53,15 @@ INSECURE_MESSAGE = (
     "result. Remove spec.security.tls (or set it true) to turn mutual TLS back on.")
 autoscaler = Autoscaler()
 STOP_TIMEOUT = 5.0  # a reconcile loop's stop: it is cancelled, and waited for this long
-STOP_RETRY = 0.5  # ...with the cancellation repeated this often until it has ended
 
 
 class ClusterLoop:
     """The periodic reconcile of one ShoalCluster (a plain asyncio task).
 
-    It belongs to the operator run (event loop) that made it, and :meth:`stop`
-    ends it for certain: the ``stopped`` flag ends the loop at its next round
-    even if a cancellation is lost on the way, and the cancellation is repeated
-    until the task is done (bounded by ``STOP_TIMEOUT``).
+    It belongs to the operator run (event loop) that made it.  It waits between
+    rounds through ``comm.wait_event``, which never loses a cancellation, so
+    :meth:`stop` ends it; the ``stopped`` flag also ends it at its next round,
+    and the stop waits at most ``STOP_TIMEOUT``.
     """
 
     def __init__(self, key: tuple[str, str]) -> None:
@@ -92,19 +91,15 @@ class ClusterLoop:
         task = self.task
         if task is None:
             return
-        deadline = self.owner.time() + STOP_TIMEOUT
-        while not task.done():
-            left = deadline - self.owner.time()
-            if left <= 0:
-                logger.error(f"{self.namespace}/{self.name}: the reconcile loop did not stop "
-                             f"within {STOP_TIMEOUT}s; it ends at its next round")
-                return
-            task.cancel()  # again if a cancellation was lost: the loop must not outlive us
-            await asyncio.wait({task}, timeout=min(STOP_RETRY, left))
+        task.cancel()
+        await asyncio.wait({task}, timeout=STOP_TIMEOUT)
+        if not task.done():
+            logger.error(f"{self.namespace}/{self.name}: the reconcile loop did not stop "
+                         f"within {STOP_TIMEOUT}s; it ends at its next round")
+            return
         if not task.cancelled() and task.exception() is not None:
             logger.error(f"{self.namespace}/{self.name}: the reconcile loop failed",
                          exc_info=task.exception())
-
 
     async def _run(self) -> None:
         while not self.stopped:

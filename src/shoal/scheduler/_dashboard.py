@@ -126,8 +126,8 @@ class BusyMeter:
         slots = self._slots.get(worker)
         if slots is None:
             slots = self._slots[worker] = {}
-        first = max(int(start / BUSY_BUCKET), int(stop / BUSY_BUCKET) - _BUSY_SLOTS)
         last = int(stop / BUSY_BUCKET)
+        first = max(int(start / BUSY_BUCKET), last - _BUSY_SLOTS)
         if first == last:  # the usual case: a short task
             slots[last] = slots.get(last, 0.0) + (stop - start)
         else:
