@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import socket
 import struct
 
@@ -10,6 +11,7 @@ import msgpack
 import pytest
 
 from shoal.comm import BatchedSend, CommClosedError, ConnectionPool, RemoteError, RPCServer, connect
+from shoal.comm._batched import FLOOD_SECONDS
 from shoal.protocol import (
     PROTOCOL_VERSION,
     VersionMismatchError,
@@ -167,28 +169,126 @@ def test_connect_to_nothing_fails_fast():
     run(main())
 
 
-def test_batched_send_coalesces_one_loop_turn():
+async def _stream_server(received: list, until: int, gate: asyncio.Event | None = None):
+    """A server whose ``stream`` op collects messages into ``received`` until
+    ``until`` have come (reading nothing off its socket until ``gate`` is
+    set, if given), and a BatchedSend to it: the server, the comm, the
+    BatchedSend and the event set when the messages are all in."""
+    done = asyncio.Event()
+
+    async def stream(comm, **_):
+        if gate is not None:  # read nothing off the socket until then
+            comm.transport.pause_reading()
+            await gate.wait()
+            comm.transport.resume_reading()
+        while sum(len(b) if type(b) is list else 1 for b in received) < until:
+            received.append(await comm.read())
+        done.set()
+
+    server = RPCServer({}, {"stream": stream})
+    comm = await connect(await server.listen("tcp://127.0.0.1:0"))
+    await comm.write({"op": "stream"})
+    return server, comm, BatchedSend(comm), done
+
+
+def test_batched_send_writes_a_lone_message_at_once_and_coalesces_the_rest():
     async def main() -> None:
         received: list = []
-        done = asyncio.Event()
-
-        async def stream(comm, **_):
-            while len(received) < 100:
-                received.append(await comm.read())
-                if sum(len(b) for b in received) >= 100:
-                    break
-            done.set()
-
-        server = RPCServer({}, {"stream": stream})
-        address = await server.listen("tcp://127.0.0.1:0")
-        comm = await connect(address)
-        await comm.write({"op": "stream"})
-        batched = BatchedSend(comm)
-        for i in range(100):
+        server, _, batched, done = await _stream_server(received, 100)
+        batched.send({"i": 0})
+        assert batched.batches_sent == 1  # written by send() itself: no loop turn
+        for i in range(1, 100):
             batched.send({"i": i})
+        assert batched.batches_sent == 1  # the others wait for the writer task
         await asyncio.wait_for(done.wait(), 10)
-        assert received == [[{"i": i} for i in range(100)]]
-        assert batched.batches_sent == 1
+        assert received == [[{"i": 0}], [{"i": i} for i in range(1, 100)]]
+        assert batched.batches_sent == 2
+        await batched.close()
+        server.stop()
+
+    run(main())
+
+
+class _Clock:
+    """The loop, but with a clock the test moves."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self.loop, self.now = loop, 100.0
+
+    def time(self) -> float:
+        return self.now
+
+    def call_soon(self, *args):
+        return self.loop.call_soon(*args)
+
+
+def test_batched_send_batches_everything_during_a_flood_and_not_after():
+    async def main() -> None:
+        received: list = []
+        server, _, batched, done = await _stream_server(received, 9)
+        clock = batched._loop = _Clock(asyncio.get_running_loop())
+
+        async def burst(*msgs) -> int:
+            """Send ``msgs`` in one turn; how many send() wrote itself."""
+            before = batched.batches_sent
+            for msg in msgs:
+                batched.send(msg)
+            written_now = batched.batches_sent - before
+            while batched._buffer or batched._writing:
+                await asyncio.sleep(0)  # let the writer task write the rest
+            await asyncio.sleep(0)
+            return written_now
+
+        assert await burst(1, 2) == 1  # lone first message, then a batch
+        clock.now += FLOOD_SECONDS / 2
+        assert await burst(3, 4) == 1  # a second batch this soon: a flood from now on
+        clock.now += FLOOD_SECONDS / 2
+        assert await burst(5) == 0  # in the flood, even a lone message is batched
+        clock.now += 2 * FLOOD_SECONDS
+        assert await burst(6, 7, 8, 9) == 1  # quiet long enough: the fast path again
+        await asyncio.wait_for(done.wait(), 10)
+        assert [m for b in received for m in b] == list(range(1, 10))
+        await batched.close()
+        server.stop()
+
+    run(main())
+
+
+def test_batched_send_queues_while_the_peer_does_not_read_and_keeps_the_order():
+    async def main() -> None:
+        received: list = []
+        gate = asyncio.Event()
+        count, blob = 64, b"x" * (512 * 1024)  # 32 MiB: more than the sockets' buffers hold
+        server, comm, batched, done = await _stream_server(received, count, gate)
+        for i in range(count):
+            batched.send({"i": i, "blob": blob})
+            await asyncio.sleep(0)  # a turn each: every send finds the stream idle if it can
+        assert not comm.protocol.writable()  # the peer reads nothing: writes wait
+        assert batched.batches_sent < count
+        gate.set()
+        await asyncio.wait_for(done.wait(), 20)
+        got = [m["i"] for b in received for m in (b if type(b) is list else [b])]
+        assert got == list(range(count))
+        assert all(m["blob"] == blob for b in received for m in b)
+        await batched.close()
+        server.stop()
+
+    run(main())
+
+
+def test_batched_send_leaves_a_large_frame_to_the_writer_task():
+    async def main() -> None:
+        received: list = []
+        server, _, batched, done = await _stream_server(received, 2)
+        big = serialize(b"y" * (2 * 1024 * 1024))
+        batched.send({"value": big})
+        assert batched.batches_sent == 0  # shared memory or a direct send: not from send()
+        batched.send({"after": True})
+        await asyncio.wait_for(done.wait(), 10)
+        assert deserialize(received[0][0]["value"]) == b"y" * (2 * 1024 * 1024)
+        assert received[0][1:] + received[1:] == [{"after": True}]
+        received.clear()  # the value may be a shared-memory mapping: let it go now
+        gc.collect()
         await batched.close()
         server.stop()
 

@@ -104,6 +104,16 @@ class Comm(abc.ABC):
     async def write(self, msg: Any) -> None:
         """Send one message (a batch is one message holding a list)."""
 
+    def write_nowait(self, msg: Any) -> bool:
+        """Send ``msg`` now, from this callback, if that needs no waiting.
+
+        False, with nothing sent, when it would have to wait (a write is in
+        flight, the peer is slow to read, a frame is large, or the transport
+        cannot): then ``write`` sends it.  Saves a small message the turn of
+        the event loop that waking a writer task costs.
+        """
+        return False
+
     @abc.abstractmethod
     async def close(self) -> None:
         """Flush and close politely."""

@@ -88,6 +88,8 @@ SHARE_IN_THREAD_BYTES = 4 * 1024 * 1024
 LARGE_FRAME_BYTES = 64 * 1024
 #: ...and this large, straight from their memory (see TCPComm._send_direct).
 DIRECT_SEND_BYTES = 1024 * 1024
+#: A message with a frame this large is never written by ``write_nowait``.
+NOWAIT_FRAME_BYTES = min(DIRECT_SEND_BYTES, SHARED_MIN_BYTES)
 
 
 def split_host_port(address: str) -> tuple[str, int]:
@@ -423,6 +425,10 @@ class _Protocol(asyncio.BufferedProtocol):
             raise item
         return item
 
+    def writable(self) -> bool:
+        """Whether a write would go out without waiting for the peer to read."""
+        return self._drain is None or self._drain.done()
+
     async def drained(self) -> None:
         if self._drain is not None and not self._drain.done():
             await self._drain
@@ -483,6 +489,17 @@ class TCPComm(Comm):
                 else:
                     self.transport.write(chunk)
             await self.protocol.drained()
+
+    def write_nowait(self, msg: Any) -> bool:
+        if (self._write_lock.locked() or self.closed()
+                or self.transport.get_write_buffer_size() or not self.protocol.writable()):
+            return False
+        frames = dumps(msg)
+        if any(memoryview(f).nbytes >= NOWAIT_FRAME_BYTES for f in frames):
+            return False  # shared memory or a direct send: ``write``'s work
+        for chunk in _coalesce(pack_frames_prelude(frames, None), frames):
+            self.transport.write(chunk)
+        return True
 
     async def _share(self, frames: list) -> dict[int, int] | None:
         """Send the large frames through shared memory if the peer is on this host:
