@@ -21,6 +21,7 @@ from shoal.protocol._ops import (
     FROM_WORKER,
     SCHEDULER_OPEN,
     SCHEDULER_RPC,
+    TO_CLIENT,
     WORKER_RPC,
 )
 from shoal.protocol._schema import (
@@ -45,6 +46,7 @@ TABLES = {
     "from_client": FROM_CLIENT,
     "worker_rpc": WORKER_RPC,
     "from_scheduler": FROM_SCHEDULER,
+    "to_client": TO_CLIENT,
 }
 
 #: Values of every msgpack type, the awkward ones included.

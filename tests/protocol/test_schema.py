@@ -80,7 +80,7 @@ def test_the_fast_answer_agrees_with_the_explanation_on_every_message():
     from tests.fuzz.generate import AWKWARD, Inputs
 
     tables = [_ops.SCHEDULER_RPC, _ops.SCHEDULER_OPEN, _ops.FROM_WORKER, _ops.FROM_CLIENT,
-              _ops.WORKER_RPC, _ops.FROM_SCHEDULER]
+              _ops.WORKER_RPC, _ops.FROM_SCHEDULER, _ops.TO_CLIENT]
     inputs = Inputs(random.Random(11))
     checked = refused = 0
     for i in range(6_000):

@@ -10,6 +10,7 @@ from shoal.scheduler._events import (
     AddWorker,
     CancelKeys,
     ClientReleasesKeys,
+    ClientUnfollowed,
     Heartbeat,
     MissingData,
     RemoveClient,
@@ -63,6 +64,67 @@ def test_independent_task_runs_and_is_reported(state):
     out = state.handle(TaskFinished(S, worker, "a", 100))
     assert reports(out, "key-in-memory") == ["a"]
     assert state.tasks["a"].state == "memory"
+
+
+def _clients_told(out, key):
+    return sorted(i.client for i in out if isinstance(i, ToClient)
+                  and i.msg["op"] == "key-in-memory" and i.msg["key"] == key)
+
+
+def test_compute_task_names_the_clients_that_wait(state):
+    out = state.handle(graph(spec("a"), spec("b", "a"), wanted=["b"]))
+    msgs = {i.msg["key"]: i.msg for i in out if isinstance(i, ToWorker)}
+    assert "report" not in msgs["a"]  # an input: no client waits for it
+    worker = next(i.worker for i in out if isinstance(i, ToWorker))
+    state.handle(AddClient(S, "d"))
+    state.handle(UpdateGraph(S, "d", [], {}, ["b"]))
+    out = state.handle(TaskFinished(S, worker, "a", 8))
+    msgs = {i.msg["key"]: i.msg for i in out if isinstance(i, ToWorker)}
+    assert msgs["b"]["report"] == ["c", "d"]
+
+
+def test_a_result_the_worker_pushed_is_not_reported_again_to_that_client(state):
+    state.handle(AddClient(S, "d"))
+    out = state.handle(graph(spec("a")))
+    worker = next(i.worker for i in out if isinstance(i, ToWorker))
+    state.handle(UpdateGraph(S, "d", [], {}, ["a"]))
+    out = state.handle(TaskFinished(S, worker, "a", 8, inline=b"v", reported=("c",)))
+    assert _clients_told(out, "a") == ["d"]  # "c" had it from the worker
+
+
+def test_unfollowed_reports_again_and_distrusts_that_worker(state):
+    out = state.handle(graph(spec("a"), spec("b")))
+    where = {i.msg["key"]: i.worker for i in out if isinstance(i, ToWorker)}
+    # "a" was pushed, and the push may be lost: the client says so
+    state.handle(TaskFinished(S, where["a"], "a", 8, inline=b"v", reported=("c",)))
+    out = state.handle(ClientUnfollowed(S, "c", where["a"], ["a", "b", "gone"]))
+    assert _clients_told(out, "a") == ["c"]
+    assert _clients_told(out, "b") == []  # not done yet
+    # from now on that worker's word is not taken for this client
+    if where["b"] == where["a"]:
+        out = state.handle(TaskFinished(S, where["b"], "b", 8, inline=b"v", reported=("c",)))
+        assert _clients_told(out, "b") == ["c"]
+    else:
+        out = state.handle(TaskFinished(S, where["b"], "b", 8, inline=b"v", reported=("c",)))
+        assert _clients_told(out, "b") == []  # another worker: still followed
+    state.handle(RemoveClient(S, "c"))
+    assert "c" not in state.unfollowed
+
+
+def test_unfollowed_distrusts_a_push_that_comes_after_it(state):
+    out = state.handle(graph(spec("a")))
+    worker = next(i.worker for i in out if isinstance(i, ToWorker))
+    out = state.handle(ClientUnfollowed(S, "c", worker, ["a"]))
+    assert _clients_told(out, "a") == []
+    out = state.handle(TaskFinished(S, worker, "a", 8, inline=b"v", reported=("c",)))
+    assert _clients_told(out, "a") == ["c"]
+    state.handle(RemoveWorker(S, worker))  # it reports nothing more: forgotten
+    assert state.unfollowed == {"c": set()}
+
+
+def test_unfollowed_from_an_unknown_client_changes_nothing(state):
+    state.handle(ClientUnfollowed(S, "nobody", "w1", ["a"]))
+    assert state.unfollowed == {}
 
 
 def test_function_is_sent_once_per_worker(state):

@@ -43,6 +43,17 @@ def test_ready_task_executes_and_reports():
     ws.validate()
 
 
+def test_the_report_names_the_clients_told_directly():
+    ws = WorkerState("me", 1)
+    ws.handle(ComputeTask("a", "f", None, (0,), report=("c1", "c2")))
+    assert ws.tasks["a"].report == ("c1", "c2")
+    out = ws.handle(ExecuteSuccess("a", 8, 1.0, 2.0, inline=b"v", reported=("c1",)))
+    assert sent(out, "task-finished") == [{"op": "task-finished", "key": "a", "nbytes": 8,
+                                           "start": 1.0, "stop": 2.0, "value": b"v",
+                                           "reported": ["c1"]}]
+    ws.validate()
+
+
 def test_threads_bound_concurrency_and_priority_orders():
     ws = WorkerState("me", 1)
     out = ws.handle(ComputeTask("late", "f", None, (5,)), ComputeTask("early", "f", None, (1,)))

@@ -42,6 +42,7 @@ from . import _dask
 from ._actor import Actor, actor_maker
 from ._cluster import ClusterCalls
 from ._datasets import DatasetCalls, abandon, confirm
+from ._follow import FollowedWorkers
 from ._future import FINAL, Future, FutureState, wait_final_threadsafe
 from ._integrations import ClientExecutor
 from ._joblib import register_if_available as register_joblib_backend
@@ -139,6 +140,7 @@ class Client(ClusterCalls, DatasetCalls):
         self._reconnecting: asyncio.Task | None = None
         self._counter = itertools.count()
         self._confirmations: dict[str, asyncio.Future] = {}  # see _datasets.store
+        self._followed = FollowedWorkers(self)
         if asynchronous:
             self._started: Any = None
         else:
@@ -265,6 +267,7 @@ class Client(ClusterCalls, DatasetCalls):
         for task in (self._reader, self._reconnecting):
             if task is not None and task is not asyncio.current_task():
                 task.cancel()
+        self._followed.close()
         self.pool.close()
         for state in self._states.values():
             if state.status not in FINAL:
@@ -513,7 +516,10 @@ class Client(ClusterCalls, DatasetCalls):
             if state is None:
                 continue
             if op == "key-in-memory":
-                state.finish(self._holders(msg["workers"]), msg["nbytes"], msg.get("value"))
+                workers = msg["workers"]
+                state.finish(self._holders(workers), msg["nbytes"], msg.get("value"))
+                if len(workers) == 1:
+                    self._followed.heard_of(workers[0])
             elif op == "task-erred":
                 state.fail(msg.get("exception"), msg.get("traceback") or "",
                            msg.get("exception_text") or "")

@@ -12,6 +12,8 @@ to whom, which is also where each is checked:
 ``FROM_CLIENT``     a client's stream to the scheduler
 ``WORKER_RPC``      requests to a worker (peers, clients, the scheduler)
 ``FROM_SCHEDULER``  the scheduler's stream to a worker
+``TO_CLIENT``       a worker's stream of results to a client (checked by
+                    the client)
 ==================  ======================================================
 
 Limits on sizes are the wire's (``MAX_MESSAGE_BYTES``); here are the types,
@@ -47,6 +49,7 @@ __all__ = [
     "MAX_RETRIES",
     "SCHEDULER_OPEN",
     "SCHEDULER_RPC",
+    "TO_CLIENT",
     "WORKER_RPC",
     "check_message",
 ]
@@ -59,6 +62,7 @@ KEY = Str(max_length=64 * 1024, min_length=1)
 KEYS = ListOf(KEY)
 ADDRESS = Str(max_length=1024, min_length=1)
 ADDRESSES = ListOf(ADDRESS)
+CLIENT = Str(max_length=1024, min_length=1)
 SIZE = Int(lo=0)
 RESOURCES = MapOf(Str(max_length=256, min_length=1), Num(lo=0))
 WHO_HAS = MapOf(KEY, ADDRESSES)
@@ -178,13 +182,14 @@ SCHEDULER_OPEN: dict[str, Record] = {
         },
         optional=("resources", "http_address", "pid", "host", "keys", "nanny"),
     ),
-    "register-client": Record({"client": Str(max_length=1024, min_length=1)}),
+    "register-client": Record({"client": CLIENT}),
 }
 
 FROM_WORKER: dict[str, Record] = {
     "task-finished": Record(
-        {"key": KEY, "nbytes": SIZE, "start": Num(lo=0), "stop": Num(lo=0), "value": Blob()},
-        optional=("start", "stop", "value"),
+        {"key": KEY, "nbytes": SIZE, "start": Num(lo=0), "stop": Num(lo=0), "value": Blob(),
+         "reported": ListOf(CLIENT)},
+        optional=("start", "stop", "value", "reported"),
     ),
     "task-erred": Record(
         {"key": KEY, "exception": Blob(), "traceback": Str(max_length=1 << 20),
@@ -216,6 +221,7 @@ FROM_CLIENT: dict[str, Record] = {
                             "wanted": KEYS, "calls": CALLS}, optional=("functions", "calls")),
     "client-releases-keys": Record({"keys": KEYS}),
     "client-wants-keys": Record({"keys": KEYS}),
+    "unfollowed": Record({"worker": ADDRESS, "keys": KEYS}),
     "cancel-keys": Record({"keys": KEYS}),
     "update-data": Record({"who_has": WHO_HAS, "nbytes": NBYTES}),
     "fire-and-forget": Record({"keys": KEYS}),
@@ -245,13 +251,15 @@ WORKER_RPC: dict[str, Record] = {
                       optional=("start", "stop", "key")),
     "plugin_add": Record({"plugin": Blob(), "name": NAME}),
     "plugin_remove": Record({"name": NAME}),
+    # a client's stream for the results it waits for (see worker/_reports.py)
+    "client-reports": Record({"client": CLIENT}),
 }
 
 FROM_SCHEDULER: dict[str, Record] = {
     "compute-task": Record(
         {"key": KEY, "func": Str(max_length=1024), "args": Blob(), "priority": ListOf(Int()),
          "function": Blob(), "who_has": WHO_HAS, "nbytes": NBYTES, "resources": RESOURCES,
-         "report": Bool()},
+         "report": ListOf(CLIENT)},
         optional=("func", "args", "function", "who_has", "nbytes", "resources", "report"),
     ),
     "free-keys": Record({"keys": KEYS}),
@@ -260,6 +268,12 @@ FROM_SCHEDULER: dict[str, Record] = {
     "close": Record({"reason": Str()}, optional=("reason",)),
     "restart": EMPTY,
     "error": Record({"message": Str(max_length=1 << 20)}, extra=Anything()),
+}
+
+TO_CLIENT: dict[str, Record] = {
+    # the worker that sends it holds the key
+    "key-in-memory": Record({"key": KEY, "nbytes": SIZE, "value": Blob()}),
+    "error": Record({"message": Str(max_length=1 << 20)}),
 }
 
 

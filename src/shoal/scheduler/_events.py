@@ -103,6 +103,17 @@ class ClientWantsKeys(Event):
 
 
 @dataclass(slots=True)
+class ClientUnfollowed(Event):
+    """The client's report stream from ``worker`` ended: a result that worker
+    pushed (``TaskFinished.reported``) may not have reached it.  ``keys``:
+    those the client still waits for."""
+
+    client: str
+    worker: str
+    keys: list[str]
+
+
+@dataclass(slots=True)
 class CancelKeys(Event):
     client: str
     keys: list[str]
@@ -116,6 +127,8 @@ class TaskFinished(Event):
     start: float = 0.0
     stop: float = 0.0
     inline: Any = None  # a small result, serialized, to pass on to waiting clients
+    #: the clients the worker sent the result to itself (see worker/_reports.py)
+    reported: tuple[str, ...] = ()
 
 
 @dataclass(slots=True)

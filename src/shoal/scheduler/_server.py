@@ -53,6 +53,7 @@ from ._events import (
     AddWorker,
     CancelKeys,
     ClientReleasesKeys,
+    ClientUnfollowed,
     ClientWantsKeys,
     Event,
     Heartbeat,
@@ -346,7 +347,7 @@ class Scheduler:
             self._record_task(address, msg)
             return TaskFinished(self.stimulus("task-finished"), address, msg["key"],
                                 msg["nbytes"], msg.get("start") or 0.0, msg.get("stop") or 0.0,
-                                msg.get("value"))
+                                msg.get("value"), tuple(msg.get("reported") or ()))
         if op == "task-erred":
             return TaskErred(self.stimulus("task-erred"), address, msg["key"],
                              msg.get("exception"), msg.get("traceback") or "",
@@ -505,6 +506,8 @@ class Scheduler:
             return ClientReleasesKeys(stim, client, msg["keys"])
         if op == "client-wants-keys":
             return ClientWantsKeys(stim, client, msg["keys"])
+        if op == "unfollowed":
+            return ClientUnfollowed(stim, client, msg["worker"], msg["keys"])
         if op == "fire-and-forget":
             return ClientWantsKeys(stim, FIRE_AND_FORGET, msg["keys"])
         if op == "cancel-keys":

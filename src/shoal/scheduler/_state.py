@@ -39,6 +39,7 @@ from ._events import (
     AddWorker,
     CancelKeys,
     ClientReleasesKeys,
+    ClientUnfollowed,
     ClientWantsKeys,
     Event,
     Heartbeat,
@@ -114,6 +115,8 @@ REJOIN_HOLDER = "<rejoined-worker>"
 
 #: The pseudo-client that wants fire-and-forget tasks until they finish.
 FIRE_AND_FORGET = "fire-and-forget"
+#: Holders in ``who_wants`` that are no client: nothing is reported to them.
+_NOT_CLIENTS = (REJOIN_HOLDER, FIRE_AND_FORGET)
 
 
 class SchedulerState:
@@ -131,6 +134,9 @@ class SchedulerState:
         self.prefix_counts: dict[str, dict[str, int]] = {}
         self.workers: dict[str, WorkerState] = {}
         self.clients: set[str] = set()
+        #: client -> the workers whose word that they reported to it directly
+        #: (``TaskFinished.reported``) is not taken: its stream from them ended
+        self.unfollowed: dict[str, set[str]] = {}
         self.functions: dict[str, Any] = {}
         #: functions each client has sent: kept while the client is connected,
         #: so that it sends each function only once
@@ -156,6 +162,7 @@ class SchedulerState:
             UpdateData: self._update_data,
             ClientReleasesKeys: self._client_releases_keys,
             ClientWantsKeys: self._client_wants_keys,
+            ClientUnfollowed: self._client_unfollowed,
             CancelKeys: self._cancel_keys,
             TaskFinished: self._task_finished,
             TaskErred: self._task_erred,
@@ -238,6 +245,8 @@ class SchedulerState:
         if ws is None:
             return
         ws.status = "closed"
+        for distrusted in self.unfollowed.values():  # it will report nothing more
+            distrusted.discard(ev.address)
         recs: Recs = {}
         stim = ev.stimulus_id
         # Only the tasks it was probably running are suspects: it runs them
@@ -331,6 +340,7 @@ class SchedulerState:
 
     def _remove_client(self, ev: RemoveClient) -> None:
         self.clients.discard(ev.client)
+        self.unfollowed.pop(ev.client, None)
         for token in self.client_functions.pop(ev.client, ()):
             self._maybe_drop_function(token)
         keys = [ts.key for ts in self.tasks.values() if ev.client in ts.who_wants]
@@ -458,6 +468,17 @@ class SchedulerState:
                 if ts.state == "released":
                     recs[key] = "waiting"
         self._transitions(recs, ev.stimulus_id)
+
+    def _client_unfollowed(self, ev: ClientUnfollowed) -> None:
+        """Whatever ``ev.worker`` pushed to the client and said so before this
+        is reported again; what it says from now on is not taken."""
+        if ev.client not in self.clients:
+            return
+        self.unfollowed.setdefault(ev.client, set()).add(ev.worker)
+        for key in ev.keys:
+            ts = self.tasks.get(key)
+            if ts is not None and ts.state == "memory" and ev.client in ts.who_wants:
+                self._report_memory(ts, [ev.client])
 
     def _client_releases_keys(self, ev: ClientReleasesKeys) -> None:
         recs: Recs = {}
@@ -687,7 +708,11 @@ class SchedulerState:
         if ts.resource_restrictions:
             msg["resources"] = ts.resource_restrictions
         if ts.who_wants:
-            msg["report"] = True  # a client waits: small results may travel inline
+            # the clients that wait: a small result may travel inline, and
+            # straight to those that follow this worker (worker/_reports.py)
+            clients = [c for c in ts.who_wants if c not in _NOT_CLIENTS]
+            if clients:
+                msg["report"] = clients
         self.out.append(ToWorker(ws.address, msg))
 
     def _to_queued(self, ts: TaskState, start: str, recs: Recs, stim: str, arg: Any) -> None:
@@ -699,6 +724,7 @@ class SchedulerState:
 
     def _to_memory(self, ts: TaskState, start: str, recs: Recs, stim: str, arg: Any) -> None:
         inline = None
+        reported: tuple[str, ...] = ()
         if type(arg) is TaskFinished:  # computed where it was processing
             ws = ts.processing_on
             assert ws is not None
@@ -713,6 +739,9 @@ class SchedulerState:
                 self.counts["recomputed"] += 1
             ts.ever_finished = True
             inline = arg.inline
+            if arg.reported:
+                reported = tuple(c for c in arg.reported
+                                 if arg.worker not in self.unfollowed.get(c, ()))
         else:  # (workers, nbytes): scattered, or held by a rejoining worker
             workers, nbytes = arg
             if start == "processing":  # the run is not needed any more
@@ -730,9 +759,11 @@ class SchedulerState:
             ts.nbytes = nbytes
             for ws in workers:
                 self._add_replica(ts, ws)
-        self._on_memory(ts, recs, inline)
+        self._on_memory(ts, recs, inline, reported)
 
-    def _on_memory(self, ts: TaskState, recs: Recs, inline: Any = None) -> None:
+    def _on_memory(self, ts: TaskState, recs: Recs, inline: Any = None,
+                   reported: tuple[str, ...] = ()) -> None:
+        """``ts`` is in memory; ``reported``: the clients its worker told already."""
         for dts in ts.waiters:
             if ts in dts.waiting_on:
                 dts.waiting_on.discard(ts)
@@ -740,7 +771,10 @@ class SchedulerState:
                 recs[dts.key] = "processing"
         self._release_inputs(ts, recs)
         if ts.who_wants:
-            self._report_memory(ts, ts.who_wants, inline)
+            clients = ts.who_wants
+            if reported:
+                clients = tuple(c for c in clients if c not in reported)
+            self._report_memory(ts, clients, inline)
             ts.who_wants = without_item(ts.who_wants, FIRE_AND_FORGET)
         if not self._wanted(ts):
             recs[ts.key] = "forgotten" if not ts.dependents else "released"

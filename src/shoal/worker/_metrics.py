@@ -100,6 +100,13 @@ class WorkerCollector(Collector):
         yield CounterMetricFamily("shoal_worker_served_bytes",
                                   "Serialized bytes sent to other workers and clients",
                                   value=worker.bytes_served)
+        yield CounterMetricFamily("shoal_worker_results_pushed",
+                                  "Small results sent straight to the clients that wait for "
+                                  "them, ahead of the scheduler's report",
+                                  value=worker.reports.pushed)
+        yield GaugeMetricFamily("shoal_worker_client_streams",
+                                "Clients that follow this worker (their results come "
+                                "straight from it)", value=len(worker.reports.streams))
         yield from _shared_memory()
         yield GaugeMetricFamily("shoal_worker_paused",
                                 "1 while the worker runs no new tasks for lack of memory",

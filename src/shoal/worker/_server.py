@@ -60,6 +60,7 @@ from ._monitor import DEFAULT_STUCK_TIMEOUT, MemoryCheck, MemoryMonitor
 from ._nanny import NANNY_PID_ENV
 from ._plugins import WorkerPlugins
 from ._profile import Profiler
+from ._reports import ClientReports
 from ._sizeof import sizeof
 from ._state import (
     AcquireReplicas,
@@ -170,6 +171,7 @@ class Worker:
         self.running_threads: dict[int, str] = {}
         self.profiler = Profiler(self.running_threads,
                                  frozenset({run_task.__code__, as_actor_call.__code__}))
+        self.reports = ClientReports()
         self.rpc = RPCServer(
             {
                 "get_data": self.get_data,
@@ -185,7 +187,7 @@ class Worker:
                 **self.actors.handlers(),
                 **self.plugins.handlers(),
             },
-            {},
+            {"client-reports": self.reports.serve},
             schemas=WORKER_RPC,
             limits=limits,
             connection_args=self.connection_args,
@@ -371,6 +373,7 @@ class Worker:
             return
         self.status = "closing"
         self.rpc.stop()
+        self.reports.close()
         if self._http is not None:
             self._http.stop()
         if self.stream is not None:
@@ -436,7 +439,7 @@ class Worker:
         who_has: dict | None = None,
         nbytes: dict | None = None,
         resources: dict | None = None,
-        report: bool = False,
+        report: list[str] | None = None,
     ) -> ComputeTask | None:
         """The event of a compute-task message, or None if the task errs at once."""
         if function is not None and func not in self.functions:
@@ -451,7 +454,7 @@ class Worker:
                 self._refuse_task(key, ValueError(f"worker {self.name} has no resource {unknown}"))
                 return None
         return ComputeTask(key, func, args, tuple(priority), who_has or {}, nbytes or {},
-                           resources, report, self._stimulus("compute-task"))
+                           resources, tuple(report or ()), self._stimulus("compute-task"))
 
     def _refuse_task(self, key: str, exc: Exception) -> None:
         """A task this worker cannot even start: it errs at once."""
@@ -523,6 +526,8 @@ class Worker:
 
     def _executed(self, outcomes: list[Outcome]) -> None:
         events: list[Any] = []
+        # a lone result with nothing else to run: the client waits on this worker
+        push = bool(self.reports.streams) and len(outcomes) == 1 and not self.state.ready
         for o in outcomes:
             if o.ok:
                 self.data.set_with_size(o.key, o.value, o.nbytes)
@@ -534,8 +539,12 @@ class Worker:
                                                  f"{type(refusal).__name__}: {refusal}",
                                                  self._stimulus("memory-refused")))
                     continue
-                events.append(ExecuteSuccess(o.key, o.nbytes, o.start, o.stop,
-                                             self._inline(o.key, o.value, o.nbytes),
+                inline = self._inline(o.key, o.value, o.nbytes)
+                reported: tuple[str, ...] = ()
+                if push and inline is not None:  # before the report to the scheduler
+                    reported = self.reports.push(self.state.tasks[o.key].report, o.key,
+                                                 o.nbytes, inline)
+                events.append(ExecuteSuccess(o.key, o.nbytes, o.start, o.stop, inline, reported,
                                              self._stimulus("executed")))
             else:
                 events.append(ExecuteFailure(o.key, o.exception, o.traceback, o.exception_text,

@@ -95,7 +95,8 @@ class ComputeTask:
     who_has: dict[str, list[str]] = field(default_factory=dict)
     nbytes: dict[str, int] = field(default_factory=dict)
     resources: dict[str, float] | None = None
-    report: bool = False  # a client waits for it: a small result may go inline
+    #: the clients that wait for it: a small result may go inline (and to them)
+    report: tuple[str, ...] = ()
     stimulus_id: str = field(default_factory=_stimulus)
 
 
@@ -112,6 +113,8 @@ class ExecuteSuccess:
     start: float
     stop: float
     inline: Any = None  # the result, serialized, when small and reported
+    #: the clients the server sent the result to itself (see _reports.py)
+    reported: tuple[str, ...] = ()
     stimulus_id: str = field(default_factory=_stimulus)
 
 
@@ -256,7 +259,7 @@ class WTask:
         # ``grow``): most tasks here have no inputs and are fetched by no one
         self.dependencies: set[WTask] = EMPTY
         self.dependents: set[WTask] = EMPTY
-        self.report = False
+        self.report: tuple[str, ...] = ()
         self.who_has: set[str] = EMPTY
         self.nbytes = 0
         self.resources: dict[str, float] | None = None
@@ -593,6 +596,8 @@ class WorkerState:
                    "start": arg.start, "stop": arg.stop}
             if arg.inline is not None:
                 msg["value"] = arg.inline
+            if arg.reported:
+                msg["reported"] = list(arg.reported)
             self.out.append(Send(msg))
             self._done_with_inputs(ts)
             return
