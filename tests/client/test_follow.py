@@ -12,7 +12,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from shoal import Client, LocalCluster
-from shoal.comm import connect
+from shoal.comm import CommClosedError, RPCServer, connect
 from shoal.protocol import serialize
 
 WAIT = 20.0  # seconds any condition below may take to come true
@@ -155,3 +155,31 @@ def test_a_well_formed_push_finishes_only_a_waiting_future(client: Client):
                                    "nbytes": 8, "value": ser}) is True
     assert pending.status == "finished" and pending.workers == ("tcp://127.0.0.1:1",)
     assert client._followed._take("tcp://127.0.0.1:1", {"op": "error", "message": "no"}) is False
+
+
+def test_bytes_that_make_no_message_end_the_stream(client: Client, caplog):
+    async def liar(comm, client: str) -> None:  # says yes, then sends garbage
+        await comm.write({"status": "ok"})
+        comm.transport.write(b"\xff" * 64)
+        try:
+            await comm.read()
+        except CommClosedError:
+            pass
+
+    async def start() -> tuple[RPCServer, str]:
+        server = RPCServer({}, {"client-reports": liar})
+        address = await server.listen("tcp://127.0.0.1:0")
+        client._followed.heard_of(address)
+        return server, address
+
+    with caplog.at_level("WARNING", logger="shoal.client._follow"):
+        server, address = client.sync(start)
+        try:
+            wait_until(lambda: address in client._followed.not_again, "the stream ended")
+        finally:
+            async def stop() -> None:
+                server.stop()
+
+            client.sync(stop)
+    assert "sent what is no report" in caplog.text
+    assert client.submit(inc, 1).result(timeout=WAIT) == 2

@@ -26,6 +26,7 @@ import logging
 from typing import TYPE_CHECKING, Any
 
 from ..comm import CommClosedError, connect, spawn
+from ..protocol import FramingError, MessageError
 from ..protocol._ops import TO_CLIENT, check_message
 from ..protocol._schema import InvalidMessage
 from ._future import FINAL
@@ -84,6 +85,9 @@ class FollowedWorkers:
                         return
         except (CommClosedError, OSError, TimeoutError) as exc:
             logger.debug("following %s: %s", worker, exc)
+        except (FramingError, MessageError) as exc:  # bytes that make no message
+            logger.warning("worker %s sent what is no report (%s); no longer following it",
+                           worker, exc)
         finally:
             if comm is not None:
                 comm.abort()
