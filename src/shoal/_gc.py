@@ -138,7 +138,8 @@ def collection_paused() -> Iterator[None]:
     A client's ``map`` of a million calls, or a large dask graph it turns
     into tasks, makes a few million objects, none of them garbage; the
     collector, triggered every 700 allocations, kept scanning them
-    (measured: over a tenth of the client's CPU time for 300k calls).  It is the caller's process, not a server's, so nothing is frozen
+    (measured: over a tenth of the client's CPU time for 300k calls).  It
+    is the caller's process, not a server's, so nothing is frozen
     (``freeze_old_objects`` would change what the user's own program
     collects): collection is off only while the block runs, and on again
     after it if it was on before (nested and concurrent blocks included).

@@ -109,7 +109,9 @@ class FollowedWorkers:
             return
         waiting = [key for key, state in list(client._states.items())
                    if state.status not in FINAL]
-        for start in range(0, max(len(waiting), 1), UNFOLLOWED_CHUNK):  # as releases are sent
+        # in slices, as releases are sent; one message even with no keys, for
+        # the scheduler must stop taking that worker's word all the same
+        for start in range(0, max(len(waiting), 1), UNFOLLOWED_CHUNK):
             keys = waiting[start:start + UNFOLLOWED_CHUNK]
             client._send({"op": "unfollowed", "worker": worker, "keys": keys},
                          weight=max(len(keys), 1))
