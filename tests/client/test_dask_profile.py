@@ -29,9 +29,14 @@ def test_profile_shows_where_tasks_spent_their_time(proc_client, tmp_path):
     tree = proc_client.profile()
     assert tree["count"] >= 20  # two seconds of work sampled every 10 ms, on a loaded machine
     assert "spin_in_named_function" in names(tree)
-    top = next(iter(tree["children"].values()))
-    assert set(top) == {"identifier", "description", "count", "children"}
-    assert top["description"]["name"] == "spin_in_named_function"  # executor frames left out
+    tops = list(tree["children"].values())
+    assert all(set(top) == {"identifier", "description", "count", "children"} for top in tops)
+    # the tree starts at the task's function: a sample may catch the task
+    # being set up (its Outcome built, its arguments unpickled), but most are
+    # of the function, and the executor's own frames are left out
+    heaviest = max(tops, key=lambda top: top["count"])
+    assert heaviest["description"]["name"] == "spin_in_named_function"
+    assert not {"_work", "run_in_context", "run_task", "_bootstrap_inner"} & names(tree)
     only = proc_client.profile(key="spin_in_named_function", start=started)
     assert only["count"] > 0 and "spin_in_named_function" in names(only)
     assert proc_client.profile(key="no_such_prefix")["count"] == 0
