@@ -6,12 +6,13 @@ import asyncio
 import gc
 import socket
 import struct
+from collections.abc import Callable
 
 import msgpack
 import pytest
 
 from shoal.comm import BatchedSend, CommClosedError, ConnectionPool, RemoteError, RPCServer, connect
-from shoal.comm._batched import FLOOD_SECONDS
+from shoal.comm._batched import FLOOD_SECONDS, THREAD_GAP_SECONDS
 from shoal.protocol import (
     PROTOCOL_VERSION,
     VersionMismatchError,
@@ -169,19 +170,27 @@ def test_connect_to_nothing_fails_fast():
     run(main())
 
 
-async def _stream_server(received: list, until: int, gate: asyncio.Event | None = None):
+def _messages(received: list) -> list:
+    return [m for b in received for m in (b if type(b) is list else [b])]
+
+
+async def _stream_server(received: list, until: int | Callable[[list], bool],
+                         gate: asyncio.Event | None = None):
     """A server whose ``stream`` op collects messages into ``received`` until
-    ``until`` have come (reading nothing off its socket until ``gate`` is
-    set, if given), and a BatchedSend to it: the server, the comm, the
-    BatchedSend and the event set when the messages are all in."""
+    ``until`` have come, or ``until(messages)`` says so (reading nothing off
+    its socket until ``gate`` is set, if given), and a BatchedSend to it: the
+    server, the comm, the BatchedSend and the event set when all are in."""
     done = asyncio.Event()
+    if isinstance(until, int):
+        count = until
+        until = lambda messages: len(messages) >= count
 
     async def stream(comm, **_):
         if gate is not None:  # read nothing off the socket until then
             comm.transport.pause_reading()
             await gate.wait()
             comm.transport.resume_reading()
-        while sum(len(b) if type(b) is list else 1 for b in received) < until:
+        while not until(_messages(received)):
             received.append(await comm.read())
         done.set()
 
@@ -267,7 +276,7 @@ def test_batched_send_queues_while_the_peer_does_not_read_and_keeps_the_order():
         assert batched.batches_sent < count
         gate.set()
         await asyncio.wait_for(done.wait(), 20)
-        got = [m["i"] for b in received for m in (b if type(b) is list else [b])]
+        got = [m["i"] for m in _messages(received)]
         assert got == list(range(count))
         assert all(m["blob"] == blob for b in received for m in b)
         await batched.close()
@@ -289,6 +298,101 @@ def test_batched_send_leaves_a_large_frame_to_the_writer_task():
         assert received[0][1:] + received[1:] == [{"after": True}]
         received.clear()  # the value may be a shared-memory mapping: let it go now
         gc.collect()
+        await batched.close()
+        server.stop()
+
+    run(main())
+
+
+def test_batched_send_from_another_thread_writes_at_once_unless_a_flood_is_on():
+    async def main() -> None:
+        received: list = []
+        server, _, batched, done = await _stream_server(received, 5)
+        clock = batched._loop = _Clock(asyncio.get_running_loop())
+        assert await asyncio.to_thread(batched.send_threadsafe, 1)  # idle: written by the thread
+        assert batched.batches_sent == 1
+        clock.now += THREAD_GAP_SECONDS / 2
+        assert not await asyncio.to_thread(batched.send_threadsafe, 2)  # a caller in a loop...
+        batched.send(2)  # ...whose message the loop sends
+        batched.send(3)
+        assert batched.batches_sent == 1  # a flood: the loop batches too
+        assert not await asyncio.to_thread(batched.send_threadsafe, 4)  # behind the buffer
+        batched.send(4)
+        while batched._buffer or batched._writing:
+            await asyncio.sleep(0)  # let the writer task write them
+        clock.now += 2 * FLOOD_SECONDS
+        assert await asyncio.to_thread(batched.send_threadsafe, 5)  # quiet again
+        await asyncio.wait_for(done.wait(), 10)
+        assert [m for b in received for m in b] == [1, 2, 3, 4, 5]
+        await batched.close()
+        server.stop()
+
+    run(main())
+
+
+def test_writes_from_a_thread_and_from_the_loop_never_mix_on_the_socket():
+    """The loop writes its messages while a thread writes its own, falling back
+    to the loop when it may not write: every message arrives whole, each side's
+    in its order."""
+    count = 300
+
+    async def main() -> None:
+        received: list = []
+        server, comm, batched, done = await _stream_server(received, 2 * count)
+        loop = asyncio.get_running_loop()
+        assert await asyncio.to_thread(comm.write_threadsafe, {"thread": -1})  # idle: yes
+
+        def from_thread() -> None:
+            for i in range(count):
+                msg = {"thread": i, "pad": b"t" * (i * 37 % 5000)}
+                if not comm.write_threadsafe(msg):
+                    asyncio.run_coroutine_threadsafe(comm.write(msg), loop).result(10)
+
+        writer = asyncio.create_task(asyncio.to_thread(from_thread))
+        for i in range(count - 1):
+            await comm.write({"loop": i, "pad": b"l" * (i * 53 % 7000)})
+        await writer
+        await asyncio.wait_for(done.wait(), 20)
+        got = _messages(received)
+        assert [m["thread"] for m in got if "thread" in m] == list(range(-1, count))
+        assert [m["loop"] for m in got if "loop" in m] == list(range(count - 1))
+        assert all(m["pad"] == b"t" * (m["thread"] * 37 % 5000) for m in got[1:] if "thread" in m)
+        await batched.close()
+        server.stop()
+
+    run(main())
+
+
+def test_what_a_thread_cannot_write_at_once_the_loop_writes_first():
+    """A peer that reads nothing fills the socket: the thread's last write leaves
+    a tail, the thread may write no more, and the loop sends the tail before
+    its own message."""
+
+    async def main() -> None:
+        received: list = []
+        gate = asyncio.Event()
+        blob = b"z" * (512 * 1024)
+        server, comm, batched, done = await _stream_server(
+            received, lambda messages: bool(messages) and messages[-1]["blob"] == b"last", gate)
+
+        def fill() -> int:
+            for i in range(400):  # 200 MiB: far more than the sockets' buffers hold
+                if not comm.write_threadsafe({"i": i, "blob": blob}):
+                    return i
+            raise AssertionError("the socket never filled")
+
+        written = await asyncio.to_thread(fill)
+        assert written > 0
+        while comm._tail:
+            await asyncio.sleep(0)  # the loop takes the tail over
+        assert not comm.protocol.writable() or comm.transport.get_write_buffer_size()
+        last = asyncio.create_task(comm.write({"i": written, "blob": b"last"}))
+        gate.set()
+        await asyncio.wait_for(last, 20)
+        await asyncio.wait_for(done.wait(), 20)
+        got = _messages(received)
+        assert [m["i"] for m in got] == list(range(written + 1))
+        assert all(m["blob"] == blob for m in got[:-1]) and got[-1]["blob"] == b"last"
         await batched.close()
         server.stop()
 

@@ -63,6 +63,8 @@ async def test_mutual_tls_carries_small_and_large_messages(server, pki) -> None:
     comm = await connect(server.address, connection_args=pki["cluster"].connection_args("client"))
     try:
         assert comm.local_address.startswith("tls://") and comm.peer_address == server.address
+        # another thread may not write past the TLS layer: it says no, sending nothing
+        assert not await asyncio.to_thread(comm.write_threadsafe, {"op": "from-a-thread"})
         big = os.urandom(3 * 1024 * 1024)  # above the size sent straight from memory over TCP
         for message in ({"op": "x"}, {"op": "big", "data": big}, {"op": "y", "n": list(range(9))}):
             await comm.write(message)

@@ -114,6 +114,16 @@ class Comm(abc.ABC):
         """
         return False
 
+    def write_threadsafe(self, msg: Any) -> bool:
+        """``write_nowait``, called from a thread other than the loop's.
+
+        For a caller whose message would otherwise wait for the loop to wake
+        up (a client's ``submit`` from the user's thread); False, with
+        nothing sent, whenever ``write_nowait`` would be, or the comm cannot
+        be written from another thread.
+        """
+        return False
+
     @abc.abstractmethod
     async def close(self) -> None:
         """Flush and close politely."""

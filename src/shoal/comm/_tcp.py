@@ -22,8 +22,9 @@ sending in the middle of a message is dropped after
 ``CommLimits.read_idle_timeout``.
 
 ``tls://`` (:mod:`._tls`) is this transport inside asyncio's TLS layer; the
-two hooks it overrides (``_limit_write_buffer``, ``_send_direct``) are the
-only places where the plain path knows it exists.
+three hooks it overrides (``_limit_write_buffer``, ``_send_direct``,
+``write_threadsafe``) are the only places where the plain path knows it
+exists.
 
 To a peer on the same host that offered a shared-memory channel in the
 handshake, frames of ``SHARED_MIN_BYTES`` or more go through memfds instead
@@ -37,6 +38,7 @@ import logging
 import mmap
 import os
 import socket
+import threading
 import time
 from collections import deque
 from typing import Any
@@ -466,6 +468,13 @@ class TCPComm(Comm):
             self.local_address = _address_of(transport.get_extra_info("sockname"), self.scheme)
             self.peer_address = _address_of(transport.get_extra_info("peername"), self.scheme)
         self._write_lock = asyncio.Lock()
+        self._loop = asyncio.get_running_loop()
+        #: held around every write to the socket, on the loop or from another
+        #: thread (``write_threadsafe``), and around the duplicate descriptor's life
+        self._socket_lock = threading.Lock()
+        #: what a write from another thread left unsent: the loop writes it
+        #: before anything else
+        self._tail: list[memoryview] = []
         self._direct: socket.socket | None = None
         self._shared_reachable: bool | None = None  # tried on the first large frame
 
@@ -481,25 +490,68 @@ class TCPComm(Comm):
         async with self._write_lock:
             if self.closed():
                 raise CommClosedError(f"connection to {self.peer_address} closed")
+            self._flush_tail()
             shared = await self._share(frames) if self.peer_channel is not None else None
             for chunk in _coalesce(pack_frames_prelude(frames, shared), frames):
                 if len(chunk) >= DIRECT_SEND_BYTES:
                     await self.protocol.drained()
                     await self._send_direct(chunk)
                 else:
-                    self.transport.write(chunk)
+                    self._put([chunk])
             await self.protocol.drained()
 
     def write_nowait(self, msg: Any) -> bool:
-        if (self._write_lock.locked() or self.closed()
-                or self.transport.get_write_buffer_size() or not self.protocol.writable()):
+        if not self._can_write_now():
             return False
-        frames = dumps(msg)
-        if any(memoryview(f).nbytes >= NOWAIT_FRAME_BYTES for f in frames):
-            return False  # shared memory or a direct send: ``write``'s work
-        for chunk in _coalesce(pack_frames_prelude(frames, None), frames):
-            self.transport.write(chunk)
+        chunks = _small_chunks(msg)
+        if chunks is None:
+            return False
+        self._put(chunks)
         return True
+
+    def write_threadsafe(self, msg: Any) -> bool:
+        """``write_nowait`` from a thread other than the loop's (a client's caller).
+
+        The chunks go straight to the socket, through a duplicate of its
+        descriptor (closed only under the socket lock, so never written once
+        reused), under the lock the loop writes under too.  What the kernel
+        does not take at once waits in ``_tail`` for the loop, which writes
+        it before anything else.  False, with nothing sent, as for
+        ``write_nowait``.
+        """
+        if not self._can_write_now():
+            return False
+        chunks = _small_chunks(msg)
+        if chunks is None:
+            return False
+        with self._socket_lock:
+            if not self._can_write_now() or self._tail:
+                return False
+            try:
+                sent = self._duplicate().sendmsg(chunks)
+            except BlockingIOError:
+                sent = 0
+            except OSError:  # closed or broken: nothing was sent; the loop finds out why
+                return False
+            self._tail = _unsent(chunks, sent)
+        if self._tail:
+            self._loop.call_soon_threadsafe(self._flush_tail)
+        return True
+
+    def _can_write_now(self) -> bool:
+        return not (self._write_lock.locked() or self.closed()
+                    or self.transport.get_write_buffer_size() or not self.protocol.writable())
+
+    def _put(self, chunks: list) -> None:
+        """On the loop: hand ``chunks`` to the transport, after any tail."""
+        with self._socket_lock:
+            for chunk in (*self._tail, *chunks):
+                self.transport.write(chunk)
+            self._tail = []
+
+    def _flush_tail(self) -> None:
+        if self._tail and not self.closed():
+            self._put([])
 
     async def _share(self, frames: list) -> dict[int, int] | None:
         """Send the large frames through shared memory if the peer is on this host:
@@ -538,12 +590,10 @@ class TCPComm(Comm):
         the transfer.  The frame goes out through a duplicate of the socket's
         descriptor instead, once the transport's own buffer is empty.
         """
-        if self._direct is None:
-            fd = self.transport.get_extra_info("socket").fileno()
-            self._direct = socket.socket(fileno=os.dup(fd))
-            self._direct.setblocking(False)
         try:
-            await asyncio.get_running_loop().sock_sendall(self._direct, chunk)
+            with self._socket_lock:
+                direct = self._duplicate()
+            await asyncio.get_running_loop().sock_sendall(direct, chunk)
         except OSError as exc:
             self.abort()
             raise CommClosedError(f"connection to {self.peer_address} broke: {exc}") from exc
@@ -556,13 +606,44 @@ class TCPComm(Comm):
         self._close_direct()
         self.transport.abort()
 
+    def _duplicate(self) -> socket.socket:
+        """The duplicate of the socket's descriptor (under the socket lock)."""
+        if self._direct is None:
+            fd = self.transport.get_extra_info("socket").fileno()
+            self._direct = socket.socket(fileno=os.dup(fd))
+            self._direct.setblocking(False)
+        return self._direct
+
     def _close_direct(self) -> None:
-        if self._direct is not None:
-            self._direct.close()
-            self._direct = None
+        with self._socket_lock:
+            if self._direct is not None:
+                self._direct.close()
+                self._direct = None
 
     def closed(self) -> bool:
         return self.protocol.closed or self.transport.is_closing()
+
+
+def _small_chunks(msg: Any) -> list | None:
+    """``msg`` as the chunks to write, or None if a frame is large (shared memory,
+    or a direct send: ``write``'s work)."""
+    frames = dumps(msg)
+    if any(memoryview(f).nbytes >= NOWAIT_FRAME_BYTES for f in frames):
+        return None
+    return _coalesce(pack_frames_prelude(frames, None), frames)
+
+
+def _unsent(chunks: list, sent: int) -> list[memoryview]:
+    """What is left of ``chunks`` once their first ``sent`` bytes are written."""
+    left = []
+    for chunk in chunks:
+        view = memoryview(chunk).cast("B")
+        if sent >= view.nbytes:
+            sent -= view.nbytes
+            continue
+        left.append(view[sent:])
+        sent = 0
+    return left
 
 
 def _coalesce(prelude: bytes, frames: list) -> list:

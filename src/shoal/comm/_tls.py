@@ -124,6 +124,10 @@ class TLSComm(TCPComm):
                 raise TLSError(f"{self.peer_address}: {_CLOSED_AFTER_HANDSHAKE}") from None
             raise
 
+    def write_threadsafe(self, msg: Any) -> bool:
+        """Never: the socket must see only the TLS layer's ciphertext, made on the loop."""
+        return False
+
     async def _send_direct(self, chunk: Any) -> None:
         """Through the TLS layer like every other frame (the socket must see only
         ciphertext), in slices: asyncio would otherwise encrypt a 32 MiB frame
