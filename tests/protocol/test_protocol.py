@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import pickle
 import struct
+import threading
 
+import msgpack
 import numpy as np
 import pytest
 
@@ -14,6 +16,7 @@ from shoal.protocol import (
     SerializationError,
     Serialized,
     ToPickle,
+    _messages,
     deserialize,
     dumps,
     loads,
@@ -33,6 +36,35 @@ def test_message_round_trip_keeps_serialized_values_opaque():
     assert msg["op"] == "x" and msg["n"] == [1, 2]
     assert isinstance(msg["v"], Serialized) and deserialize(msg["v"]) == {"a": 1}
     assert deserialize(msg["p"]) == {3}
+
+
+class _SendsWhenPickled:
+    """A value whose pickling sends a message of its own (dumps inside dumps)."""
+
+    def __reduce__(self):
+        inner = dumps({"op": "inner", "value": serialize([1, 2])})
+        return (list, ([len(inner), bytes(inner[0])],))
+
+
+def test_each_thread_keeps_its_packer_and_messages_stay_apart():
+    first = _messages._packing.packer
+    assert dumps({"op": "a"}) and _messages._packing.packer is first  # kept
+    with pytest.raises(TypeError, match="cannot put a object"):
+        dumps({"op": "bad", "x": object()})
+    assert loads(dumps({"op": "after", "n": 1})) == {"op": "after", "n": 1}  # reset by the error
+    outer = loads(dumps({"op": "outer", "value": ToPickle(_SendsWhenPickled()), "tail": 7}))
+    assert outer["tail"] == 7
+    count, inner_header = deserialize(outer["value"])
+    assert count == 2 and msgpack.unpackb(inner_header)["op"] == "inner"
+    assert _messages._packing.packer is first and _messages._packing.frames is None
+    big = dumps({"op": "big", "blob": b"x" * (_messages.PACKER_KEEP_BYTES + 1)})
+    assert len(big[0]) > _messages.PACKER_KEEP_BYTES
+    assert _messages._packing.packer is not first  # its buffer grew: let go
+    elsewhere: list = []
+    thread = threading.Thread(target=lambda: elsewhere.append(_messages._packing.packer))
+    thread.start()
+    thread.join(10)
+    assert elsewhere and elsewhere[0] is not _messages._packing.packer
 
 
 def test_large_array_travels_out_of_band_without_copy():
