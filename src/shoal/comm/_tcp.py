@@ -628,8 +628,9 @@ def _small_chunks(msg: Any) -> list | None:
     """``msg`` as the chunks to write, or None if a frame is large (shared memory,
     or a direct send: ``write``'s work)."""
     frames = dumps(msg)
-    if any(memoryview(f).nbytes >= NOWAIT_FRAME_BYTES for f in frames):
-        return None
+    for frame in frames:
+        if (len(frame) if type(frame) is bytes else memoryview(frame).nbytes) >= NOWAIT_FRAME_BYTES:
+            return None
     return _coalesce(pack_frames_prelude(frames, None), frames)
 
 

@@ -55,6 +55,10 @@ _SIZE_MASK = (1 << 56) - 1
 SHARED_TOKEN_BYTES = 16
 
 _TOTAL = struct.Struct("<Q")
+#: frame count -> the layout of a prelude: total, count, length words (kept
+#: for the usual few frames)
+_PRELUDES: dict[int, struct.Struct] = {}
+_PRELUDES_KEPT = 64
 _COUNT = struct.Struct("<I")
 
 
@@ -65,10 +69,11 @@ def pack_frames_prelude(frames: Sequence[bytes | memoryview],
     ``shared`` maps the index of each frame that is a shared-memory token to
     the size of the memory it stands for.
     """
-    lengths = [memoryview(f).nbytes for f in frames]
+    lengths = [len(f) if type(f) is bytes else memoryview(f).nbytes for f in frames]
     words = lengths
-    whole = [i for i, f in enumerate(frames) if lengths[i] >= BYTES_FRAME_MIN
-             and type(f) is memoryview and type(f.obj) is bytes and lengths[i] == len(f.obj)]
+    whole = [i for i, f in enumerate(frames) if type(f) is memoryview
+             and lengths[i] >= BYTES_FRAME_MIN and type(f.obj) is bytes
+             and lengths[i] == len(f.obj)]
     if shared or whole:
         words = list(lengths)
         for index in whole:
@@ -76,8 +81,12 @@ def pack_frames_prelude(frames: Sequence[bytes | memoryview],
         for index, size in (shared or {}).items():
             words[index] = SHARED_FRAME | size
     count = len(words)
-    body = _COUNT.pack(count) + struct.pack(f"<{count}Q", *words)
-    return _TOTAL.pack(len(body) + sum(lengths)) + body
+    layout = _PRELUDES.get(count)
+    if layout is None:
+        layout = struct.Struct(f"<QI{count}Q")
+        if count <= _PRELUDES_KEPT:
+            _PRELUDES[count] = layout
+    return layout.pack(_COUNT.size + 8 * count + sum(lengths), count, *words)
 
 
 def unpack_total(header: bytes | memoryview, limit: int = MAX_MESSAGE_BYTES) -> int:
