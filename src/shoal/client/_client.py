@@ -427,7 +427,7 @@ class Client(ClusterCalls, DatasetCalls):
                     except Exception:  # one bad report must not stop the others
                         logger.exception("cannot handle %.200r from the scheduler", msg)
         except CommClosedError:
-            pass
+            comm.abort()  # its descriptors go now, not when it is collected
         except asyncio.CancelledError:
             return
         if self.status == "running":

@@ -535,7 +535,10 @@ class TCPComm(Comm):
                 return False
             self._tail = _unsent(chunks, sent)
         if self._tail:
-            self._loop.call_soon_threadsafe(self._flush_tail)
+            try:
+                self._loop.call_soon_threadsafe(self._flush_tail)
+            except RuntimeError:  # the loop is closed, and with it this comm
+                pass
         return True
 
     def _can_write_now(self) -> bool:
