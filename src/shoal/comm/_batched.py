@@ -68,8 +68,9 @@ class BatchedSend:
         self._batched_at = -FLOOD_SECONDS  # loop time the writer task last wrote
         self._flood_until = 0.0
         self._threaded_at = -THREAD_GAP_SECONDS  # loop time of the last send_threadsafe
-        #: guards the buffer and the writes against send_threadsafe
-        self._lock = threading.Lock()
+        #: guards the buffer and the writes against send_threadsafe (re-entrant: a
+        #: value pickled as a message is written may send on this stream itself)
+        self._lock = threading.RLock()
         self.messages_sent = 0
         self.batches_sent = 0
         self._task = spawn(self._run(), f"batched stream to {comm.peer_address}")
