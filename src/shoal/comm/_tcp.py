@@ -47,6 +47,7 @@ from ..protocol import FramingError, MessageError, dumps, loads, pack_frames_pre
 from ..protocol._framing import (
     HANDSHAKE_MAX_BYTES,
     TOTAL_HEADER_BYTES,
+    frame_nbytes,
     table_bytes,
     unpack_count,
     unpack_frame_words,
@@ -501,9 +502,7 @@ class TCPComm(Comm):
             await self.protocol.drained()
 
     def write_nowait(self, msg: Any) -> bool:
-        if not self._can_write_now():
-            return False
-        chunks = _small_chunks(msg)
+        chunks = self._chunks_now(msg)
         if chunks is None:
             return False
         self._put(chunks)
@@ -519,9 +518,7 @@ class TCPComm(Comm):
         it before anything else.  False, with nothing sent, as for
         ``write_nowait``.
         """
-        if not self._can_write_now():
-            return False
-        chunks = _small_chunks(msg)
+        chunks = self._chunks_now(msg)
         if chunks is None:
             return False
         with self._socket_lock:
@@ -540,6 +537,17 @@ class TCPComm(Comm):
             except RuntimeError:  # the loop is closed, and with it this comm
                 pass
         return True
+
+    def _chunks_now(self, msg: Any) -> list | None:
+        """``msg`` as the chunks to write now, or None if it must wait for ``write``:
+        a write in flight, the peer slow to read, or a large frame (shared
+        memory, or a direct send: ``write``'s work)."""
+        if not self._can_write_now():
+            return None
+        frames = dumps(msg)
+        if any(frame_nbytes(frame) >= NOWAIT_FRAME_BYTES for frame in frames):
+            return None
+        return _coalesce(pack_frames_prelude(frames, None), frames)
 
     def _can_write_now(self) -> bool:
         return not (self._write_lock.locked() or self.closed()
@@ -625,16 +633,6 @@ class TCPComm(Comm):
 
     def closed(self) -> bool:
         return self.protocol.closed or self.transport.is_closing()
-
-
-def _small_chunks(msg: Any) -> list | None:
-    """``msg`` as the chunks to write, or None if a frame is large (shared memory,
-    or a direct send: ``write``'s work)."""
-    frames = dumps(msg)
-    for frame in frames:
-        if (len(frame) if type(frame) is bytes else memoryview(frame).nbytes) >= NOWAIT_FRAME_BYTES:
-            return None
-    return _coalesce(pack_frames_prelude(frames, None), frames)
 
 
 def _unsent(chunks: list, sent: int) -> list[memoryview]:

@@ -62,6 +62,11 @@ _PRELUDES_KEPT = 64
 _COUNT = struct.Struct("<I")
 
 
+def frame_nbytes(frame: bytes | memoryview) -> int:
+    """A frame's size in bytes (a bytes object's without making a view of it)."""
+    return len(frame) if type(frame) is bytes else memoryview(frame).nbytes
+
+
 def pack_frames_prelude(frames: Sequence[bytes | memoryview],
                         shared: Mapping[int, int] | None = None) -> bytes:
     """The header that goes before ``frames`` (which are written unchanged).
@@ -69,7 +74,7 @@ def pack_frames_prelude(frames: Sequence[bytes | memoryview],
     ``shared`` maps the index of each frame that is a shared-memory token to
     the size of the memory it stands for.
     """
-    lengths = [len(f) if type(f) is bytes else memoryview(f).nbytes for f in frames]
+    lengths = [frame_nbytes(f) for f in frames]
     words = lengths
     whole = [i for i, f in enumerate(frames) if type(f) is memoryview
              and lengths[i] >= BYTES_FRAME_MIN and type(f.obj) is bytes

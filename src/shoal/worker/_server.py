@@ -80,6 +80,7 @@ from ._state import (
     SetPaused,
     StealRequest,
     WorkerState,
+    WTask,
 )
 from ._store import DataStore
 from ._workspace import WORKER_DIRECTORY_ENV, WorkerDirectory
@@ -539,11 +540,12 @@ class Worker:
                                                  f"{type(refusal).__name__}: {refusal}",
                                                  self._stimulus("memory-refused")))
                     continue
-                inline = self._inline(o.key, o.value, o.nbytes)
+                ts = self.state.tasks.get(o.key)
+                inline = self._inline(ts, o.value, o.nbytes)
                 reported: tuple[str, ...] = ()
                 if push and inline is not None:  # before the report to the scheduler
-                    reported = self.reports.push(self.state.tasks[o.key].report, o.key,
-                                                 o.nbytes, inline)
+                    assert ts is not None  # it has a result to go inline
+                    reported = self.reports.push(ts.report, o.key, o.nbytes, inline)
                 events.append(ExecuteSuccess(o.key, o.nbytes, o.start, o.stop, inline, reported,
                                              self._stimulus("executed")))
             else:
@@ -552,9 +554,9 @@ class Worker:
         self.memory.task_ended()
         self._handle(*events)
 
-    def _inline(self, key: str, value: Any, nbytes: int) -> Serialized | bytes | memoryview | None:
+    def _inline(self, ts: WTask | None, value: Any,
+                nbytes: int) -> Serialized | bytes | memoryview | None:
         """A small result a client waits for travels with the report, saving a fetch."""
-        ts = self.state.tasks.get(key)
         if ts is None or not ts.report or nbytes > INLINE_RESULT_BYTES:
             return None
         try:
