@@ -167,6 +167,46 @@ def test_release_forgets_everything(state):
     assert state.functions == {}
 
 
+def test_releasing_many_keys_tells_each_worker_once(state):
+    keys = [f"k{i}" for i in range(40)]
+    state.handle(graph(*(spec(k) for k in keys)))
+    held: dict[str, list[str]] = {}
+    for k in keys:
+        w = state.tasks[k].processing_on.address
+        state.handle(TaskFinished(S, w, k, 8))
+        held.setdefault(w, []).append(k)
+    assert len(held) == 2  # both workers hold some
+    out = state.handle(ClientReleasesKeys(S, "c", keys))
+    frees = [(i.worker, i.msg) for i in out if isinstance(i, ToWorker)]
+    assert sorted(w for w, _ in frees) == sorted(held)  # one message per worker
+    for w, msg in frees:
+        assert msg["op"] == "free-keys" and sorted(msg["keys"]) == sorted(held[w])
+    assert state.tasks == {}
+
+
+def test_only_adjacent_frees_to_a_worker_are_joined():
+    from shoal.scheduler._state import _coalesce_frees
+
+    mine = ["a"]
+    out = _coalesce_frees([
+        ToWorker("w1", {"op": "free-keys", "keys": mine}),
+        ToWorker("w2", {"op": "free-keys", "keys": ["x"]}),
+        ToWorker("w1", {"op": "free-keys", "keys": ["b"]}),
+        ToClient("c", {"op": "key-in-memory", "key": "z"}),
+        ToWorker("w1", {"op": "compute-task", "key": "c"}),
+        ToWorker("w1", {"op": "free-keys", "keys": ["c"]}),
+        ToWorker("w2", {"op": "free-keys", "keys": ["y"]}),
+    ])
+    assert [(type(i).__name__, getattr(i, "worker", None), i.msg) for i in out] == [
+        ("ToWorker", "w1", {"op": "free-keys", "keys": ["a", "b"]}),
+        ("ToWorker", "w2", {"op": "free-keys", "keys": ["x", "y"]}),
+        ("ToClient", None, {"op": "key-in-memory", "key": "z"}),
+        ("ToWorker", "w1", {"op": "compute-task", "key": "c"}),
+        ("ToWorker", "w1", {"op": "free-keys", "keys": ["c"]}),  # after the compute: kept apart
+    ]
+    assert mine == ["a"]  # a list the message was made with is not changed
+
+
 def test_error_propagates_to_dependents(state):
     state.handle(graph(spec("a"), spec("b", "a"), spec("c", "b"), wanted=["c"]))
     out = state.handle(TaskErred(S, state.tasks["a"].processing_on.address, "a",
