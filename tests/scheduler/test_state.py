@@ -207,6 +207,15 @@ def test_only_adjacent_frees_to_a_worker_are_joined():
     assert mine == ["a"]  # a list the message was made with is not changed
 
 
+def test_joined_frees_are_bounded(monkeypatch):
+    from shoal.scheduler import _state
+
+    monkeypatch.setattr(_state, "FREE_KEYS_CHUNK", 3)
+    out = _state._coalesce_frees(
+        [ToWorker("w1", {"op": "free-keys", "keys": [f"k{i}"]}) for i in range(7)])
+    assert [i.msg["keys"] for i in out] == [["k0", "k1", "k2"], ["k3", "k4", "k5"], ["k6"]]
+
+
 def test_error_propagates_to_dependents(state):
     state.handle(graph(spec("a"), spec("b", "a"), spec("c", "b"), wanted=["c"]))
     out = state.handle(TaskErred(S, state.tasks["a"].processing_on.address, "a",

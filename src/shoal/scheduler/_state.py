@@ -104,6 +104,8 @@ _STALE: dict[str, frozenset[str]] = {
 _FORGETTABLE = frozenset({"released", "memory", "erred"})
 #: The argument of a move to "released" when the worker no longer has the task.
 GONE = "gone"
+#: The most keys one ``free-keys`` message carries (see ``_coalesce_frees``).
+FREE_KEYS_CHUNK = 10_000
 
 #: How many times a task may be running on a worker that dies before it is
 #: blamed for the deaths and failed.
@@ -961,7 +963,9 @@ def _coalesce_frees(out: list[Instruction]) -> list[Instruction]:
     worker's loop one by one.  A message joins the one before it to the same
     worker only when that one is a ``free-keys`` too, so what each worker is
     told keeps its order (messages to different workers travel on different
-    streams, and so have no order between them).
+    streams, and so have no order between them).  A message holds at most
+    :data:`FREE_KEYS_CHUNK` keys, so that forgetting a huge graph at once
+    still makes messages of a bounded size.
     """
     last: dict[str, ToWorker] = {}  # worker -> its latest instruction kept
     joined: set[int] = set()  # the kept free-keys whose key list is our own copy
@@ -970,7 +974,8 @@ def _coalesce_frees(out: list[Instruction]) -> list[Instruction]:
         if type(inst) is ToWorker:
             prev = last.get(inst.worker)
             if (prev is not None and inst.msg.get("op") == "free-keys"
-                    and prev.msg.get("op") == "free-keys"):
+                    and prev.msg.get("op") == "free-keys"
+                    and len(prev.msg["keys"]) < FREE_KEYS_CHUNK):
                 if id(prev) not in joined:  # its list may be someone else's: copy it once
                     prev.msg = {"op": "free-keys", "keys": list(prev.msg["keys"])}
                     joined.add(id(prev))
