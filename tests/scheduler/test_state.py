@@ -184,19 +184,16 @@ def test_releasing_many_keys_tells_each_worker_once(state):
     assert state.tasks == {}
 
 
-def test_only_adjacent_frees_to_a_worker_are_joined():
-    from shoal.scheduler._state import _coalesce_frees
-
+def test_only_adjacent_frees_to_a_worker_are_joined(state):
     mine = ["a"]
-    out = _coalesce_frees([
-        ToWorker("w1", {"op": "free-keys", "keys": mine}),
-        ToWorker("w2", {"op": "free-keys", "keys": ["x"]}),
-        ToWorker("w1", {"op": "free-keys", "keys": ["b"]}),
-        ToClient("c", {"op": "key-in-memory", "key": "z"}),
-        ToWorker("w1", {"op": "compute-task", "key": "c"}),
-        ToWorker("w1", {"op": "free-keys", "keys": ["c"]}),
-        ToWorker("w2", {"op": "free-keys", "keys": ["y"]}),
-    ])
+    state._free("w1", mine)
+    state._free("w2", ["x"])
+    state._free("w1", ["b"])
+    state.out.append(ToClient("c", {"op": "key-in-memory", "key": "z"}))
+    state._tell("w1", {"op": "compute-task", "key": "c"})
+    state._free("w1", ["c"])
+    state._free("w2", ["y"])
+    out = state.handle()
     assert [(type(i).__name__, getattr(i, "worker", None), i.msg) for i in out] == [
         ("ToWorker", "w1", {"op": "free-keys", "keys": ["a", "b"]}),
         ("ToWorker", "w2", {"op": "free-keys", "keys": ["x", "y"]}),
@@ -207,12 +204,13 @@ def test_only_adjacent_frees_to_a_worker_are_joined():
     assert mine == ["a"]  # a list the message was made with is not changed
 
 
-def test_joined_frees_are_bounded(monkeypatch):
+def test_joined_frees_are_bounded(state, monkeypatch):
     from shoal.scheduler import _state
 
     monkeypatch.setattr(_state, "FREE_KEYS_CHUNK", 3)
-    out = _state._coalesce_frees(
-        [ToWorker("w1", {"op": "free-keys", "keys": [f"k{i}"]}) for i in range(7)])
+    for i in range(7):
+        state._free("w1", [f"k{i}"])
+    out = state.handle()
     assert [i.msg["keys"] for i in out] == [["k0", "k1", "k2"], ["k3", "k4", "k5"], ["k6"]]
 
 

@@ -104,7 +104,7 @@ _STALE: dict[str, frozenset[str]] = {
 _FORGETTABLE = frozenset({"released", "memory", "erred"})
 #: The argument of a move to "released" when the worker no longer has the task.
 GONE = "gone"
-#: The most keys one ``free-keys`` message carries (see ``_coalesce_frees``).
+#: The most keys one ``free-keys`` message carries (see ``SchedulerState._free``).
 FREE_KEYS_CHUNK = 10_000
 
 #: How many times a task may be running on a worker that dies before it is
@@ -149,6 +149,8 @@ class SchedulerState:
         self.placement = Placement(self)
         self.stealing = Stealing(self)
         self.out: list[Instruction] = []
+        #: worker -> the latest of its messages in ``out`` (see ``_free``)
+        self._told: dict[str, ToWorker] = {}
         self.story_log = Story(story_size)
         self._record = self.story_log.entries.extend
         self._now = clock()
@@ -201,10 +203,11 @@ class SchedulerState:
         for event in events:
             self._handlers[type(event)](event)
         for ts, victim in self.stealing.balance():
-            self.out.append(ToWorker(victim.address, {"op": "steal-request", "key": ts.key}))
+            self._tell(victim.address, {"op": "steal-request", "key": ts.key})
         out, self.out = self.out, []
+        self._told.clear()
         self._update_idle()
-        return _coalesce_frees(out) if len(out) > 1 else out
+        return out
 
     def story(self, *keys: str) -> list[Entry]:
         """The recorded transitions of ``keys``, oldest first."""
@@ -240,7 +243,7 @@ class SchedulerState:
             else:
                 self._transition(ts, "memory", recs, stim, ([ws], nbytes))
         if stale:
-            self.out.append(ToWorker(ws.address, {"op": "free-keys", "keys": stale}))
+            self._free(ws.address, stale)
 
     def _remove_worker(self, ev: RemoveWorker) -> None:
         ws = self.workers.pop(ev.address, None)
@@ -301,7 +304,7 @@ class SchedulerState:
         ws.status = "paused" if paused else "running"
         if paused:
             for ts in self.stealing.evacuate(ws):
-                self.out.append(ToWorker(ws.address, {"op": "steal-request", "key": ts.key}))
+                self._tell(ws.address, {"op": "steal-request", "key": ts.key})
         else:
             self._give_work(ws, {}, stim)
 
@@ -526,7 +529,7 @@ class SchedulerState:
             if ts is not None and ts.state == "memory":
                 self._add_replica(ts, ws)
             else:  # a result nobody wants any more (released, or stolen)
-                self.out.append(ToWorker(ws.address, {"op": "free-keys", "keys": [ev.key]}))
+                self._free(ws.address, [ev.key])
             return
         recs: Recs = {}
         self._transition(ts, "memory", recs, ev.stimulus_id, ev)
@@ -573,7 +576,7 @@ class SchedulerState:
             else:
                 stale.append(key)
         if stale:
-            self.out.append(ToWorker(ws.address, {"op": "free-keys", "keys": stale}))
+            self._free(ws.address, stale)
 
     def _steal_response(self, ev: StealResponse) -> None:
         decision = self.stealing.response(ev.worker, ev.key, ev.state)
@@ -715,7 +718,7 @@ class SchedulerState:
             clients = [c for c in ts.who_wants if c not in _NOT_CLIENTS]
             if clients:
                 msg["report"] = clients
-        self.out.append(ToWorker(ws.address, msg))
+        self._tell(ws.address, msg)
 
     def _to_queued(self, ts: TaskState, start: str, recs: Recs, stim: str, arg: Any) -> None:
         self.placement.enqueue(ts)
@@ -752,7 +755,7 @@ class SchedulerState:
                 self.placement.unassign(ts, ws)
                 ts.processing_on = None
                 if ws not in workers:
-                    self.out.append(ToWorker(ws.address, {"op": "free-keys", "keys": [ts.key]}))
+                    self._free(ws.address, [ts.key])
                 self._fill(ws, recs, stim)
             elif start == "queued":
                 self.placement.dequeue(ts)
@@ -799,7 +802,7 @@ class SchedulerState:
             self.placement.unassign(ts, ws)
             ts.processing_on = None
             if blame is not None:  # it may still be running there
-                self.out.append(ToWorker(ws.address, {"op": "free-keys", "keys": [ts.key]}))
+                self._free(ws.address, [ts.key])
             self._fill(ws, recs, stim)
         elif start == "queued":
             self.placement.dequeue(ts)
@@ -828,7 +831,7 @@ class SchedulerState:
             self.placement.unassign(ts, ws)
             ts.processing_on = None
             if arg is not GONE:
-                self.out.append(ToWorker(ws.address, {"op": "free-keys", "keys": [ts.key]}))
+                self._free(ws.address, [ts.key])
             self._fill(ws, recs, stim)
         elif start == "memory":
             self._drop_replicas(ts)
@@ -895,8 +898,34 @@ class SchedulerState:
         for ws in ts.who_has:
             ws.has_what.discard(ts)
             ws.nbytes -= ts.nbytes
-            self.out.append(ToWorker(ws.address, {"op": "free-keys", "keys": [ts.key]}))
+            self._free(ws.address, [ts.key])
         ts.who_has = ()
+
+    def _tell(self, address: str, msg: dict[str, Any]) -> None:
+        """Send ``msg`` to the worker at ``address`` (every message to a worker goes here)."""
+        inst = ToWorker(address, msg)
+        self.out.append(inst)
+        self._told[address] = inst
+
+    def _free(self, address: str, keys: Iterable[str]) -> None:
+        """Tell a worker to free ``keys``: in the message before, if that is a free-keys too.
+
+        Releasing many keys at once (a client dropping its futures, a graph
+        forgotten) frees them one by one, and a message costs more than a
+        key, both here and in the worker, where each is read and checked and
+        becomes an event of its own: 4,000 keys took 20 ms of the worker's
+        loop as 4,000 messages.  Joining only the worker's latest message of
+        this pass keeps the order of what each worker is told (messages to
+        different workers travel on different streams, and have no order
+        between them); a message holds at most :data:`FREE_KEYS_CHUNK` keys,
+        so forgetting a huge graph still makes messages of a bounded size.
+        """
+        last = self._told.get(address)
+        if (last is not None and last.msg["op"] == "free-keys"
+                and len(last.msg["keys"]) < FREE_KEYS_CHUNK):
+            last.msg["keys"].extend(keys)
+        else:
+            self._tell(address, {"op": "free-keys", "keys": list(keys)})
 
     def _report_memory(self, ts: TaskState, clients: Iterable[str], inline: Any = None) -> None:
         workers = [ws.address for ws in ts.who_has]
@@ -952,35 +981,3 @@ __all__ = [
     "SchedulerState",
 ]
 
-
-def _coalesce_frees(out: list[Instruction]) -> list[Instruction]:
-    """``out`` with each run of ``free-keys`` sent to one worker as one message.
-
-    Releasing many keys at once (a client dropping its futures, a graph
-    forgotten) makes a ``free-keys`` per key, and a message costs more than a
-    key, both where it is sent and in the worker, where each is read and
-    checked and becomes an event of its own: 4,000 keys took 20 ms of the
-    worker's loop one by one.  A message joins the one before it to the same
-    worker only when that one is a ``free-keys`` too, so what each worker is
-    told keeps its order (messages to different workers travel on different
-    streams, and so have no order between them).  A message holds at most
-    :data:`FREE_KEYS_CHUNK` keys, so that forgetting a huge graph at once
-    still makes messages of a bounded size.
-    """
-    last: dict[str, ToWorker] = {}  # worker -> its latest instruction kept
-    joined: set[int] = set()  # the kept free-keys whose key list is our own copy
-    kept: list[Instruction] = []
-    for inst in out:
-        if type(inst) is ToWorker:
-            prev = last.get(inst.worker)
-            if (prev is not None and inst.msg.get("op") == "free-keys"
-                    and prev.msg.get("op") == "free-keys"
-                    and len(prev.msg["keys"]) < FREE_KEYS_CHUNK):
-                if id(prev) not in joined:  # its list may be someone else's: copy it once
-                    prev.msg = {"op": "free-keys", "keys": list(prev.msg["keys"])}
-                    joined.add(id(prev))
-                prev.msg["keys"].extend(inst.msg["keys"])
-                continue
-            last[inst.worker] = inst
-        kept.append(inst)
-    return kept
