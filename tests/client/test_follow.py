@@ -92,6 +92,51 @@ def test_a_lost_push_is_reported_again_by_the_scheduler(proc_cluster: LocalClust
         assert client.submit(inc, 1, workers=[workers[0]]).result(timeout=WAIT) == 2
 
 
+def _hold_reports(dask_worker=None) -> None:
+    """Hold this worker's reports of finished tasks until it sends anything
+    else: the widest the gap between a push and its report can be."""
+    send = dask_worker._send
+    held: list[dict] = dask_worker.__dict__.setdefault("held_reports", [])
+
+    def holding(msg: dict) -> None:
+        if msg.get("op") == "task-finished":
+            held.append(msg)
+            return
+        while held:
+            send(held.pop(0))
+        send(msg)
+
+    dask_worker._send = holding
+
+
+def _send_held_reports(dask_worker=None) -> int:
+    del dask_worker._send  # the method again
+    held = dask_worker.__dict__.pop("held_reports")
+    for msg in held:
+        dask_worker._send(msg)
+    return len(held)
+
+
+def test_the_scheduler_answers_knowing_every_result_pushed_before(proc_cluster: LocalCluster):
+    with Client(proc_cluster, timeout=20) as client:
+        workers = follow_every_worker(client)
+        client.run(_hold_reports)
+        try:
+            start = time.time()
+            futures = [client.submit(inc, 100 + i, workers=[w]) for i, w in enumerate(workers)]
+            assert [f.result(timeout=WAIT) for f in futures] == [101, 102]
+            assert sorted(client._followed.pushed) == workers  # pushed; the reports held
+            # the scheduler has them at once: it caught up with those workers first
+            assert client.who_has(futures) == {f.key: [w] for f, w in zip(futures, workers)}
+            assert client._followed.pushed == {}
+            stream = client.get_task_stream(start=start)
+            assert sorted(e["key"] for e in stream) == sorted(f.key for f in futures)
+        finally:
+            held = client.run(_send_held_reports)
+        assert held == {w: 0 for w in workers}  # the catch-up had sent them
+        assert client.submit(inc, 1).result(timeout=WAIT) == 2
+
+
 def test_a_client_not_direct_to_workers_follows_none(proc_cluster: LocalCluster):
     with Client(proc_cluster, timeout=20, direct_to_workers=False) as client:
         assert client.gather([client.submit(inc, i) for i in range(10)]) == list(range(1, 11))

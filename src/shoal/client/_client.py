@@ -353,6 +353,12 @@ class Client(ClusterCalls, DatasetCalls):
         except CommClosedError:
             pass
 
+    async def ask_scheduler(self, op: str, **fields: Any) -> Any:
+        """A request to the scheduler, answered after it has heard of every
+        result the workers pushed to this client (see ``scheduler/_catch_up.py``)."""
+        await self._followed.catch_up()
+        return await self.pool.request(self.scheduler_address, op, **fields)
+
     # ------------------------------------------------------------ futures bookkeeping
 
     def _register_future(self, key: str, state: FutureState | None) -> FutureState:
@@ -811,7 +817,7 @@ class Client(ClusterCalls, DatasetCalls):
                 # moved since we heard where it was (rebalanced): the scheduler knows
                 found, errors, missing = await self._get_data("", missing)
                 return {**data, **found}, {**answer["errors"], **errors}, missing
-        answer = await self.pool.request(self.scheduler_address, "gather", keys=keys)
+        answer = await self.ask_scheduler("gather", keys=keys)
         return answer["data"], answer["errors"], answer["missing"]
 
     def gather(self, futures: Any, errors: str = "raise", direct: bool | None = None) -> Any:
@@ -875,7 +881,7 @@ class Client(ClusterCalls, DatasetCalls):
 
     async def _scatter(self, keyed: list[tuple[str, Serialized]], workers: list[str] | None,
                        broadcast: bool) -> None:
-        info = await self.pool.request(self.scheduler_address, "scheduler_info")
+        info = await self.ask_scheduler("scheduler_info")
         names = {w["name"]: a for a, w in info["workers"].items()}
         pool = [names.get(w, w) for w in workers] if workers else sorted(info["workers"])
         if not pool:
@@ -921,9 +927,9 @@ class Client(ClusterCalls, DatasetCalls):
         ser_kwargs = serialize(kwargs)
 
         async def run() -> dict[str, Any]:
-            answers = await self.pool.request(self.scheduler_address, "broadcast", worker_op="run",
-                                              workers=workers, function=ser, args=ser_args,
-                                              kwargs=ser_kwargs)
+            answers = await self.ask_scheduler("broadcast", worker_op="run",
+                                               workers=workers, function=ser, args=ser_args,
+                                               kwargs=ser_kwargs)
             out = {}
             for address, answer in answers.items():
                 if answer.get("status") != "ok":
@@ -934,26 +940,26 @@ class Client(ClusterCalls, DatasetCalls):
         return self.sync(run)
 
     def scheduler_info(self) -> Any:
-        return self.sync(lambda: self.pool.request(self.scheduler_address, "scheduler_info"))
+        return self.sync(lambda: self.ask_scheduler("scheduler_info"))
 
     def who_has(self, futures: Iterable[Future] | None = None) -> Any:
         keys = [f.key for f in futures] if futures is not None else list(self._states)
-        return self.sync(lambda: self.pool.request(self.scheduler_address, "who_has", keys=keys))
+        return self.sync(lambda: self.ask_scheduler("who_has", keys=keys))
 
     def story(self, *keys: str | Future) -> Any:
         """Every recorded state change of these keys, on the scheduler and the
         workers, oldest first: ``[{"key", "start", "finish", "stimulus_id",
         "timestamp", "where"}, ...]`` (bounded logs: old entries are dropped)."""
         names = [k.key if isinstance(k, Future) else k for k in keys]
-        return self.sync(lambda: self.pool.request(self.scheduler_address, "story", keys=names))
+        return self.sync(lambda: self.ask_scheduler("story", keys=names))
 
     def retire_workers(self, workers: list[str] | None = None, n: int | None = None,
                        close_workers: bool = True) -> Any:
         """Move data off some workers and close them; returns what was retired."""
 
         async def run() -> Any:
-            answer = await self.pool.request(self.scheduler_address, "retire_workers",
-                                             workers=workers, n=n, close=close_workers)
+            answer = await self.ask_scheduler("retire_workers",
+                                              workers=workers, n=n, close=close_workers)
             return answer["retired"]
 
         return self.sync(run)

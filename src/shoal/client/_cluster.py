@@ -27,8 +27,8 @@ def run_on_scheduler(client: Client, function: Callable[..., Any], args: tuple,
     ser, ser_args, ser_kwargs = serialize(function), serialize(args), serialize(kwargs)
 
     async def run() -> Any:
-        answer = await client.pool.request(client.scheduler_address, "run_function",
-                                           function=ser, args=ser_args, kwargs=ser_kwargs)
+        answer = await client.ask_scheduler("run_function",
+                                            function=ser, args=ser_args, kwargs=ser_kwargs)
         return deserialize(answer["result"])
 
     return client.sync(run)
@@ -41,7 +41,7 @@ def wait_for_workers(client: Client, n_workers: int, timeout: float | None) -> A
     async def wait() -> None:
         deadline = None if timeout is None else time.monotonic() + timeout
         while True:
-            info = await client.pool.request(client.scheduler_address, "scheduler_info")
+            info = await client.ask_scheduler("scheduler_info")
             if len(info["workers"]) >= n_workers:
                 return
             if deadline is not None and time.monotonic() >= deadline:
@@ -58,7 +58,7 @@ def _only(mapping: dict[str, Any], workers: list[str] | None) -> dict[str, Any]:
 
 def has_what(client: Client, workers: list[str] | None) -> Any:
     async def ask() -> dict[str, list[str]]:
-        answer = await client.pool.request(client.scheduler_address, "has_what")
+        answer = await client.ask_scheduler("has_what")
         return _only(answer, workers)
 
     return client.sync(ask)
@@ -66,7 +66,7 @@ def has_what(client: Client, workers: list[str] | None) -> Any:
 
 def nthreads(client: Client, workers: list[str] | None) -> Any:
     async def ask() -> dict[str, int]:
-        info = await client.pool.request(client.scheduler_address, "scheduler_info")
+        info = await client.ask_scheduler("scheduler_info")
         return _only({a: w["nthreads"] for a, w in info["workers"].items()}, workers)
 
     return client.sync(ask)
@@ -74,7 +74,7 @@ def nthreads(client: Client, workers: list[str] | None) -> Any:
 
 def restart(client: Client, timeout: float) -> Any:
     async def ask() -> list[str]:
-        answer = await client.pool.request(client.scheduler_address, "restart", timeout=timeout)
+        answer = await client.ask_scheduler("restart", timeout=timeout)
         return answer["workers"]
 
     return client.sync(ask)
@@ -132,10 +132,10 @@ def upload_file(client: Client, filename: str, load: bool = True) -> dict[str, A
 def logs(client: Client, n: int | None, workers: list[str] | None, scheduler: bool) -> Any:
     async def ask() -> Any:
         if scheduler:
-            answer = await client.pool.request(client.scheduler_address, "get_logs", n=n)
+            answer = await client.ask_scheduler("get_logs", n=n)
             return [tuple(line) for line in answer["logs"]]
-        answers = await client.pool.request(client.scheduler_address, "broadcast",
-                                            worker_op="get_logs", workers=workers, n=n)
+        answers = await client.ask_scheduler("broadcast",
+                                             worker_op="get_logs", workers=workers, n=n)
         out = {}
         for address, answer in answers.items():
             if answer.get("status") != "ok":
@@ -189,8 +189,7 @@ class ClusterCalls:
         client, keys = self._me, [f.key for f in futures]
 
         async def ask() -> None:
-            await client.pool.request(client.scheduler_address, "replicate", keys=keys, n=n,
-                                      timeout=timeout)
+            await client.ask_scheduler("replicate", keys=keys, n=n, timeout=timeout)
 
         return client.sync(ask)
 
@@ -202,8 +201,7 @@ class ClusterCalls:
         keys = [f.key for f in futures] if futures is not None else None
 
         async def ask() -> None:
-            await client.pool.request(client.scheduler_address, "rebalance", keys=keys,
-                                      workers=workers, timeout=timeout)
+            await client.ask_scheduler("rebalance", keys=keys, workers=workers, timeout=timeout)
 
         return client.sync(ask)
 
@@ -273,7 +271,7 @@ async def _shutdown(client: Client) -> None:
     from ..comm import CommClosedError
 
     try:
-        await client.pool.request(client.scheduler_address, "terminate")
+        await client.ask_scheduler("terminate")
     except (CommClosedError, OSError):
         pass  # gone already
     cluster = client.cluster
@@ -291,7 +289,7 @@ def shutdown(client: Client) -> Any:
 
     cluster = client.cluster
     try:
-        client.sync(lambda: client.pool.request(client.scheduler_address, "terminate"))
+        client.sync(lambda: client.ask_scheduler("terminate"))
     except (CommClosedError, OSError):
         pass  # gone already
     client.close()  # closes a cluster it made itself
@@ -313,19 +311,18 @@ def register_plugin(client: Client, plugin: Any, name: str | None,
     ser = serialize(plugin)
 
     async def ask() -> Any:
-        address = client.scheduler_address
         if kind == "scheduler":
-            answer = await client.pool.request(address, "register_scheduler_plugin", plugin=ser,
-                                               name=name, idempotent=idempotent)
+            answer = await client.ask_scheduler("register_scheduler_plugin", plugin=ser,
+                                                name=name, idempotent=idempotent)
             _raise_failure(answer)
             return None
         if kind == "nanny":
-            answer = await client.pool.request(
-                address, "register_nanny_plugin", plugin=ser, name=name,
+            answer = await client.ask_scheduler(
+                "register_nanny_plugin", plugin=ser, name=name,
                 idempotent=idempotent, restart=bool(getattr(plugin, "restart", False)))
             return {w: {"status": "OK"} for w in answer["workers"]}
-        answer = await client.pool.request(address, "register_worker_plugin", plugin=ser,
-                                           name=name, idempotent=idempotent)
+        answer = await client.ask_scheduler("register_worker_plugin", plugin=ser, name=name,
+                                            idempotent=idempotent)
         for reply in answer["workers"].values():
             if isinstance(reply, dict):
                 _raise_failure(reply)
@@ -336,8 +333,7 @@ def register_plugin(client: Client, plugin: Any, name: str | None,
 
 def unregister_plugin(client: Client, name: str) -> Any:
     async def ask() -> None:
-        answer = await client.pool.request(client.scheduler_address, "unregister_plugin",
-                                           name=name)
+        answer = await client.ask_scheduler("unregister_plugin", name=name)
         if not answer["found"]:
             raise ValueError(f"no plugin named {name!r} is registered")
 

@@ -40,8 +40,7 @@ class _Named:
 
     def _ask(self, op: str, **kwargs: Any) -> Any:
         client = self.client
-        return client.sync(lambda: client.pool.request(client.scheduler_address, op,
-                                                       name=self.name, **kwargs))
+        return client.sync(lambda: client.ask_scheduler(op, name=self.name, **kwargs))
 
     def __repr__(self) -> str:
         return f"<{type(self).__name__}: {self.name}>"
@@ -135,8 +134,7 @@ class Semaphore(_Held, _Named):
                     self._refresher = None
                     return
             try:
-                await client.pool.request(client.scheduler_address, "semaphore_refresh",
-                                          name=self.name, leases=leases)
+                await client.ask_scheduler("semaphore_refresh", name=self.name, leases=leases)
             except (CommClosedError, OSError):
                 pass  # reconnecting: the next period tries again
         self._refresher = None
@@ -188,8 +186,8 @@ class MultiLock(_Held):
             raise RuntimeError(f"{self!r} is already acquired")
         lease = f"multilock-{uuid.uuid4().hex}"
         client = self._handle.client
-        answer = client.sync(lambda: client.pool.request(
-            client.scheduler_address, "multilock_acquire", names=self.names, lease=lease,
+        answer = client.sync(lambda: client.ask_scheduler(
+            "multilock_acquire", names=self.names, lease=lease,
             num_locks=num_locks, timeout=timeout if blocking else 0))
         if answer["acquired"]:
             self._lease = lease
@@ -200,14 +198,12 @@ class MultiLock(_Held):
             raise RuntimeError(f"{self!r} holds no locks to release")
         lease, self._lease = self._lease, None
         client = self._handle.client
-        client.sync(lambda: client.pool.request(client.scheduler_address, "multilock_release",
-                                                lease=lease))
+        client.sync(lambda: client.ask_scheduler("multilock_release", lease=lease))
 
     def locked(self) -> bool:
         """Whether any of the names is held (by anyone)."""
         client = self._handle.client
-        answer = client.sync(lambda: client.pool.request(client.scheduler_address,
-                                                         "multilock_held", names=self.names))
+        answer = client.sync(lambda: client.ask_scheduler("multilock_held", names=self.names))
         return bool(answer["held"])
 
     def __reduce__(self) -> Any:

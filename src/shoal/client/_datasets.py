@@ -107,8 +107,7 @@ async def publish(client: Client, datasets: dict[str, Any], override: bool) -> N
 
 
 async def get(client: Client, name: str, default: Any = _MISSING) -> Any:
-    answer = await client.pool.request(client.scheduler_address, "get_dataset", name=name,
-                                       client=client.id)
+    answer = await client.ask_scheduler("get_dataset", name=name, client=client.id)
     if not answer["found"]:
         if default is not _MISSING:
             return default
@@ -117,7 +116,7 @@ async def get(client: Client, name: str, default: Any = _MISSING) -> Any:
 
 
 async def unpublish(client: Client, name: str) -> None:
-    answer = await client.pool.request(client.scheduler_address, "unpublish_dataset", name=name)
+    answer = await client.ask_scheduler("unpublish_dataset", name=name)
     if answer["status"] != "ok":
         raise KeyError(f"no dataset named {name!r} is published")
 
@@ -169,7 +168,7 @@ class DatasetCalls:
 
     def list_datasets(self) -> Any:
         client = self._me
-        return client.sync(lambda: client.pool.request(client.scheduler_address, "list_datasets"))
+        return client.sync(lambda: client.ask_scheduler("list_datasets"))
 
     def unpublish_dataset(self, name: str) -> Any:
         client = self._me

@@ -23,8 +23,7 @@ from ._profile import PROFILE_STYLE, profile_section
 
 def task_stream(client: Client, since: float = 0.0) -> list[dict[str, Any]]:
     """Finished tasks since ``since`` (a time.time()), oldest first, dask's record shape."""
-    entries = client.sync(lambda: client.pool.request(client.scheduler_address,
-                                                      "get_task_stream", since=since))
+    entries = client.sync(lambda: client.ask_scheduler("get_task_stream", since=since))
     return [{"key": e["key"], "prefix": e["prefix"], "worker": e["worker"], "status": "OK",
              "startstops": [{"action": "compute", "start": e["start"], "stop": e["stop"]}]}
             for e in entries]

@@ -8,6 +8,11 @@ computed, then tells the scheduler, which does not report those again (see
 ``worker/_reports.py``).  A ``submit(...).result()`` then waits for one hop
 less, and not for the scheduler's handling of the result.
 
+The scheduler hears of a pushed result a moment after the client does; a
+question to the scheduler (``Client.ask_scheduler``) first has it catch up
+with the workers that pushed, so ``who_has`` or the task stream right after
+``result()`` shows that result.
+
 Nothing is lost when a stream fails: the client tells the scheduler which
 worker it no longer follows and which keys it still waits for
 (``unfollowed``); the scheduler reports again those that are done, and no
@@ -54,6 +59,8 @@ class FollowedWorkers:
         self.tasks: dict[str, asyncio.Task] = {}
         #: workers that refused, could not be reached or were followed: not again
         self.not_again: set[str] = set()
+        #: results each worker pushed since the scheduler last caught up with it
+        self.pushed: dict[str, int] = {}
 
     def heard_of(self, worker: str) -> None:
         """``worker`` holds a result of ours: follow it if we may."""
@@ -131,7 +138,20 @@ class FollowedWorkers:
         state = client._states.get(fields["key"])
         if state is not None and state.status not in FINAL:
             state.finish(client._holders([worker]), fields["nbytes"], fields["value"])
+            self.pushed[worker] = self.pushed.get(worker, 0) + 1
         return True
+
+    async def catch_up(self) -> None:
+        """Have the scheduler hear of the results pushed to us so far, so that
+        what it answers next shows them (see ``scheduler/_catch_up.py``)."""
+        if not self.pushed:
+            return
+        seen = dict(self.pushed)
+        client = self.client
+        await client.pool.request(client.scheduler_address, "catch_up", workers=list(seen))
+        for worker, count in seen.items():
+            if self.pushed.get(worker) == count:  # none pushed meanwhile
+                del self.pushed[worker]
 
     def close(self) -> None:
         for task in list(self.tasks.values()):

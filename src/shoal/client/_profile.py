@@ -27,9 +27,9 @@ MIN_SHARE = 0.005
 def profile(client: Client, key: str | None, start: float | None, stop: float | None,
             workers: list[str] | None, merge_workers: bool, filename: str | None) -> Any:
     async def ask() -> dict[str, Tree]:
-        answers = await client.pool.request(client.scheduler_address, "broadcast",
-                                            worker_op="profile", workers=workers, start=start,
-                                            stop=stop, key=key)
+        answers = await client.ask_scheduler("broadcast",
+                                             worker_op="profile", workers=workers, start=start,
+                                             stop=stop, key=key)
         trees = {}
         for address, answer in answers.items():
             if answer.get("status") != "ok":

@@ -56,7 +56,7 @@ def _client_info(client: Any) -> dict[str, Any] | None:
         return None
     try:
         return client.sync(
-            lambda: client.pool.request(client.scheduler_address, "scheduler_info"),
+            lambda: client.ask_scheduler("scheduler_info"),
             timeout=INFO_TIMEOUT,
         )
     except (OSError, TimeoutError, RuntimeError) as exc:

@@ -25,8 +25,8 @@ class _Shared(_Named):
         client = self.client
 
         async def get() -> Any:
-            answer = await client.pool.request(client.scheduler_address, op, name=self.name,
-                                               client=client.id, timeout=timeout)
+            answer = await client.ask_scheduler(op, name=self.name,
+                                                client=client.id, timeout=timeout)
             if not answer["found"]:
                 raise ShoalTimeoutError(f"{self!r}: {missing} within timeout={timeout}s")
             return _datasets.receive(client, answer)

@@ -157,6 +157,7 @@ SCHEDULER_RPC: dict[str, Record] = {
     "list_datasets": EMPTY,
     "unpublish_dataset": Record({"name": NAME}),
     "ping": EMPTY,
+    "catch_up": Record({"workers": ADDRESSES}),
     "register_scheduler_plugin": Record(PLUGIN, optional=("idempotent",)),
     "register_worker_plugin": Record(PLUGIN, optional=("idempotent",)),
     "register_nanny_plugin": Record({**PLUGIN, "restart": Bool()},
@@ -213,6 +214,7 @@ FROM_WORKER: dict[str, Record] = {
     "long-running": Record({"key": KEY}),
     "task-output": Record({"kind": Str(max_length=64), "text": Str(max_length=1 << 20),
                            "category": Str(max_length=1024)}, optional=("category",)),
+    "caught-up": Record({"token": Int(lo=0)}),  # the answer to a catch-up
     "goodbye": EMPTY,
 }
 
@@ -265,6 +267,8 @@ FROM_SCHEDULER: dict[str, Record] = {
     "free-keys": Record({"keys": KEYS}),
     "acquire-replicas": Record({"who_has": WHO_HAS, "nbytes": NBYTES}),
     "steal-request": Record({"key": KEY}),
+    # answer caught-up once what was sent before is sent (see scheduler/_catch_up.py)
+    "catch-up": Record({"token": Int(lo=0)}),
     "close": Record({"reason": Str()}, optional=("reason",)),
     "restart": EMPTY,
     "error": Record({"message": Str(max_length=1 << 20)}, extra=Anything()),

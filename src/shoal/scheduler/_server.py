@@ -44,6 +44,7 @@ from ..protocol._call import call_injecting
 from ..protocol._ops import FROM_CLIENT, FROM_WORKER, SCHEDULER_OPEN, SCHEDULER_RPC, check_message
 from ..protocol._schema import InvalidMessage
 from ._adaptive import adaptive_target
+from ._catch_up import CatchUp
 from ._coordination import Coordination
 from ._dashboard import BusyMeter, recent_stream
 from ._datasets import Datasets
@@ -132,6 +133,7 @@ class Scheduler:
         self.datasets = Datasets(self)
         self.shared = Shared(self)
         self.plugins = Plugins(self)
+        self.catch_up = CatchUp(self)
         self.rpc = RPCServer(
             {
                 "who_has": self.who_has,
@@ -158,6 +160,7 @@ class Scheduler:
                 "unpublish_dataset": lambda name: self.datasets.unpublish(name),
                 "story": self.story,
                 "ping": lambda: "pong",
+                "catch_up": self.catch_up.catch_up,
             },
             {"register-worker": self.add_worker, "register-client": self.add_client},
             schemas={**SCHEDULER_RPC, **SCHEDULER_OPEN},
@@ -319,6 +322,12 @@ class Scheduler:
                     if events:
                         self.handle(*events)
                     return
+                if op == "caught-up":  # handled after what came before it on this stream
+                    if events:
+                        self.handle(*events)
+                        events = []
+                    self.catch_up.caught_up(address, fields["token"])
+                    continue
                 try:
                     ev = self._worker_event(address, op, fields)
                 except Exception:  # a bug reading one message: log it, read the next
@@ -394,6 +403,7 @@ class Scheduler:
         self.worker_info.pop(address, None)
         self.busy.forget(address)
         self.pool.remove(address)
+        self.catch_up.worker_gone(address)
         if address in self.state.workers:
             orderly = ("closed", "retired", "the scheduler is closing")
             log = logger.info if reason in orderly else logger.warning

@@ -314,6 +314,8 @@ class Worker:
             "close": self._close_request,
             "restart": self._restart_request,
             "error": self._error_from_scheduler,
+            # after every report sent before it: see scheduler/_catch_up.py
+            "catch-up": lambda token: self._send({"op": "caught-up", "token": token}),
         }
         strikes = Strikes(f"the scheduler at {self.scheduler_address}")
         try:
