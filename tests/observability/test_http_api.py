@@ -21,13 +21,18 @@ WORKER_FIELDS = {"address", "name", "nthreads", "memory_limit", "memory", "execu
                  "in_memory", "status", "last_seen"}
 
 
-@pytest.fixture(scope="module")
-def cluster() -> Iterator[tuple[str, LocalCluster, Client]]:
+def _cluster() -> Iterator[tuple[str, LocalCluster, Client]]:
     with LocalCluster(n_workers=3, threads_per_worker=1, processes=False,
                       dashboard_address=0) as cluster, Client(cluster) as client:
         cluster.wait_for_workers(3)
         assert cluster.dashboard_link is not None
         yield cluster.dashboard_link.rstrip("/"), cluster, client
+
+
+#: shared by the tests that leave the cluster as they found it
+cluster = pytest.fixture(scope="module")(_cluster)
+#: a cluster of its own, for a test that retires a worker
+own_cluster = pytest.fixture(_cluster)
 
 
 def assert_error(answer: Response, status: int, *words: str) -> None:
@@ -107,8 +112,8 @@ def test_dashboard_data_and_page(cluster) -> None:
     del futures
 
 
-def test_retire_workers_moves_data_first(cluster) -> None:
-    base, local, client = cluster
+def test_retire_workers_moves_data_first(own_cluster) -> None:
+    base, local, client = own_cluster
     names = sorted(local.workers)
     victim = names[-1]
     held = client.submit(bytes, 100_000, workers=[victim], pure=False)

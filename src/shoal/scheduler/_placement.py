@@ -32,6 +32,7 @@ import math
 from collections import deque
 from typing import TYPE_CHECKING
 
+from ._loads import Loads
 from ._model import TaskState, WorkerState
 
 if TYPE_CHECKING:
@@ -60,6 +61,7 @@ class Placement:
         self._newest: deque[TaskState] | None = None  # the run a task may join at its end
         self._counter = itertools.count()
         self._cursor = 0
+        self.loads = Loads()
         self.durations: dict[str, float] = {}
         #: prefix -> {threads: slots} (see slots), until the prefix's duration changes
         self._slots: dict[str | None, dict[int, int]] = {}
@@ -161,23 +163,21 @@ class Placement:
         return start
 
     def _rotating(self, n: int, ts: TaskState) -> list[WorkerState]:
-        workers = list(self.state.workers.values())
+        workers = self.loads.ring  # the running ones
         if not workers:
             return []
         picked = []
         for _ in range(min(n, len(workers))):
             self._cursor = (self._cursor + 1) % len(workers)
             ws = workers[self._cursor]
-            if self.valid(ts, ws):
+            if self.fits(ts, ws):
                 picked.append(ws)
         return picked
 
     def _idlest_with_room(self, prefix: str) -> WorkerState | None:
         best: WorkerState | None = None
         best_load = math.inf
-        for ws in self.state.workers.values():
-            if ws.status != "running":
-                continue
+        for ws in self.loads.least_busy():  # as many threads, as many slots
             load = ws.busy
             if load >= self.slots(ws, prefix):
                 continue
@@ -191,21 +191,35 @@ class Placement:
     # the queue in step with its moves.
 
     def occupy(self, ts: TaskState, ws: WorkerState) -> None:
+        assert ts not in ws.processing, f"{ts.key} is processing on {ws.address} already"
         duration = self.estimate(ts)
         ws.processing[ts] = duration
         ws.occupancy += duration
+        self.loads.processing += 1
+        self.loads.refile(ws)
 
     def unassign(self, ts: TaskState, ws: WorkerState) -> None:
         self.state.stealing.forget(ts)
-        duration = ws.processing.pop(ts, 0.0)
+        if ts not in ws.processing:
+            return
+        duration = ws.processing.pop(ts)
         ws.long_running.discard(ts)
         ws.occupancy = max(0.0, ws.occupancy - duration)
+        self.loads.processing -= 1
+        self.loads.refile(ws)
 
     def secede(self, ts: TaskState, ws: WorkerState) -> None:
         """``ts`` left its thread slot on ``ws``: the slot can take other work."""
         ws.long_running.add(ts)
         ws.occupancy = max(0.0, ws.occupancy - ws.processing[ts])
         ws.processing[ts] = 0.0
+        self.loads.refile(ws)
+
+    def set_status(self, ws: WorkerState, status: str) -> None:
+        """The one place a worker's status changes after it joined: running
+        workers are the ones placement and stealing consider."""
+        ws.status = status
+        self.loads.refile(ws)
 
     def enqueue(self, ts: TaskState) -> None:
         self.queued.add(ts)

@@ -222,6 +222,7 @@ class SchedulerState:
         ws.http_address = ev.http_address
         ws.last_seen = self._now
         self.workers[ev.address] = ws
+        self.placement.loads.refile(ws)
         recs: Recs = {}
         if ev.keys:
             self._adopt_held(ws, ev.keys, recs, ev.stimulus_id)
@@ -249,7 +250,7 @@ class SchedulerState:
         ws = self.workers.pop(ev.address, None)
         if ws is None:
             return
-        ws.status = "closed"
+        self.placement.set_status(ws, "closed")
         for distrusted in self.unfollowed.values():  # it will report nothing more
             distrusted.discard(ev.address)
         recs: Recs = {}
@@ -283,7 +284,7 @@ class SchedulerState:
         for address in ev.addresses:
             ws = self.workers.get(address)
             if ws is not None and ws.status in ACTIVE:
-                ws.status = "closing"
+                self.placement.set_status(ws, "closing")
 
     def _heartbeat(self, ev: Heartbeat) -> None:
         ws = self.workers.get(ev.worker)
@@ -301,7 +302,7 @@ class SchedulerState:
         """A worker paused for memory gets no new work (placement and stealing take
         only ``running`` workers), and what waits on it unstarted is asked back for
         the others; once it resumes it is given work again."""
-        ws.status = "paused" if paused else "running"
+        self.placement.set_status(ws, "paused" if paused else "running")
         if paused:
             for ts in self.stealing.evacuate(ws):
                 self._tell(ws.address, {"op": "steal-request", "key": ts.key})
@@ -945,7 +946,7 @@ class SchedulerState:
             }))
 
     def _update_idle(self) -> None:
-        busy = any(ws.processing for ws in self.workers.values()) or self.placement.queued
+        busy = self.placement.loads.processing or self.placement.queued
         if busy:
             self.idle_since = None
         elif self.idle_since is None:

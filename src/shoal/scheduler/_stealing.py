@@ -38,6 +38,9 @@ class Stealing:
 
     def balance(self) -> list[tuple[TaskState, WorkerState]]:
         """The steal requests to send now: (task, the busy worker to ask)."""
+        loads = self.state.placement.loads
+        if not loads.idle or not loads.saturated:  # no thief, or nothing to steal
+            return []
         workers = [ws for ws in self.state.workers.values() if ws.status == "running"]
         if len(workers) < 2:
             return []

@@ -36,6 +36,7 @@ def validate_state(state: SchedulerState) -> None:
         ws.validate()
         for ts in ws.has_what:
             assert ts.key in state.tasks and ts.state == "memory"
+    state.placement.loads.check(state.workers)
     for ts in state.placement.queued:
         assert ts.state == "queued" and ts.key in state.tasks
     for ts in state.stealing.in_flight:
