@@ -2,8 +2,8 @@
 
 Placing a root, balancing by stealing and telling whether the cluster is idle
 each used to pass over every worker, on every task or every batch of events,
-so the scheduler's cost per task grew with the cluster (at 1,000 workers, 30
-times the cost at 2).  This index answers the same questions without that
+so the scheduler's cost per task grew with the cluster (at 1,000 workers, 10
+to 20 times the cost at 2: ``benchmarks/cluster_size.py``).  This index answers the same questions without that
 pass:
 
 * the least busy running worker of each thread count (:meth:`Loads.least_busy`):
