@@ -41,7 +41,7 @@ def test_the_least_busy_worker_of_each_thread_count_and_the_counts():
     four = WorkerState("four", "four", 4, 10**9)
     for ws in [*one, four]:
         loads.refile(ws)
-    assert list(loads.least_busy()) == [one[0], four]  # of equals, the first filed
+    assert list(loads.least_busy()) == [one[2], four]  # of equals, the last filed
     assert (loads.idle, loads.saturated) == (4, 0)
 
     _give(loads, one[0], 1)

@@ -70,11 +70,15 @@ class Loads:
             self.saturated += sign
 
     def least_busy(self) -> Iterator[WorkerState]:
-        """For each thread count, the running worker with the fewest busy slots
-        (of equals, the one filed there first)."""
+        """For each thread count, the running worker with the fewest busy slots.
+
+        Of equals, the one filed there last: the one that finished a task most
+        recently, so a lone task after another goes to the same warm worker
+        (the one its client follows) rather than round the cluster.
+        """
         for group in self.groups.values():
             if group:
-                yield next(iter(group[min(group)]))
+                yield next(reversed(group[min(group)]))
 
     def check(self, workers: dict[str, WorkerState]) -> None:
         """Assert the index matches ``workers`` (see ``_validate.py``)."""
