@@ -7,6 +7,8 @@ processes, is in test_scheduler_restart.py.
 
 from __future__ import annotations
 
+import gc
+
 from shoal.client._future import FutureState
 from shoal.client._recipes import Column, ColumnBuilder, keep_recipes, resubmission
 from shoal.protocol import Serialized, deserialize, serialize_call
@@ -99,7 +101,7 @@ def test_a_dependent_keeps_the_recipe_of_an_input_from_a_column_it_outlives():
     _column(states, 3)
     states["total"] = FutureState("total")
     keep_recipes(states, [{"key": "total", "func": "sum-token", "args": b"(refs)",
-                           "deps": ["k0", "k2"]}], FUNC)
+                           "deps": ["k0", "k2"]}], ({"func": "sum-token"}, FUNC))
     for key in ("k0", "k1", "k2"):  # every future of the map let go of
         recipe = states.pop(key).recipe
         recipe.forget(states)
@@ -107,3 +109,31 @@ def test_a_dependent_keeps_the_recipe_of_an_input_from_a_column_it_outlives():
     assert wanted == ["total"]
     assert [t["key"] for t in tasks] == ["k2", "k0", "total"]  # inputs first
     assert [_args(t) for t in tasks[:2]] == [2, 0]
+
+
+def test_tasks_with_no_fields_of_their_own_share_their_functions_call():
+    """Submitted one at a time, tasks of one function keep one call between them,
+    with or without inputs; a task's own fields, and its inputs' keys, are its
+    own; each comes back as it was sent."""
+    states: dict[str, FutureState] = {}
+    call = ({"func": "add-token"}, FUNC)
+    graphs = [
+        [{"key": "a", "func": "add-token", "args": b"(1, 2)"}],
+        [{"key": "b", "func": "add-token", "args": b"(a, 1)", "deps": ["a"]}],
+        [{"key": "c", "func": "add-token", "args": b"(a, b)", "deps": ["a", "b"],
+          "retries": 3}],
+    ]
+    for graph in graphs:
+        for task in graph:
+            states[task["key"]] = FutureState(task["key"])
+        keep_recipes(states, graph, call)
+    a, b, c = (states[k].recipe for k in "abc")
+    assert a[2] is call and b[2] is call
+    assert c[2] == ({"func": "add-token", "retries": 3}, FUNC)
+    assert b[3] == (a,) and b[4] == ("a",)
+    gc.collect()
+    assert not gc.is_tracked(b[4])  # a tuple of strings: the collector lets go of it
+    wanted, tasks, functions = resubmission(states)
+    assert wanted == ["a", "b", "c"]
+    assert tasks == [task for graph in graphs for task in graph]
+    assert functions == {"add-token": FUNC}

@@ -48,7 +48,7 @@ from ._integrations import ClientExecutor
 from ._joblib import register_if_available as register_joblib_backend
 from ._loop import LoopRunner, bounded
 from ._output import show_task_output
-from ._recipes import Column, ColumnBuilder, Packed, keep_recipes, resubmission
+from ._recipes import Call, Column, ColumnBuilder, Packed, keep_recipes, resubmission
 from ._tokenize import FunctionCache, task_key
 
 logger = logging.getLogger(__name__)
@@ -562,11 +562,11 @@ class Client(ClusterCalls, DatasetCalls):
             raise TypeError(f"submit needs a callable, got {type(func).__name__}")
         if _wants_actor(kwargs):
             func, pure = actor_maker(func), False
-        token, ser_func = self._functions.get(func)
-        task, deps_futures = self._task(token, args, kwargs, key, pure)
+        call = self._functions.get(func)
+        task, deps_futures = self._task(call[0]["func"], args, kwargs, key, pure)
         _restrict(task, workers, allow_other_workers, retries, priority, resources)
         future = Future(task["key"], self)
-        self._send_graph([task], ser_func, [task["key"]], deps_futures)
+        self._send_graph([task], call, [task["key"]], deps_futures)
         return future
 
     def map(self, func: Callable[..., Any], *iterables: Iterable[Any], key: str | list | None = None,
@@ -579,17 +579,19 @@ class Client(ClusterCalls, DatasetCalls):
             raise TypeError(f"map needs a callable, got {type(func).__name__}")
         if _wants_actor(kwargs):
             func, pure = actor_maker(func), False
-        token, ser_func = self._functions.get(func)
+        plain_call = self._functions.get(func)
+        token, ser_func = plain_call[0]["func"], plain_call[1]
         # a sequence as it is (a range makes each number as it goes), anything else listed
         columns = [it if isinstance(it, (list, tuple, range)) else list(it) for it in iterables]
         common: dict[str, Any] = {}  # the restrictions, the same for every task
         _restrict(common, workers, allow_other_workers, retries, priority, resources)
+        call = ({"func": token, **common}, ser_func) if common else plain_call
         with collection_paused():  # a million futures: nothing for the collector to find
             futures, tasks, deps, sent = self._map_tasks(
-                token, ({"func": token, **common}, ser_func), zip(*columns), key, kwargs, pure)
+                token, call, zip(*columns), key, kwargs, pure)
         # the tasks with inputs in graphs of MAP_CHUNK too; their inputs held until the last
         for start in range(0, len(tasks) if tasks or sent else 1, MAP_CHUNK):
-            self._send_graph(tasks[start:start + MAP_CHUNK], ser_func,
+            self._send_graph(tasks[start:start + MAP_CHUNK], call,
                              [t["key"] for t in tasks[start:start + MAP_CHUNK]],
                              deps if start + MAP_CHUNK >= len(tasks) else [])
         return futures
@@ -663,12 +665,15 @@ class Client(ClusterCalls, DatasetCalls):
             raise SerializationError(f"cannot send the arguments of {token}: {exc}") from exc
         return key or task_key(token, ser_args, pure), ser_args.compact(), found
 
-    def _send_graph(self, tasks: list[dict], func: Serialized,
+    def _send_graph(self, tasks: list[dict], call: Call,
                     wanted: list[str], keep_alive: list[Future]) -> None:
+        """Send ``tasks``, which call ``call`` (the fields most of them share, and
+        the function), keeping their recipes."""
         if self.status not in ("running", "reconnecting"):
             raise ClientClosedError(f"the client is {self.status}")
+        func = call[1]
         with self._lock:
-            keep_recipes(self._states, tasks, func)
+            keep_recipes(self._states, tasks, call)
 
         def graph() -> dict[str, Any]:
             return {"op": "update-graph", "tasks": tasks,

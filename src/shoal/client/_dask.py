@@ -95,7 +95,8 @@ def _submit_graph(client: Client, graph: Any, wanted: list[Hashable],
     names: dict[Hashable, str] = {}
     held: list[Future] = []
     tasks: list[dict[str, Any]] = []
-    token, ser_func = client._functions.get(run_node)
+    call = client._functions.get(run_node)
+    token = call[0]["func"]
     for key in _toposort(nodes):
         node = nodes[key]
         names[key] = key_name(key)
@@ -118,7 +119,7 @@ def _submit_graph(client: Client, graph: Any, wanted: list[Hashable],
     if missing:
         raise KeyError(f"keys not in the graph: {missing[:5]}")
     futures = {k: Future(names[k], client) for k in wanted}
-    client._send_graph(tasks, ser_func,
+    client._send_graph(tasks, call,
                        list(dict.fromkeys(names[k] for k in wanted)), held)
     return futures
 

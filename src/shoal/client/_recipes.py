@@ -8,11 +8,13 @@ the arguments it keeps:
 * the tasks without inputs of one ``map`` call share one :class:`Column`:
   the call they have in common, and per task its key and its arguments,
   packed end to end in one ``bytes``; each key's state points at the column;
-* any other task has a small tuple, ``(key, serialized arguments, call)``
-  with the recipes of its inputs as a fourth item when it has some; ``call``
-  is ``(the task's other fields, its function)``, one tuple shared by the
-  plain tasks of one graph.  An input nobody holds a future for lives on
-  inside the recipes of its dependents.
+* any other task has a small tuple, ``(key, serialized arguments, call)``,
+  and when it has inputs, their recipes and their keys (a tuple of strings,
+  which the cyclic collector stops tracking) as a fourth and fifth item;
+  ``call`` is ``(the task's other fields, its function)``, one tuple shared
+  by every task of the function with no fields of its own (the client's
+  function cache keeps it), or of the graph's common fields.  An input
+  nobody holds a future for lives on inside the recipes of its dependents.
 
 The functions here work on the client's dict of states by key and are run
 under the client's lock.
@@ -32,7 +34,8 @@ if TYPE_CHECKING:
 Recipe = tuple[Any, ...]
 Call = tuple[dict[str, Any], Serialized]
 #: The fields of a task message that are not the same for every task of a graph.
-_OWN_FIELDS = ("key", "args")
+_OWN_FIELDS = ("key", "args", "deps")
+_MISSING = object()
 #: The states of keys not sent again: a failed or cancelled key stays so.
 _NOT_WANTED = ("error", "cancelled")
 
@@ -133,22 +136,28 @@ class Column:
         return None if i is None else (key, self.packed.args(i, i + 1)[0], self.call)
 
 
-def keep_recipes(states: dict[str, FutureState], tasks: list[dict], func: Serialized) -> None:
+def keep_recipes(states: dict[str, FutureState], tasks: list[dict], call: Call) -> None:
     """Remember how to make each key of a graph again: on its state, or (a task
-    nobody holds a future for) inside its dependents' recipes."""
+    nobody holds a future for) inside its dependents' recipes.  ``call`` is
+    the fields most of the tasks have (their function's token at least) and
+    the function: the recipe of every task with just those shares it."""
     made: dict[str, Recipe] = {}
-    plain: Call | None = None  # shared by the tasks without extras
+    shared, func = call
     for task in tasks:
         key = task["key"]
-        recipe: Recipe
-        if len(task) == 3 and "func" in task:
-            if plain is None or plain[0]["func"] != task["func"]:
-                plain = ({"func": task["func"]}, func)
-            recipe = (key, task["args"], plain)
+        deps = task.get("deps")
+        if len(task) - (2 if deps is None else 3) == len(shared) and all(
+                task.get(name, _MISSING) == value for name, value in shared.items()):
+            own = call
         else:
-            fields = {k: v for k, v in task.items() if k not in _OWN_FIELDS}
-            found = (_recipe_of(states, d, made) for d in task.get("deps", ()))
-            recipe = (key, task["args"], (fields, func), tuple(r for r in found if r is not None))
+            own = ({k: v for k, v in task.items() if k not in _OWN_FIELDS}, func)
+        recipe: Recipe
+        if deps:
+            found = (_recipe_of(states, d, made) for d in deps)
+            recipe = (key, task["args"], own, tuple(r for r in found if r is not None),
+                      tuple(deps))
+        else:
+            recipe = (key, task["args"], own)
         made[key] = recipe
         state = states.get(key)
         if state is not None:
@@ -198,7 +207,10 @@ def resubmission(states: dict[str, FutureState]
             continue
         if inputs_done:
             seen.add(key)
-            tasks.append({"key": key, "args": args, **fields})
+            task = {"key": key, "args": args, **fields}
+            if len(recipe) > 4:
+                task["deps"] = list(recipe[4])
+            tasks.append(task)
             functions[fields["func"]] = func
             continue
         stack.append((recipe, True))

@@ -59,36 +59,41 @@ class FunctionCache:
     def __init__(self, max_bytes: int = MAX_CACHED_FUNCTION_BYTES) -> None:
         self.max_bytes = max_bytes
         self.nbytes = 0
-        self._cache: OrderedDict[int, tuple[weakref.ref, str, Serialized]] = OrderedDict()
+        self._cache: OrderedDict[int, tuple[weakref.ref, tuple[dict[str, Any], Serialized]]] = (
+            OrderedDict())
 
-    def get(self, func: Any) -> tuple[str, Serialized]:
+    def get(self, func: Any) -> tuple[dict[str, Any], Serialized]:
+        """``func``'s call: its task fields (``{"func": token}``, never to be changed)
+        and its pickle; one pair per remembered function, shared by the recipes
+        of all its tasks."""
         entry = self._cache.get(id(func))
         if entry is not None and entry[0]() is func:
             self._cache.move_to_end(id(func))
-            return entry[1], entry[2]
+            return entry[1]
         ser = serialize(func)  # raises SerializationError with the function's name
-        token = _token(func, ser)
+        call = ({"func": _token(func, ser)}, ser)
         if pickled_by_reference(func):
-            self._remember(func, token, ser)
-        return token, ser
+            self._remember(func, call)
+        return call
 
-    def _remember(self, func: Any, token: str, ser: Serialized) -> None:
-        if ser.nbytes > self.max_bytes:
+    def _remember(self, func: Any, call: tuple[dict[str, Any], Serialized]) -> None:
+        nbytes = call[1].nbytes
+        if nbytes > self.max_bytes:
             return
         try:
             ref = weakref.ref(func)  # a dead entry just misses, until it is evicted
         except TypeError:  # not weakly referenceable: not cached
             return
         self._forget(id(func))
-        self._cache[id(func)] = (ref, token, ser)
-        self.nbytes += ser.nbytes
+        self._cache[id(func)] = (ref, call)
+        self.nbytes += nbytes
         while self.nbytes > self.max_bytes:
             self._forget(next(iter(self._cache)))
 
     def _forget(self, key: int) -> None:
         entry = self._cache.pop(key, None)
         if entry is not None:
-            self.nbytes -= entry[2].nbytes
+            self.nbytes -= entry[1][1].nbytes
 
     def __len__(self) -> int:
         return len(self._cache)
