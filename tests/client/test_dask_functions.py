@@ -67,8 +67,9 @@ def test_lambdas_and_what_they_capture_are_not_kept_once_their_futures_are_gone(
 
 def test_importable_functions_are_cached_by_identity_and_bounded_in_bytes():
     cache = FunctionCache(max_bytes=4096)
-    token, ser = cache.get(len)
-    assert cache.get(len) == (token, ser) and len(cache) == 1
+    call = cache.get(len)
+    assert cache.get(len) is call and len(cache) == 1  # one call, shared by its tasks' recipes
+    assert list(call[0]) == ["func"] and call[0]["func"].startswith("len-")
     for func in (abs, min, max, sorted, repr, hash, id, iter, next, print):
         cache.get(func)
     assert cache.nbytes <= 4096
@@ -77,6 +78,7 @@ def test_importable_functions_are_cached_by_identity_and_bounded_in_bytes():
         return x
 
     cache.get(local)
-    assert cache.get(local)[0] == cache.get(local)[0]  # content-named: stable
+    first, again = cache.get(local), cache.get(local)
+    assert first is not again and first == again  # pickled anew each time, content-named: stable
     assert len(cache) <= 11  # a function pickled by value is never remembered
 
