@@ -579,13 +579,14 @@ class Client(ClusterCalls, DatasetCalls):
             raise TypeError(f"map needs a callable, got {type(func).__name__}")
         if _wants_actor(kwargs):
             func, pure = actor_maker(func), False
-        plain_call = self._functions.get(func)
-        token, ser_func = plain_call[0]["func"], plain_call[1]
+        call = self._functions.get(func)
+        token = call[0]["func"]
         # a sequence as it is (a range makes each number as it goes), anything else listed
         columns = [it if isinstance(it, (list, tuple, range)) else list(it) for it in iterables]
         common: dict[str, Any] = {}  # the restrictions, the same for every task
         _restrict(common, workers, allow_other_workers, retries, priority, resources)
-        call = ({"func": token, **common}, ser_func) if common else plain_call
+        if common:  # their own call; else the function's, shared with its other tasks
+            call = ({**call[0], **common}, call[1])
         with collection_paused():  # a million futures: nothing for the collector to find
             futures, tasks, deps, sent = self._map_tasks(
                 token, call, zip(*columns), key, kwargs, pure)
@@ -596,7 +597,7 @@ class Client(ClusterCalls, DatasetCalls):
                              deps if start + MAP_CHUNK >= len(tasks) else [])
         return futures
 
-    def _map_tasks(self, token: str, call: tuple[dict[str, Any], Serialized],
+    def _map_tasks(self, token: str, call: Call,
                    calls: Iterable[tuple], key: str | list | None, kwargs: dict, pure: bool,
                    ) -> tuple[list[Future], list[dict[str, Any]], list[Future], bool]:
         """``map``'s futures, built call by call: the tasks without inputs sent as

@@ -146,8 +146,7 @@ def keep_recipes(states: dict[str, FutureState], tasks: list[dict], call: Call) 
     for task in tasks:
         key = task["key"]
         deps = task.get("deps")
-        if len(task) - (2 if deps is None else 3) == len(shared) and all(
-                task.get(name, _MISSING) == value for name, value in shared.items()):
+        if _only(task, shared, 2 if deps is None else 3):
             own = call
         else:
             own = ({k: v for k, v in task.items() if k not in _OWN_FIELDS}, func)
@@ -162,6 +161,16 @@ def keep_recipes(states: dict[str, FutureState], tasks: list[dict], call: Call) 
         state = states.get(key)
         if state is not None:
             state.recipe = recipe
+
+
+def _only(task: dict[str, Any], shared: dict[str, Any], own: int) -> bool:
+    """Whether ``task``'s fields are ``shared`` and its ``own`` (key, args, deps)."""
+    if len(task) - own != len(shared):
+        return False
+    for name, value in shared.items():
+        if task.get(name, _MISSING) != value:
+            return False
+    return True
 
 
 def _recipe_of(states: dict[str, FutureState], key: str, made: dict[str, Recipe]) -> Recipe | None:

@@ -24,6 +24,7 @@ from collections import OrderedDict
 from typing import Any
 
 from ..protocol import Serialized, serialize
+from ._recipes import Call
 
 #: Upper bound of the pickled bytes the identity cache keeps.
 MAX_CACHED_FUNCTION_BYTES = 16 * 2**20
@@ -59,10 +60,9 @@ class FunctionCache:
     def __init__(self, max_bytes: int = MAX_CACHED_FUNCTION_BYTES) -> None:
         self.max_bytes = max_bytes
         self.nbytes = 0
-        self._cache: OrderedDict[int, tuple[weakref.ref, tuple[dict[str, Any], Serialized]]] = (
-            OrderedDict())
+        self._cache: OrderedDict[int, tuple[weakref.ref, Call]] = OrderedDict()
 
-    def get(self, func: Any) -> tuple[dict[str, Any], Serialized]:
+    def get(self, func: Any) -> Call:
         """``func``'s call: its task fields (``{"func": token}``, never to be changed)
         and its pickle; one pair per remembered function, shared by the recipes
         of all its tasks."""
@@ -76,7 +76,7 @@ class FunctionCache:
             self._remember(func, call)
         return call
 
-    def _remember(self, func: Any, call: tuple[dict[str, Any], Serialized]) -> None:
+    def _remember(self, func: Any, call: Call) -> None:
         nbytes = call[1].nbytes
         if nbytes > self.max_bytes:
             return
