@@ -1,4 +1,4 @@
-"""Buffer addresses through the buffer protocol, and large bytes built over huge pages."""
+"""Buffer addresses through the buffer protocol, and large bytes filled in one copy."""
 
 from __future__ import annotations
 

@@ -11,7 +11,7 @@ are wrapped on the way out, whether they are the value itself or an item of
 a list, tuple or dict value (up to :data:`SCAN_MAX_ITEMS` items, not deeper).
 On the way in a memoryview is rebuilt over the received frame without a
 copy; a bytes or bytearray object owns its memory, so it is one copy (a large
-bytes one into transparent huge pages, see ``_memory.py``).
+bytes one over the idle cores, see ``_memory.py``).
 
 numpy pickles a datetime64 or timedelta64 array in band (its buffer export
 refuses those dtypes), so every time-indexed pandas frame used to carry its
