@@ -87,7 +87,7 @@ def test_roots_fill_every_worker_evenly_before_any_gets_more():
 
     more = _roots(state, 100, "s")  # 50 slots left: the workers with one task take them
     assert {w for w, _ in more} == {w for w, n in per_worker.items() if n == 1}
-    assert len(more) == 50 and len(state.placement.queued) == 50
+    assert len(more) == 50 and state.placement.queued == 50
     assert state.placement.loads.idle == 0 and state.placement.loads.saturated == 100
 
     worker, key = sent[0]

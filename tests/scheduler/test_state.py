@@ -296,11 +296,29 @@ def test_resources_restrict_placement(state):
 def test_roots_beyond_the_slots_are_queued(state):
     out = state.handle(graph(*(spec(f"r{i}") for i in range(50))))
     assert len(computes(out)) == sum(state.placement.slots(ws) for ws in state.workers.values())
-    assert len(state.placement.queued) == 50 - len(computes(out))
+    assert state.placement.queued == 50 - len(computes(out))
     w = state.workers["w1"]
     first = next(iter(w.processing))
     out = state.handle(TaskFinished(S, "w1", first.key, 8))
     assert len(computes(out, "w1")) == 1  # the one slot it freed
+
+
+def test_a_root_queued_again_before_its_old_entry_is_reached_is_handed_out_once(state):
+    state.handle(AddWorker(S, "w3", "w3", 1, 10**9))
+    state.handle(graph(*(spec(f"r{i}") for i in range(12))))
+    last = "r11"
+    assert state.tasks[last].state == "queued"
+    # the last root arrives from elsewhere while queued, then is lost with w3:
+    # queued again while its first entry is still in the queue
+    state.handle(UpdateData(S, "c", {last: ["w3"]}, {last: 8}))
+    state.handle(RemoveWorker(S, "w3"))
+    assert state.tasks[last].state == "queued"
+    state.validate()
+    queued = state.placement.queued
+    out = state.handle(AddWorker(S, "big", "big", 64, 10**9))  # room for the whole queue
+    given = computes(out, "big")
+    assert sorted(given) == sorted(set(given)) and len(given) == queued, given
+    assert state.placement.queued == 0 and state.tasks[last].processing_on.address == "big"
 
 
 def test_result_nobody_asked_for_is_freed_on_its_worker(state):
@@ -312,11 +330,11 @@ def test_worker_freed_by_erring_dependents_takes_queued_roots(state):
     state.handle(UpdateData(S, "c", {"x": ["w1"]}, {"x": 8}))
     state.handle(graph(spec("b", "x", workers=["w2"])))
     state.handle(graph(*(spec(f"r{i}") for i in range(20))))  # roots queue behind it
-    queued = len(state.placement.queued)
+    queued = state.placement.queued
     assert queued and state.tasks["b"].processing_on.address == "w2"
     out = state.handle(MissingData(S, "w2", "x", "w1"))  # x, unrecomputable, is gone
     assert state.tasks["b"].state == "erred"
-    assert computes(out, "w2") and len(state.placement.queued) < queued
+    assert computes(out, "w2") and state.placement.queued < queued
 
 
 def test_rejoining_worker_data_is_kept_for_clients_then_released(state):
@@ -430,7 +448,7 @@ def test_a_resumed_worker_gets_work_again(state):
     pause(state, "w2")
     out = state.handle(graph(*(spec(f"r{i}") for i in range(4)),
                              spec("only-w1", workers=["w1"])))
-    assert computes(out) == [] and len(state.placement.queued) == 4
+    assert computes(out) == [] and state.placement.queued == 4
     assert state.tasks["only-w1"].state == "no-worker"
     out = pause(state, "w1", False)
     assert state.workers["w1"].status == "running"

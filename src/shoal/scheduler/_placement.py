@@ -55,7 +55,11 @@ EXTRA_CANDIDATES = 2
 class Placement:
     def __init__(self, state: SchedulerState) -> None:
         self.state = state
-        self.queued: set[TaskState] = set()
+        #: how many tasks are queued.  The runs may also hold tasks that left the
+        #: queue since (their state says so): those are skipped when reached.  A
+        #: count, not a set: a set of a million queued tasks cost memory, and its
+        #: rehash on growth stalled the event loop for tens of milliseconds.
+        self.queued = 0
         #: the runs, as (priority of the run's first task, order made, run)
         self._runs: list[tuple[tuple, int, deque[TaskState]]] = []
         self._newest: deque[TaskState] | None = None  # the run a task may join at its end
@@ -222,7 +226,7 @@ class Placement:
         self.loads.refile(ws)
 
     def enqueue(self, ts: TaskState) -> None:
-        self.queued.add(ts)
+        self.queued += 1
         newest = self._newest
         if newest is not None and newest[-1].priority <= ts.priority:
             newest.append(ts)
@@ -235,15 +239,17 @@ class Placement:
         heapq.heappush(runs, (ts.priority, next(self._counter), run))
 
     def dequeue(self, ts: TaskState) -> None:
-        self.queued.discard(ts)  # its heap entry is skipped when popped
+        """``ts`` leaves the "queued" state (its run's entry is skipped when reached)."""
+        self.queued -= 1
 
     def take(self, ws: WorkerState) -> list[TaskState]:
         """The queued roots ``ws`` should be given now: as many as its free slots."""
         if ws.status != "running" or not self.queued:
             return []
-        runs, queued = self._runs, self.queued
+        runs = self._runs
         room = self.slots(ws) - ws.busy
         taken: list[TaskState] = []
+        chosen: set[TaskState] = set()  # a task queued twice has two entries
         while runs and len(taken) < room:
             _, order, run = runs[0]
             ts = run.popleft()
@@ -253,7 +259,11 @@ class Placement:
                     self._newest = None
             elif len(runs) > 1:  # its first task changed: it may not come first any more
                 heapq.heapreplace(runs, (run[0].priority, order, run))
-            if ts in queued:  # else dequeued since: skipped here
-                queued.discard(ts)
+            if ts.state == "queued" and ts not in chosen:  # else it left the queue since
+                chosen.add(ts)
                 taken.append(ts)
         return taken
+
+    def queued_tasks(self) -> set[TaskState]:
+        """The queued tasks the runs hold (for validation: it walks every run)."""
+        return {ts for _, _, run in self._runs for ts in run if ts.state == "queued"}

@@ -14,6 +14,7 @@ if TYPE_CHECKING:
 def validate_state(state: SchedulerState) -> None:
     """Check every invariant; raises AssertionError naming the broken one."""
     recount: dict[str, dict[str, int]] = {}
+    queue = state.placement.queued_tasks()
     for key, ts in state.tasks.items():
         assert ts.key == key
         ts.validate()
@@ -26,7 +27,7 @@ def validate_state(state: SchedulerState) -> None:
             ws = ts.processing_on
             assert ws is not None and ws.address in state.workers and ts in ws.processing
         if ts.state == "queued":
-            assert ts in state.placement.queued, f"{key} queued but not in the queue"
+            assert ts in queue, f"{key} queued but not in the queue"
         for ws in ts.who_has:
             assert ws.address in state.workers and ts in ws.has_what
     kept = {prefix: {s: n for s, n in counts.items() if n}
@@ -37,8 +38,9 @@ def validate_state(state: SchedulerState) -> None:
         for ts in ws.has_what:
             assert ts.key in state.tasks and ts.state == "memory"
     state.placement.loads.check(state.workers)
-    for ts in state.placement.queued:
-        assert ts.state == "queued" and ts.key in state.tasks
+    assert len(queue) == state.placement.queued, (len(queue), state.placement.queued)
+    for ts in queue:
+        assert state.tasks.get(ts.key) is ts, f"{ts.key}: queued but forgotten"
     for ts in state.stealing.in_flight:
         assert ts.state == "processing", f"{ts.key}: stealing a task that is {ts.state}"
     for token in state.function_refs:
