@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 
-from shoal import Client, LocalCluster
+from shoal import Client, Event, LocalCluster, wait
 
 from .observability_support import ARTIFACTS
 
@@ -30,7 +30,17 @@ pytestmark = pytest.mark.skipif(
     CHROMIUM is None, reason="chromium is not installed (apt-get install -y chromium)")
 
 N_TASKS = 600
-TASK_SECONDS = 0.05
+#: The first tasks finish at once; the others wait for the gate, which the
+#: tests open when they are done, so the page always meets a running
+#: computation with some of it finished, however slow the machine.
+N_FINISHED = 40
+GATE = "dashboard-gate"
+GATE_TIMEOUT = 120.0
+
+
+def pause(gated: bool) -> bool:
+    time.sleep(0.01)
+    return Event(GATE).wait(timeout=GATE_TIMEOUT) if gated else True
 
 
 class Elements(HTMLParser):
@@ -82,9 +92,13 @@ def busy_cluster() -> Iterator[tuple[LocalCluster, Client, list]]:
     with LocalCluster(n_workers=2, threads_per_worker=1, processes=True,
                       dashboard_address=0) as cluster, Client(cluster) as client:
         cluster.wait_for_workers(2)
-        futures = client.map(time.sleep, [TASK_SECONDS] * N_TASKS, pure=False)
-        yield cluster, client, futures
-        client.cancel(futures)
+        futures = client.map(pause, [i >= N_FINISHED for i in range(N_TASKS)], pure=False)
+        wait(futures[:N_FINISHED], timeout=60)
+        try:
+            yield cluster, client, futures
+        finally:
+            Event(GATE).set()
+            client.cancel(futures)
 
 
 def test_dashboard_renders_workers_progress_and_task_stream(busy_cluster, tmp_path) -> None:
@@ -101,7 +115,7 @@ def test_dashboard_renders_workers_progress_and_task_stream(busy_cluster, tmp_pa
     workers = {a["data-worker"] for a in dom.having("data-worker")}
     assert workers == set(client.scheduler_info()["workers"])
     prefixes = {a["data-prefix"] for a in dom.having("data-prefix")}
-    assert "sleep" in prefixes
+    assert "pause" in prefixes
     figures = [t for t in dom.texts.get("figures", []) if t]
     done, total = (int(x) for x in figures[0].split("/"))
     assert total == N_TASKS and 0 < done < N_TASKS, figures

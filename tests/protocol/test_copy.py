@@ -101,7 +101,9 @@ def _copy_in_child(queue):
 def test_a_forked_child_starts_its_own_helpers(monkeypatch):
     monkeypatch.setattr(_copy, "_usable_cpus", lambda: 2)
     source = np.arange(8 * MiB, dtype="u1")
-    _copy.copy(_address(np.empty_like(source)), _address(source), source.nbytes)
+    dest = np.empty_like(source)  # held: the copy writes into it
+    _copy.copy(_address(dest), _address(source), source.nbytes)
+    assert np.array_equal(dest, source)
     assert _copy._helpers is not None  # the parent's pool, whose threads a child lacks
     context = multiprocessing.get_context("fork")
     queue = context.Queue()
