@@ -45,6 +45,8 @@ from collections import deque
 from collections.abc import Callable
 from typing import NamedTuple
 
+from ..protocol._copy import MADV_POPULATE_WRITE
+
 __all__ = ["CAPACITY", "BufferPool", "bound", "idle_mapped_bytes", "map_buffer", "pool",
            "release"]
 
@@ -57,7 +59,6 @@ POOL_MAX_BYTES = 512 * 1024 * 1024
 POOL_MAX_ENV = "SHOAL_BUFFER_POOL_BYTES"
 #: Mapping lengths per power of two (see _mapping_size).
 LEASE_STEPS = 8
-_MADV_POPULATE_WRITE = getattr(mmap, "MADV_POPULATE_WRITE", 23)
 #: An idle memfd is closed after this long.
 IDLE_SECONDS = 10.0
 SIZE_SEALS = (getattr(fcntl, "F_SEAL_SHRINK", 0) | getattr(fcntl, "F_SEAL_GROW", 0)
@@ -305,7 +306,7 @@ def _populate(mapping: mmap.mmap, size: int) -> None:
     """Map the first ``size`` bytes' pages (only those: past them the memfd may
     have no pages, and populating would commit some)."""
     try:
-        mapping.madvise(_MADV_POPULATE_WRITE, 0, -(-size // mmap.PAGESIZE) * mmap.PAGESIZE)
+        mapping.madvise(MADV_POPULATE_WRITE, 0, -(-size // mmap.PAGESIZE) * mmap.PAGESIZE)
     except (OSError, ValueError):  # before Linux 5.14: the pages fault in as written
         pass
 

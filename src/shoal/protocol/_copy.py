@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import mmap
 import os
 import sys
 import threading
@@ -46,7 +47,8 @@ _PART_MIN = 2 * 1024 * 1024
 #: More parts than this did not go faster where it was measured.
 _MOST_PARTS = 4
 _PAGE = 4096
-_MADV_POPULATE_WRITE = 23  # Linux 5.14+; elsewhere madvise refuses it, harmlessly
+#: Linux 5.14+ (Python 3.11's mmap may not name it); elsewhere madvise refuses it, harmlessly.
+MADV_POPULATE_WRITE = getattr(mmap, "MADV_POPULATE_WRITE", 23)
 
 
 def _usable_cpus() -> int:
@@ -91,8 +93,10 @@ if hasattr(os, "register_at_fork"):
 def _parts(size: int) -> list[tuple[int, int]]:
     """(offset, length) of each part of a range of ``size`` bytes; one part
     when it is small or the machine has one usable core."""
+    if size < PARALLEL_MIN_BYTES:
+        return [(0, size)]
     count = min(_usable_cpus(), _MOST_PARTS, size // _PART_MIN)
-    if size < PARALLEL_MIN_BYTES or count < 2:
+    if count < 2:
         return [(0, size)]
     step = (-(-size // count) + _PAGE - 1) // _PAGE * _PAGE
     return [(at, min(step, size - at)) for at in range(0, size, step)]
@@ -132,4 +136,4 @@ def prefault(owner: object, start: int, size: int) -> None:
 
 
 def _populate(owner: object, start: int, size: int) -> None:
-    _madvise(start, size, _MADV_POPULATE_WRITE)  # only a head start: a refusal changes nothing
+    _madvise(start, size, MADV_POPULATE_WRITE)  # only a head start: a refusal changes nothing

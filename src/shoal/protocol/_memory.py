@@ -104,8 +104,8 @@ def bytearray_from(buf: Any) -> bytearray:
 
 def _copy_into(buf: Any, make: Any, plain: type) -> Any:
     view = memoryview(buf)
-    where = buffer_address(view)
-    if where is None or where[1] < _copy.PARALLEL_MIN_BYTES:
+    where = buffer_address(view) if view.nbytes >= _copy.PARALLEL_MIN_BYTES else None
+    if where is None:  # small, or not contiguous
         return plain(view)
     source, size = where
     out = make(None, size)  # uninitialised, and seen by no one until filled
