@@ -6,24 +6,27 @@ and is computed once.  A function is named by the hash of its pickled bytes;
 workers cache it under that name, which is what makes ``map`` pay for the
 function once.
 
-Only functions that pickle *by reference* (importable by module and name)
-are remembered by identity: their bytes cannot change.  A function pickled
-by value (defined in ``__main__``, a lambda, a closure) carries the globals
-and cells it reads, which the user may change between two submits, so it is
-pickled again every time and named by its content.  The identity cache
-holds its functions weakly and is bounded in bytes: it keeps nothing alive.
+A function that pickles *by reference* (importable by module and name) is
+remembered by identity: its bytes cannot change.  A function pickled by value
+(defined in ``__main__``, a lambda, a closure) carries the globals and cells
+it reads, which the user may change between two submits: it is remembered
+with its fingerprint (:mod:`._fingerprint`), the objects its pickle is made
+of, and pickled again whenever one of them is not the same object as last
+time, or when it holds anything that could change in place.  The cache holds
+functions weakly and is bounded in bytes: it keeps nothing alive.
 """
 
 from __future__ import annotations
 
 import hashlib
-import sys
+import types
 import uuid
 import weakref
 from collections import OrderedDict
 from typing import Any
 
 from ..protocol import Serialized, serialize
+from ._fingerprint import fingerprint, pickled_by_reference, same
 from ._recipes import Call
 
 #: Upper bound of the pickled bytes the identity cache keeps.
@@ -35,18 +38,6 @@ def funcname(func: Any) -> str:
     return name.replace("<", "").replace(">", "") or "task"
 
 
-def pickled_by_reference(func: Any) -> bool:
-    """Whether pickling ``func`` records only its module and name (so it cannot change)."""
-    module_name = getattr(func, "__module__", None)
-    qualname = getattr(func, "__qualname__", None)
-    if not module_name or module_name == "__main__" or not qualname or "<" in qualname:
-        return False
-    found: Any = sys.modules.get(module_name)
-    for part in qualname.split("."):
-        found = getattr(found, part, None)
-    return found is func
-
-
 def _token(func: Any, ser: Serialized) -> str:
     digest = hashlib.sha1(usedforsecurity=False)
     for frame in ser.frames:
@@ -55,12 +46,18 @@ def _token(func: Any, ser: Serialized) -> str:
 
 
 class FunctionCache:
-    """Pickled functions with their content tokens (see the module docstring)."""
+    """Pickled functions with their content tokens (see the module docstring).
+
+    An importable function's entry is filed under its own id; a function
+    pickled by value's, under its code's, with the fingerprint that must
+    match (lambdas made by one line share one entry).
+    """
 
     def __init__(self, max_bytes: int = MAX_CACHED_FUNCTION_BYTES) -> None:
         self.max_bytes = max_bytes
         self.nbytes = 0
-        self._cache: OrderedDict[int, tuple[weakref.ref, Call]] = OrderedDict()
+        self._cache: OrderedDict[int, tuple[weakref.ref, list[Any] | None, Call]] = \
+            OrderedDict()
 
     def get(self, func: Any) -> Call:
         """``func``'s call: its task fields (``{"func": token}``, never to be changed)
@@ -69,31 +66,54 @@ class FunctionCache:
         entry = self._cache.get(id(func))
         if entry is not None and entry[0]() is func:
             self._cache.move_to_end(id(func))
-            return entry[1]
+            return entry[2]
+        prints = None
+        if type(func) is types.FunctionType and not pickled_by_reference(func):
+            prints = fingerprint(func)
+            if prints is not None:
+                entry = self._cache.get(id(func.__code__))
+                if (entry is not None and entry[0]() is func.__code__ and entry[1] is not None
+                        and same(entry[1], prints)):
+                    self._cache.move_to_end(id(func.__code__))
+                    return entry[2]
         ser = serialize(func)  # raises SerializationError with the function's name
         call = ({"func": _token(func, ser)}, ser)
-        if pickled_by_reference(func):
-            self._remember(func, call)
+        if prints is not None:
+            self._remember(func.__code__, prints, call)
+        elif pickled_by_reference(func):
+            self._remember(func, None, call)
         return call
 
-    def _remember(self, func: Any, call: Call) -> None:
+    def _remember(self, owner: Any, prints: list[Any] | None, call: Call) -> None:
         nbytes = call[1].nbytes
         if nbytes > self.max_bytes:
             return
-        try:
-            ref = weakref.ref(func)  # a dead entry just misses, until it is evicted
+        key = id(owner)
+        try:  # a dead entry goes at once: nothing it lists stays alive
+            ref = weakref.ref(owner, self._dropper(key))
         except TypeError:  # not weakly referenceable: not cached
             return
-        self._forget(id(func))
-        self._cache[id(func)] = (ref, call)
+        self._forget(key)
+        self._cache[key] = (ref, prints, call)
         self.nbytes += nbytes
         while self.nbytes > self.max_bytes:
             self._forget(next(iter(self._cache)))
 
+    def _dropper(self, key: int) -> Any:
+        me = weakref.ref(self)
+
+        def drop(ref: weakref.ref) -> None:
+            cache = me()
+            if cache is not None:
+                entry = cache._cache.get(key)
+                if entry is not None and entry[0] is ref:
+                    cache._forget(key)
+        return drop
+
     def _forget(self, key: int) -> None:
         entry = self._cache.pop(key, None)
         if entry is not None:
-            self.nbytes -= entry[1][1].nbytes
+            self.nbytes -= entry[2][1].nbytes
 
     def __len__(self) -> int:
         return len(self._cache)

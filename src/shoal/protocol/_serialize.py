@@ -213,6 +213,9 @@ def serialize(obj: Any) -> Serialized:
     buffers = _OutOfBandBuffers()
     obj = _wrap_large_buffers(obj)
     try:
+        if cloudpickle.list_registry_pickle_by_value():
+            # plain pickle would store their functions and classes by name
+            raise pickle.PicklingError("modules are registered to be pickled by value")
         stream = _dumps(obj, buffers)
         if _by_reference_to_main(stream):
             raise pickle.PicklingError("refers to __main__")
