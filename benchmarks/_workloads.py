@@ -124,23 +124,48 @@ def independent(system: _systems.System, sizes: dict[str, int]) -> dict[str, Any
 
 def tree(system: _systems.System, sizes: dict[str, int]) -> dict[str, Any]:
     """A binary tree reduction: leaves by ``map``, then ``submit(add, a, b)`` level by level."""
+    return _tree(system, sizes, "tree", _tasks.inc, _tasks.add)
+
+
+#: The tree's functions as a notebook cell defines them: in ``__main__``, so each
+#: system ships them by value (pickled with what they read), not by reference.
+NOTEBOOK_CELL = """
+STEP = 1
+
+def inc(x):
+    return x + STEP
+
+def add(a, b):
+    return a + b
+"""
+
+
+def notebook(system: _systems.System, sizes: dict[str, int]) -> dict[str, Any]:
+    """The tree reduction over functions defined in a notebook."""
+    namespace: dict[str, Any] = {"__name__": "__main__"}
+    exec(compile(NOTEBOOK_CELL, "<notebook cell>", "exec"), namespace)  # noqa: S102
+    return _tree(system, sizes, "notebook", namespace["inc"], namespace["add"])
+
+
+def _tree(system: _systems.System, sizes: dict[str, int], tag: str,
+          inc: Callable[[int], int], add: Callable[[int, int], int]) -> dict[str, Any]:
     leaves = sizes["tree_leaves"]
     with _systems.local_cluster(system) as client:
         _warm_up(client)
-        assert client.submit(_tasks.add, -1, -2).result() == -3
+        assert client.submit(add, -1, -2).result() == -3
         with CpuMeter(client) as cpu:
             start = time.perf_counter()
-            level = client.map(_tasks.inc, range(leaves))
+            level = client.map(inc, range(leaves))
             while len(level) > 1:
-                pairs = [client.submit(_tasks.add, level[i], level[i + 1])
+                pairs = [client.submit(add, level[i], level[i + 1])
                          for i in range(0, len(level) - 1, 2)]
                 level = pairs + level[2 * len(pairs):]
             total = level[0].result()
             elapsed = time.perf_counter() - start
     assert total == sum(i + 1 for i in range(leaves)), total
     n_tasks = 2 * leaves - 1  # every add turns two values into one
-    return {"tree_tasks_per_s": n_tasks / elapsed, "tree_tasks": n_tasks,
-            "tree_seconds": elapsed, **cpu.per_task("tree", n_tasks)}
+    return {f"{tag}_tasks_per_s": n_tasks / elapsed, f"{tag}_tasks": n_tasks,
+            f"{tag}_seconds": elapsed, **cpu.per_task(tag, n_tasks)}
 
 
 def _transfer_round(system: _systems.System, client: Any, a: str, b: tuple[str, int],
@@ -268,6 +293,7 @@ WORKLOADS: dict[str, Callable[[_systems.System, dict[str, int]], dict[str, Any]]
     "roundtrip": roundtrip,
     "independent": independent,
     "tree": tree,
+    "notebook": notebook,
     "transfer": transfer,
     "tcp": transfer_tcp,
     "memory": memory,
