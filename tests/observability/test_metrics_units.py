@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 
 import pytest
@@ -11,6 +12,7 @@ from shoal.scheduler import Scheduler
 from shoal.scheduler._dashboard import (
     BUSY_WINDOW,
     MAX_STREAM_ENTRIES,
+    StreamJSON,
     busy_fractions,
     recent_stream,
 )
@@ -21,7 +23,8 @@ from .observability_support import sample, scrape
 
 
 def entry(i: int) -> dict:
-    return {"key": f"inc-{i:032x}", "worker": "tcp://w:1", "start": float(i), "stop": i + 0.5}
+    return {"key": f"inc-{i:032x}", "prefix": "inc", "worker": "tcp://w:1", "start": float(i),
+            "stop": i + 0.5}
 
 
 def test_stream_tail_hands_out_each_entry_once_across_cuts() -> None:
@@ -90,6 +93,22 @@ def test_dashboard_stream_since_and_limit() -> None:
     assert len(newest) == MAX_STREAM_ENTRIES and newest[-1]["start"] == 2999.0
     assert newest[0]["prefix"] == "inc"
     assert recent_stream(stream, since=1e12) == []
+
+
+def test_the_dashboards_stream_json_encodes_each_entry_once_and_stays_exact() -> None:
+    encoder = StreamJSON()
+    stream = [entry(i) for i in range(3000)]
+    first = encoder.encode(recent_stream(stream, since=0.0))
+    assert json.loads(first) == stream[-MAX_STREAM_ENTRIES:]
+    cached = len(encoder._texts)
+    assert encoder.encode(recent_stream(stream, since=0.0)) == first
+    assert len(encoder._texts) == cached  # nothing encoded again
+    del stream[:1000]  # the scheduler cuts old entries; ids may be reused by new ones
+    stream.extend(entry(i) for i in range(3000, 9000))
+    for since in (0.0, 8990.0, 1e12):
+        assert json.loads(encoder.encode(recent_stream(stream, since))) == \
+            recent_stream(stream, since)
+    assert len(encoder._texts) <= 4 * MAX_STREAM_ENTRIES + MAX_STREAM_ENTRIES
 
 
 def test_busy_fraction_is_thread_time_in_tasks() -> None:

@@ -146,7 +146,9 @@ class DashboardData(_Base):
         if not math.isfinite(since):
             raise HTTPError(400, f'"since" must be a finite number, got {raw!r}')
         self.set_header("Cache-Control", "no-cache")
-        self.write_json(_dashboard.snapshot(self.scheduler, self.monitor, since))
+        self.set_header("Content-Type", "application/json")
+        self.finish(_dashboard.snapshot_json(self.scheduler, self.monitor, since,
+                                             self.scheduler.stream_json))
 
 
 class Redirect(_Base):

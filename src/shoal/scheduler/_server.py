@@ -46,7 +46,7 @@ from ..protocol._schema import InvalidMessage
 from ._adaptive import adaptive_target
 from ._catch_up import CatchUp
 from ._coordination import Coordination
-from ._dashboard import BusyMeter, recent_stream
+from ._dashboard import BusyMeter, StreamJSON, recent_stream
 from ._datasets import Datasets
 from ._events import (
     AddClient,
@@ -72,6 +72,7 @@ from ._events import (
     UpdateGraph,
 )
 from ._holds import Holds
+from ._model import key_prefix
 from ._plugins import Plugins
 from ._rebalance import rebalance
 from ._replicate import replicate
@@ -181,6 +182,7 @@ class Scheduler:
         self._http: Any = None
         self.task_stream: list[dict[str, Any]] = []
         self.busy = BusyMeter()  # each worker's recent time in tasks (the dashboard's)
+        self.stream_json = StreamJSON()  # the dashboard's task stream, each entry encoded once
         self._closed = asyncio.Event()
 
     async def start(self) -> Scheduler:
@@ -390,8 +392,9 @@ class Scheduler:
         stop = msg.get("stop")
         if stop:
             start = msg.get("start") or 0.0
-            self.task_stream.append({"key": msg["key"], "worker": address, "start": start,
-                                     "stop": stop})
+            key = msg["key"]
+            self.task_stream.append({"key": key, "prefix": key_prefix(key), "worker": address,
+                                     "start": start, "stop": stop})
             self.busy.record(address, start, stop)
             if len(self.task_stream) > 10_000:
                 del self.task_stream[:5_000]
