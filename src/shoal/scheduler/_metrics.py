@@ -28,7 +28,7 @@ from prometheus_client.registry import Collector
 
 from .._histogram import Durations
 from ._adaptive import adaptive_target
-from ._model import WorkerState, key_prefix
+from ._model import WorkerState
 
 if TYPE_CHECKING:
     from ._server import Scheduler
@@ -134,8 +134,7 @@ class SchedulerMonitor:
         by_prefix: dict[str, list[float]] = {}
         for entry in self.tail.new_entries():
             seconds = entry["stop"] - entry["start"]
-            by_prefix.setdefault(key_prefix(entry["key"]), []).append(
-                max(0.0, seconds))
+            by_prefix.setdefault(entry["prefix"], []).append(max(0.0, seconds))
         for prefix, durations in by_prefix.items():
             self.durations.observe_many(durations, prefix)
         return self.transfer.update(self.scheduler.state.workers)
