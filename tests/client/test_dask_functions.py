@@ -14,6 +14,7 @@ from typing import Any
 import cloudpickle
 
 from shoal import Client
+from shoal.client._fingerprint import fingerprint
 from shoal.client._tokenize import FunctionCache
 from shoal.protocol import deserialize
 
@@ -177,6 +178,20 @@ def test_a_function_pickled_by_value_is_pickled_again_only_when_what_it_is_made_
     before = cache.get(bump)
     set_to(4)
     assert deserialize(cache.get(bump)[1])(1) == 5 and cache.get(bump)[0] != before[0]
+
+
+def test_a_global_whose_attributes_raise_leaves_its_function_without_fingerprint():
+    class Hostile(type):
+        def __getattribute__(cls, name: str) -> Any:
+            if name in ("__module__", "__qualname__"):
+                raise RuntimeError("no")
+            return super().__getattribute__(name)
+
+    f, namespace = _main_function("def f(x):\n    return x + 1 + len([Odd])\n")
+    namespace["Odd"] = Hostile("Odd", (), {})
+    assert fingerprint(f) is None  # not an error of its own: pickling it says what is wrong
+    namespace["Odd"] = int
+    assert fingerprint(f) is not None
 
 
 def _closure() -> tuple[Any, Any]:

@@ -89,8 +89,8 @@ def fingerprint(func: types.FunctionType) -> list[Any] | None:
     out: list[Any] = [len(sys.modules)]
     try:
         _function(func, out, set())
-    except _Unstable:
-        return None
+    except Exception:  # noqa: BLE001 - _Unstable, or user code (a metaclass's
+        return None    # __getattr__) that raised: then it is pickled, as always
     return out
 
 
