@@ -10,6 +10,7 @@ from shoal.scheduler._events import (
     AddClient,
     AddWorker,
     Heartbeat,
+    LongRunning,
     RemoveWorker,
     RetireWorkers,
     TaskFinished,
@@ -94,6 +95,39 @@ def test_roots_fill_every_worker_evenly_before_any_gets_more():
     out = state.handle(TaskFinished(S, worker, key, 8))  # a slot frees: the queue's next
     state.validate()
     assert [w for w, _ in _computes(out)] == [worker]
+
+
+def _more(state: SchedulerState, keys: list[str]) -> list[tuple[str, str]]:
+    specs = [TaskSpec(key, "f", b"a") for key in keys]
+    out = state.handle(UpdateGraph(S, "c", specs, {"f": b"F"}, keys))
+    state.validate()
+    return _computes(out)
+
+
+def test_no_room_for_a_prefix_is_remembered_only_until_a_slot_frees():
+    # a graph's roots ask for a worker with room one by one; once none had room,
+    # the next are queued without a pass, until a finish, a secession or a worker
+    # joining makes room again: a new root of the same prefix must go out at once
+    state = _cluster(1)
+    sent = _roots(state, 5)  # one thread: 2 slots, 3 roots queued
+    assert len(sent) == 2 and state.placement.queued == 3
+    todo = list(sent)
+    while todo:
+        worker, key = todo.pop(0)
+        todo += _computes(state.handle(TaskFinished(S, worker, key, 8)))
+        state.validate()
+    assert state.placement.queued == 0 and state.workers["w0"].busy == 0
+    assert _more(state, ["r-5"]) == [("w0", "r-5")]
+
+    assert _more(state, ["r-6", "r-7"]) == [("w0", "r-6")]  # full again: r-7 queued
+    assert _more(state, ["r-8"]) == []
+    state.handle(LongRunning(S, "w0", "r-5"))  # its slot frees: the queue's next takes it
+    state.validate()
+    assert state.placement.queued == 1
+    state.handle(AddWorker(S, "w1", "w1", 1, 10**9))  # room on a new worker
+    state.validate()
+    assert state.placement.queued == 0
+    assert _more(state, ["r-9"]) == [("w1", "r-9")]
 
 
 def test_the_index_follows_pauses_retirements_and_departures():

@@ -17,9 +17,12 @@ pass:
 * how many tasks are processing anywhere (``processing``), paused and
   closing workers included.
 
-The placement's bookkeeping (``occupy``, ``unassign``, ``secede``) and every
-change of a worker's status call :meth:`Loads.refile`; the scheduler's
-``validate()`` checks the index against a pass over the workers.
+Every change of a worker's status calls :meth:`Loads.refile`.  The
+placement's bookkeeping (``occupy``, ``unassign``, ``secede``) calls
+:meth:`Loads.touch` instead, and the touched workers are filed when the index
+is next read: a finished task and the queued root that takes its slot leave
+a worker's busy count where it was, so most touches need no move at all.  The
+scheduler's ``validate()`` checks the index against a pass over the workers.
 """
 
 from __future__ import annotations
@@ -35,10 +38,54 @@ class Loads:
         self.groups: dict[int, dict[int, dict[WorkerState, None]]] = {}
         #: each running worker -> the busy count it is filed under
         self.filed: dict[WorkerState, int] = {}
-        self.ring: list[WorkerState] = []
-        self.idle = 0
-        self.saturated = 0
+        self._ring: list[WorkerState] = []
+        self._idle = 0
+        self._saturated = 0
         self.processing = 0
+        #: counts the refilings that may have made room: a running worker less
+        #: busy than before, or newly running (see Placement._idlest_with_room)
+        self._freed = 0
+        #: workers touched since the last settle, the last touched last
+        self._touched: dict[WorkerState, None] = {}
+
+    def touch(self, ws: WorkerState) -> None:
+        """``ws`` changed its busy count: filed anew when the index is next read.
+
+        A finished task frees a slot that the next queued root takes at once,
+        so filing on every change would move most workers out and back in.
+        """
+        touched = self._touched
+        if ws in touched:
+            del touched[ws]  # to the end: filed after the others, as if last
+        touched[ws] = None
+
+    def settle(self) -> None:
+        """File the touched workers, in the order last touched."""
+        touched = self._touched
+        while touched:
+            ws = next(iter(touched))
+            del touched[ws]
+            self.refile(ws)
+
+    @property
+    def ring(self) -> list[WorkerState]:
+        self.settle()
+        return self._ring
+
+    @property
+    def idle(self) -> int:
+        self.settle()
+        return self._idle
+
+    @property
+    def saturated(self) -> int:
+        self.settle()
+        return self._saturated
+
+    @property
+    def freed(self) -> int:
+        self.settle()
+        return self._freed
 
     def refile(self, ws: WorkerState) -> None:
         """``ws`` changed its busy count or its status: file it anew."""
@@ -46,6 +93,8 @@ class Loads:
         old = self.filed.get(ws)
         if old == busy:
             return
+        if busy is not None and (old is None or busy < old):
+            self._freed += 1
         if old is not None:
             group = self.groups[ws.nthreads]
             bucket = group[old]
@@ -55,19 +104,19 @@ class Loads:
             self._count(ws, old, -1)
         if busy is None:
             del self.filed[ws]
-            self.ring.remove(ws)  # a worker stops running rarely: a pass is fine here
+            self._ring.remove(ws)  # a worker stops running rarely: a pass is fine here
             return
         if old is None:
-            self.ring.append(ws)
+            self._ring.append(ws)
         self.groups.setdefault(ws.nthreads, {}).setdefault(busy, {})[ws] = None
         self.filed[ws] = busy
         self._count(ws, busy, 1)
 
     def _count(self, ws: WorkerState, busy: int, sign: int) -> None:
         if busy < ws.nthreads:
-            self.idle += sign
+            self._idle += sign
         elif busy > ws.nthreads:
-            self.saturated += sign
+            self._saturated += sign
 
     def least_busy(self) -> Iterator[WorkerState]:
         """For each thread count, the running worker with the fewest busy slots.
@@ -76,12 +125,14 @@ class Loads:
         recently, so a lone task after another goes to the same warm worker
         (the one its client follows) rather than round the cluster.
         """
+        self.settle()
         for group in self.groups.values():
             if group:
                 yield next(reversed(group[min(group)]))
 
     def check(self, workers: dict[str, WorkerState]) -> None:
         """Assert the index matches ``workers`` (see ``_validate.py``)."""
+        self.settle()
         running = {ws: ws.busy for ws in workers.values() if ws.status == "running"}
         assert self.filed == running, f"loads filed {self.filed} != {running}"
         assert set(self.ring) == set(running) and len(self.ring) == len(running), "loads ring"

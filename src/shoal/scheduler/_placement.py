@@ -52,6 +52,17 @@ MAX_SLOTS_PER_THREAD = 64
 EXTRA_CANDIDATES = 2
 
 
+#: Tasks this short or shorter get MAX_SLOTS_PER_THREAD.
+_TINY = PIPELINE_SECONDS / MAX_SLOTS_PER_THREAD
+
+
+def _per_thread(duration: float | None) -> int:
+    """Roots per thread beyond SATURATION for tasks of ``duration`` (None: unknown)."""
+    if duration is None:
+        return 0
+    return min(math.ceil(PIPELINE_SECONDS / max(duration, 1e-6)), MAX_SLOTS_PER_THREAD)
+
+
 class Placement:
     def __init__(self, state: SchedulerState) -> None:
         self.state = state
@@ -67,8 +78,11 @@ class Placement:
         self._cursor = 0
         self.loads = Loads()
         self.durations: dict[str, float] = {}
-        #: prefix -> {threads: slots} (see slots), until the prefix's duration changes
+        #: prefix -> {threads: slots} (see slots), until the prefix's slots per thread change
         self._slots: dict[str | None, dict[int, int]] = {}
+        #: (prefix, Loads.freed) when no worker had room for a root of that prefix:
+        #: until a slot frees, nor has any for the next (see _idlest_with_room)
+        self._full: tuple[str, int] | None = None
 
     # ------------------------------------------------------------ durations
 
@@ -76,9 +90,15 @@ class Placement:
         return self.durations.get(ts.prefix, UNKNOWN_TASK_DURATION)
 
     def record_duration(self, ts: TaskState, seconds: float) -> None:
-        old = self.durations.get(ts.prefix)
-        self.durations[ts.prefix] = seconds if old is None else 0.8 * old + 0.2 * seconds
-        self._slots.pop(ts.prefix, None)  # counted again when next asked
+        prefix = ts.prefix
+        old = self.durations.get(prefix)
+        new = self.durations[prefix] = seconds if old is None else 0.8 * old + 0.2 * seconds
+        # the slots are counted again when next asked, if they change: tiny tasks,
+        # the ones finishing by the thousand a second, stay at MAX_SLOTS_PER_THREAD
+        if prefix in self._slots and not (old is not None and old <= _TINY and new <= _TINY) \
+                and _per_thread(new) != _per_thread(old):
+            del self._slots[prefix]
+            self._full = None
 
     def slots(self, ws: WorkerState, prefix: str | None = None) -> int:
         """Roots of ``prefix`` (by default the queue's next one) that ``ws`` is given
@@ -91,9 +111,7 @@ class Placement:
             counts = self._slots[prefix] = {}
         count = counts.get(ws.nthreads)
         if count is None:
-            duration = self.durations.get(prefix) if prefix is not None else None
-            per_thread = 0 if duration is None else min(
-                math.ceil(PIPELINE_SECONDS / max(duration, 1e-6)), MAX_SLOTS_PER_THREAD)
+            per_thread = _per_thread(self.durations.get(prefix) if prefix is not None else None)
             count = counts[ws.nthreads] = max(math.ceil(ws.nthreads * SATURATION),
                                               per_thread * ws.nthreads)
         return count
@@ -179,6 +197,11 @@ class Placement:
         return picked
 
     def _idlest_with_room(self, prefix: str) -> WorkerState | None:
+        # a graph of a million roots asks a million times in one pass, and
+        # loads only grow in it: once none had room, none has until a slot frees
+        full = self._full
+        if full is not None and full[0] == prefix and full[1] == self.loads.freed:
+            return None
         best: WorkerState | None = None
         best_load = math.inf
         for ws in self.loads.least_busy():  # as many threads, as many slots
@@ -188,6 +211,8 @@ class Placement:
             relative = load / ws.nthreads
             if relative < best_load:
                 best, best_load = ws, relative
+        if best is None:
+            self._full = (prefix, self.loads.freed)
         return best
 
     # ------------------------------------------------------------ bookkeeping
@@ -200,7 +225,7 @@ class Placement:
         ws.processing[ts] = duration
         ws.occupancy += duration
         self.loads.processing += 1
-        self.loads.refile(ws)
+        self.loads.touch(ws)
 
     def unassign(self, ts: TaskState, ws: WorkerState) -> None:
         self.state.stealing.forget(ts)
@@ -210,14 +235,14 @@ class Placement:
         ws.long_running.discard(ts)
         ws.occupancy = max(0.0, ws.occupancy - duration)
         self.loads.processing -= 1
-        self.loads.refile(ws)
+        self.loads.touch(ws)
 
     def secede(self, ts: TaskState, ws: WorkerState) -> None:
         """``ts`` left its thread slot on ``ws``: the slot can take other work."""
         ws.long_running.add(ts)
         ws.occupancy = max(0.0, ws.occupancy - ws.processing[ts])
         ws.processing[ts] = 0.0
-        self.loads.refile(ws)
+        self.loads.touch(ws)
 
     def set_status(self, ws: WorkerState, status: str) -> None:
         """The one place a worker's status changes after it joined: running
