@@ -509,6 +509,14 @@ class Client(ClusterCalls, DatasetCalls):
 
     def _handle_report(self, msg: dict[str, Any]) -> None:
         op = msg.get("op")
+        if op == "key-in-memory":  # nearly every report: first, and no pass over keys
+            state = self._states.get(msg["key"])
+            if state is not None:
+                workers = msg["workers"]
+                state.finish(self._holders(workers), msg["nbytes"], msg.get("value"))
+                if len(workers) == 1:
+                    self._followed.heard_of(workers[0])
+            return
         if op == "error":
             logger.error("scheduler: %s", msg.get("message"))
             return
@@ -518,7 +526,7 @@ class Client(ClusterCalls, DatasetCalls):
         if op == "task-output":
             show_task_output(msg)
             return
-        if op not in ("key-in-memory", "task-erred", "cancelled-keys", "lost-key"):
+        if op not in ("task-erred", "cancelled-keys", "lost-key"):
             logger.warning("unknown message from the scheduler: %r", op)
             return
         keys: list[str] = msg["keys"] if op == "cancelled-keys" else [msg["key"]]
@@ -526,12 +534,7 @@ class Client(ClusterCalls, DatasetCalls):
             state = self._states.get(key)
             if state is None:
                 continue
-            if op == "key-in-memory":
-                workers = msg["workers"]
-                state.finish(self._holders(workers), msg["nbytes"], msg.get("value"))
-                if len(workers) == 1:
-                    self._followed.heard_of(workers[0])
-            elif op == "task-erred":
+            if op == "task-erred":
                 state.fail(msg.get("exception"), msg.get("traceback") or "",
                            msg.get("exception_text") or "")
             elif op == "cancelled-keys":

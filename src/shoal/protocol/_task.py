@@ -37,19 +37,25 @@ class KeyRef:
 
 #: What a ``swap`` function returns to leave a leaf as it is.
 KEEP = object()
+#: Leaves that are never a future nor a reference: not even shown to ``swap``
+#: (most arguments of a map are numbers or strings, a call per leaf adds up).
+ATOMS = frozenset({int, float, str, bytes, bool, complex, type(None)})
 
 
 def replace(obj: Any, swap: Callable[[Any], Any]) -> Any:
     """Copy ``obj`` with each leaf replaced by ``swap(leaf)`` unless that is KEEP.
 
-    Containers without replacements are returned as they are (no copy).
+    Containers without replacements are returned as they are (no copy);
+    leaves of the :data:`ATOMS` types are kept without asking ``swap``.
     """
     typ = type(obj)
+    if typ in ATOMS:
+        return obj
     if typ in (list, tuple, set, frozenset):
         changed = False
         items = []
         for item in obj:
-            new = replace(item, swap)
+            new = item if type(item) in ATOMS else replace(item, swap)
             changed = changed or new is not item
             items.append(new)
         return typ(items) if changed else obj
@@ -57,7 +63,7 @@ def replace(obj: Any, swap: Callable[[Any], Any]) -> Any:
         changed = False
         out = {}
         for k, v in obj.items():
-            new = replace(v, swap)
+            new = v if type(v) in ATOMS else replace(v, swap)
             changed = changed or new is not v
             out[k] = new
         return out if changed else obj

@@ -161,8 +161,10 @@ class MemoryMonitor:
         worker closer to being killed for memory.
         """
         store = self.store
+        if store.spill_error is None:  # the common answer, asked of every result
+            return None
         pause_at = self.thresholds.bytes_for("pause", self.limit)
-        if pause_at is None or store.spill_error is None or store.is_spilled(key):
+        if pause_at is None or store.is_spilled(key):
             return None
         rss = self._rss()
         if rss <= pause_at:

@@ -514,14 +514,16 @@ class Worker:
                              "the worker never received this task's function",
                              "function-missing")
             return None
-        bad = next((d.key for d in ts.dependencies if d.key in self._undecodable), None)
-        if bad is not None:
-            reason = self._undecodable[bad]
-            self._cannot_run(key, SerializationError(reason),
-                             f"input {bad!r} of {key!r} cannot be used here: {reason}",
-                             "input-undecodable")
-            return None
-        inputs = {dep.key: self.data[dep.key] for dep in ts.dependencies}
+        inputs: dict[str, Any] = {}
+        if ts.dependencies:  # (most tasks of a map have none: no pass to make)
+            bad = next((d.key for d in ts.dependencies if d.key in self._undecodable), None)
+            if bad is not None:
+                reason = self._undecodable[bad]
+                self._cannot_run(key, SerializationError(reason),
+                                 f"input {bad!r} of {key!r} cannot be used here: {reason}",
+                                 "input-undecodable")
+                return None
+            inputs = {dep.key: self.data[dep.key] for dep in ts.dependencies}
         return lambda: run_in_context(self, key, func, args, inputs)
 
     def _cannot_run(self, key: str, exc: Exception, text: str, what: str) -> None:
@@ -531,6 +533,7 @@ class Worker:
         events: list[Any] = []
         # a lone result with nothing else to run: the client waits on this worker
         push = bool(self.reports.streams) and len(outcomes) == 1 and not self.state.ready
+        executed = self._stimulus("executed")  # one batch, one stimulus
         for o in outcomes:
             if o.ok:
                 self.data.set_with_size(o.key, o.value, o.nbytes)
@@ -549,10 +552,10 @@ class Worker:
                     assert ts is not None  # it has a result to go inline
                     reported = self.reports.push(ts.report, o.key, o.nbytes, inline)
                 events.append(ExecuteSuccess(o.key, o.nbytes, o.start, o.stop, inline, reported,
-                                             self._stimulus("executed")))
+                                             executed))
             else:
                 events.append(ExecuteFailure(o.key, o.exception, o.traceback, o.exception_text,
-                                             self._stimulus("execute-failed")))
+                                             executed))
         self.memory.task_ended()
         self._handle(*events)
 
