@@ -55,17 +55,15 @@ class Loads:
         so filing on every change would move most workers out and back in.
         """
         touched = self._touched
-        if ws in touched:
-            del touched[ws]  # to the end: filed after the others, as if last
+        touched.pop(ws, None)  # to the end: filed after the others, as if last
         touched[ws] = None
 
     def settle(self) -> None:
         """File the touched workers, in the order last touched."""
-        touched = self._touched
-        while touched:
-            ws = next(iter(touched))
-            del touched[ws]
-            self.refile(ws)
+        if self._touched:
+            touched, self._touched = self._touched, {}
+            for ws in touched:
+                self.refile(ws)
 
     @property
     def ring(self) -> list[WorkerState]:

@@ -60,7 +60,9 @@ def _per_thread(duration: float | None) -> int:
     """Roots per thread beyond SATURATION for tasks of ``duration`` (None: unknown)."""
     if duration is None:
         return 0
-    return min(math.ceil(PIPELINE_SECONDS / max(duration, 1e-6)), MAX_SLOTS_PER_THREAD)
+    if duration <= _TINY:  # tiny tasks, the ones finishing by the thousand a second
+        return MAX_SLOTS_PER_THREAD
+    return math.ceil(PIPELINE_SECONDS / duration)
 
 
 class Placement:
@@ -93,10 +95,8 @@ class Placement:
         prefix = ts.prefix
         old = self.durations.get(prefix)
         new = self.durations[prefix] = seconds if old is None else 0.8 * old + 0.2 * seconds
-        # the slots are counted again when next asked, if they change: tiny tasks,
-        # the ones finishing by the thousand a second, stay at MAX_SLOTS_PER_THREAD
-        if prefix in self._slots and not (old is not None and old <= _TINY and new <= _TINY) \
-                and _per_thread(new) != _per_thread(old):
+        # the slots are counted again when next asked, if they change
+        if prefix in self._slots and _per_thread(new) != _per_thread(old):
             del self._slots[prefix]
             self._full = None
 
