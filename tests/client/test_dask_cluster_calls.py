@@ -9,7 +9,6 @@ import sys
 
 import pytest
 
-from shoal import wait
 from tests.polling import wait_for
 
 
@@ -88,8 +87,7 @@ def test_upload_file_makes_a_module_importable_on_every_worker(proc_client, tmp_
 
 def test_replicate_puts_copies_on_more_workers(proc_client):
     futures = proc_client.map(sum, [[i, 1] for i in range(4)])
-    wait(futures, timeout=20)
-    proc_client.replicate(futures, n=2)
+    proc_client.replicate(futures, n=2)  # once they are done, as dask's does
     holders = proc_client.who_has(futures)
     assert all(len(holders[f.key]) == 2 for f in futures)
     assert proc_client.gather(futures) == [1, 2, 3, 4]

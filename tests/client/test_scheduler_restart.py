@@ -4,7 +4,8 @@ Real processes throughout: ``shoal scheduler`` and two ``shoal worker``
 processes, and a client in this process.  The workers rejoin the new
 scheduler announcing what they hold; the client reconnects and resubmits
 what it still wants; the computation completes with the right answer, and
-the results that survived on the workers are reused, not recomputed.
+the results that survived on the workers are reused, not recomputed.  A
+worker's readiness (``/ready``) follows its registration through all this.
 """
 
 from __future__ import annotations
@@ -15,6 +16,8 @@ import socket
 import subprocess
 import sys
 import time
+import urllib.error
+import urllib.request
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -181,3 +184,34 @@ def test_a_restarted_scheduler_gets_a_maps_recipes_after_half_was_let_go(process
                             "--no-nanny", "--death-timeout", "60")
         assert total.result(timeout=120) == 3
         assert client.gather(kept) == list(range(31, 41))
+
+
+def probe(url: str) -> int:
+    """The status a kubelet's HTTP probe would see (0: no answer)."""
+    try:
+        with urllib.request.urlopen(url, timeout=2) as answer:
+            return answer.status
+    except urllib.error.HTTPError as exc:
+        return exc.code
+    except OSError:
+        return 0
+
+
+def test_a_worker_is_ready_only_while_registered_with_a_scheduler(processes):
+    """The pods' readiness probe (/ready) follows the worker's registration; liveness
+    (/health) stays up through a lost scheduler, so the kubelet does not restart it."""
+    port, http_port = free_port(), free_port()
+    address = f"tcp://127.0.0.1:{port}"
+    processes.start("worker", address, "--name", "w", "--nthreads", "1", "--no-nanny",
+                    "--death-timeout", "60", "--http-port", str(http_port))
+    base = f"http://127.0.0.1:{http_port}"
+    wait_for(lambda: probe(base + "/health") == 200, 30, "the worker serving /health")
+    assert probe(base + "/ready") == 503  # no scheduler yet
+    sched = processes.scheduler(port)
+    wait_for(lambda: probe(base + "/ready") == 200, 30, "the worker registering")
+    sched.send_signal(signal.SIGKILL)
+    sched.wait(10)
+    wait_for(lambda: probe(base + "/ready") == 503, 30, "the worker noticing its loss")
+    assert probe(base + "/health") == 200  # alive, reconnecting
+    processes.scheduler(port)
+    wait_for(lambda: probe(base + "/ready") == 200, 30, "the worker registering again")

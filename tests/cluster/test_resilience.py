@@ -10,9 +10,10 @@ import time
 import numpy as np
 import pytest
 
-from shoal import Client, Event, LocalCluster, WorkerMemoryError
+from shoal import Client, DataUnavailableError, Event, LocalCluster, WorkerMemoryError
 from shoal.worker import get_worker
 
+from ..fuzz.peers import InProcessCluster
 from ..polling import wait_for
 from ..small_disk import small_filesystem
 
@@ -114,6 +115,36 @@ def test_retiring_half_the_workers_recomputes_nothing(tmp_path):
         info = client.scheduler_info()
         assert len(info["workers"]) == 2 and info["counts"]["recomputed"] == 0
         assert len(client.gather(data)) == 200
+
+
+def block_of(i: int) -> bytes:
+    return bytes([i]) * 100_000  # too big to come inline with the task's report
+
+
+def test_a_gather_through_the_scheduler_passes_over_a_holder_it_cannot_reach():
+    """A worker still registered but no longer answering (closing, or cut off) costs a
+    client that fetches through the scheduler nothing while another worker has a copy;
+    with no other copy the client is told the data is unavailable, not that it broke."""
+    cluster = InProcessCluster()
+    try:
+        with Client(cluster.address, timeout=10, direct_to_workers=False) as client:
+            copied = client.submit(block_of, 1)
+            client.replicate([copied], n=2)
+            holders = client.who_has([copied])[copied.key]  # replicate waited for both
+            assert len(holders) == 2
+            first = next(w for w in cluster.workers if w.address == holders[0])
+            alone = client.submit(block_of, 2, workers=[first.address])
+            alone.result(timeout=10)
+
+            async def cut_off() -> None:
+                first.rpc.stop()  # its comms close; its scheduler stream stays
+            cluster.run(cut_off)
+            assert client.gather(copied) == block_of(1)
+            with pytest.raises(DataUnavailableError, match=alone.key):
+                client.gather(alone)
+            assert first.address in client.scheduler_info()["workers"]
+    finally:
+        cluster.close()
 
 
 def make_block(i: int) -> np.ndarray:

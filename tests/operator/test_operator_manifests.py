@@ -111,8 +111,10 @@ def test_worker_pod_carries_command_resources_and_template() -> None:
         "--memory-limit", str(8 * 2**30)]
     pod_ip = {"name": "POD_IP", "valueFrom": {"fieldRef": {"fieldPath": "status.podIP"}}}
     assert pod_ip in container["env"]
-    assert container["readinessProbe"]["httpGet"] == {"path": "/health", "port": "http",
+    assert container["readinessProbe"]["httpGet"] == {"path": "/ready", "port": "http",
                                                       "scheme": "HTTPS"}
+    assert container["livenessProbe"]["httpGet"] == {"path": "/health", "port": "http",
+                                                     "scheme": "HTTPS"}
     assert container["resources"]["limits"]["memory"] == "8Gi"
     gpu = builders.worker_pod(spec, spec.group("gpu"), "demo-gpu-abcde")
     (container,) = gpu["spec"]["containers"]

@@ -185,22 +185,29 @@ class ClusterCalls:
 
     def replicate(self, futures: Iterable[Future], n: int | None = None,
                   timeout: float = 30.0) -> Any:
-        """Keep ``n`` copies (all workers if None) of each future's result."""
-        client, keys = self._me, [f.key for f in futures]
+        """Keep ``n`` copies (all workers if None) of each future's result, once
+        the futures are done."""
+        client, futures = self._me, list(futures)
 
         async def ask() -> None:
-            await client.ask_scheduler("replicate", keys=keys, n=n, timeout=timeout)
+            await client._wait_final(f._state for f in futures)
+            await client.ask_scheduler("replicate", keys=[f.key for f in futures], n=n,
+                                       timeout=timeout)
 
         return client.sync(ask)
 
     def rebalance(self, futures: Iterable[Future] | None = None,
                   workers: list[str] | None = None, timeout: float = 30.0) -> Any:
         """Move results between ``workers`` (all if None) so that they hold similar
-        numbers of bytes; only those of ``futures``, if given."""
+        numbers of bytes; only those of ``futures``, if given, once they are done."""
         client = self._me
-        keys = [f.key for f in futures] if futures is not None else None
+        futures = list(futures) if futures is not None else None
 
         async def ask() -> None:
+            keys = None
+            if futures is not None:
+                await client._wait_final(f._state for f in futures)
+                keys = [f.key for f in futures]
             await client.ask_scheduler("rebalance", keys=keys, workers=workers, timeout=timeout)
 
         return client.sync(ask)

@@ -181,20 +181,20 @@ def pod_spec(container: dict[str, Any], overrides: Mapping[str, Any],
     return merge_template(base, overrides)
 
 
-def _probe(tls: bool, **timing: int) -> dict[str, Any]:
-    """An HTTP probe of /health (https with TLS: the kubelet does not check certificates)."""
-    get: dict[str, Any] = {"path": "/health", "port": "http"}
+def _probe(tls: bool, path: str, **timing: int) -> dict[str, Any]:
+    """An HTTP probe of ``path`` (https with TLS: the kubelet does not check certificates)."""
+    get: dict[str, Any] = {"path": path, "port": "http"}
     if tls:
         get["scheme"] = "HTTPS"
     return {"httpGet": get, **timing}
 
 
-def _readiness(tls: bool) -> dict[str, Any]:
-    return _probe(tls, periodSeconds=5, failureThreshold=3)
+def _readiness(tls: bool, path: str = "/health") -> dict[str, Any]:
+    return _probe(tls, path, periodSeconds=5, failureThreshold=3)
 
 
 def _liveness(tls: bool) -> dict[str, Any]:
-    return _probe(tls, initialDelaySeconds=10, periodSeconds=10, failureThreshold=6)
+    return _probe(tls, "/health", initialDelaySeconds=10, periodSeconds=10, failureThreshold=6)
 
 
 def _secret_volume(name: str, secret: str) -> dict[str, Any]:
@@ -326,7 +326,9 @@ def worker_pod_spec(spec: ClusterSpec, group: WorkerGroup) -> dict[str, Any]:
         "imagePullPolicy": spec.image_pull_policy,
         "command": worker_command(spec, group),
         "ports": [{"name": "http", "containerPort": WORKER_HTTP_PORT, "protocol": "TCP"}],
-        "readinessProbe": _readiness(spec.security.tls),
+        # ready (counted, and behind the Service) once registered with the
+        # scheduler: /ready; alive while it serves at all: /health
+        "readinessProbe": _readiness(spec.security.tls, "/ready"),
         "livenessProbe": _liveness(spec.security.tls),
         "env": [
             {"name": "POD_NAME", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}},

@@ -609,23 +609,36 @@ class Scheduler:
         return dict(zip(targets, answers))
 
     async def gather(self, keys: list[str]) -> dict[str, Any]:
-        """Collect values for a client that cannot reach the workers itself."""
-        by_worker: dict[str, list[str]] = {}
-        for key, holders in self.state.who_has(keys).items():
-            if holders:
-                by_worker.setdefault(holders[0], []).append(key)
+        """Collect values for a client that cannot reach the workers itself.
+
+        Each key is asked of its holders in turn, running workers first: a
+        holder that is closing (retired, its data already copied) or cannot
+        be reached is passed over for the next. A key no holder gave is
+        ``missing``, for the client to ask again once it is recomputed.
+        """
+        todo = {key: holders for key, holders in self.state.who_has(keys).items() if holders}
         data: dict[str, Serialized] = {}
         errors: dict[str, str] = {}
-        for address, wkeys in by_worker.items():
-            try:
-                answer = await self.pool.request(address, "get_data", keys=wkeys)
-            except (CommClosedError, OSError) as exc:
-                errors.update({k: f"worker {address} is unreachable: {exc}" for k in wkeys})
-                continue
-            data.update(answer["data"])
-            errors.update(answer.get("errors", {}))
+        while todo:
+            by_worker: dict[str, list[str]] = {}
+            for key, holders in todo.items():
+                by_worker.setdefault(holders.pop(0), []).append(key)
+            answers = await asyncio.gather(*(self._get_data(a, ks) for a, ks in by_worker.items()))
+            for got, failed in answers:
+                data.update(got)
+                errors.update(failed)
+            todo = {k: h for k, h in todo.items() if h and k not in data and k not in errors}
         missing = [k for k in keys if k not in data and k not in errors]
         return {"status": "ok", "data": data, "errors": errors, "missing": missing}
+
+    async def _get_data(self, address: str, keys: list[str]) -> tuple[dict, dict]:
+        try:
+            answer = await self.pool.request(address, "get_data", keys=keys)
+        except (CommClosedError, OSError) as exc:
+            logger.info("gather: worker %s is unreachable (%s); asking the next holder",
+                        address, exc)
+            return {}, {}
+        return answer["data"], answer.get("errors", {})
 
     async def retire_workers(self, workers: list[str] | None = None, n: int | None = None,
                              close: bool = True) -> dict[str, Any]:

@@ -953,10 +953,12 @@ class SchedulerState:
             self.idle_since = self.clock()
 
     def who_has(self, keys: Iterable[str]) -> dict[str, list[str]]:
+        """Each key's holders, active workers before closing ones (the best to ask first)."""
         out = {}
         for key in keys:
             ts = self.tasks.get(key)
-            out[key] = [ws.address for ws in ts.who_has] if ts is not None else []
+            holders = sorted(ts.who_has, key=_leaving) if ts is not None else []
+            out[key] = [ws.address for ws in holders]
         return out
 
     # --------------------------------------------------------- validation
@@ -982,3 +984,6 @@ __all__ = [
     "SchedulerState",
 ]
 
+
+def _leaving(ws: WorkerState) -> bool:
+    return ws.status not in ACTIVE

@@ -1,7 +1,8 @@
-"""The worker's small HTTP server: ``/health`` and ``/metrics``.
+"""The worker's small HTTP server: ``/health``, ``/ready`` and ``/metrics``.
 
 Started when the worker is given ``--http-port`` (0 picks a free port), so
-Kubernetes can probe each worker pod and Prometheus can scrape it.  The
+Kubernetes can probe each worker pod (alive: ``/health``; registered with
+the scheduler, so ready for work: ``/ready``) and Prometheus can scrape it.  The
 address is sent to the scheduler when the worker registers, and the
 scheduler's dashboard and ``scheduler_info`` show it.  Unknown paths and
 methods get a 4xx with ``{"error": ...}``, as on the scheduler.
@@ -61,6 +62,18 @@ class Health(_Base):
         self.finish("ok")
 
 
+class Ready(_Base):
+    """Ready for work: registered with the scheduler (the pods' readiness probe)."""
+    access = "health"
+
+    def get(self) -> None:
+        if not self.worker.registered:
+            raise HTTPError(503, f"worker is {self.worker.status}, not registered with the "
+                                 f"scheduler at {self.worker.scheduler_address}")
+        self.set_header("Content-Type", "text/plain")
+        self.finish("ok")
+
+
 class Metrics(_Base):
     access = "metrics"
 
@@ -71,7 +84,7 @@ class Metrics(_Base):
 
 class NotFound(_Base):
     def prepare(self) -> None:
-        raise HTTPError(404, f"no such path: {self.request.path} (try /health or /metrics)")
+        raise HTTPError(404, f"no such path: {self.request.path} (try /health, /ready or /metrics)")
 
 
 def _shown_host(host: str) -> str:
@@ -90,7 +103,7 @@ async def start_http(worker: Worker, port: int, body_limit: int | None = None,
     security = security or Security()
     args = {"worker": worker, "metrics": WorkerMetrics(worker)}
     app = Application(
-        [(r"/health", Health, args), (r"/metrics", Metrics, args)],
+        [(r"/health", Health, args), (r"/ready", Ready, args), (r"/metrics", Metrics, args)],
         default_handler_class=NotFound, default_handler_args=args, log_function=log_request,
         max_body_bytes=max_body_bytes(body_limit), auth=HttpAuth(security),
     )

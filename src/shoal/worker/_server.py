@@ -246,6 +246,12 @@ class Worker:
         self._spawn(self._heartbeat())
         return self
 
+    @property
+    def registered(self) -> bool:
+        """Running and connected to the scheduler (not between a lost scheduler and the next)."""
+        gone = self._scheduler_gone
+        return self.status == "running" and gone is not None and not gone.is_set()
+
     def _take_directory(self) -> str:
         """The nanny's directory for this process if it made one, else one of our own."""
         given = os.environ.pop(WORKER_DIRECTORY_ENV, None)  # not for processes we start
