@@ -28,11 +28,10 @@ from typing import Any
 import _tasks
 import _userlevel
 import psutil
-from _workloads import CpuMeter
+from _workloads import TRANSFER_ROUNDS, CpuMeter
 
 NUM_CPUS = 2
 WARMUP_TASKS = 200
-TRANSFER_ROUNDS = 3
 SCHEDULER_PROCESSES = ("gcs_server", "raylet")
 
 

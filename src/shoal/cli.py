@@ -311,7 +311,8 @@ def _worker(args: argparse.Namespace) -> int:
             limits=_limits(args), http_max_body_bytes=args.http_max_body,
             memory_thresholds=MemoryThresholds(args.memory_target, args.memory_spill,
                                                args.memory_pause, args.memory_terminate),
-            memory_stuck_timeout=args.memory_stuck_timeout, **_warm_imports(args),
+            memory_stuck_timeout=args.memory_stuck_timeout, own_process=True,
+            **_warm_imports(args),
         ).start()
         if args.announce:
             announce(address=worker.address, name=worker.name, pid=os.getpid())

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from shoal.worker._allocator import Reclaimer
+from shoal.worker._allocator import Reclaimer, Retained
 from shoal.worker._memory import MemoryThresholds
 from shoal.worker._monitor import MemoryMonitor, WorkerMemoryError
 from shoal.worker._store import DataStore
@@ -60,7 +60,8 @@ def store(tmp_path: Path) -> Iterator[DataStore]:
 
 def monitor_for(store: DataStore, proc: Process, reclaim: bool = True) -> MemoryMonitor:
     return MemoryMonitor("w", LIMIT, MemoryThresholds(), store, proc.rss,
-                         proc.reclaim if reclaim else (lambda: False))
+                         proc.reclaim if reclaim else (lambda: False),
+                         retained=Retained(lambda: False))
 
 
 def fill(store: DataStore, n: int, size: int = 100) -> None:
@@ -74,6 +75,31 @@ def test_a_worker_over_pause_spills_and_resumes(store: DataStore) -> None:
     check = monitor_for(store, proc).check()
     assert not check.paused and check.stuck is None and check.state == "ok"
     assert store.spilled_count == 4 and proc.rss() < 600
+
+
+def test_memory_the_allocator_keeps_goes_back_before_any_result_is_spilled(
+        store: DataStore) -> None:
+    fill(store, 5)
+    proc = Process(store, unmanaged=300)  # 800 of 1000: 300 of it kept for reuse
+    given: list[int] = []
+
+    def give_back() -> bool:
+        given.append(proc.unmanaged)
+        proc.unmanaged = 0
+        return True
+
+    now = [0.0]
+    monitor = MemoryMonitor("w", LIMIT, MemoryThresholds(), store, proc.rss, proc.reclaim,
+                            retained=Retained(give_back, seconds=10, clock=lambda: now[0]))
+    check = monitor.check()
+    assert given == [300] and store.spilled_count == 0 and proc.reclaims == 0
+    assert check.state == "ok" and not check.paused
+    proc.unmanaged = 100  # freed since, under the spill fraction: kept...
+    monitor.check()
+    assert given == [300]
+    now[0] = 10.0  # ...for the retention time
+    monitor.check()
+    assert given == [300, 100] and store.spilled_count == 0
 
 
 def test_freed_memory_that_stays_resident_is_given_back(store: DataStore) -> None:

@@ -6,10 +6,9 @@ freed guest memory back (this machine's VM does) each fault also exits to
 the host.  Measured here, a 32 MiB copy into fresh memory ran at
 300-600 MB/s, into memory touched before at 2-3.5 GB/s; a value received
 into fresh memory spent most of its time in page faults, whatever the
-socket did.  glibc's heap used to hide this by reusing freed blocks, until
-the worker fixed its trim threshold (``worker/_allocator.py``) so that freed
-results give their memory back, which is right for values and wrong for
-receive buffers.
+socket did.  A worker's heaps keep freed blocks only for seconds
+(``worker/_allocator.py``), and a receive buffer's memory must be the
+frame's for as long as the value living in it is.
 
 So large receive buffers, and the memory of frames sent through shared
 memory (``_shared.py``), are mappings of memfds from a pool.  When the value

@@ -1,27 +1,43 @@
-"""Giving the memory a worker has freed back to the operating system.
+"""What a worker's allocator keeps of the memory it freed, and giving it back.
 
-A worker decides when to spill and when to pause from its resident memory
-(RSS), but freeing a value does not lower RSS by itself.  glibc's malloc
-keeps freed blocks for reuse, and each time it frees a large block that was
-mapped on its own it raises its mmap threshold to that block's size (up to
-32 MiB): later blocks of that size come from a heap, and freeing them leaves
-holes that stay resident.  A worker could spill every result and still sit
-above its pause threshold, with nothing left to spill and nothing that would
-ever look at the memory again.  Two remedies, the ones dask applies through
-``MALLOC_TRIM_THRESHOLD_``:
+Memory a process has never touched is slow to fill: the kernel faults in
+and zeroes every 4 KiB page on first touch, and under a hypervisor that
+takes freed guest memory back (this machine's VM does) each fault also
+exits to the host.  Measured here, eight 32 MiB ``bytes`` values filled
+1.4-1.8 GB/s in fresh memory and 14-20 GB/s in memory the process had just
+freed.  A received ``bytes`` value must live in memory of its own
+(``protocol/_memory.py``), so what a worker's allocator does with freed
+blocks sets how fast such values arrive.
 
-* :func:`tune_allocator`, once per process: fixing the trim threshold turns
-  the dynamic thresholds off, so blocks of 128 KiB and more are mapped on
-  their own (and unmapped when freed) and free space at the top of a heap is
-  returned once it exceeds :data:`TRIM_THRESHOLD`;
-* :func:`release_free_memory` when memory stays high after spilling:
-  a full collection for values only reference cycles keep alive, then
-  ``malloc_trim(0)`` for the free pages inside the heaps, and the idle pages
-  kept warm for receive buffers (``comm/_pool.py``).
-  :class:`Reclaimer` bounds the time it takes to a small share.
+glibc's default is the worst of both: each block of 128 KiB or more is
+mapped on its own (fresh memory every time) until one is freed, after
+which its dynamic thresholds keep blocks of that size in heaps, where
+freeing them leaves holes that stay resident for ever.  A worker decides
+when to spill and when to pause from its resident memory (RSS), so memory
+it keeps must be memory it can give back.  :func:`tune_allocator` (once per
+process of a worker with a memory limit) therefore keeps freed memory for
+reuse in bounded, short-lived form:
 
-Other C libraries (musl, macOS) have neither knob; there both do nothing
-but the garbage collection.
+* no block is mapped on its own (``M_MMAP_MAX=0``), so every block comes
+  from a heap and is reused there when freed;
+* free space at the top of a heap is kept up to ``retain`` bytes (the trim
+  threshold and top pad) and given back beyond that;
+* :class:`Retained` gives back all free memory, the heaps' holes too
+  (``malloc_trim(0)``), every :data:`RETAIN_SECONDS`, and at once when the
+  worker's memory reaches its spill fraction, before any result is spilled.
+
+So a value freed is resident for at most :data:`RETAIN_SECONDS`, or until
+memory runs short, and reused if another arrives meanwhile.  A kept block
+never raises the peak: it is reused before the heap grows.  When spilling
+did not bring memory down, :func:`release_free_memory` (throttled by
+:class:`Reclaimer`) also runs a full collection for values only reference
+cycles keep alive, and empties the pool of idle receive buffers
+(``comm/_pool.py``).
+
+An environment that tunes glibc's malloc itself (``MALLOC_TRIM_THRESHOLD_``
+and the like) wins: then nothing is changed.  Other C libraries (musl,
+macOS) have neither knob; there all of this does nothing but the garbage
+collection.
 """
 
 from __future__ import annotations
@@ -36,14 +52,18 @@ from collections.abc import Callable
 from .._gc import collect_all
 from ..comm._pool import release as release_buffer_pool
 
-__all__ = ["TRIM_THRESHOLD", "Reclaimer", "release_free_memory", "tune_allocator"]
+__all__ = ["RETAIN_MAX_BYTES", "RETAIN_SECONDS", "Reclaimer", "Retained", "give_back",
+           "release_free_memory", "tune_allocator"]
 
 logger = logging.getLogger(__name__)
 
-#: Bytes of free space at the top of a heap that glibc keeps (dask's value).
-TRIM_THRESHOLD = 64 * 1024
+#: Most free space kept at the top of each heap (glibc takes an int).
+RETAIN_MAX_BYTES = 512 * 1024 * 1024
+#: Freed memory is given back at least this often.
+RETAIN_SECONDS = 10.0
 
-_M_TRIM_THRESHOLD = -1
+# mallopt's parameters (malloc.h)
+_M_TRIM_THRESHOLD, _M_TOP_PAD, _M_MMAP_MAX = -1, -2, -4
 
 #: glibc's environment variables that already fix what tune_allocator would.
 _GLIBC_TUNING_ENV = ("MALLOC_TRIM_THRESHOLD_", "MALLOC_MMAP_THRESHOLD_", "MALLOC_TOP_PAD_",
@@ -66,23 +86,58 @@ def _load_glibc() -> ctypes.CDLL | None:
 _GLIBC = _load_glibc()
 
 
-def tune_allocator() -> bool:
-    """Turn glibc's dynamic mmap and trim thresholds off; return whether it did.
+def tune_allocator(retain: int) -> bool:
+    """Keep freed memory in the heaps for reuse, up to ``retain`` bytes free at
+    the top of each (at most :data:`RETAIN_MAX_BYTES`); return whether it did.
 
     Does nothing when the environment already tunes glibc's malloc, or
     elsewhere than glibc.
     """
     if _GLIBC is None or any(name in os.environ for name in _GLIBC_TUNING_ENV):
         return False
-    return bool(_GLIBC.mallopt(_M_TRIM_THRESHOLD, TRIM_THRESHOLD))
+    retain = max(0, min(retain, RETAIN_MAX_BYTES))
+    return all([_GLIBC.mallopt(_M_TRIM_THRESHOLD, retain), _GLIBC.mallopt(_M_TOP_PAD, retain),
+                _GLIBC.mallopt(_M_MMAP_MAX, 0)])
+
+
+def give_back() -> bool:
+    """Hand the heaps' free pages back to the OS (``malloc_trim(0)``); return
+    whether glibc released any."""
+    return _GLIBC is not None and bool(_GLIBC.malloc_trim(0))
+
+
+class Retained:
+    """The free memory the allocator keeps, given back every ``seconds`` (or at once).
+
+    ``give_back`` is a parameter for the tests, as is ``clock``.
+    """
+
+    def __init__(self, release: Callable[[], bool] = give_back,
+                 seconds: float = RETAIN_SECONDS,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self._release = release
+        self.seconds = seconds
+        self._clock = clock
+        self._last = clock()
+
+    def expire(self) -> bool:
+        """Give back what is kept if the last time was ``seconds`` ago; return
+        whether anything was released."""
+        if self._clock() - self._last < self.seconds:
+            return False
+        return self.give_back()
+
+    def give_back(self) -> bool:
+        """Give back what is kept now; return whether anything was released."""
+        self._last = self._clock()
+        return self._release()
 
 
 def release_free_memory() -> None:
     """Collect reference cycles, then hand glibc's free pages back to the OS,
     and the receive-buffer pool's idle ones."""
     collect_all()  # frozen old objects too (see shoal._gc)
-    if _GLIBC is not None:
-        _GLIBC.malloc_trim(0)
+    give_back()
     release_buffer_pool()
 
 

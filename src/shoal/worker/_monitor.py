@@ -1,10 +1,12 @@
 """The worker's memory monitor: spill, give memory back, pause, and say why.
 
 Once per heartbeat the worker asks :meth:`MemoryMonitor.check` where it
-stands.  Over the spill fraction it spills results until its resident
-memory is back under target; when what it spilled did not lower resident
-memory, it hands freed memory back to the OS (:mod:`._allocator`) and looks
-again.  Over the pause fraction it starts no new tasks until it is under
+stands.  The free memory its allocator keeps for reuse goes back to the OS
+every few seconds (:class:`~._allocator.Retained`), and at once when the
+worker reaches its spill fraction.  Still over it, the worker spills results
+until its resident memory is back under target; when what it spilled did
+not lower resident memory, it hands freed memory back (:mod:`._allocator`)
+and looks again.  Over the pause fraction it starts no new tasks until it is under
 again; every check looks afresh, so a worker resumes as soon as it can.
 
 A pause the worker cannot get out of by itself is never silent: when it is
@@ -28,7 +30,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from .._exceptions import WorkerMemoryError
-from ._allocator import Reclaimer
+from ._allocator import Reclaimer, Retained
 from ._memory import MemoryState, MemoryThresholds, format_bytes, memory_state, spill_until_below
 from ._store import DataStore
 
@@ -58,13 +60,15 @@ class MemoryMonitor:
     """Memory policy of one worker whose results live in ``store``.
 
     ``rss`` measures the process's resident memory, ``reclaim`` gives freed
-    memory back (throttled); both are parameters for the tests, as is ``clock``.
+    memory back (throttled), ``retained`` what the allocator keeps; they are
+    parameters for the tests, as is ``clock``.
     """
 
     def __init__(self, name: str, limit: int, thresholds: MemoryThresholds, store: DataStore,
                  rss: Callable[[], int], reclaim: Callable[[], bool] | None = None,
                  stuck_timeout: float = DEFAULT_STUCK_TIMEOUT,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+                 clock: Callable[[], float] = time.monotonic,
+                 retained: Retained | None = None) -> None:
         if not stuck_timeout >= 0:
             raise ValueError(f"the memory stuck timeout must be seconds >= 0, got {stuck_timeout!r}")
         self.name = name
@@ -73,6 +77,7 @@ class MemoryMonitor:
         self.store = store
         self._rss = rss
         self._reclaim = reclaim if reclaim is not None else Reclaimer()
+        self._retained = retained if retained is not None else Retained()
         self.paused = False
         self.stuck: str | None = None
         self.stuck_timeout = stuck_timeout
@@ -86,8 +91,13 @@ class MemoryMonitor:
         rss = self._rss()
         if limit <= 0:
             return MemoryCheck(rss, "ok", False, 0, None)
+        retained = self._retained
+        if retained.expire():
+            rss = self._rss()
         spill_at = thresholds.bytes_for("spill", limit)
         released = False
+        if spill_at is not None and rss >= spill_at and retained.give_back():
+            rss = self._rss()  # memory kept for reuse goes before any result
         if spill_at is not None and rss >= spill_at:
             spill_until_below(self.store.evict, self._rss, limit, thresholds,
                               reclaim=self._reclaim)

@@ -94,7 +94,9 @@ INLINE_RESULT_BYTES = 16 * 1024
 #: after its goodbye (see ``close``).
 GOODBYE_WAIT = 2.0
 #: Share of the memory limit that idle receive buffers may keep (comm/_pool.py):
-#: a container's memory limit counts them, the RSS the monitor reads does not.
+#: a container's memory limit counts them, the RSS the monitor reads does not;
+#: and the free space each of the allocator's heaps may keep at its top
+#: (worker/_allocator.py), which the RSS counts until it is given back.
 BUFFER_POOL_SHARE = 1 / 8
 #: Exit status of a worker restarted on request (any non-zero makes its nanny restart it).
 EXIT_RESTART = 75
@@ -114,7 +116,13 @@ def get_worker() -> Worker:
 
 
 class Worker:
-    """A worker: ``await Worker(scheduler_address).start()``."""
+    """A worker: ``await Worker(scheduler_address).start()``.
+
+    ``own_process``: the worker is its process's only user (``shoal worker``),
+    so with a memory limit it may tune the process's allocator to keep freed
+    memory for reuse (``_allocator.py``); a worker inside someone else's
+    process (``LocalCluster(processes=False)``) leaves it alone.
+    """
 
     def __init__(
         self,
@@ -137,6 +145,7 @@ class Worker:
         memory_stuck_timeout: float = DEFAULT_STUCK_TIMEOUT,
         security: Security | None = None,
         warm_imports: Iterable[str] = WARM_IMPORTS,
+        own_process: bool = False,
     ) -> None:
         if type(nthreads) is not int or not 1 <= nthreads <= MAX_NTHREADS:
             raise ValueError(f"nthreads must be an integer from 1 to {MAX_NTHREADS}, "
@@ -165,6 +174,7 @@ class Worker:
         self.memory_stuck_timeout = memory_stuck_timeout
         #: Modules imported in the background at start (see _execute.WARM_IMPORTS).
         self.warm_imports = tuple(warm_imports)
+        self.own_process = own_process
         self.address = ""
         self.actors = ActorHost(self)
         self.plugins = WorkerPlugins(self)
@@ -229,7 +239,8 @@ class Worker:
                                     self.data, process_memory,
                                     stuck_timeout=self.memory_stuck_timeout)
         if self.memory_limit:
-            tune_allocator()  # freed results must lower the RSS the monitor watches
+            if self.own_process:  # freed memory kept for reuse; the monitor gives it back
+                tune_allocator(int(self.memory_limit * BUFFER_POOL_SHARE))
             bound_buffer_pool(int(self.memory_limit * BUFFER_POOL_SHARE))
         self.state = WorkerState(self.address, self.nthreads, self.resources, self.story_size)
         self.executor = Executor(self.nthreads, self._executed, name=str(self.name))
