@@ -20,8 +20,9 @@ reuse in bounded, short-lived form:
 
 * no block is mapped on its own (``M_MMAP_MAX=0``), so every block comes
   from a heap and is reused there when freed;
-* free space at the top of a heap is kept up to ``retain`` bytes (the trim
-  threshold and top pad) and given back beyond that;
+* free space at the top of the main heap is kept up to ``retain`` bytes
+  (the trim threshold and top pad) and given back beyond that; the heaps
+  of threads' arenas (64 MiB each) keep theirs;
 * :class:`Retained` gives back all free memory, the heaps' holes too
   (``malloc_trim(0)``), every :data:`RETAIN_SECONDS`, and at once when the
   worker's memory reaches its spill fraction, before any result is spilled.
@@ -88,7 +89,8 @@ _GLIBC = _load_glibc()
 
 def tune_allocator(retain: int) -> bool:
     """Keep freed memory in the heaps for reuse, up to ``retain`` bytes free at
-    the top of each (at most :data:`RETAIN_MAX_BYTES`); return whether it did.
+    the top of the main heap (at most :data:`RETAIN_MAX_BYTES`); return whether
+    it did.  A thread's heaps (64 MiB each) keep their free space whole.
 
     Does nothing when the environment already tunes glibc's malloc, or
     elsewhere than glibc.
@@ -109,7 +111,7 @@ def give_back() -> bool:
 class Retained:
     """The free memory the allocator keeps, given back every ``seconds`` (or at once).
 
-    ``give_back`` is a parameter for the tests, as is ``clock``.
+    ``release`` (:func:`give_back`) is a parameter for the tests, as is ``clock``.
     """
 
     def __init__(self, release: Callable[[], bool] = give_back,
