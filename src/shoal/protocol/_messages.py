@@ -10,8 +10,8 @@ therefore never pay to unpickle user data.
 Each thread packs with a msgpack ``Packer`` of its own, kept from one
 message to the next: a new one allocates a 256 KiB buffer, which an
 allocator that maps such blocks on their own (glibc's default) maps, faults
-in and unmaps again for each message, some 20 us of a round trip's.  A packer whose buffer grew for a
-large message is let go rather than kept.
+in and unmaps again for each message, some 20 us of a round trip's.  A
+packer whose buffer grew for a large message is let go rather than kept.
 """
 
 from __future__ import annotations

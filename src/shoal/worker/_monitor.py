@@ -6,8 +6,8 @@ every few seconds (:class:`~._allocator.Retained`), and at once when the
 worker reaches its spill fraction.  Still over it, the worker spills results
 until its resident memory is back under target; when what it spilled did
 not lower resident memory, it hands freed memory back (:mod:`._allocator`)
-and looks again.  Over the pause fraction it starts no new tasks until it is under
-again; every check looks afresh, so a worker resumes as soon as it can.
+and looks again.  Over the pause fraction it starts no new tasks until it is
+under again; every check looks afresh, so a worker resumes as soon as it can.
 
 A pause the worker cannot get out of by itself is never silent: when it is
 paused and nothing is left to spill (the memory is not results: a leak in
@@ -91,13 +91,12 @@ class MemoryMonitor:
         rss = self._rss()
         if limit <= 0:
             return MemoryCheck(rss, "ok", False, 0, None)
-        retained = self._retained
-        if retained.expire():
-            rss = self._rss()
         spill_at = thresholds.bytes_for("spill", limit)
+        over = spill_at is not None and rss >= spill_at
+        # memory kept for reuse goes back every few seconds, and before any result
+        if self._retained.give_back() if over else self._retained.expire():
+            rss = self._rss()
         released = False
-        if spill_at is not None and rss >= spill_at and retained.give_back():
-            rss = self._rss()  # memory kept for reuse goes before any result
         if spill_at is not None and rss >= spill_at:
             spill_until_below(self.store.evict, self._rss, limit, thresholds,
                               reclaim=self._reclaim)

@@ -239,9 +239,10 @@ class Worker:
                                     self.data, process_memory,
                                     stuck_timeout=self.memory_stuck_timeout)
         if self.memory_limit:
+            share = int(self.memory_limit * BUFFER_POOL_SHARE)
             if self.own_process:  # freed memory kept for reuse; the monitor gives it back
-                tune_allocator(int(self.memory_limit * BUFFER_POOL_SHARE))
-            bound_buffer_pool(int(self.memory_limit * BUFFER_POOL_SHARE))
+                tune_allocator(share)
+            bound_buffer_pool(share)
         self.state = WorkerState(self.address, self.nthreads, self.resources, self.story_size)
         self.executor = Executor(self.nthreads, self._executed, name=str(self.name))
         self.profiler.start()
