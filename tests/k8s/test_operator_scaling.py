@@ -105,15 +105,22 @@ def test_autoscaling_follows_load_and_waits_the_window(kube_node: KubeNode, kube
 def test_idle_timeout_deletes_only_the_idle_cluster(kube_node: KubeNode, kube_namespace: str,
                                                     operator: tier.Operator) -> None:
     ns, timeout = kube_namespace, 10
-    for name in ("idle", "busy"):
-        spec = tier.cluster_spec(name, workers=1)
-        spec["spec"]["idleTimeout"] = timeout
-        tier.apply(kube_node, ns, spec)
+    idle = tier.cluster_spec("idle", workers=1)
+    idle["spec"]["idleTimeout"] = timeout
+    tier.apply(kube_node, ns, idle)
+    # "busy" gets its timeout only once its work is queued: its idle clock starts with
+    # its scheduler, and its worker may take longer than the timeout to start here.
+    tier.apply(kube_node, ns, tier.cluster_spec("busy", workers=1))
     tier.wait_running(kube_node, ns, "busy", workers=1)
     with tier.client_for(kube_node, ns, "busy") as client:
         # One task running for longer than the timeout, and one queued behind it.
         futures = [client.submit(time.sleep, 3 * timeout, pure=False),
                    client.submit(time.sleep, 1, pure=False)]
+        url = tier.scheduler_http(kube_node, ns, "busy")
+        wait_for(lambda: not tier.http_json(f"{url}/api/v1/idle")["idle"], timeout=30,
+                 interval=tier.POLL, what="the busy scheduler has the work")
+        patch(kube_node, ns, "busy", [{"op": "add", "path": "/spec/idleTimeout",
+                                       "value": timeout}])
         started = time.monotonic()
         tier.wait_gone(kube_node, ns, "shoalcluster", "idle", timeout=timeout + 120)
         idle_deleted_after = time.monotonic() - started
