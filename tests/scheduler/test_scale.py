@@ -14,6 +14,7 @@ import weakref
 import pytest
 
 from shoal.protocol import serialize
+from shoal.scheduler import _server
 from shoal.scheduler._events import (
     AddClient,
     AddWorker,
@@ -23,7 +24,7 @@ from shoal.scheduler._events import (
     ToWorker,
     UpdateGraph,
 )
-from shoal.scheduler._server import HANDLE_SLICE
+from shoal.scheduler._server import HANDLE_SLICE, RELEASE_SLICE
 from shoal.scheduler._state import SchedulerState
 from tests.fuzz.peers import InProcessCluster, Stream
 from tests.polling import async_wait_for
@@ -133,6 +134,73 @@ def test_a_large_read_is_handled_in_slices_with_the_loop_served_between(cluster)
     seen = cluster.run(run)
     between = {n for n in seen if 0 < n < graphs * HANDLE_SLICE}
     assert len(between) >= graphs - 1, sorted(set(seen))  # a turn after every slice
+    cluster.healthy()
+
+
+async def _submitted(scheduler, stream: Stream, prefix: str, n: int) -> None:
+    """Graphs of ``n`` tasks in all from ``stream``, in the scheduler once this returns."""
+    before = len(scheduler.state.tasks)
+    await stream.send([_calls(f"{prefix}{g}", HANDLE_SLICE) for g in range(n // HANDLE_SLICE)])
+    await async_wait_for(lambda: len(scheduler.state.tasks) == before + n, what="graphs in")
+
+
+def test_a_departed_clients_keys_are_released_in_slices_with_the_loop_served_between(cluster):
+    scheduler = cluster.scheduler
+    slices = 4
+    n = slices * RELEASE_SLICE
+
+    async def run() -> list[int]:
+        stream = Stream(cluster.address, {"op": "register-client", "client": "leaving"})
+        await _submitted(scheduler, stream, "leaving", n)
+        seen: list[int] = []
+
+        async def watch() -> None:  # runs whenever the loop gets a turn
+            while scheduler.state.tasks:
+                seen.append(len(scheduler.state.tasks))
+                await asyncio.sleep(0)
+
+        watcher = asyncio.ensure_future(watch())
+        try:
+            stream.close()  # the client goes, holding every one of its n futures
+            await asyncio.wait_for(watcher, 30)
+        finally:
+            watcher.cancel()
+        return seen
+
+    seen = cluster.run(run)
+    between = {k for k in seen if 0 < k < n}
+    assert len(between) >= slices - 1, sorted(set(seen))  # a turn after every slice
+    assert "leaving" not in scheduler.state.clients
+    cluster.healthy()
+
+
+def test_a_client_back_while_its_keys_are_released_keeps_what_it_asks_for_again(
+        cluster, monkeypatch):
+    scheduler = cluster.scheduler
+    registration = {"op": "register-client", "client": "back"}
+    n = 2 * HANDLE_SLICE
+    monkeypatch.setattr(_server, "RELEASE_SLICE", 5)  # the release takes 100 loop turns
+    last = f"old{n // HANDLE_SLICE - 1}"  # the graph of the keys released last
+
+    async def run() -> None:
+        first = Stream(cluster.address, registration)
+        await _submitted(scheduler, first, "old", n)
+        first.close()
+        again = Stream(cluster.address, registration)
+        try:
+            # registered only once the old keys are let go of; then asks again
+            # for one of those released last
+            await again.send([_calls(last, 1)])
+            await async_wait_for(lambda: list(scheduler.state.tasks) == [f"{last}-0"],
+                                 what="only the key asked for again")
+            assert scheduler.state.tasks[f"{last}-0"].who_wants == ("back",)
+            assert "back" in scheduler.state.clients
+            await again.send([{"op": "client-releases-keys", "keys": [f"{last}-0"]}])
+            await async_wait_for(lambda: not scheduler.state.tasks, what="tasks released")
+        finally:
+            again.close()
+
+    cluster.run(run)
     cluster.healthy()
 
 

@@ -90,6 +90,10 @@ YIELD_AFTER_EVENTS = 100
 #: stream: a read of thousands is handled in slices, with the other streams,
 #: heartbeats and HTTP requests served between them (some 10 ms of work each).
 HANDLE_SLICE = 250
+#: Keys of a departed client released per loop turn (and tasks looked through
+#: for them): a client that held a million futures is let go of in slices,
+#: not in one stall of seconds that ``/health`` and every other stream wait out.
+RELEASE_SLICE = 2_000
 #: Client ops the server handles itself rather than as state-machine events.
 _INLINE_CLIENT_OPS = frozenset({"close-client", "publish-dataset", "variable-set", "queue-put",
                                 "release-hold"})
@@ -171,6 +175,9 @@ class Scheduler:
         self.pool = ConnectionPool(connection_args=self.security.connection_args("scheduler"))
         self.worker_streams: dict[str, BatchedSend] = {}
         self.client_streams: dict[str, BatchedSend] = {}
+        #: clients whose keys are being released (set once that is done); a
+        #: reconnection under the same id waits for it
+        self._leaving: dict[str, asyncio.Event] = {}
         self.worker_info: dict[str, dict[str, Any]] = {}
         self.retirement = Retirement(self)
         self.address = ""
@@ -425,6 +432,9 @@ class Scheduler:
     # ------------------------------------------------------------ clients
 
     async def add_client(self, comm: Comm, client: str, **_: Any) -> None:
+        leaving = self._leaving.get(client)
+        if leaving is not None:  # the same client, back before it was let go of
+            await leaving.wait()
         if client in self.client_streams:
             await comm.write({"status": "error", "message": f"client id {client!r} is in use"})
             comm.abort()
@@ -441,8 +451,26 @@ class Scheduler:
         stream = self.client_streams.pop(client, None)
         if stream is not None:
             stream.abort()
-        self.handle(RemoveClient(self.stimulus("remove-client"), client))
-        self.holds.client_gone(client)
+        self._leaving[client] = left = asyncio.Event()
+        try:
+            await self._release_client_keys(client)
+        finally:
+            self.handle(RemoveClient(self.stimulus("remove-client"), client))
+            self.holds.client_gone(client)
+            del self._leaving[client]
+            left.set()
+
+    async def _release_client_keys(self, client: str) -> None:
+        """Release what a departed client wanted, :data:`RELEASE_SLICE` tasks at a
+        time with the other streams served in between (``RemoveClient`` then
+        finds nothing left to release)."""
+        tasks = list(self.state.tasks.values())
+        for start in range(0, len(tasks), RELEASE_SLICE):
+            keys = [ts.key for ts in tasks[start:start + RELEASE_SLICE]
+                    if client in ts.who_wants]
+            if keys:
+                self.handle(ClientReleasesKeys(self.stimulus("remove-client"), client, keys))
+            await asyncio.sleep(0)
 
     async def _read_client(self, comm: Comm, client: str) -> None:
         strikes = Strikes(f"client {client}")
