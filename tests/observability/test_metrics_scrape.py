@@ -154,6 +154,9 @@ def test_worker_metrics_and_health(cluster) -> None:
 
     first = next(iter(addresses))
     base = addresses[first]
+    # one task first: a worker that has run none yet (the earlier tests of this
+    # module may have run theirs on the other) exposes no execution histogram
+    client.submit(time.sleep, 0, pure=False, workers=[first]).result()
     executed = sample(scrape(base + "/metrics"), "shoal_worker_tasks_executed_total")
     timed = sample(scrape(base + "/metrics"), "shoal_worker_task_execution_seconds_count")
     futures = client.map(time.sleep, [0.01] * 10, pure=False, workers=[first])

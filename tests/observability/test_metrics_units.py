@@ -14,6 +14,7 @@ from shoal.scheduler._dashboard import (
     MAX_STREAM_ENTRIES,
     StreamJSON,
     busy_fractions,
+    entry_json,
     recent_stream,
 )
 from shoal.scheduler._metrics import PeerTransferTotal, TaskStreamTail, heartbeat_figure
@@ -109,6 +110,22 @@ def test_the_dashboards_stream_json_encodes_each_entry_once_and_stays_exact() ->
         assert json.loads(encoder.encode(recent_stream(stream, since))) == \
             recent_stream(stream, since)
     assert len(encoder._texts) <= 4 * MAX_STREAM_ENTRIES + MAX_STREAM_ENTRIES
+
+
+@pytest.mark.parametrize("fields", [
+    {},
+    {"key": "(\"x\", 3) \u00e9\u4e2d\n\\", "worker": "tls://[::1]:8786"},  # escaped as json does
+    {"start": 0.0, "stop": 1e-07},
+    {"start": 1.7e9 + 1 / 3, "stop": 1.7e9 + 2 / 3},
+    {"start": 0, "stop": 5},  # ints from a worker: json.dumps writes them
+    {"stop": float("nan")},
+    {"start": float("-inf")},
+    {"key": 7},
+    {"extra": True},
+])
+def test_a_stream_entry_is_written_exactly_as_json_dumps_writes_it(fields: dict) -> None:
+    item = entry(12) | fields
+    assert entry_json(item) == json.dumps(item)
 
 
 def test_busy_fraction_is_thread_time_in_tasks() -> None:

@@ -21,6 +21,7 @@ import json
 import math
 import os
 import time
+from json.encoder import encode_basestring_ascii
 from typing import TYPE_CHECKING, Any
 
 from ._metrics import TASK_STATES, SchedulerMonitor, heartbeat_figure, worker_state
@@ -124,11 +125,30 @@ class StreamJSON:
         for entry in entries:
             known = texts.get(id(entry))
             if known is None or known[0] is not entry:
-                known = texts[id(entry)] = (entry, json.dumps(entry))
+                known = texts[id(entry)] = (entry, entry_json(entry))
             out.append(known[1])
         if len(texts) > 4 * MAX_STREAM_ENTRIES:  # keep what this answer sent
             self._texts = {id(entry): texts[id(entry)] for entry in entries}
         return "[" + ", ".join(out) + "]"
+
+
+def entry_json(entry: dict[str, Any]) -> str:
+    """One task-stream entry as JSON, the text ``json.dumps`` writes, in under half its time.
+
+    Every finished task is encoded once for a dashboard that polls, so this is
+    per-task work: the usual entry (three strings, two finite floats, as
+    ``Scheduler._record_task`` makes it) is formatted directly, anything else
+    goes to ``json.dumps``.
+    """
+    key, prefix, worker = entry["key"], entry["prefix"], entry["worker"]
+    start, stop = entry["start"], entry["stop"]
+    if (len(entry) != 5 or type(key) is not str or type(prefix) is not str
+            or type(worker) is not str or type(start) is not float or type(stop) is not float
+            or not math.isfinite(start) or not math.isfinite(stop)):
+        return json.dumps(entry)
+    text = encode_basestring_ascii
+    return (f'{{"key": {text(key)}, "prefix": {text(prefix)}, "worker": {text(worker)}, '
+            f'"start": {start!r}, "stop": {stop!r}}}')
 
 
 def snapshot_json(scheduler: Scheduler, monitor: SchedulerMonitor, since: float,
